@@ -1,0 +1,120 @@
+"""Typed dataclass configs: loaded from YAML, overridden from the command line as `a.b=value`.
+
+Every recipe owns one dataclass; nested sections are dataclasses too. Unknown keys and
+wrong value types are errors that name the key (with the closest valid key as a hint),
+because a silently ignored typo in a config costs a user a whole meta-training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the recipe's dataclass."""
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build `cls` from an optional YAML file and `key.sub=value` overrides (applied last)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return from_dict(cls, data)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Recursively build dataclass `cls` from a plain dict, checking keys and value types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint} (valid: {', '.join(fields)})")
+    kwargs = {name: _coerce(hints[name], data[name], f"{prefix}{name}") for name in fields if name in data}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, prefix=f"{key}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
+        return {k: _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()} if args else value
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "3e-4" (no dot) as a string; it is meant as a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(f"config key '{key}' expects {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (for metadata files and logs)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,117 @@
+"""N-way K-shot episodes: seeded samplers over one or many tasks.
+
+Episode `i` of a sampler depends only on (seed, i), never on which episodes were drawn before.
+That makes resumed runs and multi-process meta-batches see exactly the episodes a single
+uninterrupted process would, and lets evaluation episodes be regenerated and hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+
+from llm_meta.tasks import Task, TaskError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Examples:
+    """Texts with integer labels in 0..N-1 (indices into the episode's `label_names`)."""
+
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Episode:
+    """One few-shot task instance: a support set to adapt on and a disjoint query set to score."""
+
+    support: Examples
+    query: Examples
+    label_names: list[str]
+    task: str
+
+    @property
+    def n_way(self) -> int:
+        return len(self.label_names)
+
+    def fingerprint(self) -> str:
+        """A hash of the episode's exact content (for checking that methods saw the same episodes)."""
+        blob = json.dumps([self.task, self.label_names, self.support.texts, self.support.labels,
+                           self.query.texts, self.query.labels], ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class EpisodeSampler:
+    """Seeded N-way K-shot Q-query episodes over one or many tasks.
+
+    Args:
+        tasks: the tasks to draw from.
+        n_way, k_shot, q_query: classes per episode, support and query examples per class.
+        split: which split of each task to draw texts from.
+        class_role: restrict each task to its registry class split (meta_train / meta_val /
+            meta_test); None uses every class.
+        weighting: how to choose the task of an episode: "uniform", or "size" (proportional to
+            the number of usable examples).
+        seed: episodes are a pure function of (seed, index).
+    """
+
+    def __init__(self, tasks: list[Task], n_way: int, k_shot: int, q_query: int, split: str = "train",
+                 class_role: str | None = None, weighting: str = "uniform", seed: int = 0) -> None:
+        if n_way < 2 or k_shot < 1 or q_query < 0:
+            raise ValueError(f"need n_way >= 2, k_shot >= 1, q_query >= 0; got {n_way}, {k_shot}, {q_query}")
+        if weighting not in ("uniform", "size"):
+            raise ValueError(f"weighting must be 'uniform' or 'size', got {weighting!r}")
+        self.n_way, self.k_shot, self.q_query, self.seed = n_way, k_shot, q_query, seed
+        self.pools: list[tuple[str, dict[str, list[str]]]] = []
+        for task in tasks:
+            self.pools.append((task.name, self._class_pool(task, split, class_role)))
+        sizes = [sum(len(v) for v in pool.values()) for _, pool in self.pools]
+        self.weights = [1.0] * len(self.pools) if weighting == "uniform" else [float(s) for s in sizes]
+
+    def _class_pool(self, task: Task, split: str, class_role: str | None) -> dict[str, list[str]]:
+        """Texts per usable class; classes too small for K + Q are skipped with one warning."""
+        wanted = set(task.classes(class_role))
+        by_class: dict[str, list[str]] = {}
+        ds = task.split(split)
+        for text, label in zip(ds["text"], ds["label"]):
+            if label in wanted:
+                by_class.setdefault(label, []).append(text)
+        need = self.k_shot + self.q_query
+        # Duplicate texts within a class would let one text land in both support and query.
+        by_class = {c: list(dict.fromkeys(texts)) for c, texts in by_class.items()}
+        small = sorted(c for c, texts in by_class.items() if len(texts) < need)
+        if small:
+            log.warning("task '%s' (%s split): skipping %d class(es) with fewer than K+Q=%d examples: %s",
+                        task.name, split, len(small), need, ", ".join(small))
+        pool = {c: texts for c, texts in sorted(by_class.items()) if len(texts) >= need}
+        if len(pool) < self.n_way:
+            raise TaskError(
+                f"task '{task.name}' ({split} split, classes: {class_role or 'all'}) has {len(pool)} class(es) "
+                f"with at least K+Q={need} examples; {self.n_way}-way episodes need {self.n_way}"
+            )
+        return pool
+
+    def episode(self, index: int) -> Episode:
+        """The episode at `index`: the same for the same (seed, index), whatever came before."""
+        rng = random.Random(f"{self.seed}:{index}")  # str seeds hash with sha512: stable across runs
+        name, pool = rng.choices(self.pools, weights=self.weights)[0]
+        classes = rng.sample(sorted(pool), self.n_way)
+        support, query = Examples([], []), Examples([], [])
+        for label, cls in enumerate(classes):
+            picked = rng.sample(pool[cls], self.k_shot + self.q_query)
+            support.texts += picked[: self.k_shot]
+            support.labels += [label] * self.k_shot
+            query.texts += picked[self.k_shot :]
+            query.labels += [label] * self.q_query
+        return Episode(support=support, query=query, label_names=classes, task=name)
+
+    def episodes(self, count: int, start: int = 0) -> list[Episode]:
+        return [self.episode(i) for i in range(start, start + count)]

@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests never reach the Hub: offline mode is forced before any HF import."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from llm_meta.models import Body, ModelConfig, load_body  # noqa: E402
+from tests.tiny import make_tiny_model  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Body:
+    """The real bundled all-MiniLM-L6-v2 with a fresh LoRA (shared: tests must not mutate it)."""
+    return load_body(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model("bert", tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model("llama", tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model("gpt2", tmp_path_factory.mktemp("tiny_gpt2"))

@@ -1,0 +1,47 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from llm_meta.config import ConfigError, load_config
+from llm_meta.models import ModelConfig
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    steps: int = 5
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tags: list[str] = field(default_factory=list)
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("# launch: llm-meta ...\nname: a\ninner:\n  steps: 3\n")
+    cfg = load_config(Outer, f, ["inner.lr=3e-4", "model.lora_r=4", "tags=[a, b]"])
+    assert (cfg.name, cfg.inner.steps, cfg.inner.lr, cfg.model.lora_r, cfg.tags) == ("a", 3, 3e-4, 4, ["a", "b"])
+    assert load_config(Outer, None, ["inner.lr=1"]).inner.lr == 1.0  # int accepted for float
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match="unknown config key 'inner.step'; did you mean 'inner.steps'"):
+        load_config(Outer, None, ["inner.step=3"])
+
+
+def test_wrong_type():
+    with pytest.raises(ConfigError, match="'inner.steps' expects int, got str 'many'"):
+        load_config(Outer, None, ["inner.steps=many"])
+    with pytest.raises(ConfigError, match="'model.normalize' expects true/false"):
+        load_config(Outer, None, ["model.normalize=3"])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not of the form key.sub=value"):
+        load_config(Outer, None, ["inner.steps"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Outer, tmp_path / "nope.yaml")
