@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
+from llm_meta.checkpoint import CheckpointError
 from llm_meta.config import ConfigError
 from llm_meta.models import ModelLoadError
 from llm_meta.tasks import TaskError
@@ -17,6 +19,7 @@ def _quiet_libraries() -> None:
     import datasets
     import transformers
 
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not ours
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     try:
         args.func(args)
-    except (ConfigError, TaskError, ModelLoadError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, TaskError, ModelLoadError, CheckpointError, ValueError, FileNotFoundError,
+            FloatingPointError) as err:
         if args.verbose or os.environ.get("LLM_META_DEBUG"):
             raise
         print(f"llm-meta {args.command}: error: {err}", file=sys.stderr)

@@ -227,7 +227,8 @@ def tokenize(body: Body, texts: list[str]) -> dict[str, Tensor]:
 
 def hidden_states(body: Body, params: Params, batch: dict[str, Tensor]) -> Tensor:
     """Last hidden states [batch, tokens, hidden] with the LoRA tensors in `params`."""
-    out = torch.func.functional_call(body.model, params, args=(), kwargs=batch, strict=False)
+    lora = {n: params[n] for n in body.lora_names}  # params may also carry an episode head
+    out = torch.func.functional_call(body.model, lora, args=(), kwargs=batch, strict=False)
     return out.last_hidden_state
 
 

@@ -1,0 +1,149 @@
+"""Meta-learning algorithms as pure functions over parameter dicts.
+
+`params` holds the LoRA tensors (the meta-parameters); an episode's fast parameters add the
+per-episode head. Nothing here copies the model or writes to it: every forward pass is
+`torch.func.functional_call` on a dict. Each algorithm maps (body, params, episode, cfg) to a
+meta-gradient dict over the LoRA tensors, which the recipe averages over the meta-batch (and
+across processes) before the outer optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from llm_meta.episodes import Episode, Examples
+from llm_meta.heads import HEAD_KEYS, head_logits, proto_head, zero_head
+from llm_meta.models import Body, Params, embed, embed_texts, tokenize
+
+
+@dataclass
+class InnerConfig:
+    """The inner loop: used in meta-training, validation, adaptation and the benchmark alike."""
+
+    steps: int = 5
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam | sgd
+    batch_size: int = 64  # support examples per inner step (the whole support set when smaller)
+    head_init: str = "proto"  # proto (Proto-MAML) | zero
+    scale: float = 10.0  # inverse temperature of the head's logits
+    train_lora: bool = True  # False: adapt the head only (a linear probe on the frozen body)
+
+
+@dataclass
+class StepStats:
+    """What one episode reports to the progress bar: loss and accuracy on its query set."""
+
+    loss: float
+    accuracy: float
+
+
+def init_head(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig) -> Params:
+    """The episode's head at the start of the inner loop (a constant: no gradient flows into it)."""
+    if cfg.head_init == "zero":
+        return zero_head(body.hidden_size, n_way, body.device)
+    if cfg.head_init != "proto":
+        raise ValueError(f"inner.head_init must be 'proto' or 'zero', got {cfg.head_init!r}")
+    emb = embed_texts(body, params, support.texts)
+    return proto_head(emb, torch.tensor(support.labels, device=body.device), n_way)
+
+
+def loss_and_accuracy(body: Body, params: Params, texts: list[str], labels: list[int], scale: float) -> tuple[Tensor, Tensor]:
+    """Cross-entropy and accuracy of the head in `params` on a batch of texts."""
+    logits = head_logits(params, embed(body, params, tokenize(body, texts)).float(), scale)
+    target = torch.tensor(labels, device=logits.device)
+    return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean()
+
+
+def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Example indices for each inner step: the full set when it fits, else seeded shuffled passes."""
+    if n <= batch_size:
+        return [list(range(n))] * steps
+    g = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < steps * batch_size:
+        order += torch.randperm(n, generator=g).tolist()
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+
+
+def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig, seed: int = 0,
+          head: Params | None = None) -> Params:
+    """The inner loop: `cfg.steps` optimiser steps on the support set from `params` (+ a fresh head).
+
+    Returns detached fast parameters (LoRA + head). First-order: the graph of each step is
+    dropped, so memory does not grow with the number of steps. `params` is not modified.
+    """
+    head = head if head is not None else init_head(body, params, support, n_way, cfg)
+    trainable = [k for k in params if cfg.train_lora] + list(HEAD_KEYS)
+    fast = {**params, **head}
+    fast = {k: (v.detach().clone().requires_grad_(k in trainable)) for k, v in fast.items()}
+    m = {k: torch.zeros_like(fast[k]) for k in trainable}
+    v = {k: torch.zeros_like(fast[k]) for k in trainable}
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for t, idx in enumerate(_batches(len(support), cfg.batch_size, cfg.steps, seed), start=1):
+        loss, _ = loss_and_accuracy(body, fast, [support.texts[i] for i in idx],
+                                    [support.labels[i] for i in idx], cfg.scale)
+        grads = dict(zip(trainable, torch.autograd.grad(loss, [fast[k] for k in trainable])))
+        with torch.no_grad():
+            for k in trainable:
+                if cfg.optimizer == "sgd":
+                    update = grads[k]
+                elif cfg.optimizer == "adam":
+                    m[k].mul_(beta1).add_(grads[k], alpha=1 - beta1)
+                    v[k].mul_(beta2).addcmul_(grads[k], grads[k], value=1 - beta2)
+                    update = (m[k] / (1 - beta1**t)) / ((v[k] / (1 - beta2**t)).sqrt() + eps)
+                else:
+                    raise ValueError(f"inner.optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
+                fast[k] = (fast[k] - cfg.lr * update).requires_grad_(True)
+    return {k: t.detach() for k, t in fast.items()}
+
+
+def fomaml(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
+    """First-order MAML: the meta-gradient is the query-loss gradient at the adapted parameters."""
+    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed)
+    fast = {k: t.requires_grad_(k in params) for k, t in fast.items()}
+    loss, acc = loss_and_accuracy(body, fast, episode.query.texts, episode.query.labels, cfg.scale)
+    grads = torch.autograd.grad(loss, [fast[k] for k in params])
+    return dict(zip(params, grads)), StepStats(loss.item(), acc.item())
+
+
+def reptile(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
+    """Reptile: adapt on all the episode's examples; the meta-gradient is θ - θ'.
+
+    An outer SGD step with learning rate ε then gives exactly θ + ε(θ' - θ); any other outer
+    optimiser treats θ - θ' as a gradient. The reported loss/accuracy are measured on the query
+    part after adaptation; Reptile trained on it, so they are optimistic, training-set figures.
+    """
+    both = Examples(episode.support.texts + episode.query.texts, episode.support.labels + episode.query.labels)
+    fast = adapt(body, params, both, episode.n_way, cfg, seed)
+    with torch.no_grad():
+        loss, acc = loss_and_accuracy(body, fast, episode.query.texts, episode.query.labels, cfg.scale)
+    return {k: params[k] - fast[k] for k in params}, StepStats(loss.item(), acc.item())
+
+
+Algorithm = Callable[[Body, Params, Episode, InnerConfig, int], tuple[Params, StepStats]]
+ALGORITHMS: dict[str, Algorithm] = {"fomaml": fomaml, "reptile": reptile}
+
+
+@torch.no_grad()
+def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, batch_size: int = 128) -> Tensor:
+    """Logits [len(texts), N] of an adapted model (LoRA + head in `fast`)."""
+    emb = embed_texts(body, fast, texts, batch_size)
+    return head_logits(fast, emb, scale)
+
+
+def episode_accuracy(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> float:
+    """Query accuracy after adapting `params` on the episode's support set (the evaluation protocol)."""
+    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed)
+    logits = predict_logits(body, fast, episode.query.texts, cfg.scale)
+    return (logits.argmax(1).cpu() == torch.tensor(episode.query.labels)).float().mean().item()
+
+
+def check_finite(value: float, what: str) -> None:
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{what} is {value}")

@@ -1,0 +1,54 @@
+"""Scoring episodes and summarising scores honestly: mean ± 95% CI and paired differences."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from scipy import stats
+from tqdm import tqdm
+
+from llm_meta.algorithms import InnerConfig, episode_accuracy
+from llm_meta.episodes import Episode
+from llm_meta.models import Body, Params
+
+
+@dataclass
+class Interval:
+    """A mean with the half-width of its 95% confidence interval (Student t over n values)."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.1f} ± {100 * self.half_width:.1f}"
+
+
+def mean_ci(values: list[float], confidence: float = 0.95) -> Interval:
+    """Mean and t-based confidence half-width; a single value has an infinite interval."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_ci needs at least one value")
+    mean = sum(values) / n
+    if n == 1:
+        return Interval(mean, math.inf, 1)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return Interval(mean, stats.t.ppf((1 + confidence) / 2, n - 1) * sd / math.sqrt(n), n)
+
+
+def paired_difference(a: list[float], b: list[float]) -> Interval:
+    """CI of mean(a - b) over paired scores (the same episodes for both methods)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
+    return mean_ci([x - y for x, y in zip(a, b)])
+
+
+def score_episodes(body: Body, params: Params, episodes: list[Episode], cfg: InnerConfig,
+                   desc: str = "episodes", progress: bool = True) -> list[float]:
+    """Query accuracy of each episode after adapting `params` on its support set.
+
+    The inner-loop seed is the episode's position, so every start sees the same mini-batches.
+    """
+    bar = tqdm(episodes, desc=desc, leave=False, disable=not progress or None)
+    return [episode_accuracy(body, params, ep, cfg, seed=i) for i, ep in enumerate(bar)]

@@ -1,0 +1,47 @@
+"""Per-episode classifier heads.
+
+Tasks have different label sets, so the head is never meta-learned as a fixed matrix: each
+episode builds it from its support set (Proto-MAML) or from embeddings of its label names,
+and the inner loop then adapts it together with the LoRA tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from llm_meta.models import Params
+
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+def prototypes(emb: Tensor, labels: Tensor, n_way: int) -> Tensor:
+    """Class means: emb [S, H], labels [S] in 0..N-1 -> [N, H]."""
+    sums = torch.zeros(n_way, emb.shape[1], dtype=emb.dtype, device=emb.device).index_add_(0, labels, emb)
+    counts = torch.bincount(labels, minlength=n_way).clamp_min(1).to(emb.dtype)
+    return sums / counts.unsqueeze(1)
+
+
+def proto_head(emb: Tensor, labels: Tensor, n_way: int) -> Params:
+    """Proto-MAML head: W_k = 2 c_k, b_k = -||c_k||^2, so logits = -||x - c_k||^2 + ||x||^2.
+
+    Its argmax is the nearest prototype, so before any step the classifier equals ProtoNet.
+    """
+    c = prototypes(emb, labels, n_way)
+    return {"head.weight": 2 * c, "head.bias": -(c * c).sum(1)}
+
+
+def zero_head(hidden: int, n_way: int, device: torch.device | None = None) -> Params:
+    """All-zero head (uniform predictions before the first inner step), as in plain MAML."""
+    return {"head.weight": torch.zeros(n_way, hidden, device=device), "head.bias": torch.zeros(n_way, device=device)}
+
+
+def head_logits(params: Params, emb: Tensor, scale: float) -> Tensor:
+    """[B, H] -> [B, N]. `scale` is an inverse temperature: normalised embeddings make raw
+    prototype logits differ by at most 4, too flat for useful cross-entropy gradients."""
+    return scale * (emb @ params["head.weight"].T + params["head.bias"])
+
+
+def label_name_text(name: str) -> str:
+    """How a label name is read as text: `card_arrival` -> "card arrival"."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split())

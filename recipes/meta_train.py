@@ -1,0 +1,193 @@
+"""Meta-train a LoRA initialisation with FOMAML or Reptile over N-way K-shot episodes.
+
+    llm-meta meta-train --config recipes/configs/meta_train.yaml [key.sub=value ...] [--resume]
+    accelerate launch --num_processes 2 --cpu recipes/meta_train.py --config ... (meta-batch split)
+
+Reads top to bottom: accelerator, model, tasks, samplers, meta-training loop with periodic
+validation (the untrained start, step 0, is always a candidate), save the best-by-validation
+adapter, then score it against the untrained start on held-out tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm import tqdm
+
+from llm_meta.algorithms import ALGORITHMS, InnerConfig
+from llm_meta.checkpoint import load_adapter_params, load_checkpoint, save_adapter, save_checkpoint
+from llm_meta.config import to_dict
+from llm_meta.episodes import Episode, EpisodeSampler
+from llm_meta.evaluation import mean_ci, paired_difference, score_episodes
+from llm_meta.models import ModelConfig, load_body, lora_params
+from llm_meta.tasks import load_task, task_fingerprint
+from llm_meta.training import RunLog, check_step, environment, meta_gradient
+
+log = logging.getLogger("llm_meta.meta_train")
+
+
+@dataclass
+class EpisodeConfig:
+    n_way: int = 10
+    k_shot: int = 5
+    q_query: int = 5
+    weighting: str = "uniform"  # uniform | size: how an episode's task is chosen
+
+
+@dataclass
+class OuterConfig:
+    steps: int = 40  # meta-steps
+    meta_batch: int = 2  # episodes per meta-step, split across processes
+    optimizer: str = "adam"  # adam | sgd (sgd with lr = ε and algorithm reptile is classic Reptile)
+    lr: float = 1e-4  # small on purpose: pulling a good sentence encoder far from its start hurts
+
+
+@dataclass
+class EvalConfig:
+    """Episodes scored after adaptation with `Config.adapt` (the test-time procedure)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["clinc", "hwu"])
+    class_role: str | None = "meta_val"  # registry class split to draw from; None: all classes
+    episodes: int = 8  # per task
+    n_way: int = 10  # capped at the task's number of classes
+    k_shot: int = 5
+    q_query: int = 10
+    split: str = "train"
+    seed: int = 1
+
+
+@dataclass
+class Config:
+    algorithm: str = "fomaml"  # a key of llm_meta.algorithms.ALGORITHMS
+    seed: int = 0
+    output_dir: str = "runs/meta_train"
+    resume: bool = False
+    mixed_precision: str = "no"  # no | bf16 | fp16 (Accelerate autocast)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tasks: list[str] = field(default_factory=lambda: ["clinc", "hwu", "stackoverflow"])
+    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)  # inner loop during meta-training
+    adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=10))  # at validation/test time
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    validate_every: int = 20  # meta-steps between validations (and checkpoints)
+    validation: EvalConfig = field(default_factory=EvalConfig)
+    test: EvalConfig = field(default_factory=lambda: EvalConfig(
+        tasks=["banking77", "mcid", "tweet_sentiment"], class_role=None, episodes=20, n_way=5, split="test", seed=0))
+
+
+def main(cfg: Config) -> dict:
+    if cfg.algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm '{cfg.algorithm}' (valid: {', '.join(ALGORITHMS)})")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    run_dir = Path(cfg.output_dir)
+    main_process = accelerator.is_main_process
+    run_log = RunLog(run_dir / "log.jsonl", enabled=main_process)
+
+    # Model: frozen base + LoRA; the meta-parameters are a plain dict of the LoRA tensors.
+    body = load_body(cfg.model)
+    body.model.to(accelerator.device)
+    start = lora_params(body)  # the untrained start θ0 (LoRA B = 0: exactly the pretrained model)
+    params = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+    optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cfg.outer.optimizer](params.values(), lr=cfg.outer.lr)
+
+    # Tasks and samplers: meta-train classes for training, meta-val classes for selection.
+    tasks = [load_task(name) for name in cfg.tasks]
+    sampler = EpisodeSampler(tasks, cfg.episodes.n_way, cfg.episodes.k_shot, cfg.episodes.q_query,
+                             class_role="meta_train", weighting=cfg.episodes.weighting, seed=cfg.seed)
+    val_episodes = eval_episodes(cfg.validation)
+    algorithm = ALGORITHMS[cfg.algorithm]
+
+    # Resume, or start by scoring the untrained start: it stays a candidate for "best".
+    state = {"best_score": None, "best_step": None, "history": []}
+    step = 0
+    if cfg.resume and (restored := load_checkpoint(run_dir, params, optimizer)) is not None:
+        step, state = restored.pop("step"), restored
+    if step == 0:
+        state = _validate(cfg, body, params, val_episodes, 0, state, run_dir, tasks, run_log, main_process)
+
+    bar = tqdm(range(step, cfg.outer.steps), initial=step, total=cfg.outer.steps, desc=f"meta-train {cfg.algorithm}",
+               disable=not main_process or None)
+    for step in bar:
+        grads, stats = meta_gradient(algorithm, body, params, sampler, step, cfg.outer.meta_batch, cfg.inner,
+                                     accelerator)
+        check_step(stats, grads, step, run_dir)
+        for k, p in params.items():
+            p.grad = grads[k]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        run_log.write("step", step=step + 1, loss=stats.loss, query_accuracy=stats.accuracy)
+        bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.2f}", best=state["best_step"])
+        if (step + 1) % cfg.validate_every == 0 or step + 1 == cfg.outer.steps:
+            state = _validate(cfg, body, params, val_episodes, step + 1, state, run_dir, tasks, run_log, main_process)
+            if main_process:
+                save_checkpoint(run_dir, step + 1, params, optimizer, state)
+            accelerator.wait_for_everyone()
+
+    # Held-out test: the chosen adapter vs the untrained start, on identical episodes.
+    results = {"validation": state["history"], "best_step": state["best_step"], "test": {}}
+    if main_process and cfg.test.episodes > 0:
+        best = load_adapter_params(body, run_dir / "adapter")
+        results["test"] = _test(cfg, body, best, start)
+        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def eval_episodes(ec: EvalConfig) -> list[Episode]:
+    """Fixed evaluation episodes: `ec.episodes` per task, the same for every start and every run."""
+    episodes = []
+    for task in map(load_task, ec.tasks):
+        n_way = min(ec.n_way, len(task.classes(ec.class_role)))  # tweet sentiment has 3 classes
+        sampler = EpisodeSampler([task], n_way, ec.k_shot, ec.q_query, split=ec.split, class_role=ec.class_role,
+                                 seed=ec.seed)
+        episodes += sampler.episodes(ec.episodes)
+    return episodes
+
+
+def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_dir: Path, tasks, run_log: RunLog,
+              main_process: bool) -> dict:
+    """Score the current start on meta-validation episodes; keep it as the adapter if it is the best so far."""
+    if not main_process:
+        return state
+    current = {k: v.detach() for k, v in params.items()}
+    score = mean_ci(score_episodes(body, current, episodes, cfg.adapt, desc=f"validate step {step}"))
+    state["history"].append({"step": step, "accuracy": score.mean, "ci": score.half_width})
+    run_log.write("validation", step=step, accuracy=score.mean, ci=score.half_width)
+    tqdm.write(f"step {step}: meta-validation accuracy {score} ({score.n} episodes)", file=sys.stderr)
+    if state["best_score"] is None or score.mean > state["best_score"]:
+        state["best_score"], state["best_step"] = score.mean, step
+        save_adapter(body, current, run_dir / "adapter", {
+            "base_model": cfg.model.name, "algorithm": cfg.algorithm, "step": step,
+            "validation_accuracy": score.mean, "step0_validation_accuracy": state["history"][0]["accuracy"],
+            "config": to_dict(cfg), "tasks": {t.name: task_fingerprint(t) for t in tasks}, "environment": environment(),
+        })
+    return state
+
+
+def _test(cfg: Config, body, best: dict, start: dict) -> dict:
+    episodes = eval_episodes(cfg.test)
+    out = {}
+    for task in dict.fromkeys(e.task for e in episodes):
+        eps = [e for e in episodes if e.task == task]
+        untrained = score_episodes(body, start, eps, cfg.adapt, desc=f"test {task} untrained")
+        learned = score_episodes(body, best, eps, cfg.adapt, desc=f"test {task} {cfg.algorithm}")
+        out[task] = {"episodes": len(eps), "untrained": mean_ci(untrained).__dict__,
+                     cfg.algorithm: mean_ci(learned).__dict__,
+                     "difference": paired_difference(learned, untrained).__dict__}
+        tqdm.write(f"held-out {task} ({len(eps)} episodes, {eps[0].n_way}-way {cfg.test.k_shot}-shot): "
+                   f"untrained start {mean_ci(untrained)}, {cfg.algorithm} {mean_ci(learned)}, "
+                   f"paired difference {paired_difference(learned, untrained)}", file=sys.stderr)
+    return out
+
+
+if __name__ == "__main__":  # for `accelerate launch recipes/meta_train.py --config ... [key=value ...]`
+    from llm_meta.cli import main as cli_main
+
+    cli_main(["meta-train", *sys.argv[1:]])

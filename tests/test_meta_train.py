@@ -1,0 +1,109 @@
+"""The meta-training recipe end to end on a tiny model: outputs, processes, resume, divergence."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm_meta.checkpoint import verify_folder
+from llm_meta.config import load_config
+from recipes import meta_train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def toy_csv(tmp_path_factory) -> Path:
+    topics = ["card payment", "music playlist", "weather forecast", "restaurant booking", "flight ticket", "alarm clock"]
+    rows = [f"{topic} request number {i} please,{topic.split()[0]}" for topic in topics for i in range(12)]
+    f = tmp_path_factory.mktemp("data") / "toy.csv"
+    f.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return f
+
+
+def tiny_overrides(model_dir: Path, data: Path, out: Path, steps: int = 4, **extra: str) -> list[str]:
+    overrides = {
+        "model.name": str(model_dir), "tasks": f"[{data}]", "output_dir": str(out),
+        "episodes.n_way": 3, "episodes.k_shot": 2, "episodes.q_query": 2,
+        "inner.steps": 2, "inner.lr": 0.01, "adapt.steps": 2, "outer.steps": steps, "outer.meta_batch": 2,
+        "outer.lr": 0.01, "validate_every": 2,
+        "validation.tasks": f"[{data}]", "validation.class_role": "null", "validation.episodes": 2,
+        "validation.n_way": 3, "validation.k_shot": 2, "validation.q_query": 2,
+        "test.tasks": f"[{data}]", "test.episodes": 0, "test.split": "train", "test.n_way": 3, "test.k_shot": 2, "test.q_query": 2, **extra,
+    }
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def run(overrides: list[str], resume: bool = False) -> dict:
+    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
+    cfg.resume = resume
+    return meta_train.main(cfg)
+
+
+def final_params(out: Path, step: int) -> dict:
+    return load_file(str(out / "checkpoints" / f"step-{step:07d}" / "params.safetensors"))
+
+
+def test_run_writes_peft_adapter_and_metadata(tiny_bert_dir, toy_csv, tmp_path):
+    out = tmp_path / "run"
+    results = run(tiny_overrides(tiny_bert_dir, toy_csv, out, **{"test.episodes": 2}))
+    assert [h["step"] for h in results["validation"]] == [0, 2, 4]
+    assert set(results["test"]) == {"toy"}
+    verify_folder(out / "adapter")
+    meta = json.loads((out / "adapter" / "llm_meta.json").read_text())
+    assert meta["algorithm"] == "fomaml" and meta["step"] == results["best_step"]
+    assert meta["base_model"] == str(tiny_bert_dir) and "toy" in meta["tasks"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert sum(r["event"] == "step" for r in log) == 4
+    # A fresh process with plain peft loads the adapter.
+    code = ("import sys; from transformers import AutoModel; from peft import PeftModel;"
+            "m = PeftModel.from_pretrained(AutoModel.from_pretrained(sys.argv[1]), sys.argv[2]);"
+            "print(sum(p.numel() for n, p in m.named_parameters() if 'lora_' in n))")
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_bert_dir), str(out / "adapter")],
+                          capture_output=True, text=True, check=True)
+    assert int(done.stdout.strip()) > 0
+
+
+def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tiny_bert_dir, toy_csv, tmp_path):
+    run(tiny_overrides(tiny_bert_dir, toy_csv, tmp_path / "full", steps=4))
+    run(tiny_overrides(tiny_bert_dir, toy_csv, tmp_path / "cut", steps=2))  # "interrupted" after step 2
+    run(tiny_overrides(tiny_bert_dir, toy_csv, tmp_path / "cut", steps=4), resume=True)
+    full, resumed = final_params(tmp_path / "full", 4), final_params(tmp_path / "cut", 4)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert any(not torch.equal(full[k], final_params(tmp_path / "full", 2)[k]) for k in full)
+
+
+def test_nan_stops_with_clear_error_and_keeps_checkpoint(tiny_bert_dir, toy_csv, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_overrides(tiny_bert_dir, toy_csv, out, steps=2))
+    ckpt = out / "checkpoints" / "step-0000002"
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    with pytest.raises(FloatingPointError, match="diverged at step 2.*last good checkpoint.*is intact"):
+        run(tiny_overrides(tiny_bert_dir, toy_csv, out, steps=4, **{"inner.optimizer": "sgd", "inner.lr": "1e30"}),
+            resume=True)
+    verify_folder(ckpt)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    assert (out / "checkpoints" / "latest").read_text() == "step-0000002"
+
+
+def test_two_processes_match_one(tiny_bert_dir, toy_csv, tmp_path):
+    """The meta-batch split over 2 CPU processes gives the meta-parameters of 1 process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    outs = {}
+    for procs in (1, 2):
+        outs[procs] = tmp_path / f"p{procs}"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs), "--cpu",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(ROOT / "recipes/meta_train.py"), "--config", str(ROOT / "recipes/configs/meta_train.yaml"),
+               *tiny_overrides(tiny_bert_dir, toy_csv, outs[procs], steps=2)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = final_params(outs[1], 2), final_params(outs[2], 2)
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-6), k
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in one.items() if "lora_B" in k)
