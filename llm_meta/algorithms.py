@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llm_meta.episodes import Episode, Examples
-from llm_meta.heads import HEAD_KEYS, head_logits, proto_head, zero_head
+from llm_meta.heads import HEAD_KEYS, head_logits, proto_head, with_label_names, zero_head
 from llm_meta.models import Body, Params, embed, embed_texts, tokenize
 
 
@@ -30,7 +30,8 @@ class InnerConfig:
     lr: float = 1e-3
     optimizer: str = "adam"  # adam | sgd
     batch_size: int = 64  # support examples per inner step (the whole support set when smaller)
-    head_init: str = "proto"  # proto (Proto-MAML) | zero
+    head_init: str = "proto"  # proto (Proto-MAML) | zero | label_names (prototypes = embedded label names)
+    label_examples: int = 0  # add each label name, as text, this many times to the support set
     scale: float = 10.0  # inverse temperature of the head's logits
     train_lora: bool = True  # False: adapt the head only (a linear probe on the frozen body)
 
@@ -43,14 +44,23 @@ class StepStats:
     accuracy: float
 
 
-def init_head(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig) -> Params:
+def init_head(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig,
+              label_names: list[str] | None = None) -> Params:
     """The episode's head at the start of the inner loop (a constant: no gradient flows into it)."""
     if cfg.head_init == "zero":
         return zero_head(body.hidden_size, n_way, body.device)
-    if cfg.head_init != "proto":
-        raise ValueError(f"inner.head_init must be 'proto' or 'zero', got {cfg.head_init!r}")
+    if cfg.head_init == "label_names":
+        support = with_label_names(Examples([], []), _need_names(label_names, cfg), 1)
+    elif cfg.head_init != "proto":
+        raise ValueError(f"head_init must be 'proto', 'zero' or 'label_names', got {cfg.head_init!r}")
     emb = embed_texts(body, params, support.texts)
     return proto_head(emb, torch.tensor(support.labels, device=body.device), n_way)
+
+
+def _need_names(label_names: list[str] | None, cfg: InnerConfig) -> list[str]:
+    if label_names is None:
+        raise ValueError(f"head_init={cfg.head_init!r} / label_examples={cfg.label_examples} need the label names")
+    return label_names
 
 
 def loss_and_accuracy(body: Body, params: Params, texts: list[str], labels: list[int], scale: float) -> tuple[Tensor, Tensor]:
@@ -72,13 +82,15 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
 
 
 def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig, seed: int = 0,
-          head: Params | None = None) -> Params:
+          head: Params | None = None, label_names: list[str] | None = None) -> Params:
     """The inner loop: `cfg.steps` optimiser steps on the support set from `params` (+ a fresh head).
 
     Returns detached fast parameters (LoRA + head). First-order: the graph of each step is
     dropped, so memory does not grow with the number of steps. `params` is not modified.
     """
-    head = head if head is not None else init_head(body, params, support, n_way, cfg)
+    if cfg.label_examples:
+        support = with_label_names(support, _need_names(label_names, cfg), cfg.label_examples)
+    head = head if head is not None else init_head(body, params, support, n_way, cfg, label_names)
     trainable = [k for k in params if cfg.train_lora] + list(HEAD_KEYS)
     fast = {**params, **head}
     fast = {k: (v.detach().clone().requires_grad_(k in trainable)) for k, v in fast.items()}
@@ -105,7 +117,7 @@ def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerC
 
 def fomaml(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
     """First-order MAML: the meta-gradient is the query-loss gradient at the adapted parameters."""
-    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed)
+    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
     fast = {k: t.requires_grad_(k in params) for k, t in fast.items()}
     loss, acc = loss_and_accuracy(body, fast, episode.query.texts, episode.query.labels, cfg.scale)
     grads = torch.autograd.grad(loss, [fast[k] for k in params])
@@ -120,7 +132,7 @@ def reptile(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed
     part after adaptation; Reptile trained on it, so they are optimistic, training-set figures.
     """
     both = Examples(episode.support.texts + episode.query.texts, episode.support.labels + episode.query.labels)
-    fast = adapt(body, params, both, episode.n_way, cfg, seed)
+    fast = adapt(body, params, both, episode.n_way, cfg, seed, label_names=episode.label_names)
     with torch.no_grad():
         loss, acc = loss_and_accuracy(body, fast, episode.query.texts, episode.query.labels, cfg.scale)
     return {k: params[k] - fast[k] for k in params}, StepStats(loss.item(), acc.item())
@@ -139,7 +151,7 @@ def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, bat
 
 def episode_accuracy(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> float:
     """Query accuracy after adapting `params` on the episode's support set (the evaluation protocol)."""
-    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed)
+    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
     logits = predict_logits(body, fast, episode.query.texts, cfg.scale)
     return (logits.argmax(1).cpu() == torch.tensor(episode.query.labels)).float().mean().item()
 

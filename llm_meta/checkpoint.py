@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -78,8 +78,12 @@ def verify_folder(folder: Path) -> None:
             raise CheckpointError(f"{folder}: {name} does not match its checksum (truncated or corrupt)")
 
 
-def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[str, Any]) -> Path:
-    """Write `params` as a standard PEFT adapter folder (loadable by plain peft) plus llm_meta.json."""
+def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[str, Any],
+                 extra_files: dict[str, Callable[[Path], None]] | None = None) -> Path:
+    """Write `params` as a standard PEFT adapter folder (loadable by plain peft) plus llm_meta.json.
+
+    `extra_files` maps a file name to a function writing it, so they share the atomic write.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmp(folder)
@@ -90,6 +94,8 @@ def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[
     adapter_config = json.loads(config_path.read_text())
     adapter_config["base_model_name_or_path"] = body.name
     config_path.write_text(json.dumps(adapter_config, indent=2))
+    for name, write in (extra_files or {}).items():
+        write(tmp / name)
     (tmp / METADATA_FILE).write_text(json.dumps({"format": "llm_meta.adapter/1", **metadata}, indent=1, default=str))
     _finish_folder(tmp, folder)
     return folder

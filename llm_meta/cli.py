@@ -73,6 +73,98 @@ def cmd_recipe(args: argparse.Namespace) -> None:
     module.main(cfg)
 
 
+def cmd_adapt(args: argparse.Namespace) -> None:
+    from llm_meta.classifier import AdaptConfig, adapt
+    from llm_meta.config import load_config
+
+    cfg = load_config(AdaptConfig, args.config, args.overrides)
+    if args.adapter is not None:
+        cfg.adapter = None if args.adapter.lower() == "none" else args.adapter
+    cfg.task, cfg.support = args.task or cfg.task, args.support or cfg.support
+    cfg.shots = args.shots if args.shots is not None else cfg.shots
+    clf = adapt(cfg=cfg)
+    clf.save(args.output)
+    print(f"adapted {clf.metadata['start']} to '{clf.metadata['task']}': {len(clf.labels)} labels, "
+          f"{clf.metadata['support_size']} support examples, {clf.metadata['adapt_seconds']} s -> {args.output}")
+
+
+def read_texts(source: str, text_column: str) -> list[str]:
+    """Texts from a .txt file (one per line), a .csv/.tsv/.jsonl file (a text column), or stdin ('-')."""
+    import csv
+    import json
+    from pathlib import Path
+
+    if source == "-":
+        return [line.rstrip("\n") for line in sys.stdin]
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {source} does not exist")
+    suffix = path.suffix.lower()
+    with path.open(encoding="utf-8", newline="") as f:
+        if suffix in (".csv", ".tsv"):
+            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        elif suffix == ".jsonl":
+            rows = [json.loads(line) for line in f if line.strip()]
+        else:
+            return [line.rstrip("\n") for line in f]
+    if rows and text_column not in rows[0]:
+        raise ValueError(f"{source}: no text column '{text_column}' (columns: {', '.join(rows[0])}); "
+                         f"pass --text-column")
+    return [str(r[text_column]) for r in rows]
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import csv
+    import json
+
+    from llm_meta.classifier import FewShotClassifier
+
+    clf = FewShotClassifier.load(args.model)
+    texts = read_texts(args.input, args.text_column)
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty and args.empty == "error":
+        raise ValueError(f"{len(empty)} empty or whitespace-only text(s) in the input (first at line/row {empty[0] + 1})")
+    if empty:
+        logging.getLogger("llm_meta").warning("skipped %d empty or whitespace-only text(s)", len(empty))
+    keep = [t for t in texts if t.strip()]
+    predictions = dict(zip([i for i, t in enumerate(texts) if t.strip()], clf.predict(keep, progress=True)))
+    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    try:
+        if args.output and args.output.endswith(".csv"):
+            writer = csv.writer(out)
+            writer.writerow(["text", "label", "probability"])
+            for i, text in enumerate(texts):
+                label, prob = predictions.get(i, ("", float("nan")))
+                writer.writerow([text, label, f"{prob:.4f}"])
+        else:
+            for i, text in enumerate(texts):
+                label, prob = predictions.get(i, (None, None))
+                out.write(json.dumps({"text": text, "label": label, "probability": prob}, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from llm_meta.classifier import FewShotClassifier
+    from llm_meta.tasks import load_task
+
+    clf = FewShotClassifier.load(args.model)
+    task = load_task(args.task, args.text_column, args.label_column)
+    report = clf.evaluate(task, args.split, progress=True)
+    output = Path(args.output or f"eval-{task.name}-{args.split}.json")
+    output.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    print(f"{task.name} [{args.split}, {report['examples']} examples]: accuracy {100 * report['accuracy']:.2f}, "
+          f"macro-F1 {100 * report['macro_f1']:.2f}  (written to {output})")
+    if report["most_confused"]:
+        print("most confused (true -> predicted: count):")
+        for row in report["most_confused"][:5]:
+            print(f"  {row['true']} -> {row['predicted']}: {row['count']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-meta", description="Few-shot fine-tuning of language models "
                                      "by meta-learning LoRA adapters over N-way K-shot episodes.")
@@ -98,6 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_recipe, recipe="meta_train")
+
+    p = sub.add_parser("adapt", help="adapt a meta-trained adapter (or none) to a new task from K examples per class")
+    p.add_argument("--adapter", default=None, help="llm_meta adapter folder, or 'none' for the untrained start")
+    p.add_argument("--task", default=None, help="registry name, local file/folder, or hf:<id>: K per class drawn from it")
+    p.add_argument("--support", default=None, help="a small labelled file used whole as the support set")
+    p.add_argument("--shots", type=int, default=None, help="K examples per class (default 5)")
+    p.add_argument("--output", required=True, help="folder for the adapted task model")
+    p.add_argument("--config", default=None, help="optional YAML AdaptConfig")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. inner.steps=20 seed=1 text_column=utterance")
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("predict", help="label texts with an adapted task model")
+    p.add_argument("--model", required=True, help="task model folder written by `llm-meta adapt`")
+    p.add_argument("--input", default="-", help=".txt (one text per line), .csv/.tsv/.jsonl, or - for stdin")
+    p.add_argument("--output", default=None, help=".jsonl or .csv (default: JSON lines on stdout)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--empty", choices=["skip", "error"], default="skip", help="what to do with empty texts")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="accuracy and macro-F1 of a task model on a labelled split")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True, help="registry name, local file/folder, or hf:<id>")
+    p.add_argument("--split", default="test")
+    p.add_argument("--output", default=None, help="JSON report path (default eval-<task>-<split>.json)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

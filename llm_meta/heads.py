@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from llm_meta.episodes import Examples
 from llm_meta.models import Params
 
 HEAD_KEYS = ("head.weight", "head.bias")
@@ -45,3 +46,14 @@ def head_logits(params: Params, emb: Tensor, scale: float) -> Tensor:
 def label_name_text(name: str) -> str:
     """How a label name is read as text: `card_arrival` -> "card arrival"."""
     return " ".join(name.replace("_", " ").replace("-", " ").split())
+
+
+def with_label_names(support: Examples, label_names: list[str], times: int) -> Examples:
+    """The support set plus each label name, read as text, `times` times (labelled with its class).
+
+    Label names carry the task's semantics for free: the design notes measured +4 points on
+    BANKING77 77-way 5-shot from adding each name twice before adaptation.
+    """
+    names = [label_name_text(n) for n in label_names]
+    return Examples(support.texts + [n for n in names for _ in range(times)],
+                    support.labels + [y for y in range(len(names)) for _ in range(times)])

@@ -55,7 +55,7 @@ class EvalConfig:
 
     tasks: list[str] = field(default_factory=lambda: ["clinc", "hwu"])
     class_role: str | None = "meta_val"  # registry class split to draw from; None: all classes
-    episodes: int = 8  # per task
+    episodes: int = 6  # per task
     n_way: int = 10  # capped at the task's number of classes
     k_shot: int = 5
     q_query: int = 10
@@ -74,7 +74,7 @@ class Config:
     tasks: list[str] = field(default_factory=lambda: ["clinc", "hwu", "stackoverflow"])
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)  # inner loop during meta-training
-    adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=10))  # at validation/test time
+    adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # at validation/test time
     outer: OuterConfig = field(default_factory=OuterConfig)
     validate_every: int = 20  # meta-steps between validations (and checkpoints)
     validation: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,199 @@
+"""The everyday job: adapt a (meta-learned or untrained) start to a new task from K examples per
+class, then predict and evaluate. The same `adapt` inner loop as meta-training does the work.
+
+    clf = llm_meta.adapt(task="my_intents.csv", shots=5, adapter="runs/meta_train/adapter")
+    clf.save("my_model")
+    FewShotClassifier.load("my_model").predict(["where is my card?"])
+
+A saved task model is a folder with a standard PEFT adapter (the adapted LoRA), `head.safetensors`
+(the adapted classifier head), `labels.json`, `llm_meta.json` and `manifest.json` (checksums).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from llm_meta.algorithms import InnerConfig, adapt as adapt_params, predict_logits
+from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata, save_adapter
+from llm_meta.config import from_dict, to_dict
+from llm_meta.episodes import Examples
+from llm_meta.heads import HEAD_KEYS
+from llm_meta.metrics import classification_metrics
+from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
+from llm_meta.tasks import Task, TaskError, load_task, task_fingerprint
+from llm_meta.training import environment
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_FORMAT = "llm_meta.classifier/1"
+
+
+def default_adapt_config() -> InnerConfig:
+    """Adaptation defaults: 15 Adam steps at lr 1e-3 on batches of 64, prototype head plus each
+    label name twice as an extra example (design notes 5b: the best measured on BANKING77)."""
+    return InnerConfig(steps=15, lr=1e-3, batch_size=64, head_init="proto", label_examples=2)
+
+
+@dataclass
+class AdaptConfig:
+    """Config of `llm-meta adapt` (and of `llm_meta.adapt`)."""
+
+    task: str | None = None  # registry name, local file/folder, or hf:<id>: K examples per class drawn from it
+    support: str | None = None  # or: a small labelled file used whole as the support set
+    adapter: str | None = None  # an llm_meta adapter folder (meta-trained start); None: untrained LoRA
+    shots: int = 5
+    split: str = "train"
+    seed: int = 0
+    text_column: str = "text"
+    label_column: str = "label"
+    model: ModelConfig = field(default_factory=ModelConfig)  # when adapter is None; else the adapter's
+    inner: InnerConfig = field(default_factory=default_adapt_config)
+
+
+@dataclass
+class FewShotClassifier:
+    """An adapted model: body with adapted LoRA, a head, and its label names."""
+
+    body: Body
+    params: Params  # LoRA + head tensors
+    labels: list[str]
+    scale: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # ---- use ----
+    @torch.no_grad()
+    def predict_proba(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        """Class probabilities [len(texts), n_labels]; columns follow `self.labels`."""
+        from tqdm import tqdm
+
+        chunks = range(0, len(texts), 1024)
+        out = []
+        for start in tqdm(chunks, desc="predict", unit_scale=1024, disable=not progress or None, leave=False):
+            out.append(predict_logits(self.body, self.params, texts[start : start + 1024], self.scale, batch_size))
+        return torch.cat(out).softmax(-1).cpu() if out else torch.empty(0, len(self.labels))
+
+    def predict(self, texts: list[str], progress: bool = False) -> list[tuple[str, float]]:
+        """(label, probability) for each text."""
+        probs = self.predict_proba(texts, progress=progress)
+        best = probs.argmax(1)
+        return [(self.labels[i], float(probs[n, i])) for n, i in enumerate(best.tolist())]
+
+    def evaluate(self, task: Task | str, split: str = "test", progress: bool = False) -> dict[str, Any]:
+        """Accuracy and macro-F1 (through `evaluate`) on a labelled split, plus the most confused pairs."""
+        task = load_task(task) if isinstance(task, str) else task
+        ds = task.split(split)
+        unknown = sorted(set(ds["label"]) - set(self.labels))
+        if unknown:
+            raise TaskError(f"task '{task.name}' ({split}) has {len(unknown)} label(s) this model does not know: "
+                            f"{', '.join(unknown[:20])}{' ...' if len(unknown) > 20 else ''} "
+                            f"(the model knows: {', '.join(self.labels[:20])}{' ...' if len(self.labels) > 20 else ''})")
+        index = {name: i for i, name in enumerate(self.labels)}
+        refs = [index[y] for y in ds["label"]]
+        preds = self.predict_proba(ds["text"], progress=progress).argmax(1).tolist()
+        confused = Counter((self.labels[r], self.labels[p]) for r, p in zip(refs, preds) if r != p)
+        return {
+            "task": task.name, "split": split, "examples": len(refs), **classification_metrics(preds, refs),
+            "most_confused": [{"true": t, "predicted": p, "count": c} for (t, p), c in confused.most_common(10)],
+        }
+
+    # ---- disk ----
+    def save(self, folder: str | Path) -> Path:
+        """Write the task model folder atomically (PEFT adapter + head + labels + metadata)."""
+        lora = {k: v for k, v in self.params.items() if k not in HEAD_KEYS}
+        head = {k: self.params[k].detach().contiguous().cpu() for k in HEAD_KEYS}
+        meta = {**self.metadata, "format": CLASSIFIER_FORMAT, "labels": self.labels, "scale": self.scale}
+        return save_adapter(self.body, lora, folder, meta, extra_files={
+            "head.safetensors": lambda path: save_file(head, str(path)),
+            "labels.json": lambda path: path.write_text(json.dumps(self.labels, ensure_ascii=False, indent=1)),
+        })
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "FewShotClassifier":
+        """Load a task model folder written by `save` (checksums verified)."""
+        meta = read_metadata(folder)
+        if meta.get("format") != CLASSIFIER_FORMAT:
+            raise CheckpointError(f"{folder} is an llm_meta {meta.get('format', 'folder')}, not a task model "
+                                  f"(make one with `llm-meta adapt`)")
+        body = load_body(from_dict(ModelConfig, meta["model"]), adapter=folder)
+        head = load_file(str(Path(folder) / "head.safetensors"))
+        params = {**lora_params(body), **{k: v.to(body.device) for k, v in head.items()}}
+        return cls(body, params, list(meta["labels"]), float(meta["scale"]), meta)
+
+
+def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> tuple[Examples, list[str]]:
+    """K examples of every class of `task` (seeded); a class with fewer than K is an error naming it."""
+    ds = task.split(split)
+    by_class: dict[str, list[str]] = {}
+    for text, label in zip(ds["text"], ds["label"]):
+        by_class.setdefault(label, []).append(text)
+    small = {c: len(t) for c, t in sorted(by_class.items()) if len(t) < shots}
+    if small:
+        listed = ", ".join(f"'{c}' has {n}" for c, n in list(small.items())[:10])
+        raise TaskError(f"task '{task.name}' ({split}): {len(small)} class(es) have fewer than K={shots} examples: "
+                        f"{listed}{' ...' if len(small) > 10 else ''}")
+    rng = random.Random(f"support:{seed}")
+    labels = sorted(by_class)
+    support = Examples([], [])
+    for y, label in enumerate(labels):
+        support.texts += rng.sample(by_class[label], shots)
+        support.labels += [y] * shots
+    return support, labels
+
+
+def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str | Path | None = None,
+          support: str | None = None, cfg: AdaptConfig | None = None) -> FewShotClassifier:
+    """Adapt a start (an llm_meta adapter folder, or the untrained LoRA) to a new task.
+
+    Give `task` (K = `shots` examples per class are drawn from its train split) or `support`
+    (a labelled file used whole). Arguments given here override the same fields of `cfg`
+    (see `AdaptConfig`); `cfg` itself is not modified.
+    """
+    cfg = dataclasses.replace(cfg or AdaptConfig())
+    if task is not None:
+        cfg.task = task if isinstance(task, str) else task.name
+    if shots is not None:
+        cfg.shots = shots
+    if adapter is not None:
+        cfg.adapter = str(adapter)
+    if support is not None:
+        cfg.support = support
+    if (cfg.task is None) == (cfg.support is None):
+        raise ValueError("give either a task (K examples per class are drawn from it) or a support file, not both")
+    start_time = time.perf_counter()
+    if cfg.adapter is not None:
+        meta = read_metadata(cfg.adapter)
+        if meta.get("format") == CLASSIFIER_FORMAT:
+            raise CheckpointError(f"{cfg.adapter} is an adapted task model; start from a meta-trained adapter or none")
+        cfg.model = from_dict(ModelConfig, meta["config"]["model"])
+    body = load_body(cfg.model)
+    params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
+
+    if cfg.support is not None:
+        data = load_task(cfg.support, cfg.text_column, cfg.label_column)
+        labels = data.label_names
+        index = {name: i for i, name in enumerate(labels)}
+        examples = Examples(list(data.split("train")["text"]), [index[y] for y in data.split("train")["label"]])
+    else:
+        data = task if isinstance(task, Task) else load_task(cfg.task, cfg.text_column, cfg.label_column)
+        examples, labels = support_set(data, cfg.shots, cfg.split, cfg.seed)
+    fast = adapt_params(body, params, examples, len(labels), cfg.inner, seed=cfg.seed, label_names=labels)
+    meta = {
+        "base_model": cfg.model.name, "model": to_dict(cfg.model), "start": cfg.adapter or "untrained",
+        "task": data.name, "task_hash": task_fingerprint(data), "support_size": len(examples),
+        "adapt_config": to_dict(cfg), "adapt_seconds": round(time.perf_counter() - start_time, 2),
+        "environment": environment(),
+    }
+    log.info("adapted to %s (%d labels, %d support examples) in %.1f s", data.name, len(labels), len(examples),
+             meta["adapt_seconds"])
+    return FewShotClassifier(body, fast, labels, cfg.inner.scale, meta)

@@ -1,0 +1,162 @@
+"""adapt / predict / evaluate: the API, the task-model folder, the commands, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import llm_meta
+from llm_meta.algorithms import InnerConfig
+from llm_meta.checkpoint import CheckpointError
+from llm_meta.classifier import AdaptConfig, FewShotClassifier, support_set
+from llm_meta.episodes import Examples
+from llm_meta.heads import with_label_names
+from llm_meta.models import ModelConfig
+from llm_meta.tasks import TaskError, load_task
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPICS = {"card_payment": "card payment", "music_playlist": "music playlist", "weather_forecast": "weather forecast"}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("toy")
+    for split, n in (("train", 8), ("test", 4)):
+        rows = [f"{words} request {i} {split},{label}" for label, words in TOPICS.items() for i in range(n)]
+        (folder / f"{split}.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tiny_bert_dir) -> AdaptConfig:
+    return AdaptConfig(model=ModelConfig(name=str(tiny_bert_dir)), inner=InnerConfig(steps=3, label_examples=1))
+
+
+@pytest.fixture(scope="module")
+def adapted(toy, tiny_cfg) -> FewShotClassifier:
+    return llm_meta.adapt(task=str(toy), shots=2, cfg=tiny_cfg)
+
+
+def test_support_set_draws_k_per_class_reproducibly(toy):
+    task = load_task(str(toy))
+    support, labels = support_set(task, shots=3, seed=1)
+    assert labels == sorted(TOPICS) and len(support) == 9 and support.labels.count(2) == 3
+    assert support_set(task, 3, seed=1)[0].texts == support.texts != support_set(task, 3, seed=2)[0].texts
+
+
+def test_k_larger_than_a_class_names_it(toy):
+    with pytest.raises(TaskError, match=r"3 class\(es\) have fewer than K=9 examples: 'card_payment' has 8"):
+        support_set(load_task(str(toy)), shots=9)
+
+
+def test_label_names_join_the_support_set():
+    s = with_label_names(Examples(["a"], [0]), ["card_arrival", "top-up"], 2)
+    assert s.texts == ["a", "card arrival", "card arrival", "top up", "top up"] and s.labels == [0, 0, 0, 1, 1]
+
+
+def test_save_load_round_trip_and_plain_peft(adapted, tmp_path, tiny_bert_dir):
+    folder = adapted.save(tmp_path / "model")
+    assert {"adapter_config.json", "adapter_model.safetensors", "head.safetensors", "labels.json",
+            "llm_meta.json", "manifest.json"} <= {p.name for p in folder.iterdir()}
+    texts = ["card payment please", "what is the weather forecast", "next music playlist"]
+    loaded = FewShotClassifier.load(folder)
+    assert loaded.labels == adapted.labels == sorted(TOPICS)
+    assert torch.allclose(loaded.predict_proba(texts), adapted.predict_proba(texts), atol=1e-6)
+    assert json.loads((folder / "labels.json").read_text()) == sorted(TOPICS)
+    from peft import PeftModel
+    from transformers import AutoModel
+    PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_bert_dir), str(folder))
+
+
+def test_evaluate_reports_metrics_and_confusions(adapted, toy):
+    report = adapted.evaluate(str(toy), split="test")
+    assert report["examples"] == 12 and 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1
+    assert all(set(r) == {"true", "predicted", "count"} for r in report["most_confused"])
+
+
+def test_evaluate_unknown_labels_are_listed(adapted, tmp_path):
+    f = tmp_path / "other.csv"
+    f.write_text("text,label\nhello,greeting\nbye,farewell\ncard,card_payment\n")
+    with pytest.raises(TaskError, match="2 label\\(s\\) this model does not know: farewell, greeting"):
+        adapted.evaluate(str(f), split="train")
+
+
+def test_support_file_used_whole(tmp_path, tiny_cfg):
+    f = tmp_path / "support.csv"
+    f.write_text("text,label\nmy card payment,card\nplay the playlist,music\nmy card again,card\n")
+    clf = llm_meta.adapt(support=str(f), cfg=tiny_cfg)
+    assert clf.labels == ["card", "music"] and clf.metadata["support_size"] == 3
+
+
+def test_support_file_with_one_class(tmp_path, tiny_cfg):
+    f = tmp_path / "one.csv"
+    f.write_text("text,label\nmy card payment,card\nmy card again,card\n")
+    with pytest.raises(TaskError, match="1 class"):
+        llm_meta.adapt(support=str(f), cfg=tiny_cfg)
+
+
+def test_corrupt_and_foreign_folders(adapted, tmp_path):
+    folder = adapted.save(tmp_path / "model")
+    head = folder / "head.safetensors"
+    head.write_bytes(head.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match="head.safetensors does not match its checksum"):
+        FewShotClassifier.load(folder)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "adapter_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="a PEFT adapter from another tool, not an llm_meta adapter"):
+        FewShotClassifier.load(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        FewShotClassifier.load(tmp_path / "missing")
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llm_meta.cli", *args], capture_output=True, text=True,
+                          input=stdin, cwd=ROOT, timeout=600)
+
+
+def test_predict_inputs_and_empty_texts(adapted, tmp_path):
+    folder = str(adapted.save(tmp_path / "model"))
+    (tmp_path / "in.txt").write_text("card payment now\n\nweather forecast\n")
+    done = cli("predict", "--model", folder, "--input", str(tmp_path / "in.txt"))
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and len(rows) == 3 and rows[1]["label"] is None
+    assert rows[0]["label"] in TOPICS and 0 < rows[0]["probability"] <= 1
+    assert "skipped 1 empty" in done.stderr
+    done = cli("predict", "--model", folder, "--input", str(tmp_path / "in.txt"), "--empty", "error")
+    assert done.returncode == 2 and "1 empty or whitespace-only text(s)" in done.stderr
+    (tmp_path / "in.jsonl").write_text('{"utterance": "music playlist"}\n')
+    done = cli("predict", "--model", folder, "--input", str(tmp_path / "in.jsonl"), "--text-column", "utterance",
+               "--output", str(tmp_path / "out.csv"))
+    assert done.returncode == 0 and (tmp_path / "out.csv").read_text().startswith("text,label,probability")
+    done = cli("predict", "--model", folder, stdin="weather forecast today\n")
+    assert json.loads(done.stdout)["text"] == "weather forecast today"
+
+
+def test_not_a_model_folder_is_one_line_error(tmp_path):
+    done = cli("predict", "--model", str(tmp_path), "--input", "-", stdin="x\n")
+    assert done.returncode == 2 and "not an adapter" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_round_trip_in_fresh_processes_on_real_model(tmp_path):
+    """meta-train (tiny budget) -> adapt -> predict -> evaluate, real MiniLM, held-out MCID."""
+    run = tmp_path / "run"
+    done = cli("meta-train", "--config", "recipes/configs/meta_train.yaml", f"output_dir={run}", "outer.steps=1",
+               "outer.meta_batch=1", "episodes.n_way=3", "episodes.k_shot=2", "episodes.q_query=2",
+               "inner.steps=1", "validate_every=1", "validation.episodes=1", "validation.n_way=3", "test.episodes=0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = tmp_path / "mcid_model"
+    done = cli("adapt", "--adapter", str(run / "adapter"), "--task", "mcid", "--shots", "2",
+               "--output", str(model), "inner.steps=2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "16 labels, 32 support examples" in done.stdout
+    done = cli("predict", "--model", str(model), stdin="how can i donate to the red cross\n")
+    assert json.loads(done.stdout)["label"] == "donate"
+    report = tmp_path / "eval.json"
+    done = cli("evaluate", "--model", str(model), "--task", "mcid", "--output", str(report))
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads(report.read_text())
+    assert metrics["examples"] == 331 and metrics["accuracy"] > 0.5  # 16 classes: chance is 6%
