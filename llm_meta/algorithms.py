@@ -138,8 +138,49 @@ def reptile(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed
     return {k: params[k] - fast[k] for k in params}, StepStats(loss.item(), acc.item())
 
 
+TRANSFER_PREFIX = "transfer."
+
+
+def transfer_head_key(task: str, label: str) -> str:
+    """Key of one class's row ([hidden + 1]: weight and bias) in the transfer baseline's heads."""
+    return f"{TRANSFER_PREFIX}{task}.{label}"
+
+
+def transfer(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
+    """Multi-task supervised training (the transfer baseline), no inner loop.
+
+    Every example of the episode is classified over *all* meta-train classes of its dataset by a
+    persistent per-dataset head kept in `params` (one row per class, see `transfer_head_key`);
+    the gradient covers LoRA and that head. Same episodes as meta-learning, so same data.
+    """
+    prefix = f"{TRANSFER_PREFIX}{episode.task}."
+    rows = sorted(k for k in params if k.startswith(prefix))
+    keys = [k for k in params if not k.startswith(TRANSFER_PREFIX)] + rows
+    live = {k: params[k].detach().requires_grad_(True) for k in keys}
+    table = torch.stack([live[k] for k in rows])  # [classes, hidden + 1]
+    head = {"head.weight": table[:, :-1], "head.bias": table[:, -1]}
+    to_row = [rows.index(prefix + name) for name in episode.label_names]
+    texts = episode.support.texts + episode.query.texts
+    labels = [to_row[y] for y in episode.support.labels + episode.query.labels]
+    loss, acc = loss_and_accuracy(body, {**live, **head}, texts, labels, cfg.scale)
+    grads = dict(zip(keys, torch.autograd.grad(loss, [live[k] for k in keys])))
+    return {k: grads.get(k, torch.zeros_like(v)) for k, v in params.items()}, StepStats(loss.item(), acc.item())
+
+
+@torch.no_grad()
+def transfer_heads(body: Body, params: Params, task: str, pool: dict[str, list[str]], per_class: int = 16) -> Params:
+    """Initial transfer-baseline heads for one dataset: Proto-MAML rows from up to `per_class`
+    texts per class, the same head initialisation every other method gets."""
+    labels = sorted(pool)
+    texts = [t for label in labels for t in pool[label][:per_class]]
+    ys = torch.tensor([y for y, label in enumerate(labels) for _ in pool[label][:per_class]], device=body.device)
+    head = proto_head(embed_texts(body, params, texts), ys, len(labels))
+    return {transfer_head_key(task, label): torch.cat([head["head.weight"][y], head["head.bias"][y : y + 1]])
+            for y, label in enumerate(labels)}
+
+
 Algorithm = Callable[[Body, Params, Episode, InnerConfig, int], tuple[Params, StepStats]]
-ALGORITHMS: dict[str, Algorithm] = {"fomaml": fomaml, "reptile": reptile}
+ALGORITHMS: dict[str, Algorithm] = {"fomaml": fomaml, "reptile": reptile, "transfer": transfer}
 
 
 @torch.no_grad()

@@ -77,10 +77,10 @@ class FewShotClassifier:
         """Class probabilities [len(texts), n_labels]; columns follow `self.labels`."""
         from tqdm import tqdm
 
-        chunks = range(0, len(texts), 1024)
-        out = []
-        for start in tqdm(chunks, desc="predict", unit_scale=1024, disable=not progress or None, leave=False):
-            out.append(predict_logits(self.body, self.params, texts[start : start + 1024], self.scale, batch_size))
+        chunk = 1024  # texts per progress-bar tick; embedding itself runs in length-sorted batches
+        out = [predict_logits(self.body, self.params, texts[i : i + chunk], self.scale, batch_size)
+               for i in tqdm(range(0, len(texts), chunk), desc=f"predict ({len(texts)} texts)",
+                             disable=not progress or len(texts) <= chunk or None, leave=False)]
         return torch.cat(out).softmax(-1).cpu() if out else torch.empty(0, len(self.labels))
 
     def predict(self, texts: list[str], progress: bool = False) -> list[tuple[str, float]]:

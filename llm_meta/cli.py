@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_recipe, recipe="meta_train")
 
+    p = sub.add_parser("benchmark", help="meta-learned starts vs transfer fine-tuning and baselines on held-out tasks")
+    p.add_argument("--config", default=None, help="YAML config (recipes/configs/benchmark_quick.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.set_defaults(func=cmd_recipe, recipe="benchmark")
+
     p = sub.add_parser("adapt", help="adapt a meta-trained adapter (or none) to a new task from K examples per class")
     p.add_argument("--adapter", default=None, help="llm_meta adapter folder, or 'none' for the untrained start")
     p.add_argument("--task", default=None, help="registry name, local file/folder, or hf:<id>: K per class drawn from it")

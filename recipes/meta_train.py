@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.algorithms import ALGORITHMS, InnerConfig
+from llm_meta.algorithms import ALGORITHMS, InnerConfig, transfer_heads
 from llm_meta.checkpoint import load_adapter_params, load_checkpoint, save_adapter, save_checkpoint
 from llm_meta.config import to_dict
 from llm_meta.episodes import Episode, EpisodeSampler
@@ -96,7 +96,6 @@ def main(cfg: Config) -> dict:
     body.model.to(accelerator.device)
     start = lora_params(body)  # the untrained start θ0 (LoRA B = 0: exactly the pretrained model)
     params = {k: v.clone().requires_grad_(True) for k, v in start.items()}
-    optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cfg.outer.optimizer](params.values(), lr=cfg.outer.lr)
 
     # Tasks and samplers: meta-train classes for training, meta-val classes for selection.
     tasks = [load_task(name) for name in cfg.tasks]
@@ -104,6 +103,11 @@ def main(cfg: Config) -> dict:
                              class_role="meta_train", weighting=cfg.episodes.weighting, seed=cfg.seed)
     val_episodes = eval_episodes(cfg.validation)
     algorithm = ALGORITHMS[cfg.algorithm]
+    if cfg.algorithm == "transfer":  # the baseline's persistent per-dataset heads train alongside LoRA
+        for name, pool in sampler.pools:
+            params.update({k: v.requires_grad_(True) for k, v in transfer_heads(body, start, name, pool).items()})
+
+    optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cfg.outer.optimizer](params.values(), lr=cfg.outer.lr)
 
     # Resume, or start by scoring the untrained start: it stays a candidate for "best".
     state = {"best_score": None, "best_step": None, "history": []}
@@ -156,7 +160,7 @@ def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_d
     """Score the current start on meta-validation episodes; keep it as the adapter if it is the best so far."""
     if not main_process:
         return state
-    current = {k: v.detach() for k, v in params.items()}
+    current = {k: params[k].detach() for k in body.lora_names}  # not the transfer baseline's heads
     score = mean_ci(score_episodes(body, current, episodes, cfg.adapt, desc=f"validate step {step}"))
     state["history"].append({"step": step, "accuracy": score.mean, "ci": score.half_width})
     run_log.write("validation", step=step, accuracy=score.mean, ci=score.half_width)

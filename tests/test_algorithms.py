@@ -113,3 +113,21 @@ def test_head_only_adaptation_keeps_lora(body):
     assert all(torch.equal(fast[k], theta[k]) for k in theta)
     emb = embed(body, theta, tokenize(body, SUPPORT.texts))
     assert not torch.allclose(fast["head.weight"], proto_head(emb, torch.tensor(SUPPORT.labels), 3)["head.weight"])
+
+
+def test_transfer_gradient_covers_lora_and_own_task_head_only(body):
+    from llm_meta.algorithms import transfer, transfer_head_key, transfer_heads
+
+    theta = perturbed(lora_params(body))
+    pools = {"toy": {"card": SUPPORT.texts[:2], "music": SUPPORT.texts[2:4], "weather": SUPPORT.texts[4:]},
+             "other": {"a": ["x y"], "b": ["y z"]}}
+    params = dict(theta)
+    for task, pool in pools.items():
+        params.update(transfer_heads(body, theta, task, pool))
+    assert params[transfer_head_key("toy", "music")].shape == (body.hidden_size + 1,)
+    grads, stats = transfer(body, params, EPISODE, InnerConfig(), 0)
+    assert set(grads) == set(params)
+    assert all(grads[k].abs().sum() > 0 for k in theta)
+    assert grads[transfer_head_key("toy", "weather")].abs().sum() > 0
+    assert all(grads[transfer_head_key("other", c)].abs().sum() == 0 for c in ("a", "b"))
+    assert 0 <= stats.accuracy <= 1

@@ -1,0 +1,236 @@
+"""Benchmark: meta-learned starts vs transfer fine-tuning and simple baselines on held-out tasks.
+
+    llm-meta benchmark --config recipes/configs/benchmark_quick.yaml [key.sub=value ...]
+
+Reads top to bottom: train the starts (FOMAML, Reptile, transfer; one run per meta-seed, reused
+when already on disk), fix the evaluation episodes (generated once per task/protocol/K/seed,
+hashed, cached), score every method on exactly those episodes with the same adaptation budget
+and head initialisation, then write a markdown report, a JSON file with every number, and plots.
+
+Methods: prototype (frozen, no steps), linear_probe (head only), finetune (LoRA + head from the
+untrained start), transfer / fomaml / reptile (LoRA + head from the trained start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from llm_meta.algorithms import InnerConfig
+from llm_meta.checkpoint import load_adapter_params
+from llm_meta.classifier import support_set
+from llm_meta.config import load_config, to_dict
+from llm_meta.episodes import Episode, EpisodeSampler, Examples
+from llm_meta.evaluation import Interval, mean_ci, paired_difference, score_episodes
+from llm_meta.models import ModelConfig, load_body, lora_params
+from llm_meta.tasks import Task, load_task
+from recipes import meta_train
+
+# method -> (which start it adapts from, how its inner loop differs from the shared one)
+METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
+    "prototype": ("untrained", lambda c: dataclasses.replace(c, steps=0)),
+    "linear_probe": ("untrained", lambda c: dataclasses.replace(c, train_lora=False)),
+    "finetune": ("untrained", lambda c: c),
+    "transfer": ("transfer", lambda c: c),
+    "fomaml": ("fomaml", lambda c: c),
+    "reptile": ("reptile", lambda c: c),
+}
+REFERENCE = "transfer"  # paired differences are taken against transfer fine-tuning
+
+
+@dataclass
+class EpisodicConfig:
+    tasks: list[str] = field(default_factory=lambda: ["banking77", "mcid", "tweet_sentiment"])
+    n_way: int = 5  # capped at a task's number of classes
+    shots: list[int] = field(default_factory=lambda: [1, 5])
+    q_query: int = 10
+    episodes: int = 200  # per task and K
+    split: str = "test"
+    seed: int = 0
+
+
+@dataclass
+class FullwayConfig:
+    tasks: list[str] = field(default_factory=lambda: ["banking77"])  # all classes, full test split
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # support draws
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/benchmark"
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    meta_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_configs: dict[str, str] = field(default_factory=lambda: {
+        "fomaml": "recipes/configs/meta_train.yaml", "reptile": "recipes/configs/reptile.yaml",
+        "transfer": "recipes/configs/transfer.yaml"})
+    train_overrides: list[str] = field(default_factory=list)  # applied to every start's training run
+    budget_scale: float = 1.0  # scales each training config's outer.steps and validate_every (quick runs)
+    model: ModelConfig = field(default_factory=ModelConfig)  # must match the training configs' model
+    adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # the shared adaptation budget
+    episodic: EpisodicConfig = field(default_factory=EpisodicConfig)
+    fullway: FullwayConfig = field(default_factory=FullwayConfig)
+
+
+def main(cfg: Config) -> dict:
+    unknown = sorted(set(cfg.methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown benchmark method(s) {unknown} (valid: {', '.join(METHODS)})")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Starts: the untrained LoRA, and one trained adapter per (training method, meta-seed).
+    body = load_body(cfg.model)
+    starts = {("untrained", 0): lora_params(body)}
+    for name in sorted({METHODS[m][0] for m in cfg.methods} - {"untrained"}):
+        for seed in cfg.meta_seeds:
+            starts[(name, seed)] = load_adapter_params(body, _train_start(cfg, name, seed, out))
+
+    # Fixed evaluation settings: (protocol, task, K) -> episodes, hashed and cached on disk.
+    settings = {}
+    for task in map(load_task, cfg.episodic.tasks):
+        for k in cfg.episodic.shots:
+            settings[("episodic", task.name, k)] = _cached(out, f"episodic-{task.name}-k{k}",
+                                                           lambda t=task, k=k: _episodic(cfg.episodic, t, k))
+    for task in map(load_task, cfg.fullway.tasks):
+        for k in cfg.fullway.shots:
+            settings[("fullway", task.name, k)] = _cached(out, f"fullway-{task.name}-k{k}",
+                                                          lambda t=task, k=k: _fullway(cfg.fullway, t, k))
+
+    # Score every method on every setting: per-episode accuracies, averaged over meta-seeds.
+    units = [(m, s) for m in cfg.methods for s in settings]
+    scores: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}
+    seen: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}  # hash of the episodes each method scored
+    for method, key in tqdm(units, desc="benchmark", disable=None):
+        start, inner = METHODS[method][0], METHODS[method][1](cfg.adapt)
+        seeds = [0] if start == "untrained" else cfg.meta_seeds
+        episodes, name = settings[key]["episodes"], "/".join(map(str, key))
+        runs = [score_episodes(body, starts[(start, s)], episodes, inner, progress=False) for s in seeds]
+        scores[method][name] = [sum(r[i] for r in runs) / len(runs) for i in range(len(runs[0]))]
+        seen[method][name] = _hash(episodes)
+
+    report = _report(cfg, settings, scores)
+    (out / "report.md").write_text(report)
+    results = {"config": to_dict(cfg), "hashes": {"/".join(map(str, k)): v["hash"] for k, v in settings.items()},
+               "episodes_seen": seen, "scores": scores}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    _plot(cfg, settings, scores, out / "accuracy_vs_k.png")
+    print(report)
+    return results
+
+
+def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
+    """Meta-train (or reuse) the start `name` with meta-seed `seed`; return its adapter folder."""
+    run_dir = out / "starts" / f"{name}-seed{seed}"
+    if (run_dir / "adapter" / "llm_meta.json").is_file() and (run_dir / "DONE").is_file():
+        return run_dir / "adapter"
+    tqdm.write(f"training start '{name}' (meta-seed {seed}) -> {run_dir}", file=sys.stderr)
+    train_cfg = load_config(meta_train.Config, cfg.train_configs[name],
+                            [*cfg.train_overrides, f"seed={seed}", f"output_dir={run_dir}", "test.episodes=0"])
+    train_cfg.outer.steps = max(1, round(train_cfg.outer.steps * cfg.budget_scale))
+    train_cfg.validate_every = max(1, round(train_cfg.validate_every * cfg.budget_scale))
+    if train_cfg.model != cfg.model:
+        raise ValueError(f"the '{name}' training config uses model {train_cfg.model.name}; the benchmark's "
+                         f"model section must match it")
+    meta_train.main(train_cfg)
+    (run_dir / "DONE").write_text("")
+    return run_dir / "adapter"
+
+
+def _episodic(ec: EpisodicConfig, task: Task, k: int) -> list[Episode]:
+    n_way = min(ec.n_way, len(task.label_names))
+    return EpisodeSampler([task], n_way, k, ec.q_query, split=ec.split, seed=ec.seed).episodes(ec.episodes)
+
+
+def _fullway(fc: FullwayConfig, task: Task, k: int) -> list[Episode]:
+    """One 'episode' per support seed: K per class from train, every test text as the query."""
+    test = task.split("test")
+    episodes = []
+    for seed in fc.seeds:
+        support, labels = support_set(task, k, seed=seed)
+        index = {name: i for i, name in enumerate(labels)}
+        query = Examples(list(test["text"]), [index[y] for y in test["label"]])
+        episodes.append(Episode(support, query, labels, task.name))
+    return episodes
+
+
+def _cached(out: Path, name: str, make: Callable[[], list[Episode]]) -> dict:
+    """Episodes from the cache file if present, else generated and written; with their hash."""
+    path = out / "episodes" / f"{name}.json"
+    if path.is_file():
+        episodes = [Episode(Examples(**e["support"]), Examples(**e["query"]), e["label_names"], e["task"])
+                    for e in json.loads(path.read_text())]
+    else:
+        episodes = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps([dataclasses.asdict(e) for e in episodes], ensure_ascii=False))
+    return {"episodes": episodes, "hash": _hash(episodes)}
+
+
+def _hash(episodes: list[Episode]) -> str:
+    return hashlib.sha256("".join(e.fingerprint() for e in episodes).encode()).hexdigest()[:16]
+
+
+def _report(cfg: Config, settings: dict, scores: dict) -> str:
+    lines = ["# Benchmark report", "",
+             f"Adaptation for every method: {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
+             f"head init {cfg.adapt.head_init}; trained starts averaged over meta-seeds {cfg.meta_seeds}. "
+             f"Mean ± 95% CI over episodes (episodic) or support seeds (full-way); paired difference vs "
+             f"{REFERENCE} on the same episodes.", ""]
+    for key, setting in settings.items():
+        protocol, task, k = key
+        episodes = setting["episodes"]
+        lines += [f"## {task}, {protocol}, {episodes[0].n_way}-way {k}-shot "
+                  f"({len(episodes)} episodes, hash {setting['hash']})", "",
+                  f"| method | accuracy | vs {REFERENCE} |", "|---|---|---|"]
+        name = "/".join(map(str, key))
+        ref = scores.get(REFERENCE, {}).get(name)
+        for method in cfg.methods:
+            s = scores[method][name]
+            diff = "-" if ref is None or method == REFERENCE else _fmt_diff(paired_difference(s, ref))
+            lines.append(f"| {method} | {mean_ci(s)} | {diff} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt_diff(d: Interval) -> str:
+    verdict = "win" if d.mean - d.half_width > 0 else "loss" if d.mean + d.half_width < 0 else "tie"
+    return f"{100 * d.mean:+.1f} ± {100 * d.half_width:.1f} ({verdict})"
+
+
+def _plot(cfg: Config, settings: dict, scores: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys((p, t) for p, t, _ in settings))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (protocol, task) in zip(axes[0], panels):
+        ks = [k for p, t, k in settings if (p, t) == (protocol, task)]
+        for method in cfg.methods:
+            cis = [mean_ci(scores[method][f"{protocol}/{task}/{k}"]) for k in ks]
+            ax.errorbar(ks, [100 * c.mean for c in cis], yerr=[100 * min(c.half_width, 1) for c in cis],
+                        marker="o", capsize=3, label=method)
+        ax.set_title(f"{task} ({protocol})")
+        ax.set_xlabel("K (examples per class)")
+        ax.set_xticks(ks)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    from llm_meta.cli import main as cli_main
+
+    cli_main(["benchmark", *sys.argv[1:]])
