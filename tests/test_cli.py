@@ -6,7 +6,7 @@ from llm_meta.cli import main
 
 def test_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "llm_meta.cli", "--help"], capture_output=True, text=True, check=True)
-    for cmd in ("tasks", "episode", "meta-train"):
+    for cmd in ("tasks", "episode", "meta-train", "adapt", "predict", "evaluate", "benchmark"):
         assert cmd in out.stdout
 
 
