@@ -114,8 +114,16 @@ def main(cfg: Config) -> dict:
     step = 0
     if cfg.resume and (restored := load_checkpoint(run_dir, params, optimizer)) is not None:
         step, state = restored.pop("step"), restored
+    # What every saved adapter records, computed once (hashing the task data is not free).
+    provenance = {"base_model": cfg.model.name, "algorithm": cfg.algorithm, "config": to_dict(cfg),
+                  "tasks": {t.name: task_fingerprint(t) for t in tasks}, "environment": environment()}
+
+    def validate(at: int, state: dict) -> dict:  # selection runs on the main process only
+        return _validate(cfg, body, params, val_episodes, at, state, run_dir, provenance, run_log) if main_process \
+            else state
+
     if step == 0:
-        state = _validate(cfg, body, params, val_episodes, 0, state, run_dir, tasks, run_log, main_process)
+        state = validate(0, state)
 
     bar = tqdm(range(step, cfg.outer.steps), initial=step, total=cfg.outer.steps, desc=f"meta-train {cfg.algorithm}",
                disable=not main_process or None)
@@ -130,7 +138,7 @@ def main(cfg: Config) -> dict:
         run_log.write("step", step=step + 1, loss=stats.loss, query_accuracy=stats.accuracy)
         bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.2f}", best=state["best_step"])
         if (step + 1) % cfg.validate_every == 0 or step + 1 == cfg.outer.steps:
-            state = _validate(cfg, body, params, val_episodes, step + 1, state, run_dir, tasks, run_log, main_process)
+            state = validate(step + 1, state)
             if main_process:
                 save_checkpoint(run_dir, step + 1, params, optimizer, state)
             accelerator.wait_for_everyone()
@@ -155,11 +163,9 @@ def eval_episodes(ec: EvalConfig) -> list[Episode]:
     return episodes
 
 
-def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_dir: Path, tasks, run_log: RunLog,
-              main_process: bool) -> dict:
+def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_dir: Path, provenance: dict,
+              run_log: RunLog) -> dict:
     """Score the current start on meta-validation episodes; keep it as the adapter if it is the best so far."""
-    if not main_process:
-        return state
     current = {k: params[k].detach() for k in body.lora_names}  # not the transfer baseline's heads
     score = mean_ci(score_episodes(body, current, episodes, cfg.adapt, desc=f"validate step {step}"))
     state["history"].append({"step": step, "accuracy": score.mean, "ci": score.half_width})
@@ -168,10 +174,8 @@ def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_d
     if state["best_score"] is None or score.mean > state["best_score"]:
         state["best_score"], state["best_step"] = score.mean, step
         save_adapter(body, current, run_dir / "adapter", {
-            "base_model": cfg.model.name, "algorithm": cfg.algorithm, "step": step,
-            "validation_accuracy": score.mean, "step0_validation_accuracy": state["history"][0]["accuracy"],
-            "config": to_dict(cfg), "tasks": {t.name: task_fingerprint(t) for t in tasks}, "environment": environment(),
-        })
+            **provenance, "step": step, "validation_accuracy": score.mean,
+            "step0_validation_accuracy": state["history"][0]["accuracy"]})
     return state
 
 
