@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,9 @@ def _plot(cfg: Config, settings: dict, scores: dict, path: Path) -> None:
         ks = [k for p, t, k in settings if (p, t) == (protocol, task)]
         for method in cfg.methods:
             cis = [mean_ci(scores[method][f"{protocol}/{task}/{k}"]) for k in ks]
-            ax.errorbar(ks, [100 * c.mean for c in cis], yerr=[100 * min(c.half_width, 1) for c in cis],
+            # A single support seed has no CI (infinite half-width): draw the point without a bar.
+            ax.errorbar(ks, [100 * c.mean for c in cis],
+                        yerr=[100 * c.half_width if math.isfinite(c.half_width) else 0 for c in cis],
                         marker="o", capsize=3, label=method)
         ax.set_title(f"{task} ({protocol})")
         ax.set_xlabel("K (examples per class)")
