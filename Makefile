@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: install quickstart test test-all clean
+.PHONY: install quickstart benchmark test test-all clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 # then score it against the untrained start on held-out 5-way 5-shot episodes.
 quickstart: install
 	HF_HUB_OFFLINE=1 $(BIN)/llm-meta meta-train --config recipes/configs/meta_train.yaml
+
+# The quick benchmark: meta-learned starts vs transfer fine-tuning and baselines (under 15 min).
+benchmark: install
+	HF_HUB_OFFLINE=1 $(BIN)/llm-meta benchmark --config recipes/configs/benchmark_quick.yaml
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

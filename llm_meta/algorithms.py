@@ -92,25 +92,43 @@ def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerC
         support = with_label_names(support, _need_names(label_names, cfg), cfg.label_examples)
     head = head if head is not None else init_head(body, params, support, n_way, cfg, label_names)
     trainable = [k for k in params if cfg.train_lora] + list(HEAD_KEYS)
-    fast = {**params, **head}
-    fast = {k: (v.detach().clone().requires_grad_(k in trainable)) for k, v in fast.items()}
+    if cfg.train_lora:
+        def loss(fast: Params, idx: list[int]) -> Tensor:
+            texts, labels = [support.texts[i] for i in idx], [support.labels[i] for i in idx]
+            return loss_and_accuracy(body, fast, texts, labels, cfg.scale)[0]
+    else:
+        # Head only: the body is fixed, so embed the support set once instead of at every step.
+        emb = embed_texts(body, params, support.texts)
+        labels = torch.tensor(support.labels, device=body.device)
+
+        def loss(fast: Params, idx: list[int]) -> Tensor:
+            return F.cross_entropy(head_logits(fast, emb[idx], cfg.scale), labels[idx])
+    return inner_loop({**params, **head}, trainable, loss, _batches(len(support), cfg.batch_size, cfg.steps, seed), cfg)
+
+
+def inner_loop(start: Params, trainable: list[str], loss: Callable[[Params, list[int]], Tensor],
+               batches: list[list[int]], cfg: InnerConfig) -> Params:
+    """One optimiser step (cfg.optimizer, cfg.lr) on the `trainable` tensors per batch of indices.
+
+    A hand-written Adam/SGD over plain tensors: torch.optim would need leaf parameters and
+    in-place updates, which the functional, dict-based inner loop avoids.
+    """
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise ValueError(f"inner.optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
+    fast = {k: (v.detach().clone().requires_grad_(k in trainable)) for k, v in start.items()}
     m = {k: torch.zeros_like(fast[k]) for k in trainable}
     v = {k: torch.zeros_like(fast[k]) for k in trainable}
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-    for t, idx in enumerate(_batches(len(support), cfg.batch_size, cfg.steps, seed), start=1):
-        loss, _ = loss_and_accuracy(body, fast, [support.texts[i] for i in idx],
-                                    [support.labels[i] for i in idx], cfg.scale)
-        grads = dict(zip(trainable, torch.autograd.grad(loss, [fast[k] for k in trainable])))
+    for t, idx in enumerate(batches, start=1):
+        grads = dict(zip(trainable, torch.autograd.grad(loss(fast, idx), [fast[k] for k in trainable])))
         with torch.no_grad():
             for k in trainable:
                 if cfg.optimizer == "sgd":
                     update = grads[k]
-                elif cfg.optimizer == "adam":
+                else:
                     m[k].mul_(beta1).add_(grads[k], alpha=1 - beta1)
                     v[k].mul_(beta2).addcmul_(grads[k], grads[k], value=1 - beta2)
                     update = (m[k] / (1 - beta1**t)) / ((v[k] / (1 - beta2**t)).sqrt() + eps)
-                else:
-                    raise ValueError(f"inner.optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
                 fast[k] = (fast[k] - cfg.lr * update).requires_grad_(True)
     return {k: t.detach() for k, t in fast.items()}
 

@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from llm_meta.algorithms import InnerConfig
-from llm_meta.checkpoint import load_adapter_params
+from llm_meta.checkpoint import load_adapter_params, read_metadata
 from llm_meta.classifier import support_set
 from llm_meta.config import load_config, to_dict
 from llm_meta.episodes import Episode, EpisodeSampler, Examples
 from llm_meta.evaluation import Interval, mean_ci, paired_difference, score_episodes
-from llm_meta.models import ModelConfig, load_body, lora_params
+from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
 from llm_meta.tasks import Task, load_task
 from recipes import meta_train
 
@@ -87,12 +88,16 @@ def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    # Starts: the untrained LoRA, and one trained adapter per (training method, meta-seed).
-    body = load_body(cfg.model)
-    starts = {("untrained", 0): lora_params(body)}
+    # Starts: one untrained LoRA and one trained adapter per (training method, meta-seed). The
+    # untrained start of meta-seed s is the exact step-0 start of that seed's training runs.
+    starts, trained = {}, {}
+    for seed in cfg.meta_seeds:
+        body, starts[("untrained", seed)] = untrained_start(cfg.model, seed)
     for name in sorted({METHODS[m][0] for m in cfg.methods} - {"untrained"}):
         for seed in cfg.meta_seeds:
-            starts[(name, seed)] = load_adapter_params(body, _train_start(cfg, name, seed, out))
+            adapter = _train_start(cfg, name, seed, out)
+            starts[(name, seed)] = load_adapter_params(body, adapter)
+            trained[f"{name}/seed{seed}"] = _selection(adapter)
 
     # Fixed evaluation settings: (protocol, task, K) -> episodes, hashed and cached on disk.
     settings = {}
@@ -111,20 +116,30 @@ def main(cfg: Config) -> dict:
     seen: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}  # hash of the episodes each method scored
     for method, key in tqdm(units, desc="benchmark", disable=None):
         start, inner = METHODS[method][0], METHODS[method][1](cfg.adapt)
-        seeds = [0] if start == "untrained" else cfg.meta_seeds
+        # The untrained LoRA's random A matters only once LoRA trains (B = 0 until then).
+        lora_moves = start != "untrained" or (inner.train_lora and inner.steps > 0)
+        seeds = cfg.meta_seeds if lora_moves else cfg.meta_seeds[:1]
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
         runs = [score_episodes(body, starts[(start, s)], episodes, inner, progress=False) for s in seeds]
         scores[method][name] = [sum(r[i] for r in runs) / len(runs) for i in range(len(runs[0]))]
         seen[method][name] = _hash(episodes)
 
-    report = _report(cfg, settings, scores)
+    report = _report(cfg, settings, scores, trained)
     (out / "report.md").write_text(report)
-    results = {"config": to_dict(cfg), "hashes": {"/".join(map(str, k)): v["hash"] for k, v in settings.items()},
+    results = {"config": to_dict(cfg), "starts": trained,
+               "hashes": {"/".join(map(str, k)): v["hash"] for k, v in settings.items()},
                "episodes_seen": seen, "scores": scores}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     _plot(cfg, settings, scores, out / "accuracy_vs_k.png")
     print(report)
     return results
+
+
+def untrained_start(model: ModelConfig, seed: int) -> tuple[Body, Params]:
+    """The body and its freshly initialised LoRA tensors, seeded as meta_train.main seeds them."""
+    set_seed(seed)
+    body = load_body(model)
+    return body, lora_params(body)
 
 
 def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
@@ -143,6 +158,14 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
     meta_train.main(train_cfg)
     (run_dir / "DONE").write_text("")
     return run_dir / "adapter"
+
+
+def _selection(adapter: Path) -> dict:
+    """What meta-validation chose for a trained start: the step kept, and its score vs step 0."""
+    meta = read_metadata(adapter)
+    return {"steps_trained": meta["config"]["outer"]["steps"], "selected_step": meta["step"],
+            "validation_accuracy": meta["validation_accuracy"],
+            "step0_validation_accuracy": meta["step0_validation_accuracy"]}
 
 
 def _episodic(ec: EpisodicConfig, task: Task, k: int) -> list[Episode]:
@@ -179,12 +202,22 @@ def _hash(episodes: list[Episode]) -> str:
     return hashlib.sha256("".join(e.fingerprint() for e in episodes).encode()).hexdigest()[:16]
 
 
-def _report(cfg: Config, settings: dict, scores: dict) -> str:
+def _report(cfg: Config, settings: dict, scores: dict, trained: dict) -> str:
     lines = ["# Benchmark report", "",
              f"Adaptation for every method: {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
-             f"head init {cfg.adapt.head_init}; trained starts averaged over meta-seeds {cfg.meta_seeds}. "
-             f"Mean ± 95% CI over episodes (episodic) or support seeds (full-way); paired difference vs "
-             f"{REFERENCE} on the same episodes.", ""]
+             f"head init {cfg.adapt.head_init}; methods that train LoRA are averaged over meta-seeds "
+             f"{cfg.meta_seeds}. Mean ± 95% CI over episodes (episodic) or support seeds (full-way); paired "
+             f"difference vs {REFERENCE} on the same episodes.", ""]
+    if trained:
+        # A start whose selected step is 0 *is* the untrained start: its rows then measure no training.
+        lines += ["## Trained starts (selected on meta-validation)", "",
+                  "| start | steps trained | selected step | validation accuracy (selected / step 0) |",
+                  "|---|---|---|---|"]
+        for name, t in trained.items():
+            kept = " (untrained start kept)" if t["selected_step"] == 0 else ""
+            lines.append(f"| {name} | {t['steps_trained']} | {t['selected_step']}{kept} | "
+                         f"{100 * t['validation_accuracy']:.1f} / {100 * t['step0_validation_accuracy']:.1f} |")
+        lines.append("")
     for key, setting in settings.items():
         protocol, task, k = key
         episodes = setting["episodes"]

@@ -115,6 +115,26 @@ def test_head_only_adaptation_keeps_lora(body):
     assert not torch.allclose(fast["head.weight"], proto_head(emb, torch.tensor(SUPPORT.labels), 3)["head.weight"])
 
 
+def test_head_only_shortcut_equals_running_the_body_every_step(body):
+    # adapt() embeds the support set once when the body is frozen; the result must be the same
+    # as re-running the body at every step (mini-batches smaller than the support set included).
+    from llm_meta.algorithms import _batches, init_head, inner_loop, loss_and_accuracy
+
+    theta = perturbed(lora_params(body))
+    cfg = InnerConfig(steps=4, lr=5e-2, batch_size=4, train_lora=False)
+    fast = adapt(body, theta, SUPPORT, 3, cfg, seed=3)
+
+    def slow_loss(params, idx):
+        return loss_and_accuracy(body, params, [SUPPORT.texts[i] for i in idx], [SUPPORT.labels[i] for i in idx],
+                                 cfg.scale)[0]
+
+    head = init_head(body, theta, SUPPORT, 3, cfg)
+    slow = inner_loop({**theta, **head}, list(head), slow_loss, _batches(len(SUPPORT), 4, 4, 3), cfg)
+    for k in head:
+        torch.testing.assert_close(fast[k], slow[k], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(fast["head.weight"], head["head.weight"])
+
+
 def test_transfer_gradient_covers_lora_and_own_task_head_only(body):
     from llm_meta.algorithms import transfer, transfer_head_key, transfer_heads
 

@@ -55,5 +55,29 @@ def test_outputs(results_dir):
     for h in results["hashes"].values():
         assert h in report
     assert "| transfer |" in report and "vs transfer" in report
+    assert set(results["starts"]) == {f"{m}/seed{s}" for m in ("fomaml", "reptile", "transfer") for s in (0, 1)}
+    for name, start in results["starts"].items():
+        assert start["steps_trained"] == 2 and start["selected_step"] in (0, 2)
+        assert f"| {name} | 2 | {start['selected_step']}" in report
     assert json.loads((out / "results.json").read_text())["scores"] == results["scores"]
     assert (out / "accuracy_vs_k.png").stat().st_size > 1000
+
+
+def test_untrained_start_is_the_training_runs_step_zero(tmp_path, tiny_bert_dir, toy):  # noqa: F811
+    # With a zero outer learning rate no step can beat step 0, so the saved adapter is the
+    # training run's start: the benchmark's finetune baseline must adapt from exactly that.
+    import torch
+
+    from llm_meta.checkpoint import load_adapter_params
+    from llm_meta.config import load_config
+    from recipes import meta_train
+    from tests.test_meta_train import ROOT
+
+    overrides = [*tiny_overrides(tiny_bert_dir, toy / "train.csv", tmp_path, steps=1), "outer.lr=0.0", "seed=3"]
+    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
+    meta_train.main(cfg)
+    body, start = benchmark.untrained_start(cfg.model, seed=3)
+    saved = load_adapter_params(body, tmp_path / "adapter")
+    assert all(torch.equal(saved[k], start[k]) for k in start)
+    _, other = benchmark.untrained_start(cfg.model, seed=4)
+    assert not all(torch.equal(other[k], start[k]) for k in start)
