@@ -1,12 +1,19 @@
 """Meta-step time vs the same forward/backward passes done with a plain training loop.
 
     .venv/bin/python benchmarks/speed.py [--episodes 8] [--n-way 10] [--inner-steps 5]
+    .venv/bin/python benchmarks/speed.py --memory [--steps-list 1 2 3 5]
+
+--memory: the extra resident memory (peak RSS during one episode minus RSS just before it, each
+measurement in a fresh process) of plain LoRA fine-tuning, FOMAML and second-order MAML as the
+inner steps grow. First-order memory stays flat; MAML keeps every inner step's graph.
 
 For each algorithm, a meta-step on one episode runs: one no-grad forward of the support set
 (prototype head), `inner_steps` forward+backward passes on the inner data, and one more pass on
 the query set (with backward for FOMAML, without for Reptile). The "plain" loop runs exactly those
 passes through the module itself with `loss.backward()` and `torch.optim.Adam`, which is the cost
 a meta-learning library cannot avoid. efficiency = plain time / meta-step time (1.0 = no overhead).
+Second-order MAML is timed against FOMAML's plain passes: its ratio is the price of the second
+order (backward through every inner step), not overhead.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
+import sys
+import threading
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,7 +41,8 @@ from llm_meta.tasks import load_task  # noqa: E402
 def plain_passes(body: Body, episode: Episode, cfg: InnerConfig, algorithm: str) -> None:
     """The meta-step's forward/backward passes, done the ordinary way on the module."""
     params = lora_params(body)
-    inner = episode.support if algorithm == "fomaml" else Examples(
+    maml_like = algorithm in ("fomaml", "maml")  # MAML's limit: the same passes, without the second order
+    inner = episode.support if maml_like else Examples(
         episode.support.texts + episode.query.texts, episode.support.labels + episode.query.labels)
     head = {k: v.requires_grad_(True) for k, v in init_head(body, params, inner, episode.n_way, cfg).items()}
     named = dict(body.model.named_parameters())
@@ -47,7 +58,7 @@ def plain_passes(body: Body, episode: Episode, cfg: InnerConfig, algorithm: str)
         opt.zero_grad()
         loss_on(inner).backward()
         opt.step()
-    if algorithm == "fomaml":
+    if maml_like:
         opt.zero_grad()
         loss_on(episode.query).backward()
     else:
@@ -66,6 +77,59 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_extra_rss(fn) -> float:
+    """MiB of resident memory `fn` needs above what the process held just before it."""
+    base, peak, done = _rss_mib(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.002)
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(peak[0], _rss_mib()) - base
+
+
+def memory_one(args: argparse.Namespace) -> None:
+    """One measurement (run in its own process, so earlier allocations do not hide this one's)."""
+    body = load_body(ModelConfig(max_length=48))
+    episode = EpisodeSampler([load_task(args.task)], args.n_way, args.k_shot, args.q_query,
+                             class_role="meta_train").episode(0)
+    cfg = InnerConfig(steps=args.inner_steps)
+    params = lora_params(body)
+    if args.memory_one == "plain":
+        extra = peak_extra_rss(lambda: plain_passes(body, episode, cfg, "fomaml"))
+    else:
+        extra = peak_extra_rss(lambda: ALGORITHMS[args.memory_one](body, params, episode, cfg, 0))
+    print(f"{extra:.1f}")
+
+
+def memory_table(args: argparse.Namespace) -> None:
+    print(f"{args.task}, {args.n_way}-way {args.k_shot}-shot {args.q_query}-query, one episode per fresh process; "
+          f"extra RSS in MiB (peak during the episode minus RSS before it)")
+    print("| inner steps | plain LoRA fine-tuning | FOMAML | MAML (second order) | FOMAML / plain | MAML / plain |")
+    print("|---|---|---|---|---|---|")
+    for steps in args.steps_list:
+        row = {}
+        for name in ("plain", "fomaml", "maml"):
+            cmd = [sys.executable, __file__, "--memory-one", name, "--inner-steps", str(steps), "--task", args.task,
+                   "--n-way", str(args.n_way), "--k-shot", str(args.k_shot), "--q-query", str(args.q_query)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            row[name] = float(done.stdout.strip().splitlines()[-1])
+        print(f"| {steps} | {row['plain']:.0f} | {row['fomaml']:.0f} | {row['maml']:.0f} | "
+              f"{row['fomaml'] / row['plain']:.2f} | {row['maml'] / row['plain']:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=8)
@@ -74,8 +138,15 @@ def main() -> None:
     parser.add_argument("--q-query", type=int, default=5)
     parser.add_argument("--inner-steps", type=int, default=5)
     parser.add_argument("--task", default="clinc")
+    parser.add_argument("--memory", action="store_true", help="the memory table instead of the timing table")
+    parser.add_argument("--steps-list", type=int, nargs="+", default=[1, 2, 3, 5])
+    parser.add_argument("--memory-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.memory_one:
+        return memory_one(args)
+    if args.memory:
+        return memory_table(args)
 
     body = load_body(ModelConfig(max_length=48))
     sampler = EpisodeSampler([load_task(args.task)], args.n_way, args.k_shot, args.q_query, class_role="meta_train")
@@ -87,7 +158,7 @@ def main() -> None:
           f"{args.episodes} episodes, all-MiniLM-L6-v2 LoRA r=8, max 48 tokens")
     print("| algorithm | meta-step s/episode | plain loop s/episode | efficiency (plain / meta) | episodes/s |")
     print("|---|---|---|---|---|")
-    for name in ("fomaml", "reptile"):
+    for name in ("fomaml", "reptile", "maml"):
         meta = timed(lambda: [ALGORITHMS[name](body, params, ep, cfg, i) for i, ep in enumerate(episodes)], 1)
         plain = timed(lambda: [plain_passes(body, ep, cfg, name) for ep in episodes], 1)
         meta, plain = meta / len(episodes), plain / len(episodes)

@@ -5,10 +5,15 @@ per-episode head. Nothing here copies the model or writes to it: every forward p
 `torch.func.functional_call` on a dict. Each algorithm maps (body, params, episode, cfg) to a
 meta-gradient dict over the LoRA tensors, which the recipe averages over the meta-batch (and
 across processes) before the outer optimiser step.
+
+The core is written over loss closures (`support_loss(fast, idx)`, `query(fast)`), not over
+the language model: `maml_gradient`, `reptile_gradient` and `inner_loop` run unchanged on the
+sinusoid MLP of `recipes/sinusoid.py`, which checks the algorithms independently of NLP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -16,9 +21,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llm_meta.episodes import Episode, Examples
-from llm_meta.heads import HEAD_KEYS, head_logits, proto_head, with_label_names, zero_head
+from llm_meta.heads import HEAD_KEYS, head_logits, proto_head, prototypes, with_label_names, zero_head
 from llm_meta.models import Body, Params, embed, embed_texts, tokenize
 
 
@@ -34,6 +40,7 @@ class InnerConfig:
     label_examples: int = 0  # add each label name, as text, this many times to the support set
     scale: float = 10.0  # inverse temperature of the head's logits
     train_lora: bool = True  # False: adapt the head only (a linear probe on the frozen body)
+    second_order: bool = False  # metasgd only: differentiate through the inner gradients (maml always does)
 
 
 @dataclass
@@ -81,65 +88,175 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
 
 
+def support_loss_fn(body: Body, params: Params, support: Examples, cfg: InnerConfig) -> Loss:
+    """The inner-loop loss on a batch of support indices, for adapting from `params`."""
+    if cfg.train_lora:
+        def loss(fast: Params, idx: list[int]) -> Tensor:
+            texts, labels = [support.texts[i] for i in idx], [support.labels[i] for i in idx]
+            return loss_and_accuracy(body, fast, texts, labels, cfg.scale)[0]
+        return loss
+    # Head only: the body is fixed, so embed the support set once instead of at every step.
+    emb = embed_texts(body, params, support.texts)
+    labels = torch.tensor(support.labels, device=body.device)
+
+    def head_loss(fast: Params, idx: list[int]) -> Tensor:
+        return F.cross_entropy(head_logits(fast, emb[idx], cfg.scale), labels[idx])
+    return head_loss
+
+
+def _episode_start(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig,
+                   label_names: list[str] | None, head: Params | None = None) -> tuple[Examples, Params]:
+    """The support set the inner loop trains on (label names added if asked) and the fresh head."""
+    if cfg.label_examples:
+        support = with_label_names(support, _need_names(label_names, cfg), cfg.label_examples)
+    weights = {k: v.detach() for k, v in params.items() if not k.startswith(LR_PREFIX)}
+    return support, head if head is not None else init_head(body, weights, support, n_way, cfg, label_names)
+
+
 def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig, seed: int = 0,
           head: Params | None = None, label_names: list[str] | None = None) -> Params:
     """The inner loop: `cfg.steps` optimiser steps on the support set from `params` (+ a fresh head).
 
     Returns detached fast parameters (LoRA + head). First-order: the graph of each step is
-    dropped, so memory does not grow with the number of steps. `params` is not modified.
+    dropped, so memory does not grow with the number of steps. `params` is not modified. Meta-SGD
+    learning rates in `params` (keys `LR_PREFIX + name`) replace `cfg.lr` tensor by tensor.
     """
-    if cfg.label_examples:
-        support = with_label_names(support, _need_names(label_names, cfg), cfg.label_examples)
-    head = head if head is not None else init_head(body, params, support, n_way, cfg, label_names)
-    trainable = [k for k in params if cfg.train_lora] + list(HEAD_KEYS)
-    if cfg.train_lora:
-        def loss(fast: Params, idx: list[int]) -> Tensor:
-            texts, labels = [support.texts[i] for i in idx], [support.labels[i] for i in idx]
-            return loss_and_accuracy(body, fast, texts, labels, cfg.scale)[0]
-    else:
-        # Head only: the body is fixed, so embed the support set once instead of at every step.
-        emb = embed_texts(body, params, support.texts)
-        labels = torch.tensor(support.labels, device=body.device)
-
-        def loss(fast: Params, idx: list[int]) -> Tensor:
-            return F.cross_entropy(head_logits(fast, emb[idx], cfg.scale), labels[idx])
-    return inner_loop({**params, **head}, trainable, loss, _batches(len(support), cfg.batch_size, cfg.steps, seed), cfg)
+    support, head = _episode_start(body, params, support, n_way, cfg, label_names, head)
+    weights, lrs = split_rates(params)
+    trainable = [k for k in weights if cfg.train_lora] + list(HEAD_KEYS)
+    fast = inner_loop({**weights, **head}, trainable, support_loss_fn(body, weights, support, cfg),
+                      _batches(len(support), cfg.batch_size, cfg.steps, seed), cfg, lrs=lrs)
+    return {k: t.detach() for k, t in fast.items()}
 
 
-def inner_loop(start: Params, trainable: list[str], loss: Callable[[Params, list[int]], Tensor],
-               batches: list[list[int]], cfg: InnerConfig) -> Params:
+LR_PREFIX = "lr."  # Meta-SGD: params["lr." + name] is the learned inner learning rate of tensor `name`
+Loss = Callable[[Params, list[int]], Tensor]
+
+
+def split_rates(params: Params) -> tuple[Params, Params | None]:
+    """(weights, Meta-SGD learning rates keyed by the weight they apply to, or None when absent)."""
+    lrs = {k[len(LR_PREFIX):]: v for k, v in params.items() if k.startswith(LR_PREFIX)}
+    return {k: v for k, v in params.items() if not k.startswith(LR_PREFIX)}, lrs or None
+
+
+def inner_loop(start: Params, trainable: list[str], loss: Loss, batches: list[list[int]], cfg: InnerConfig,
+               lrs: Params | None = None, second_order: bool = False) -> Params:
     """One optimiser step (cfg.optimizer, cfg.lr) on the `trainable` tensors per batch of indices.
 
     A hand-written Adam/SGD over plain tensors: torch.optim would need leaf parameters and
     in-place updates, which the functional, dict-based inner loop avoids.
+
+    - Plain (no `lrs`, first order): every step is detached; memory is constant in the steps.
+    - `lrs` (Meta-SGD): step k uses rate lrs[k]; the fast weights stay a function of `start`
+      and the rates, so a query loss can be differentiated back to both. The updates themselves
+      are constants (first order) unless `second_order`.
+    - `second_order` (MAML): the inner gradients are differentiated too (create_graph), so the
+      graph, and memory, grows with every step.
+    Tensors of `start` that require grad are used as they are (graph kept to the meta-parameters).
     """
     if cfg.optimizer not in ("adam", "sgd"):
         raise ValueError(f"inner.optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
-    fast = {k: (v.detach().clone().requires_grad_(k in trainable)) for k, v in start.items()}
+    graph = second_order or lrs is not None
+    fast = {k: v if graph and v.requires_grad else v.detach().clone().requires_grad_(k in trainable)
+            for k, v in start.items()}
     m = {k: torch.zeros_like(fast[k]) for k in trainable}
     v = {k: torch.zeros_like(fast[k]) for k in trainable}
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     for t, idx in enumerate(batches, start=1):
-        grads = dict(zip(trainable, torch.autograd.grad(loss(fast, idx), [fast[k] for k in trainable])))
-        with torch.no_grad():
-            for k in trainable:
+        grads = torch.autograd.grad(loss(fast, idx), [fast[k] for k in trainable], create_graph=second_order)
+        with torch.set_grad_enabled(second_order):
+            for k, g in zip(trainable, grads):
                 if cfg.optimizer == "sgd":
-                    update = grads[k]
+                    update = g
+                else:  # out of place, so the second-order graph through the moments stays valid
+                    m[k] = beta1 * m[k] + (1 - beta1) * g
+                    v[k] = beta2 * v[k] + (1 - beta2) * g * g
+                    v_hat = v[k] / (1 - beta2**t)
+                    # sqrt'(0) is infinite: a tensor entry with zero gradient would make the
+                    # second-order graph NaN, so take the root only where v > 0 (same values).
+                    root = torch.where(v_hat > 0, v_hat, 1.0).sqrt() * (v_hat > 0) if second_order else v_hat.sqrt()
+                    update = (m[k] / (1 - beta1**t)) / (root + eps)
+                if lrs is not None and k in lrs:
+                    with torch.enable_grad():  # the rate stays differentiable even for a constant update
+                        fast[k] = fast[k] - lrs[k] * update
+                elif graph:
+                    with torch.enable_grad():
+                        fast[k] = fast[k] - cfg.lr * update
                 else:
-                    m[k].mul_(beta1).add_(grads[k], alpha=1 - beta1)
-                    v[k].mul_(beta2).addcmul_(grads[k], grads[k], value=1 - beta2)
-                    update = (m[k] / (1 - beta1**t)) / ((v[k] / (1 - beta2**t)).sqrt() + eps)
-                fast[k] = (fast[k] - cfg.lr * update).requires_grad_(True)
-    return {k: t.detach() for k, t in fast.items()}
+                    fast[k] = (fast[k] - cfg.lr * update).requires_grad_(True)
+    return fast
+
+
+def maml_gradient(params: Params, head: Params, trainable: list[str], support_loss: Loss,
+                  query: Callable[[Params], tuple[Tensor, Tensor]], batches: list[list[int]], cfg: InnerConfig,
+                  second_order: bool = False) -> tuple[Params, Tensor, Tensor]:
+    """MAML's meta-gradient of the query loss after the inner loop, w.r.t. every tensor in `params`.
+
+    `params` are the meta-parameters (weights, plus Meta-SGD rates under LR_PREFIX); `head` holds
+    per-episode tensors the inner loop trains but that get no meta-gradient. `query(fast)` returns
+    (loss, metric). First order without rates: the gradient at the adapted weights (FOMAML).
+    Returns (gradients, query loss, query metric), both detached.
+    """
+    weights, lrs = split_rates(params)
+    if second_order or lrs is not None:
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        weights, lrs = split_rates(leaves)
+        fast = inner_loop({**weights, **head}, trainable, support_loss, batches, cfg, lrs, second_order)
+        loss, metric = query(fast)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        grads = {k: g if g is not None else torch.zeros_like(leaves[k]) for k, g in zip(leaves, grads)}
+    else:
+        fast = inner_loop({**weights, **head}, trainable, support_loss, batches, cfg)
+        fast = {k: t.detach().requires_grad_(k in weights) for k, t in fast.items()}
+        loss, metric = query(fast)
+        grads = dict(zip(weights, torch.autograd.grad(loss, [fast[k] for k in weights])))
+    return grads, loss.detach(), metric.detach()
+
+
+def reptile_gradient(params: Params, head: Params, trainable: list[str], loss: Loss, batches: list[list[int]],
+                     cfg: InnerConfig) -> tuple[Params, Params]:
+    """Reptile's meta-gradient θ - θ' after the inner loop on `loss`, and the adapted tensors θ'."""
+    fast = inner_loop({**params, **head}, trainable, loss, batches, cfg)
+    return {k: params[k].detach() - fast[k].detach() for k in params}, fast
+
+
+def _maml(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int,
+          second_order: bool) -> tuple[Params, StepStats]:
+    support, head = _episode_start(body, params, episode.support, episode.n_way, cfg, episode.label_names)
+    weights, _ = split_rates(params)
+    trainable = [k for k in weights if cfg.train_lora] + list(HEAD_KEYS)
+
+    def query(fast: Params) -> tuple[Tensor, Tensor]:
+        return loss_and_accuracy(body, fast, episode.query.texts, episode.query.labels, cfg.scale)
+    # Fused attention kernels have no double backward; the math kernel computes the same values.
+    with sdpa_kernel(SDPBackend.MATH) if second_order else contextlib.nullcontext():
+        grads, loss, acc = maml_gradient(params, head, trainable, support_loss_fn(body, weights, support, cfg), query,
+                                         _batches(len(support), cfg.batch_size, cfg.steps, seed), cfg, second_order)
+    return grads, StepStats(loss.item(), acc.item())
 
 
 def fomaml(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
     """First-order MAML: the meta-gradient is the query-loss gradient at the adapted parameters."""
-    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
-    fast = {k: t.requires_grad_(k in params) for k, t in fast.items()}
-    loss, acc = loss_and_accuracy(body, fast, episode.query.texts, episode.query.labels, cfg.scale)
-    grads = torch.autograd.grad(loss, [fast[k] for k in params])
-    return dict(zip(params, grads)), StepStats(loss.item(), acc.item())
+    return _maml(body, params, episode, cfg, seed, second_order=False)
+
+
+def maml(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
+    """Second-order MAML: the query loss differentiated through every inner step (memory grows with steps)."""
+    return _maml(body, params, episode, cfg, seed, second_order=True)
+
+
+def metasgd(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
+    """Meta-SGD: MAML whose `params` also hold one learned inner learning rate per tensor
+    (`meta_sgd_rates`); first order unless `cfg.second_order`."""
+    if split_rates(params)[1] is None:
+        raise ValueError("metasgd needs learned rates in params (see meta_sgd_rates)")
+    return _maml(body, params, episode, cfg, seed, second_order=cfg.second_order)
+
+
+def meta_sgd_rates(weights: Params, lr: float) -> Params:
+    """Meta-SGD's initial rates: one scalar per LoRA tensor and per head tensor, all `lr`."""
+    device = next(iter(weights.values())).device
+    return {LR_PREFIX + k: torch.tensor(float(lr), device=device) for k in [*weights, *HEAD_KEYS]}
 
 
 def reptile(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
@@ -150,10 +267,33 @@ def reptile(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed
     part after adaptation; Reptile trained on it, so they are optimistic, training-set figures.
     """
     both = Examples(episode.support.texts + episode.query.texts, episode.support.labels + episode.query.labels)
-    fast = adapt(body, params, both, episode.n_way, cfg, seed, label_names=episode.label_names)
+    both, head = _episode_start(body, params, both, episode.n_way, cfg, episode.label_names)
+    trainable = [k for k in params if cfg.train_lora] + list(HEAD_KEYS)
+    grads, fast = reptile_gradient(params, head, trainable, support_loss_fn(body, params, both, cfg),
+                                   _batches(len(both), cfg.batch_size, cfg.steps, seed), cfg)
     with torch.no_grad():
         loss, acc = loss_and_accuracy(body, fast, episode.query.texts, episode.query.labels, cfg.scale)
-    return {k: params[k] - fast[k] for k in params}, StepStats(loss.item(), acc.item())
+    return grads, StepStats(loss.item(), acc.item())
+
+
+def protonet_loss(support_emb: Tensor, support_labels: Tensor, query_emb: Tensor, query_labels: Tensor, n_way: int,
+                  scale: float) -> tuple[Tensor, Tensor]:
+    """Prototypical networks: cross-entropy of -scale·‖q - c_k‖² over the support prototypes c_k."""
+    c = prototypes(support_emb, support_labels, n_way)
+    logits = -scale * ((query_emb.unsqueeze(1) - c.unsqueeze(0)) ** 2).sum(-1)
+    return F.cross_entropy(logits, query_labels), (logits.argmax(1) == query_labels).float().mean()
+
+
+def protonet(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
+    """ProtoNet meta-training: no inner loop; the gradient flows through the prototypes and the queries."""
+    live = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    texts = episode.support.texts + episode.query.texts
+    emb = embed(body, live, tokenize(body, texts)).float()
+    ys = torch.tensor(episode.support.labels + episode.query.labels, device=emb.device)
+    s = len(episode.support)
+    loss, acc = protonet_loss(emb[:s], ys[:s], emb[s:], ys[s:], episode.n_way, cfg.scale)
+    grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
+    return grads, StepStats(loss.item(), acc.item())
 
 
 TRANSFER_PREFIX = "transfer."
@@ -198,7 +338,8 @@ def transfer_heads(body: Body, params: Params, task: str, pool: dict[str, list[s
 
 
 Algorithm = Callable[[Body, Params, Episode, InnerConfig, int], tuple[Params, StepStats]]
-ALGORITHMS: dict[str, Algorithm] = {"fomaml": fomaml, "reptile": reptile, "transfer": transfer}
+ALGORITHMS: dict[str, Algorithm] = {"fomaml": fomaml, "maml": maml, "metasgd": metasgd, "reptile": reptile,
+                                    "protonet": protonet, "transfer": transfer}
 
 
 @torch.no_grad()

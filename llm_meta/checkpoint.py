@@ -19,12 +19,15 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from llm_meta.algorithms import LR_PREFIX
+from llm_meta.heads import HEAD_KEYS
 from llm_meta.models import Body, Params, set_lora_params
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "llm_meta.json"
 MANIFEST = "manifest.json"
+RATES_FILE = "meta_sgd_rates.safetensors"  # Meta-SGD's learned inner learning rates, beside the PEFT files
 
 
 class CheckpointError(RuntimeError):
@@ -50,8 +53,17 @@ def _finish_folder(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
+    # A crash exactly here leaves only `old`: `recover_folder` puts it back on the next read.
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(final: Path) -> None:
+    """Undo a replacement cut off between its two renames (only `<final>.old` exists)."""
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.is_dir():
+        log.warning("%s was cut off while being replaced; restoring the previous version", final)
+        os.replace(old, final)
 
 
 def _fresh_tmp(final: Path) -> Path:
@@ -86,8 +98,12 @@ def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(folder)
     tmp = _fresh_tmp(folder)
     set_lora_params(body, params)
+    rates = {k[len(LR_PREFIX):]: v.detach().contiguous().cpu() for k, v in params.items() if k.startswith(LR_PREFIX)}
+    if rates:
+        save_file(rates, str(tmp / RATES_FILE))
     body.model.save_pretrained(str(tmp))
     # Record the model *name* the user gave (e.g. the bundled one), not this machine's path to it.
     config_path = tmp / "adapter_config.json"
@@ -102,21 +118,30 @@ def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[
 
 
 def load_adapter_params(body: Body, folder: str | Path) -> Params:
-    """The LoRA tensors of a saved adapter folder as a params dict keyed like `lora_params(body)`."""
+    """The LoRA tensors of a saved adapter folder as a params dict keyed like `lora_params(body)`,
+    plus Meta-SGD's learned rates (keys LR_PREFIX + tensor) when the adapter has them."""
     folder = Path(folder)
+    recover_folder(folder)
     verify_folder(folder)
     saved = load_file(str(folder / "adapter_model.safetensors"))
     # peft saves "…query.lora_A.weight"; the live model inserts the adapter name: "…lora_A.default.weight".
     live = {n.replace(".default.", "."): n for n in body.lora_names}
     if set(saved) != set(live):
-        raise CheckpointError(f"{folder}: its LoRA tensors do not match this model's LoRA layout "
-                              f"(another base model, rank or target modules?)")
-    return {live[k]: v.to(body.device) for k, v in saved.items()}
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        raise _layout_error(folder, base, body.name)
+    params = {live[k]: v.to(body.device) for k, v in saved.items()}
+    if (folder / RATES_FILE).is_file():
+        rates = load_file(str(folder / RATES_FILE))
+        if not set(rates) <= set(body.lora_names) | set(HEAD_KEYS):
+            raise CheckpointError(f"{folder}: {RATES_FILE} names tensors this model does not have")
+        params.update({LR_PREFIX + k: v.to(body.device) for k, v in rates.items()})
+    return params
 
 
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     """llm_meta's metadata of an adapter folder, with clear errors for foreign or corrupt folders."""
     folder = Path(folder)
+    recover_folder(folder)
     if not folder.is_dir():
         raise CheckpointError(f"adapter folder {folder} does not exist")
     if not (folder / METADATA_FILE).is_file():
@@ -139,14 +164,27 @@ def save_checkpoint(run_dir: Path, step: int, params: Params, optimizer: torch.o
     _finish_folder(tmp, final)
     _write_atomic(ckpt_dir / "latest", final.name)
     for old in sorted(ckpt_dir.glob("step-*[0-9]"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        # Rename first: a crash mid-delete must not leave a half-deleted folder that looks like a checkpoint.
+        doomed = old.with_name(old.name + ".deleted")
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(old, doomed)
+    for doomed in ckpt_dir.glob("*.deleted"):  # this call's, and any a crash left behind
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 
-def load_checkpoint(run_dir: Path, params: Params, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+def _layout_error(folder: Path, trained_for: str | None, model: str) -> CheckpointError:
+    return CheckpointError(f"{folder} was trained for base model {trained_for or '(unrecorded)'}, not for {model}: "
+                           f"its LoRA tensors do not match this model's LoRA layout (base model, rank or target "
+                           f"modules differ); use the same model settings, or another folder")
+
+
+def load_checkpoint(run_dir: Path, params: Params, optimizer: torch.optim.Optimizer,
+                    model_name: str = "this model") -> dict[str, Any] | None:
     """Restore the newest good checkpoint into `params` and `optimizer`; return its run state.
 
-    Corrupt checkpoints are skipped (newest first) with a warning. None when there is none.
+    Corrupt checkpoints are skipped (newest first) with a warning. None when there is none. An
+    intact checkpoint of another model is an error, not a reason to start over.
     """
     candidates = sorted((run_dir / "checkpoints").glob("step-*[0-9]"), reverse=True)
     for ckpt in candidates:
@@ -154,11 +192,11 @@ def load_checkpoint(run_dir: Path, params: Params, optimizer: torch.optim.Optimi
             verify_folder(ckpt)
             tensors = load_file(str(ckpt / "params.safetensors"))
             state = json.loads((ckpt / "state.json").read_text())
-            if set(tensors) != set(params):
-                raise CheckpointError(f"{ckpt}: its parameters do not match this model's LoRA tensors")
         except (CheckpointError, OSError, ValueError) as err:
             log.warning("skipping checkpoint %s: %s", ckpt.name, err)
             continue
+        if set(tensors) != set(params):
+            raise _layout_error(ckpt, state.get("base_model"), model_name)
         with torch.no_grad():
             for k, v in tensors.items():
                 params[k].copy_(v)

@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0)
     p.set_defaults(func=cmd_episode)
 
-    p = sub.add_parser("meta-train", help="meta-train a LoRA adapter (FOMAML, Reptile) over episodes")
+    p = sub.add_parser("meta-train", help="meta-train a LoRA adapter (FOMAML, MAML, Meta-SGD, Reptile, ProtoNet) over episodes")
     p.add_argument("--config", default=None, help="YAML config (recipes/configs/meta_train.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML config (recipes/configs/benchmark_quick.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_recipe, recipe="benchmark")
+
+    p = sub.add_parser("sinusoid", help="the sinusoid regression check of the algorithm core (MAML, FOMAML, "
+                       "Meta-SGD, Reptile vs joint pretraining), a few minutes on CPU")
+    p.add_argument("--config", default=None, help="optional YAML (defaults: recipes/sinusoid.py Config)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.set_defaults(func=cmd_recipe, recipe="sinusoid")
 
     p = sub.add_parser("adapt", help="adapt a meta-trained adapter (or none) to a new task from K examples per class")
     p.add_argument("--adapter", default=None, help="llm_meta adapter folder, or 'none' for the untrained start")

@@ -8,7 +8,8 @@ hashed, cached), score every method on exactly those episodes with the same adap
 and head initialisation, then write a markdown report, a JSON file with every number, and plots.
 
 Methods: prototype (frozen, no steps), linear_probe (head only), finetune (LoRA + head from the
-untrained start), transfer / fomaml / reptile (LoRA + head from the trained start).
+untrained start), transfer / fomaml / maml / metasgd / reptile (LoRA + head from the trained
+start), protonet (nearest prototype from the ProtoNet-trained start, no steps).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,10 @@ METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
     "finetune": ("untrained", lambda c: c),
     "transfer": ("transfer", lambda c: c),
     "fomaml": ("fomaml", lambda c: c),
+    "maml": ("maml", lambda c: c),
+    "metasgd": ("metasgd", lambda c: c),  # its learned per-tensor rates replace adapt.lr
     "reptile": ("reptile", lambda c: c),
+    "protonet": ("protonet", lambda c: dataclasses.replace(c, steps=0)),  # ProtoNet's own protocol
 }
 REFERENCE = "transfer"  # paired differences are taken against transfer fine-tuning
 
@@ -72,7 +77,8 @@ class Config:
     meta_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     train_configs: dict[str, str] = field(default_factory=lambda: {
         "fomaml": "recipes/configs/meta_train.yaml", "reptile": "recipes/configs/reptile.yaml",
-        "transfer": "recipes/configs/transfer.yaml"})
+        "transfer": "recipes/configs/transfer.yaml", "maml": "recipes/configs/maml.yaml",
+        "metasgd": "recipes/configs/metasgd.yaml", "protonet": "recipes/configs/protonet.yaml"})
     train_overrides: list[str] = field(default_factory=list)  # applied to every start's training run
     budget_scale: float = 1.0  # scales each training config's outer.steps and validate_every (quick runs)
     model: ModelConfig = field(default_factory=ModelConfig)  # must match the training configs' model
@@ -85,6 +91,9 @@ def main(cfg: Config) -> dict:
     unknown = sorted(set(cfg.methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown benchmark method(s) {unknown} (valid: {', '.join(METHODS)})")
+    missing = sorted({METHODS[m][0] for m in cfg.methods} - {"untrained"} - set(cfg.train_configs))
+    if missing:
+        raise ValueError(f"no training config for start(s) {missing}: add train_configs.<name>: <yaml file>")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -188,13 +197,20 @@ def _fullway(fc: FullwayConfig, task: Task, k: int) -> list[Episode]:
 def _cached(out: Path, name: str, make: Callable[[], list[Episode]]) -> dict:
     """Episodes from the cache file if present, else generated and written; with their hash."""
     path = out / "episodes" / f"{name}.json"
-    if path.is_file():
+    try:
         episodes = [Episode(Examples(**e["support"]), Examples(**e["query"]), e["label_names"], e["task"])
                     for e in json.loads(path.read_text())]
-    else:
+    except FileNotFoundError:
+        episodes = None
+    except (ValueError, KeyError, TypeError) as err:  # unreadable: regenerate (same seed, same episodes)
+        tqdm.write(f"warning: episode cache {path} is unreadable ({err}); generating it again", file=sys.stderr)
+        episodes = None
+    if episodes is None:
         episodes = make()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps([dataclasses.asdict(e) for e in episodes], ensure_ascii=False))
+        tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: a crash leaves no half file
+        tmp.write_text(json.dumps([dataclasses.asdict(e) for e in episodes], ensure_ascii=False))
+        os.replace(tmp, path)
     return {"episodes": episodes, "hash": _hash(episodes)}
 
 

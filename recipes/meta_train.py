@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.algorithms import ALGORITHMS, InnerConfig, transfer_heads
+from llm_meta.algorithms import ALGORITHMS, LR_PREFIX, InnerConfig, meta_sgd_rates, transfer_heads
 from llm_meta.checkpoint import load_adapter_params, load_checkpoint, save_adapter, save_checkpoint
 from llm_meta.config import to_dict
 from llm_meta.episodes import Episode, EpisodeSampler
@@ -65,7 +65,7 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    algorithm: str = "fomaml"  # a key of llm_meta.algorithms.ALGORITHMS
+    algorithm: str = "fomaml"  # fomaml | maml (second order) | metasgd | reptile | protonet | transfer
     seed: int = 0
     output_dir: str = "runs/meta_train"
     resume: bool = False
@@ -106,13 +106,15 @@ def main(cfg: Config) -> dict:
     if cfg.algorithm == "transfer":  # the baseline's persistent per-dataset heads train alongside LoRA
         for name, pool in sampler.pools:
             params.update({k: v.requires_grad_(True) for k, v in transfer_heads(body, start, name, pool).items()})
+    if cfg.algorithm == "metasgd":  # one learned inner learning rate per tensor, saved with the adapter
+        params.update({k: v.requires_grad_(True) for k, v in meta_sgd_rates(start, cfg.inner.lr).items()})
 
     optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cfg.outer.optimizer](params.values(), lr=cfg.outer.lr)
 
     # Resume, or start by scoring the untrained start: it stays a candidate for "best".
-    state = {"best_score": None, "best_step": None, "history": []}
+    state = {"best_score": None, "best_step": None, "history": [], "base_model": cfg.model.name}
     step = 0
-    if cfg.resume and (restored := load_checkpoint(run_dir, params, optimizer)) is not None:
+    if cfg.resume and (restored := load_checkpoint(run_dir, params, optimizer, cfg.model.name)) is not None:
         step, state = restored.pop("step"), restored
     # What every saved adapter records, computed once (hashing the task data is not free).
     provenance = {"base_model": cfg.model.name, "algorithm": cfg.algorithm, "config": to_dict(cfg),
@@ -166,7 +168,8 @@ def eval_episodes(ec: EvalConfig) -> list[Episode]:
 def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_dir: Path, provenance: dict,
               run_log: RunLog) -> dict:
     """Score the current start on meta-validation episodes; keep it as the adapter if it is the best so far."""
-    current = {k: params[k].detach() for k in body.lora_names}  # not the transfer baseline's heads
+    # LoRA (+ Meta-SGD rates), not the transfer baseline's heads.
+    current = {k: v.detach() for k, v in params.items() if k in body.lora_names or k.startswith(LR_PREFIX)}
     score = mean_ci(score_episodes(body, current, episodes, cfg.adapt, desc=f"validate step {step}"))
     state["history"].append({"step": step, "accuracy": score.mean, "ci": score.half_width})
     run_log.write("validation", step=step, accuracy=score.mean, ci=score.half_width)

@@ -1,5 +1,7 @@
 """The algorithm core checked against independent computations through the ordinary module path."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,3 +153,124 @@ def test_transfer_gradient_covers_lora_and_own_task_head_only(body):
     assert grads[transfer_head_key("toy", "weather")].abs().sum() > 0
     assert all(grads[transfer_head_key("other", c)].abs().sum() == 0 for c in ("a", "b"))
     assert 0 <= stats.accuracy <= 1
+
+
+# --- second-order MAML, Meta-SGD and ProtoNet ------------------------------------------------------
+
+def _mlp_problem(seed=0):
+    """A tiny regression problem in float64 (finite differences need the precision)."""
+    from recipes.sinusoid import init_mlp, mse_loss
+
+    g = torch.Generator().manual_seed(seed)
+    params = {k: v.double() for k, v in init_mlp(8, seed).items()}
+    xs, xq = torch.randn(6, 1, generator=g, dtype=torch.float64), torch.randn(6, 1, generator=g, dtype=torch.float64)
+    return params, mse_loss(xs, torch.sin(xs)), mse_loss(xq, torch.sin(xq))
+
+
+def _meta_objective(params, support_loss, query_loss, cfg):
+    from llm_meta.algorithms import inner_loop
+
+    fast = inner_loop(params, list(params), support_loss, [list(range(6))] * cfg.steps, cfg)
+    return query_loss(fast, list(range(6))).item()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_second_order_meta_gradient_matches_finite_differences(optimizer):
+    from llm_meta.algorithms import maml_gradient
+
+    params, support_loss, query_loss = _mlp_problem()
+    cfg = InnerConfig(steps=3, lr=0.1 if optimizer == "sgd" else 0.01, optimizer=optimizer)
+
+    def query(fast):
+        loss = query_loss(fast, list(range(6)))
+        return loss, loss
+    batches = [list(range(6))] * cfg.steps
+    second, _, _ = maml_gradient(params, {}, list(params), support_loss, query, batches, cfg, second_order=True)
+    first, _, _ = maml_gradient(params, {}, list(params), support_loss, query, batches, cfg, second_order=False)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):  # directional derivatives along random directions
+        d = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()}
+        h = 1e-6
+        plus = _meta_objective({k: v + h * d[k] for k, v in params.items()}, support_loss, query_loss, cfg)
+        minus = _meta_objective({k: v - h * d[k] for k, v in params.items()}, support_loss, query_loss, cfg)
+        numeric = (plus - minus) / (2 * h)
+        analytic = sum((second[k] * d[k]).sum() for k in params).item()
+        first_order = sum((first[k] * d[k]).sum() for k in params).item()
+        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+        assert abs(first_order - numeric) > 1e-4 * max(1.0, abs(numeric))  # the test tells the two apart
+
+
+def test_first_order_meta_sgd_rate_gradient_is_minus_support_dot_query_gradient():
+    # One SGD step θ' = θ - α g_s(θ); first order: dL_q/dα = -<g_s(θ), ∇L_q(θ')> per tensor.
+    from llm_meta.algorithms import LR_PREFIX, inner_loop, maml_gradient
+
+    params, support_loss, query_loss = _mlp_problem()
+    cfg = InnerConfig(steps=1, optimizer="sgd")
+    rates = {LR_PREFIX + k: torch.tensor(0.05 + 0.01 * i, dtype=torch.float64) for i, k in enumerate(params)}
+
+    def query(fast):
+        loss = query_loss(fast, list(range(6)))
+        return loss, loss
+    grads, _, _ = maml_gradient({**params, **rates}, {}, list(params), support_loss, query, [list(range(6))], cfg)
+    live = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    g_s = dict(zip(live, torch.autograd.grad(support_loss(live, list(range(6))), list(live.values()))))
+    fast = {k: (params[k] - rates[LR_PREFIX + k] * g_s[k]).requires_grad_(True) for k in params}
+    g_q = dict(zip(fast, torch.autograd.grad(query_loss(fast, list(range(6))), list(fast.values()))))
+    for k in params:
+        torch.testing.assert_close(grads[LR_PREFIX + k], -(g_s[k] * g_q[k]).sum())
+        torch.testing.assert_close(grads[k], g_q[k])  # first order: the weights get FOMAML's gradient
+    # and the learned rates are what adaptation uses
+    adapted = inner_loop(params, list(params), support_loss, [list(range(6))], cfg,
+                         lrs={k: rates[LR_PREFIX + k] for k in params})
+    for k in params:
+        torch.testing.assert_close(adapted[k].detach(), fast[k].detach())
+
+
+def test_metasgd_rates_receive_gradients_on_the_language_model(body):
+    from llm_meta.algorithms import LR_PREFIX, meta_sgd_rates, metasgd
+
+    theta = perturbed(lora_params(body))
+    rates = meta_sgd_rates(theta, 1e-2)
+    assert set(rates) == {LR_PREFIX + k for k in [*theta, "head.weight", "head.bias"]}
+    grads, stats = metasgd(body, {**theta, **rates}, EPISODE, InnerConfig(steps=2, lr=1e-2), 0)
+    assert set(grads) == set(theta) | set(rates)
+    assert all(torch.isfinite(grads[k]) and grads[k] != 0 for k in rates)
+    with pytest.raises(ValueError, match="learned rates"):
+        metasgd(body, theta, EPISODE, InnerConfig(), 0)
+
+
+def test_second_order_maml_on_the_language_model_differs_from_first_order(body):
+    from llm_meta.algorithms import maml
+
+    theta = perturbed(lora_params(body))
+    cfg = InnerConfig(steps=2, lr=0.5, optimizer="sgd")
+    second, stats = maml(body, theta, EPISODE, cfg, 0)
+    first, _ = fomaml(body, theta, EPISODE, cfg, 0)
+    assert set(second) == set(theta)
+    diff = sum((second[k] - first[k]).abs().sum() for k in theta)
+    assert diff > 1e-3 * sum(first[k].abs().sum() for k in theta)
+    assert stats.loss > 0
+
+
+def test_protonet_loss_equals_hand_computation():
+    from llm_meta.algorithms import protonet_loss
+
+    s = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    ys = torch.tensor([0, 0, 1])
+    q = torch.tensor([[1.0, 1.0]])
+    # prototypes: c0 = (1, 0), c1 = (0, 4); squared distances from q: 1 and 10.
+    scale = 0.5
+    loss, acc = protonet_loss(s, ys, q, torch.tensor([1]), 2, scale)
+    expected = -math.log(math.exp(-0.5 * 10) / (math.exp(-0.5 * 1) + math.exp(-0.5 * 10)))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert acc.item() == 0.0
+
+
+def test_protonet_gradient_flows_through_prototypes_into_lora(body):
+    from llm_meta.algorithms import protonet
+
+    theta = perturbed(lora_params(body))
+    grads, stats = protonet(body, theta, EPISODE, InnerConfig(), 0)
+    assert set(grads) == set(theta)
+    assert all(grads[k].abs().sum() > 0 for k in theta)
+    assert 0 <= stats.accuracy <= 1 and stats.loss > 0

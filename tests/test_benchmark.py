@@ -12,6 +12,8 @@ from recipes.benchmark import Config, EpisodicConfig, FullwayConfig
 from tests.test_classifier import toy  # noqa: F401  (fixture: a folder with train/test csv files)
 from tests.test_meta_train import tiny_overrides
 
+TRAINED = ("fomaml", "maml", "metasgd", "protonet", "reptile", "transfer")  # every start of the default methods
+
 
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory, tiny_bert_dir, toy):  # noqa: F811
@@ -41,7 +43,7 @@ def test_every_method_scored_identical_episodes(results_dir):
 def test_rerun_reuses_cached_episodes_and_trained_starts(results_dir):
     out, cfg, first = results_dir
     starts = sorted(p.name for p in (out / "starts").iterdir())
-    assert starts == [f"{m}-seed{s}" for m in ("fomaml", "reptile", "transfer") for s in (0, 1)]
+    assert starts == [f"{m}-seed{s}" for m in TRAINED for s in (0, 1)]
     mtimes = {p: p.stat().st_mtime for p in (out / "starts").rglob("adapter_model.safetensors")}
     again = benchmark.main(cfg)
     assert again["hashes"] == first["hashes"]
@@ -55,7 +57,7 @@ def test_outputs(results_dir):
     for h in results["hashes"].values():
         assert h in report
     assert "| transfer |" in report and "vs transfer" in report
-    assert set(results["starts"]) == {f"{m}/seed{s}" for m in ("fomaml", "reptile", "transfer") for s in (0, 1)}
+    assert set(results["starts"]) == {f"{m}/seed{s}" for m in TRAINED for s in (0, 1)}
     for name, start in results["starts"].items():
         assert start["steps_trained"] == 2 and start["selected_step"] in (0, 2)
         assert f"| {name} | 2 | {start['selected_step']}" in report
@@ -81,3 +83,13 @@ def test_untrained_start_is_the_training_runs_step_zero(tmp_path, tiny_bert_dir,
     assert all(torch.equal(saved[k], start[k]) for k in start)
     _, other = benchmark.untrained_start(cfg.model, seed=4)
     assert not all(torch.equal(other[k], start[k]) for k in start)
+
+
+def test_fresh_runs_with_the_same_config_give_the_same_numbers(results_dir, tmp_path):
+    import dataclasses
+
+    _, cfg, _ = results_dir
+    small = dataclasses.replace(cfg, methods=["finetune", "fomaml"], meta_seeds=[0])
+    one = benchmark.main(dataclasses.replace(small, output_dir=str(tmp_path / "one")))
+    two = benchmark.main(dataclasses.replace(small, output_dir=str(tmp_path / "two")))  # retrains from nothing
+    assert one["hashes"] == two["hashes"] and one["scores"] == two["scores"] and one["starts"] == two["starts"]

@@ -45,3 +45,16 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
         load_config(Outer, None, ["inner.steps"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(Outer, tmp_path / "nope.yaml")
+
+
+def test_base_file_is_merged_section_by_section(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: a\ninner: {lr: 0.5, steps: 3}\ntags: [x]\n")
+    (tmp_path / "variant.yaml").write_text("base: base.yaml\ninner: {steps: 7}\n")
+    cfg = load_config(Outer, tmp_path / "variant.yaml", ["name=b"])
+    assert (cfg.name, cfg.inner.lr, cfg.inner.steps, cfg.tags) == ("b", 0.5, 7, ["x"])
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="in a loop"):
+        load_config(Outer, tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
+        load_config(Outer, tmp_path / "orphan.yaml")

@@ -107,3 +107,44 @@ def test_two_processes_match_one(tiny_bert_dir, toy_csv, tmp_path):
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-6), k
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in one.items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd", "protonet"])
+def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_bert_dir, toy_csv, tmp_path):
+    from llm_meta.algorithms import LR_PREFIX
+    from llm_meta.checkpoint import RATES_FILE, load_adapter_params
+    from llm_meta.models import ModelConfig, load_body
+
+    out = tmp_path / algorithm
+    results = run(tiny_overrides(tiny_bert_dir, toy_csv, out, steps=2, algorithm=algorithm, **{"outer.lr": 0.05}))
+    trained = final_params(out, 2)
+    assert any("lora_B" in k and trained[k].abs().sum() > 0 for k in trained)  # the meta-parameters moved
+    assert all(torch.isfinite(v).all() for v in trained.values())
+    assert [h["step"] for h in results["validation"]] == [0, 2]
+    body = load_body(ModelConfig(name=str(tiny_bert_dir)))
+    loaded = load_adapter_params(body, out / "adapter")
+    rates = {k: v for k, v in trained.items() if k.startswith(LR_PREFIX)}
+    if algorithm == "metasgd":
+        # One learned rate per LoRA tensor and head tensor, meta-trained away from inner.lr = 0.01.
+        assert len(rates) == len(body.lora_names) + 2
+        assert any(abs(v.item() - 0.01) > 1e-4 for v in rates.values())
+        assert (out / "adapter" / RATES_FILE).is_file()  # (at step 0 every rate is inner.lr)
+    else:
+        assert not rates and not (out / "adapter" / RATES_FILE).exists()
+    assert set(loaded) - set(body.lora_names) <= {k for k in rates}
+
+
+def test_same_config_and_seed_give_the_same_adapter_and_traceable_metadata(tiny_bert_dir, toy_csv, tmp_path):
+    for name in ("a", "b"):
+        run(tiny_overrides(tiny_bert_dir, toy_csv, tmp_path / name, steps=2))
+    a, b = (load_file(str(tmp_path / n / "adapter" / "adapter_model.safetensors")) for n in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pa, pb = final_params(tmp_path / "a", 2), final_params(tmp_path / "b", 2)
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    meta = json.loads((tmp_path / "a" / "adapter" / "llm_meta.json").read_text())
+    assert meta["config"]["seed"] == 0
+    assert {"torch", "transformers", "peft", "accelerate", "datasets"} <= set(meta["environment"]["packages"])
+    assert len(meta["tasks"]["toy"]) >= 16  # a hash of the task data
+    run(tiny_overrides(tiny_bert_dir, toy_csv, tmp_path / "c", steps=2, seed=1))
+    pc = final_params(tmp_path / "c", 2)
+    assert pc.keys() == pa.keys() and not all(torch.equal(pa[k], pc[k]) for k in pa)  # the seed matters
