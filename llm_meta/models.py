@@ -119,8 +119,15 @@ def is_decoder_config(config: Any) -> bool:
 def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the frozen base model and its tokenizer from a bundled name, a local folder or a Hub id."""
     path = resolve_model_path(cfg.name)
-    if (path.startswith((".", "/", "~")) or Path(path).exists()) and not (Path(path) / "config.json").is_file():
+    local = path.startswith((".", "/", "~")) or Path(path).exists()
+    if local and not (Path(path) / "config.json").is_file():
         raise ModelLoadError(f"model folder '{cfg.name}' has no config.json: not a transformers model folder")
+    if local and not list(Path(path).glob("*.safetensors")):
+        pickles = sorted(p.name for p in Path(path).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickles:
+            raise ModelLoadError(f"model folder '{cfg.name}' has only pickle weights ({', '.join(pickles)}); llm_meta "
+                                 f"loads safetensors only, because unpickling can run code. Convert it once in a "
+                                 f"trusted environment: AutoModel.from_pretrained(folder).save_pretrained(folder)")
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
@@ -128,6 +135,11 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
             path, config=config, trust_remote_code=cfg.trust_remote_code, use_safetensors=True
         )
     except (OSError, ValueError) as err:
+        if "custom code" in str(err) or "trust_remote_code" in str(err):
+            raise ModelLoadError(f"model '{cfg.name}' needs its own Python code to load; llm_meta never runs a model "
+                                 f"repo's code unless you read it and set model.trust_remote_code: true") from err
+        if local:
+            raise ModelLoadError(f"could not load model folder '{cfg.name}': {str(err).splitlines()[0]}") from err
         raise ModelLoadError(
             f"could not load model '{cfg.name}': it is not a bundled name ({', '.join(BUNDLED_MODELS)}), "
             f"not a local model folder, and loading it as a Hub id failed (offline, or no such id?). "

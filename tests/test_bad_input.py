@@ -1,0 +1,221 @@
+"""The bad-input matrix: one row per mistake a user makes, through the `llm-meta` command.
+
+Every row must end in a one-line error that names the problem (exit status 2, no traceback) and
+must leave the user's workspace byte for byte as it was: a meta-training run with checkpoints and
+an adapter, a task model, and the data files. Rows point their outputs at those folders on purpose.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_meta.cli import main as cli_main
+from tests.test_meta_train import run, tiny_overrides
+
+TOPICS = ["card payment", "music playlist", "weather forecast"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, tiny_bert_dir, tiny_llama_dir) -> dict[str, Path]:
+    """A workspace with a meta-training run, its adapter, a task model and the data they came from."""
+    root = tmp_path_factory.mktemp("workspace")
+    data = root / "data"
+    data.mkdir()
+    for split, n in (("train", 8), ("test", 4)):
+        rows = [f"{t} request {i} {split},{t.split()[0]}" for t in TOPICS for i in range(n)]
+        (data / f"{split}.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    run(tiny_overrides(tiny_bert_dir, data / "train.csv", root / "run", steps=2))
+    paths = {"root": root, "data": data, "run": root / "run", "adapter": root / "run" / "adapter",
+             "taskmodel": root / "taskmodel", "tiny": tiny_bert_dir, "llama": tiny_llama_dir}
+    cli_main(["adapt", "--adapter", str(paths["adapter"]), "--task", str(data), "--shots", "2",
+              "--output", str(paths["taskmodel"]), "inner.steps=1"])
+    return paths
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def bad_file(tmp: Path, name: str, content: str | bytes) -> str:
+    path = tmp / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+def meta_train_args(ws: dict[str, Path], *extra: str) -> list[str]:
+    """Resume the workspace's run (so a row that wrote anything would damage it)."""
+    overrides = [o for o in tiny_overrides(ws["tiny"], ws["data"] / "train.csv", ws["run"], steps=4)]
+    return ["meta-train", "--config", "recipes/configs/meta_train.yaml", "--resume", *overrides, *extra]
+
+
+def adapt_args(ws: dict[str, Path], task: str, *extra: str, shots: int = 2) -> list[str]:
+    return ["adapt", "--adapter", "none", "--task", task, "--shots", str(shots), "--output", str(ws["taskmodel"]),
+            f"model.name={ws['tiny']}", "inner.steps=1", *extra]
+
+
+# name -> (function building the argv from the workspace and a scratch folder, expected message regex)
+ROWS = {
+    "missing_column": (
+        lambda ws, tmp: adapt_args(ws, bad_file(tmp, "t.csv", "utterance,intent\nhi,a\nyo,b\n")),
+        r"no text column 'text' \(columns: utterance, intent\)"),
+    "misnamed_column_override": (
+        lambda ws, tmp: adapt_args(ws, str(ws["data"]), "label_column=intent"),
+        r"no label column 'intent' \(columns: text, label\)"),
+    "unknown_labels": (
+        lambda ws, tmp: ["evaluate", "--model", str(ws["taskmodel"]), "--task",
+                         bad_file(tmp, "test.csv", "text,label\nbuy a plane ticket,flight\ncard payment,card\n"),
+                         "--split", "train", "--output", str(ws["taskmodel"] / "eval.json")],
+        r"1 label\(s\) this model does not know: flight"),
+    "empty_file": (
+        lambda ws, tmp: adapt_args(ws, bad_file(tmp, "empty.csv", "")),
+        r"empty.csv: the file is empty"),
+    "header_only_file": (
+        lambda ws, tmp: adapt_args(ws, bad_file(tmp, "header.csv", "text,label\n")),
+        r"header.csv: the dataset has no rows"),
+    "wrong_encoding": (
+        lambda ws, tmp: adapt_args(ws, bad_file(tmp, "latin.csv", "text,label\nZ\u00fcrich weather,w\n".encode("latin-1"))),
+        r"latin.csv: not valid utf-8 text .*re-save it as UTF-8"),
+    "empty_texts_only": (
+        lambda ws, tmp: adapt_args(ws, bad_file(tmp, "blank.csv", 'text,label\n" ",a\n"",b\n')),
+        r"every text is empty"),
+    "k_larger_than_a_class": (
+        lambda ws, tmp: adapt_args(ws, str(ws["data"]), shots=50),
+        r"3 class\(es\) have fewer than K=50 examples: 'card' has 8"),
+    "n_larger_than_classes": (
+        lambda ws, tmp: ["episode", str(ws["data"]), "--n-way", "5", "--k-shot", "2"],
+        r"has 3 class\(es\) with at least K\+Q=7 examples; 5-way episodes need 5"),
+    "unknown_model_offline": (
+        lambda ws, tmp: adapt_args(ws, str(ws["data"]), "model.name=no-such-org/no-such-model"),
+        r"could not load model 'no-such-org/no-such-model'.*offline, or no such id"),
+    "unknown_lora_target": (
+        lambda ws, tmp: adapt_args(ws, str(ws["data"]), "model.lora_targets=[query, qkv_proj]"),
+        r"LoRA target module\(s\) \['qkv_proj'\] do not exist in BertModel; its linear modules are: .*query"),
+    "adapter_for_another_base_model": (
+        lambda ws, tmp: meta_train_args(ws, f"model.name={ws['llama']}"),
+        r"was trained for base model .* not for .*LoRA layout"),
+    "foreign_model_folder": (
+        lambda ws, tmp: ["predict", "--model", str(_foreign_peft(tmp)), "--input", str(ws["data"] / "test.csv")],
+        r"a PEFT adapter from another tool, not an llm_meta adapter"),
+    "not_a_model_folder": (
+        lambda ws, tmp: adapt_args(ws, str(ws["data"]), f"model.name={tmp}"),
+        r"has no config.json: not a transformers model folder"),
+    "adapter_is_a_task_model": (
+        lambda ws, tmp: ["adapt", "--adapter", str(ws["taskmodel"]), "--task", str(ws["data"]), "--output",
+                         str(ws["taskmodel"])],
+        r"is an adapted task model; start from a meta-trained adapter or none"),
+    "unknown_config_key": (
+        lambda ws, tmp: meta_train_args(ws, "outer.stpes=3"),
+        r"unknown config key 'outer.stpes'; did you mean 'outer.steps'\?"),
+    "wrong_value_type": (
+        lambda ws, tmp: meta_train_args(ws, "outer.lr=fast"),
+        r"config key 'outer.lr' expects float, got str 'fast'"),
+    "unknown_algorithm": (
+        lambda ws, tmp: meta_train_args(ws, "algorithm=mamll"),
+        r"unknown algorithm 'mamll' \(valid: fomaml, maml, metasgd, reptile, protonet, transfer\)"),
+    "every_checkpoint_corrupt": (
+        lambda ws, tmp: meta_train_args(ws, f"output_dir={_corrupt_run(ws, tmp)}"),
+        r"every checkpoint is corrupt; nothing to resume from"),
+    "empty_text_to_predict": (
+        lambda ws, tmp: ["predict", "--model", str(ws["taskmodel"]), "--empty", "error", "--output",
+                         str(ws["taskmodel"] / "out.jsonl"), "--input", bad_file(tmp, "in.txt", "card payment\n\n")],
+        r"1 empty or whitespace-only text\(s\) in the input \(first at line/row 2\)"),
+    "missing_config_file": (
+        lambda ws, tmp: ["meta-train", "--config", str(tmp / "nope.yaml")],
+        r"config file not found: .*nope.yaml"),
+}
+
+
+def _foreign_peft(tmp: Path) -> Path:
+    folder = tmp / "peft_from_elsewhere"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "x"}))
+    return folder
+
+
+def _corrupt_run(ws: dict[str, Path], tmp: Path) -> Path:
+    """A copy of the workspace's run whose every checkpoint has a truncated tensor file."""
+    import shutil
+
+    copy = tmp / "corrupt_run"
+    shutil.copytree(ws["run"], copy)
+    for params in copy.glob("checkpoints/step-*/params.safetensors"):
+        params.write_bytes(params.read_bytes()[:100])
+    return copy
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+def test_bad_input_gives_a_clear_error_and_damages_nothing(row, ws, tmp_path, capsys):
+    build, message = ROWS[row]
+    argv = build(ws, tmp_path)
+    before = snapshot(ws["root"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err
+    line = [x for x in err.splitlines() if "error:" in x]
+    assert line, err
+    import re
+
+    assert re.search(message, line[-1]), f"{row}: {line[-1]}"
+    assert snapshot(ws["root"]) == before, f"{row} changed files in the workspace"
+
+
+# --- safety: no pickle, no remote code, no path expansion ----------------------------------------
+
+def test_pickle_only_model_folder_is_refused(tiny_bert_dir, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from llm_meta.models import ModelConfig, ModelLoadError, load_body
+
+    import torch
+
+    folder = tmp_path / "pickled"
+    model = AutoModel.from_pretrained(tiny_bert_dir)
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")  # the old pickle format
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(folder)
+    assert (folder / "pytorch_model.bin").is_file() and not list(folder.glob("*.safetensors"))
+    with pytest.raises(ModelLoadError, match="pickle.*safetensors only"):
+        load_body(ModelConfig(name=str(folder)))
+
+
+def test_remote_code_never_runs_unless_asked(tiny_bert_dir, tmp_path):
+    import shutil
+
+    from llm_meta.models import ModelConfig, ModelLoadError, load_body
+
+    folder = tmp_path / "remote"
+    shutil.copytree(tiny_bert_dir, folder)
+    marker = tmp_path / "code_ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nfrom transformers import BertConfig\n"
+                                    "class EvilConfig(BertConfig):\n    model_type = 'evil'\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig"}
+    config["model_type"] = "evil"  # only the repo's own code knows this architecture
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+        load_body(ModelConfig(name=str(folder)))
+    assert not marker.exists()
+
+
+def test_paths_are_taken_literally(ws, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    name = "~/$HOME/`touch pwned`$(touch pwned2)"
+    cli_main(["adapt", "--adapter", "none", "--task", str(ws["data"]), "--shots", "2", "--output", name,
+              f"model.name={ws['tiny']}", "inner.steps=1"])
+    assert (tmp_path / name / "llm_meta.json").is_file()  # a folder with exactly that (odd) name
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+    assert not (tmp_path / "home").exists()
+
+
+def test_nothing_in_the_library_unpickles():
+    root = Path(__file__).resolve().parent.parent
+    for path in [*root.glob("llm_meta/*.py"), *root.glob("recipes/*.py")]:
+        source = path.read_text()
+        for call in ("torch.load(", "import pickle", "pickle.load", "weights_only=False"):
+            assert call not in source, f"{path.name} uses {call}"
