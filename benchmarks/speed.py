@@ -52,7 +52,7 @@ def plain_passes(body: Body, episode: Episode, cfg: InnerConfig, algorithm: str)
     def loss_on(examples: Examples) -> torch.Tensor:
         batch = tokenize(body, examples.texts)
         emb = pool(body, body.model(**batch).last_hidden_state, batch["attention_mask"])
-        return F.cross_entropy(head_logits(head, emb, cfg.scale), torch.tensor(examples.labels))
+        return F.cross_entropy(head_logits(head, emb, cfg.scale), torch.tensor(examples.labels, device=emb.device))
 
     for _ in range(cfg.steps):
         opt.zero_grad()
@@ -71,9 +71,12 @@ def plain_passes(body: Body, episode: Episode, cfg: InnerConfig, algorithm: str)
 
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
+    sync()
     return (time.perf_counter() - start) / repeats
 
 
@@ -82,8 +85,16 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_extra_rss(fn) -> float:
-    """MiB of resident memory `fn` needs above what the process held just before it."""
+def peak_extra_memory(fn, device: torch.device) -> float:
+    """MiB of memory `fn` needs above what was held just before it: resident memory (RSS) on CPU,
+    allocated tensor memory (`max_memory_allocated`) on a GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
     base, peak, done = _rss_mib(), [0.0], threading.Event()
 
     def sample() -> None:
@@ -103,26 +114,29 @@ def peak_extra_rss(fn) -> float:
 def memory_one(args: argparse.Namespace) -> None:
     """One measurement (run in its own process, so earlier allocations do not hide this one's)."""
     body = load_body(ModelConfig(max_length=48))
+    body.model.to(args.device)
     episode = EpisodeSampler([load_task(args.task)], args.n_way, args.k_shot, args.q_query,
                              class_role="meta_train").episode(0)
     cfg = InnerConfig(steps=args.inner_steps)
     params = lora_params(body)
     if args.memory_one == "plain":
-        extra = peak_extra_rss(lambda: plain_passes(body, episode, cfg, "fomaml"))
+        extra = peak_extra_memory(lambda: plain_passes(body, episode, cfg, "fomaml"), body.device)
     else:
-        extra = peak_extra_rss(lambda: ALGORITHMS[args.memory_one](body, params, episode, cfg, 0))
+        extra = peak_extra_memory(lambda: ALGORITHMS[args.memory_one](body, params, episode, cfg, 0), body.device)
     print(f"{extra:.1f}")
 
 
 def memory_table(args: argparse.Namespace) -> None:
-    print(f"{args.task}, {args.n_way}-way {args.k_shot}-shot {args.q_query}-query, one episode per fresh process; "
-          f"extra RSS in MiB (peak during the episode minus RSS before it)")
+    what = "allocated GPU memory" if args.device.startswith("cuda") else "RSS"
+    print(f"{args.task}, {args.n_way}-way {args.k_shot}-shot {args.q_query}-query on {args.device}, one episode per "
+          f"fresh process; extra {what} in MiB (peak during the episode minus before it)")
     print("| inner steps | plain LoRA fine-tuning | FOMAML | MAML (second order) | FOMAML / plain | MAML / plain |")
     print("|---|---|---|---|---|---|")
     for steps in args.steps_list:
         row = {}
         for name in ("plain", "fomaml", "maml"):
             cmd = [sys.executable, __file__, "--memory-one", name, "--inner-steps", str(steps), "--task", args.task,
+                   "--device", args.device,
                    "--n-way", str(args.n_way), "--k-shot", str(args.k_shot), "--q-query", str(args.q_query)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             row[name] = float(done.stdout.strip().splitlines()[-1])
@@ -141,6 +155,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="the memory table instead of the timing table")
     parser.add_argument("--steps-list", type=int, nargs="+", default=[1, 2, 3, 5])
     parser.add_argument("--memory-one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     if args.memory_one:
@@ -149,11 +164,13 @@ def main() -> None:
         return memory_table(args)
 
     body = load_body(ModelConfig(max_length=48))
+    body.model.to(args.device)
     sampler = EpisodeSampler([load_task(args.task)], args.n_way, args.k_shot, args.q_query, class_role="meta_train")
     episodes = sampler.episodes(args.episodes)
     cfg = InnerConfig(steps=args.inner_steps)
     params = lora_params(body)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"device {body.device}")
     print(f"{args.task}, {args.n_way}-way {args.k_shot}-shot {args.q_query}-query, {args.inner_steps} inner steps, "
           f"{args.episodes} episodes, all-MiniLM-L6-v2 LoRA r=8, max 48 tokens")
     print("| algorithm | meta-step s/episode | plain loop s/episode | efficiency (plain / meta) | episodes/s |")

@@ -70,9 +70,12 @@ def _need_names(label_names: list[str] | None, cfg: InnerConfig) -> list[str]:
     return label_names
 
 
-def loss_and_accuracy(body: Body, params: Params, texts: list[str], labels: list[int], scale: float) -> tuple[Tensor, Tensor]:
-    """Cross-entropy and accuracy of the head in `params` on a batch of texts."""
-    logits = head_logits(params, embed(body, params, tokenize(body, texts)).float(), scale)
+def loss_and_accuracy(body: Body, params: Params, texts: list[str], labels: list[int], scale: float,
+                      batch: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Cross-entropy and accuracy of the head in `params` on a batch of texts (`batch`: their
+    tokenisation, when the caller already has it)."""
+    batch = batch if batch is not None else tokenize(body, texts)
+    logits = head_logits(params, embed(body, params, batch).float(), scale)
     target = torch.tensor(labels, device=logits.device)
     return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean()
 
@@ -91,9 +94,14 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
 def support_loss_fn(body: Body, params: Params, support: Examples, cfg: InnerConfig) -> Loss:
     """The inner-loop loss on a batch of support indices, for adapting from `params`."""
     if cfg.train_lora:
+        tokenized: dict[tuple[int, ...], dict[str, Tensor]] = {}  # the same batch recurs at every step
+
         def loss(fast: Params, idx: list[int]) -> Tensor:
             texts, labels = [support.texts[i] for i in idx], [support.labels[i] for i in idx]
-            return loss_and_accuracy(body, fast, texts, labels, cfg.scale)[0]
+            key = tuple(idx)
+            if key not in tokenized:
+                tokenized[key] = tokenize(body, texts)
+            return loss_and_accuracy(body, fast, texts, labels, cfg.scale, tokenized[key])[0]
         return loss
     # Head only: the body is fixed, so embed the support set once instead of at every step.
     emb = embed_texts(body, params, support.texts)
