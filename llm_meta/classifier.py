@@ -176,6 +176,11 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         if meta.get("format") == CLASSIFIER_FORMAT:
             raise CheckpointError(f"{cfg.adapter} is an adapted task model; start from a meta-trained adapter or none")
         cfg.model = from_dict(ModelConfig, meta["config"]["model"])
+        trained_steps = meta["config"].get("inner", {}).get("steps")
+        if meta.get("algorithm") == "metasgd" and trained_steps != cfg.inner.steps:
+            log.warning("this Meta-SGD adapter's learned rates were meta-trained for %s inner steps; adapting with "
+                        "%d (set inner.steps=%s to match; more steps with learned rates can diverge)",
+                        trained_steps, cfg.inner.steps, trained_steps)
     body = load_body(cfg.model)
     params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
 

@@ -110,7 +110,7 @@ def test_two_processes_match_one(tiny_bert_dir, toy_csv, tmp_path):
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "metasgd", "protonet"])
-def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_bert_dir, toy_csv, tmp_path):
+def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_bert_dir, toy_csv, tmp_path, caplog):
     from llm_meta.algorithms import LR_PREFIX
     from llm_meta.checkpoint import RATES_FILE, load_adapter_params
     from llm_meta.models import ModelConfig, load_body
@@ -129,6 +129,16 @@ def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_ber
         assert len(rates) == len(body.lora_names) + 2
         assert any(abs(v.item() - 0.01) > 1e-4 for v in rates.values())
         assert (out / "adapter" / RATES_FILE).is_file()  # (at step 0 every rate is inner.lr)
+        # adapting with another step count than the rates were learned for is allowed, with a warning
+        import logging
+
+        import llm_meta
+        from llm_meta.algorithms import InnerConfig
+        from llm_meta.classifier import AdaptConfig
+
+        with caplog.at_level(logging.WARNING):
+            llm_meta.adapt(adapter=out / "adapter", task=str(toy_csv), shots=2, cfg=AdaptConfig(inner=InnerConfig(steps=3)))
+        assert "meta-trained for 2 inner steps; adapting with 3" in caplog.text
     else:
         assert not rates and not (out / "adapter" / RATES_FILE).exists()
     assert set(loaded) - set(body.lora_names) <= {k for k in rates}
