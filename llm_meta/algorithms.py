@@ -26,6 +26,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from llm_meta.episodes import Episode, Examples
 from llm_meta.heads import HEAD_KEYS, head_logits, proto_head, prototypes, with_label_names, zero_head
 from llm_meta.models import Body, Params, embed, embed_texts, tokenize
+from llm_meta.ner import (align_words, embed_words, is_token_level, token_loss_and_accuracy, word_embeddings,
+                          word_labels)
 
 
 @dataclass
@@ -60,8 +62,16 @@ def init_head(body: Body, params: Params, support: Examples, n_way: int, cfg: In
         support = with_label_names(Examples([], []), _need_names(label_names, cfg), 1)
     elif cfg.head_init != "proto":
         raise ValueError(f"head_init must be 'proto', 'zero' or 'label_names', got {cfg.head_init!r}")
-    emb = embed_texts(body, params, support.texts)
-    return proto_head(emb, torch.tensor(support.labels, device=body.device), n_way)
+    emb, labels = labelled_embeddings(body, params, support)
+    return proto_head(emb, labels, n_way)
+
+
+@torch.no_grad()
+def labelled_embeddings(body: Body, params: Params, examples: Examples) -> tuple[Tensor, Tensor]:
+    """(embeddings, class ids) of every labelled unit: each text, or each word of a token task."""
+    if is_token_level(examples.texts):
+        return embed_words(body, params, examples.texts, examples.labels)
+    return embed_texts(body, params, examples.texts), torch.tensor(examples.labels, device=body.device)
 
 
 def _need_names(label_names: list[str] | None, cfg: InnerConfig) -> list[str]:
@@ -71,9 +81,11 @@ def _need_names(label_names: list[str] | None, cfg: InnerConfig) -> list[str]:
 
 
 def loss_and_accuracy(body: Body, params: Params, texts: list[str], labels: list[int], scale: float,
-                      batch: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                      batch=None) -> tuple[Tensor, Tensor]:
     """Cross-entropy and accuracy of the head in `params` on a batch of texts (`batch`: their
-    tokenisation, when the caller already has it)."""
+    tokenisation, when the caller already has it). Token tasks: texts are word lists, labels per word."""
+    if is_token_level(texts):
+        return token_loss_and_accuracy(body, params, texts, labels, scale, batch)
     batch = batch if batch is not None else tokenize(body, texts)
     logits = head_logits(params, embed(body, params, batch).float(), scale)
     target = torch.tensor(labels, device=logits.device)
@@ -94,16 +106,27 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
 def support_loss_fn(body: Body, params: Params, support: Examples, cfg: InnerConfig) -> Loss:
     """The inner-loop loss on a batch of support indices, for adapting from `params`."""
     if cfg.train_lora:
-        tokenized: dict[tuple[int, ...], dict[str, Tensor]] = {}  # the same batch recurs at every step
+        tokenized: dict[tuple[int, ...], object] = {}  # the same batch recurs at every step
 
         def loss(fast: Params, idx: list[int]) -> Tensor:
             texts, labels = [support.texts[i] for i in idx], [support.labels[i] for i in idx]
             key = tuple(idx)
             if key not in tokenized:
-                tokenized[key] = tokenize(body, texts)
+                tokenized[key] = align_words(body, texts) if is_token_level(texts) else tokenize(body, texts)
             return loss_and_accuracy(body, fast, texts, labels, cfg.scale, tokenized[key])[0]
         return loss
     # Head only: the body is fixed, so embed the support set once instead of at every step.
+    if is_token_level(support.texts):  # rows are words; a batch of sentence indices selects theirs
+        aligned = align_words(body, support.texts)
+        with torch.no_grad():
+            emb = word_embeddings(body, params, aligned)
+        labels = word_labels(aligned, support.labels, body.device)
+        sentence = torch.tensor([s for s, _ in aligned.words], device=body.device)
+
+        def word_loss(fast: Params, idx: list[int]) -> Tensor:
+            rows = torch.isin(sentence, torch.tensor(idx, device=body.device))
+            return F.cross_entropy(head_logits(fast, emb[rows], cfg.scale), labels[rows])
+        return word_loss
     emb = embed_texts(body, params, support.texts)
     labels = torch.tensor(support.labels, device=body.device)
 
@@ -116,6 +139,8 @@ def _episode_start(body: Body, params: Params, support: Examples, n_way: int, cf
                    label_names: list[str] | None, head: Params | None = None) -> tuple[Examples, Params]:
     """The support set the inner loop trains on (label names added if asked) and the fresh head."""
     if cfg.label_examples:
+        if is_token_level(support.texts):
+            raise ValueError("inner.label_examples adds label names as texts: it is for sequence tasks, not NER")
         support = with_label_names(support, _need_names(label_names, cfg), cfg.label_examples)
     weights = {k: v.detach() for k, v in params.items() if not k.startswith(LR_PREFIX)}
     return support, head if head is not None else init_head(body, weights, support, n_way, cfg, label_names)
@@ -296,9 +321,14 @@ def protonet(body: Body, params: Params, episode: Episode, cfg: InnerConfig, see
     """ProtoNet meta-training: no inner loop; the gradient flows through the prototypes and the queries."""
     live = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     texts = episode.support.texts + episode.query.texts
-    emb = embed(body, live, tokenize(body, texts)).float()
-    ys = torch.tensor(episode.support.labels + episode.query.labels, device=emb.device)
-    s = len(episode.support)
+    labels = episode.support.labels + episode.query.labels
+    if is_token_level(texts):  # every word is an example; O is a class with its own prototype
+        aligned = align_words(body, texts)
+        emb, ys = word_embeddings(body, live, aligned), word_labels(aligned, labels, body.device)
+        s = sum(1 for sentence, _ in aligned.words if sentence < len(episode.support))
+    else:
+        emb = embed(body, live, tokenize(body, texts)).float()
+        ys, s = torch.tensor(labels, device=emb.device), len(episode.support)
     loss, acc = protonet_loss(emb[:s], ys[:s], emb[s:], ys[s:], episode.n_way, cfg.scale)
     grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
     return grads, StepStats(loss.item(), acc.item())
@@ -360,6 +390,9 @@ def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, bat
 def episode_accuracy(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> float:
     """Query accuracy after adapting `params` on the episode's support set (the evaluation protocol)."""
     fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
+    if is_token_level(episode.query.texts):  # word-level accuracy (entity F1: evaluation.episode_entity_f1)
+        emb, labels = labelled_embeddings(body, fast, episode.query)
+        return (head_logits(fast, emb, cfg.scale).argmax(1) == labels).float().mean().item()
     logits = predict_logits(body, fast, episode.query.texts, cfg.scale)
     return (logits.argmax(1).cpu() == torch.tensor(episode.query.labels)).float().mean().item()
 

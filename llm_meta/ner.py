@@ -1,4 +1,9 @@
-"""Token-level tasks (NER): CoNLL-style files and tag-scheme checks.
+"""Token-level tasks (NER): CoNLL files, Few-NERD episodes, word-to-subword alignment.
+
+Token episodes reuse the sequence machinery unchanged: an `Examples` whose `texts` are word
+lists and whose `labels` are per-word class ids (0 = O, i = the episode's i-th entity type, IO
+scheme as in Few-NERD), so `adapt`, FOMAML, Reptile and the prototype heads run as they are;
+`loss_and_accuracy` and the head initialisation dispatch on `is_token_level`.
 
 A CoNLL file has one token per line with its tag in the last whitespace-separated field and a
 blank line between sentences (`-DOCSTART-` lines are skipped). Tags are BIO (`B-PER`, `I-PER`,
@@ -10,10 +15,18 @@ and the first place, because such files are common and the repair is unambiguous
 from __future__ import annotations
 
 import logging
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from llm_meta.episodes import Episode, Examples
+from llm_meta.heads import head_logits
+from llm_meta.models import Body, Params, embed_tokens
 from llm_meta.tasks import TaskError
 
 log = logging.getLogger(__name__)
@@ -87,3 +100,161 @@ def repair_bio(tags: list[str]) -> list[int]:
 def entity_types(sentences: list[Sentence]) -> list[str]:
     """The entity types of a tagged corpus (BIO prefixes stripped, O excluded), sorted."""
     return sorted({tag[2:] if tag[:2] in ("B-", "I-") else tag for s in sentences for tag in s.tags} - {"O"})
+
+
+def entity_type(tag: str) -> str:
+    """`B-PER` / `I-PER` / `PER` -> `PER`; `O` -> `O`."""
+    return tag[2:] if tag[:2] in ("B-", "I-") else tag
+
+
+# --- Few-NERD episodes ----------------------------------------------------------------------------
+
+def _mentions(tags: list[str]) -> dict[str, int]:
+    """Entity mentions per type in one sentence (a mention starts at B-X, or at X after another tag)."""
+    counts: dict[str, int] = {}
+    prev = "O"
+    for tag in tags:
+        kind = entity_type(tag)
+        if kind != "O" and (tag.startswith("B-") or entity_type(prev) != kind):
+            counts[kind] = counts.get(kind, 0) + 1
+        prev = tag
+    return counts
+
+
+class NerEpisodeSampler:
+    """Few-NERD's greedy N-way K~2K-shot sampler (Ding et al., 2021), seeded per episode.
+
+    For each set (support, then query): choose sentences in random order among those whose entity
+    types are all among the episode's N; reject one that would push a type past 2K mentions;
+    accept it only if some of its types is still under K; stop when every type has K. Types
+    outside `types` never appear in an episode. Labels are IO class ids: 0 = O, i = types[i-1].
+    """
+
+    def __init__(self, sentences: list[Sentence], types: list[str], n_way: int, k_shot: int, q_shot: int,
+                 seed: int = 0, name: str = "ner") -> None:
+        unknown = sorted(set(types) - set(entity_types(sentences)))
+        if unknown:
+            raise TaskError(f"entity type(s) {unknown} do not occur in '{name}' (it has: {entity_types(sentences)})")
+        if not 1 <= n_way <= len(types):
+            raise TaskError(f"'{name}': {n_way}-way NER episodes need {n_way} entity types; {len(types)} are allowed")
+        self.types, self.n_way, self.k_shot, self.q_shot, self.seed, self.name = types, n_way, k_shot, q_shot, seed, name
+        self.sentences = sentences
+        self.mentions = [_mentions(s.tags) for s in sentences]
+
+    def episode(self, index: int) -> Episode:
+        rng = random.Random(f"ner:{self.seed}:{index}")
+        chosen = sorted(rng.sample(sorted(self.types), self.n_way))
+        allowed = set(chosen)
+        candidates = [i for i, m in enumerate(self.mentions) if m and set(m) <= allowed]
+        rng.shuffle(candidates)
+        used: set[int] = set()
+        support = self._fill(candidates, used, self.k_shot, chosen)
+        query = self._fill(candidates, used, self.q_shot, chosen)
+        return Episode(support=support, query=query, label_names=["O", *chosen], task=self.name)
+
+    def _fill(self, candidates: list[int], used: set[int], k: int, types: list[str]) -> Examples:
+        counts = dict.fromkeys(types, 0)
+        picked: list[int] = []
+        for i in candidates:
+            if i in used:
+                continue
+            m = self.mentions[i]
+            if any(counts[t] + c > 2 * k for t, c in m.items()) or all(counts[t] >= k for t in m):
+                continue
+            picked.append(i)
+            used.add(i)
+            for t, c in m.items():
+                counts[t] += c
+            if all(c >= k for c in counts.values()):
+                break
+        short = {t: c for t, c in counts.items() if c < k}
+        if short:
+            raise TaskError(f"'{self.name}': not enough sentences for a {len(types)}-way {k}-shot set of types "
+                            f"{types} (mentions found: {short}); lower K or N")
+        index = {t: y for y, t in enumerate(types, start=1)}
+        return Examples([list(self.sentences[i].tokens) for i in picked],
+                        [[index.get(entity_type(tag), 0) for tag in self.sentences[i].tags] for i in picked])
+
+    def episodes(self, count: int, start: int = 0) -> list[Episode]:
+        return [self.episode(i) for i in range(start, start + count)]
+
+
+# --- word-to-subword alignment ---------------------------------------------------------------------
+
+@dataclass
+class AlignedBatch:
+    """A tokenised batch of word lists and where each kept word's first sub-token is."""
+
+    batch: dict[str, Tensor]
+    rows: Tensor  # [M] batch row of each kept word
+    positions: Tensor  # [M] token position of its first sub-token
+    words: list[tuple[int, int]]  # (sentence, word index) of each kept word, same order
+    dropped: int  # words that got no token (cut by max_length)
+
+
+def is_token_level(texts: list) -> bool:
+    return bool(texts) and isinstance(texts[0], list)
+
+
+def align_words(body: Body, sentences: list[list[str]]) -> AlignedBatch:
+    """Tokenise word lists and find each word's first sub-token through character offsets.
+
+    Offsets work for WordPiece and byte-level BPE alike (a BPE token may carry the space before a
+    word, so a token belongs to the word holding its last character). Words past max_length are
+    dropped with a warning: they are counted, never silently lost.
+    """
+    texts = [" ".join(words) for words in sentences]
+    enc = body.tokenizer(texts, padding=True, truncation=True, max_length=body.max_length,
+                         return_offsets_mapping=True, return_tensors="pt")
+    offsets = enc.pop("offset_mapping").tolist()
+    rows, positions, words, dropped = [], [], [], 0
+    for row, sentence in enumerate(sentences):
+        owner: list[int] = []
+        for w, word in enumerate(sentence):
+            owner += [w] * len(word) + [-1]  # -1: the joining space
+        first: dict[int, int] = {}
+        for pos, (start, end) in enumerate(offsets[row]):
+            if end > start and owner[end - 1] >= 0 and owner[end - 1] not in first:
+                first[owner[end - 1]] = pos
+        dropped += len(sentence) - len(first)
+        for w in sorted(first):
+            rows.append(row)
+            positions.append(first[w])
+            words.append((row, w))
+    if dropped:
+        log.warning("%d word(s) got no token (sentences longer than max_length=%d tokens are cut); they are left "
+                    "out of training and scoring", dropped, body.max_length)
+    batch = {k: v.to(body.device) for k, v in enc.items()}
+    return AlignedBatch(batch, torch.tensor(rows, device=body.device), torch.tensor(positions, device=body.device),
+                        words, dropped)
+
+
+def word_embeddings(body: Body, params: Params, aligned: AlignedBatch) -> Tensor:
+    """[M, hidden]: the (normalised) embedding of each kept word's first sub-token."""
+    return embed_tokens(body, params, aligned.batch)[aligned.rows, aligned.positions].float()
+
+
+def word_labels(aligned: AlignedBatch, labels: list[list[int]], device: torch.device) -> Tensor:
+    return torch.tensor([labels[s][w] for s, w in aligned.words], device=device)
+
+
+def token_loss_and_accuracy(body: Body, params: Params, sentences: list[list[str]], labels: list[list[int]],
+                            scale: float, aligned: AlignedBatch | None = None) -> tuple[Tensor, Tensor]:
+    """Cross-entropy and accuracy over every kept word (O included), with the head in `params`."""
+    aligned = aligned if aligned is not None else align_words(body, sentences)
+    logits = head_logits(params, word_embeddings(body, params, aligned), scale)
+    target = word_labels(aligned, labels, logits.device)
+    return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean()
+
+
+@torch.no_grad()
+def embed_words(body: Body, params: Params, sentences: list[list[str]], labels: list[list[int]],
+                batch_size: int = 32) -> tuple[Tensor, Tensor]:
+    """(embeddings [M, hidden], class ids [M]) of every kept word, without gradients."""
+    embs, ys = [], []
+    for start in range(0, len(sentences), batch_size):
+        part = sentences[start : start + batch_size]
+        aligned = align_words(body, part)
+        embs.append(word_embeddings(body, params, aligned))
+        ys.append(word_labels(aligned, labels[start : start + batch_size], body.device))
+    return torch.cat(embs), torch.cat(ys)

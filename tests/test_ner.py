@@ -2,6 +2,8 @@
 
 import logging
 
+import torch
+
 import pytest
 
 from llm_meta.ner import entity_types, read_conll, repair_bio
@@ -45,3 +47,130 @@ def test_empty_and_wrong_encoding(tmp_path):
     f.write_bytes("Z\u00fcrich\tB-LOC\n".encode("latin-1"))
     with pytest.raises(TaskError, match="not valid utf-8"):
         read_conll(f)
+
+
+# --- Few-NERD sampler ------------------------------------------------------------------------------
+
+def _corpus(n=300, seed=0):
+    from llm_meta.ner import Sentence
+
+    rng = __import__("random").Random(seed)
+    types = ["PER", "LOC", "ORG", "MISC", "DATE"]
+    out = []
+    for i in range(n):
+        tokens, tags = [f"s{i}"], ["O"]  # unique sentences; an O word after each entity keeps
+        for j in range(rng.randint(3, 9)):  # mentions countable from IO labels
+            if rng.random() < 0.25:
+                t = rng.choice(types[: 2 + i % 4])
+                tokens += [f"{t.lower()}{j}", f"x{j}", "and"]
+                tags += [f"B-{t}", f"I-{t}", "O"]
+            else:
+                tokens.append(f"w{j}")
+                tags.append("O")
+        out.append(Sentence(tokens, tags))
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_sampler_k_to_2k_guarantees_and_reproducibility(k):
+    from llm_meta.ner import NerEpisodeSampler, _mentions
+
+    sentences = _corpus()
+    sampler = NerEpisodeSampler(sentences, ["PER", "LOC", "ORG", "MISC"], n_way=3, k_shot=k, q_shot=k, seed=4)
+    for index in range(25):
+        ep = sampler.episode(index)
+        types = ep.label_names[1:]
+        assert ep.label_names[0] == "O" and len(types) == 3
+        for part in (ep.support, ep.query):
+            counts = dict.fromkeys(types, 0)
+            for words, ys in zip(part.texts, part.labels):
+                tags = [("B-" if y and (i == 0 or ys[i - 1] != y) else "I-") + ep.label_names[y] if y else "O"
+                        for i, y in enumerate(ys)]
+                for t, c in _mentions(tags).items():
+                    counts[t] += c
+                assert set(ys) - {0}, "every sentence has an entity of the episode's types"
+            assert all(k <= c <= 2 * k for c in counts.values()), counts
+        assert ep.support.texts and ep.query.texts
+        assert not {tuple(w) for w in ep.support.texts} & {tuple(w) for w in ep.query.texts}
+    again = NerEpisodeSampler(sentences, ["PER", "LOC", "ORG", "MISC"], 3, k, k, seed=4)
+    assert again.episode(7).fingerprint() == sampler.episode(7).fingerprint()
+    assert NerEpisodeSampler(sentences, ["PER", "LOC", "ORG", "MISC"], 3, k, k, seed=5).episode(7).fingerprint() \
+        != sampler.episode(7).fingerprint()
+
+
+def test_sampler_sentences_with_other_types_never_appear():
+    from llm_meta.ner import NerEpisodeSampler
+
+    sentences = _corpus()
+    sampler = NerEpisodeSampler(sentences, ["PER", "LOC"], n_way=2, k_shot=2, q_shot=2)
+    allowed = {" ".join(s.tokens) for s in sentences if {t[2:] for t in s.tags if t != "O"} <= {"PER", "LOC"}}
+    for ep in sampler.episodes(10):
+        assert all(" ".join(w) in allowed for w in ep.support.texts + ep.query.texts)
+
+
+def test_sampler_errors():
+    from llm_meta.ner import NerEpisodeSampler
+
+    with pytest.raises(TaskError, match=r"entity type\(s\) \['SPORT'\] do not occur"):
+        NerEpisodeSampler(_corpus(), ["PER", "SPORT"], 2, 1, 1)
+    with pytest.raises(TaskError, match="3-way NER episodes need 3 entity types; 2 are allowed"):
+        NerEpisodeSampler(_corpus(), ["PER", "LOC"], 3, 1, 1)
+    with pytest.raises(TaskError, match="not enough sentences for a 2-way 500-shot set"):
+        NerEpisodeSampler(_corpus(), ["PER", "LOC"], 2, 500, 1).episode(0)
+
+
+# --- alignment --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_first_subtoken_alignment_for_wordpiece_and_bpe(kind, tiny_bert_dir, tiny_gpt2_dir):
+    from llm_meta.models import ModelConfig, load_body
+    from llm_meta.ner import align_words
+
+    body = load_body(ModelConfig(name=str(tiny_bert_dir if kind == "bert" else tiny_gpt2_dir)))
+    sentences = [["Zyxwvut", "reset", "my", "cardpin"], ["play", "jazz"]]
+    aligned = align_words(body, sentences)
+    assert aligned.words == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)] and aligned.dropped == 0
+    ids = aligned.batch["input_ids"]
+    for (s, w), pos in zip(aligned.words, aligned.positions.tolist()):
+        piece = body.tokenizer.decode([ids[s, pos].item()]).strip().lstrip("Ġ").replace("##", "")
+        assert piece and sentences[s][w].lower().startswith(piece.lower()), (sentences[s][w], piece)
+        assert not body.tokenizer.convert_ids_to_tokens(ids[s, pos].item()).startswith("##")  # a word start
+    # a rare word splits into several sub-tokens: only the first carries the label
+    assert aligned.positions[1] - aligned.positions[0] > 1
+
+
+def test_words_past_max_length_are_counted_and_warned(tiny_bert_dir, caplog):
+    from llm_meta.models import ModelConfig, load_body
+    from llm_meta.ner import align_words
+
+    body = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=8))
+    with caplog.at_level(logging.WARNING):
+        aligned = align_words(body, [["a"] * 20])
+    assert aligned.dropped == 20 - 6 and "14 word(s) got no token" in caplog.text
+
+
+# --- the same algorithms at token level ------------------------------------------------------------
+
+def test_fomaml_reptile_protonet_and_adapt_run_on_token_episodes(tiny_bert_dir):
+    from llm_meta.algorithms import InnerConfig, adapt, episode_accuracy, fomaml, init_head, protonet, reptile
+    from llm_meta.models import ModelConfig, load_body, lora_params
+    from llm_meta.ner import NerEpisodeSampler
+    from tests.test_models import perturbed
+
+    body = load_body(ModelConfig(name=str(tiny_bert_dir)))
+    theta = perturbed(lora_params(body))
+    ep = NerEpisodeSampler(_corpus(), ["PER", "LOC", "ORG"], 2, 2, 2, seed=1).episode(0)
+    cfg = InnerConfig(steps=2, lr=1e-2)
+    head = init_head(body, theta, ep.support, ep.n_way, cfg)
+    assert head["head.weight"].shape == (3, body.hidden_size)  # O + 2 types
+    for algorithm in (fomaml, reptile, protonet):
+        grads, stats = algorithm(body, theta, ep, cfg, 0)
+        assert set(grads) == set(theta) and sum(g.abs().sum() for g in grads.values()) > 0
+        assert stats.loss > 0 and 0 <= stats.accuracy <= 1
+    fast = adapt(body, theta, ep.support, ep.n_way, cfg)
+    assert any(not torch.equal(fast[k], theta[k]) for k in theta)
+    assert 0 <= episode_accuracy(body, theta, ep, cfg) <= 1
+    head_only = adapt(body, theta, ep.support, ep.n_way, InnerConfig(steps=2, lr=1e-2, train_lora=False))
+    assert not torch.equal(head_only["head.weight"], head["head.weight"])
+    with pytest.raises(ValueError, match="for sequence tasks, not NER"):
+        adapt(body, theta, ep.support, ep.n_way, InnerConfig(label_examples=1), label_names=ep.label_names)
