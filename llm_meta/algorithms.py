@@ -26,8 +26,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from llm_meta.episodes import Episode, Examples
 from llm_meta.heads import HEAD_KEYS, head_logits, proto_head, prototypes, with_label_names, zero_head
 from llm_meta.models import Body, Params, embed, embed_texts, tokenize
-from llm_meta.ner import (align_words, embed_words, is_token_level, token_loss_and_accuracy, word_embeddings,
-                          word_labels)
+from llm_meta.ner import (align_words, embed_words, entity_type, is_token_level, token_loss_and_accuracy,
+                          word_embeddings, word_labels)
 
 
 @dataclass
@@ -357,7 +357,8 @@ def transfer(body: Body, params: Params, episode: Episode, cfg: InnerConfig, see
     head = {"head.weight": table[:, :-1], "head.bias": table[:, -1]}
     to_row = [rows.index(prefix + name) for name in episode.label_names]
     texts = episode.support.texts + episode.query.texts
-    labels = [to_row[y] for y in episode.support.labels + episode.query.labels]
+    labels = [[to_row[y] for y in ys] if isinstance(ys, list) else to_row[ys]  # per word for NER
+              for ys in episode.support.labels + episode.query.labels]
     loss, acc = loss_and_accuracy(body, {**live, **head}, texts, labels, cfg.scale)
     grads = dict(zip(keys, torch.autograd.grad(loss, [live[k] for k in keys])))
     return {k: grads.get(k, torch.zeros_like(v)) for k, v in params.items()}, StepStats(loss.item(), acc.item())
@@ -373,6 +374,21 @@ def transfer_heads(body: Body, params: Params, task: str, pool: dict[str, list[s
     head = proto_head(embed_texts(body, params, texts), ys, len(labels))
     return {transfer_head_key(task, label): torch.cat([head["head.weight"][y], head["head.bias"][y : y + 1]])
             for y, label in enumerate(labels)}
+
+
+@torch.no_grad()
+def ner_transfer_heads(body: Body, params: Params, task: str, sentences: list, types: list[str],
+                       max_sentences: int = 200) -> Params:
+    """The transfer baseline's NER head: one Proto-MAML row per class (O and every meta-training
+    type) from the words of up to `max_sentences` training sentences."""
+    names = ["O", *types]
+    index = {t: y for y, t in enumerate(names)}
+    part = sentences[:max_sentences]
+    emb, ys = embed_words(body, params, [s.tokens for s in part],
+                          [[index.get(entity_type(t), 0) for t in s.tags] for s in part])
+    head = proto_head(emb, ys, len(names))
+    return {transfer_head_key(task, name): torch.cat([head["head.weight"][y], head["head.bias"][y : y + 1]])
+            for y, name in enumerate(names)}
 
 
 Algorithm = Callable[[Body, Params, Episode, InnerConfig, int], tuple[Params, StepStats]]

@@ -8,9 +8,14 @@ from dataclasses import dataclass
 from scipy import stats
 from tqdm import tqdm
 
-from llm_meta.algorithms import InnerConfig, episode_accuracy
+import torch
+
+from llm_meta.algorithms import InnerConfig, adapt, episode_accuracy
 from llm_meta.episodes import Episode
+from llm_meta.heads import head_logits
+from llm_meta.metrics import entity_metrics
 from llm_meta.models import Body, Params
+from llm_meta.ner import align_words, io_to_bio, is_token_level, word_embeddings
 
 
 @dataclass
@@ -46,9 +51,30 @@ def paired_difference(a: list[float], b: list[float]) -> Interval:
 
 def score_episodes(body: Body, params: Params, episodes: list[Episode], cfg: InnerConfig,
                    desc: str = "episodes", progress: bool = True) -> list[float]:
-    """Query accuracy of each episode after adapting `params` on its support set.
+    """Query accuracy (entity F1 for NER) of each episode after adapting `params` on its support set.
 
     The inner-loop seed is the episode's position, so every start sees the same mini-batches.
     """
     bar = tqdm(episodes, desc=desc, leave=False, disable=not progress or None)
-    return [episode_accuracy(body, params, ep, cfg, seed=i) for i, ep in enumerate(bar)]
+    # NER episodes are scored by entity F1, everything else by query accuracy.
+    return [(episode_entity_f1 if is_token_level(ep.query.texts) else episode_accuracy)(body, params, ep, cfg, seed=i)
+            for i, ep in enumerate(bar)]
+
+
+def episode_entity_f1(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> float:
+    """Entity F1 on an NER episode's query sentences after adapting on its support sentences.
+
+    Words the tokenizer cut (past max_length) count as predicted O, so they cost recall.
+    """
+    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
+    predicted = [[0] * len(words) for words in episode.query.texts]
+    for start in range(0, len(episode.query), 32):
+        part = episode.query.texts[start : start + 32]
+        aligned = align_words(body, part)
+        with torch.no_grad():
+            ys = head_logits(fast, word_embeddings(body, fast, aligned), cfg.scale).argmax(1).tolist()
+        for (s, w), y in zip(aligned.words, ys):
+            predicted[start + s][w] = y
+    names = episode.label_names
+    return entity_metrics([io_to_bio(p, names) for p in predicted],
+                          [io_to_bio(r, names) for r in episode.query.labels])["f1"]

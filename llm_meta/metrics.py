@@ -38,3 +38,26 @@ def classification_metrics(predictions: list[int], references: list[int]) -> dic
     """Accuracy and macro-F1 of integer predictions against integer references."""
     metrics = evaluate.combine([Accuracy(), MacroF1()])
     return {k: float(v) for k, v in metrics.compute(predictions=predictions, references=references).items()}
+
+
+class EntityF1(evaluate.Metric):
+    """Entity-level precision, recall and F1 (seqeval, exact span and type match) over BIO tag lists."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=self.__doc__ or "", citation="", inputs_description="lists of BIO tags, one per sentence",
+            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("string")),
+                                        "references": datasets.Sequence(datasets.Value("string"))}),
+        )
+
+    def _compute(self, predictions: list[list[str]], references: list[list[str]]) -> dict[str, float]:
+        from seqeval.metrics import f1_score as entity_f1, precision_score, recall_score
+
+        return {"precision": float(precision_score(references, predictions, zero_division=0)),
+                "recall": float(recall_score(references, predictions, zero_division=0)),
+                "f1": float(entity_f1(references, predictions, zero_division=0))}
+
+
+def entity_metrics(predictions: list[list[str]], references: list[list[str]]) -> dict[str, float]:
+    """Entity precision/recall/F1 of predicted BIO tag lists against reference ones."""
+    return EntityF1().compute(predictions=predictions, references=references)

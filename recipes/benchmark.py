@@ -34,6 +34,7 @@ from llm_meta.config import load_config, to_dict
 from llm_meta.episodes import Episode, EpisodeSampler, Examples
 from llm_meta.evaluation import Interval, mean_ci, paired_difference, score_episodes
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
+from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
 from llm_meta.tasks import Task, load_task
 from recipes import meta_train
 
@@ -71,6 +72,17 @@ class FullwayConfig:
 
 
 @dataclass
+class NerProtocolConfig:
+    """Few-NERD-style episodes over the held-out entity types, scored by entity F1."""
+
+    split: NerConfig = field(default_factory=NerConfig)  # data unset: no NER settings; must equal the starts' `ner`
+    n_way: int = 5  # capped at the number of held-out types
+    shots: list[int] = field(default_factory=lambda: [1, 5])
+    episodes: int = 100  # per K
+    seed: int = 0
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/benchmark"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -85,6 +97,7 @@ class Config:
     adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # the shared adaptation budget
     episodic: EpisodicConfig = field(default_factory=EpisodicConfig)
     fullway: FullwayConfig = field(default_factory=FullwayConfig)
+    ner: NerProtocolConfig = field(default_factory=NerProtocolConfig)
 
 
 def main(cfg: Config) -> dict:
@@ -118,6 +131,10 @@ def main(cfg: Config) -> dict:
         for k in cfg.fullway.shots:
             settings[("fullway", task.name, k)] = _cached(out, f"fullway-{task.name}-k{k}",
                                                           lambda t=task, k=k: _fullway(cfg.fullway, t, k))
+    if cfg.ner.split.data:
+        name = Path(cfg.ner.split.data).stem
+        for k in cfg.ner.shots:
+            settings[("ner", name, k)] = _cached(out, f"ner-{name}-k{k}", lambda k=k: _ner(cfg.ner, k))
 
     # Score every method on every setting: per-episode accuracies, averaged over meta-seeds.
     units = [(m, s) for m in cfg.methods for s in settings]
@@ -161,6 +178,9 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
                             [*cfg.train_overrides, f"seed={seed}", f"output_dir={run_dir}", "test.episodes=0"])
     train_cfg.outer.steps = max(1, round(train_cfg.outer.steps * cfg.budget_scale))
     train_cfg.validate_every = max(1, round(train_cfg.validate_every * cfg.budget_scale))
+    if cfg.ner.split.data and train_cfg.ner != cfg.ner.split:
+        raise ValueError(f"the '{name}' training config's ner section differs from the benchmark's ner.split: "
+                         f"held-out types and data must be the same")
     if train_cfg.model != cfg.model:
         raise ValueError(f"the '{name}' training config uses model {train_cfg.model.name}; the benchmark's "
                          f"model section must match it")
@@ -175,6 +195,14 @@ def _selection(adapter: Path) -> dict:
     return {"steps_trained": meta["config"]["outer"]["steps"], "selected_step": meta["step"],
             "validation_accuracy": meta["validation_accuracy"],
             "step0_validation_accuracy": meta["step0_validation_accuracy"]}
+
+
+def _ner(nc: NerProtocolConfig, k: int) -> list[Episode]:
+    split, _ = split_ner(nc.split)
+    types = sorted(nc.split.held_out_types)
+    sampler = NerEpisodeSampler(split["test"], types, min(nc.n_way, len(types)), k, k, seed=nc.seed,
+                                name=Path(nc.split.data).stem)
+    return sampler.episodes(nc.episodes)
 
 
 def _episodic(ec: EpisodicConfig, task: Task, k: int) -> list[Episode]:
@@ -239,7 +267,7 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict) -> str:
         episodes = setting["episodes"]
         lines += [f"## {task}, {protocol}, {episodes[0].n_way}-way {k}-shot "
                   f"({len(episodes)} episodes, hash {setting['hash']})", "",
-                  f"| method | accuracy | vs {REFERENCE} |", "|---|---|---|"]
+                  f"| method | {_metric(protocol)} | vs {REFERENCE} |", "|---|---|---|"]
         name = "/".join(map(str, key))
         ref = scores.get(REFERENCE, {}).get(name)
         for method in cfg.methods:
@@ -248,6 +276,10 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict) -> str:
             lines.append(f"| {method} | {mean_ci(s)} | {diff} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _metric(protocol: str) -> str:
+    return "entity F1" if protocol == "ner" else "accuracy"
 
 
 def _fmt_diff(d: Interval) -> str:
@@ -272,9 +304,9 @@ def _plot(cfg: Config, settings: dict, scores: dict, path: Path) -> None:
                         yerr=[100 * c.half_width if math.isfinite(c.half_width) else 0 for c in cis],
                         marker="o", capsize=3, label=method)
         ax.set_title(f"{task} ({protocol})")
-        ax.set_xlabel("K (examples per class)")
+        ax.set_xlabel("K (mentions per type)" if protocol == "ner" else "K (examples per class)")
         ax.set_xticks(ks)
-        ax.set_ylabel("accuracy (%)")
+        ax.set_ylabel(f"{_metric(protocol)} (%)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()

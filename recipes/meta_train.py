@@ -21,12 +21,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.algorithms import ALGORITHMS, LR_PREFIX, InnerConfig, meta_sgd_rates, transfer_heads
+from llm_meta.algorithms import ALGORITHMS, LR_PREFIX, InnerConfig, meta_sgd_rates, ner_transfer_heads, transfer_heads
 from llm_meta.checkpoint import load_adapter_params, load_checkpoint, save_adapter, save_checkpoint
 from llm_meta.config import to_dict
 from llm_meta.episodes import Episode, EpisodeSampler
 from llm_meta.evaluation import mean_ci, paired_difference, score_episodes
 from llm_meta.models import ModelConfig, load_body, lora_params
+from llm_meta.ner import NerConfig, NerEpisodeSampler, sentences_fingerprint, split_ner
 from llm_meta.tasks import load_task, task_fingerprint
 from llm_meta.training import RunLog, check_step, environment, meta_gradient
 
@@ -72,6 +73,7 @@ class Config:
     mixed_precision: str = "no"  # no | bf16 | fp16 (Accelerate autocast)
     model: ModelConfig = field(default_factory=ModelConfig)
     tasks: list[str] = field(default_factory=lambda: ["clinc", "hwu", "stackoverflow"])
+    ner: NerConfig = field(default_factory=NerConfig)  # ner.data set: NER episodes instead of `tasks`
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)  # inner loop during meta-training
     adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # at validation/test time
@@ -97,15 +99,25 @@ def main(cfg: Config) -> dict:
     start = lora_params(body)  # the untrained start θ0 (LoRA B = 0: exactly the pretrained model)
     params = {k: v.clone().requires_grad_(True) for k, v in start.items()}
 
-    # Tasks and samplers: meta-train classes for training, meta-val classes for selection.
-    tasks = [load_task(name) for name in cfg.tasks]
-    sampler = EpisodeSampler(tasks, cfg.episodes.n_way, cfg.episodes.k_shot, cfg.episodes.q_query,
-                             class_role="meta_train", weighting=cfg.episodes.weighting, seed=cfg.seed)
-    val_episodes = eval_episodes(cfg.validation)
+    # Tasks and samplers: meta-train classes for training, meta-val classes for selection. NER:
+    # meta-train entity types on train sentences, the same types on validation sentences.
+    if cfg.ner.data:
+        ner_split, ner_types = split_ner(cfg.ner)
+        sampler = NerEpisodeSampler(ner_split["train"], ner_types, cfg.episodes.n_way, cfg.episodes.k_shot,
+                                    cfg.episodes.q_query, seed=cfg.seed, name=cfg.ner.data)
+        task_hashes = {cfg.ner.data: sentences_fingerprint([s for part in ner_split.values() for s in part])}
+    else:
+        tasks = [load_task(name) for name in cfg.tasks]
+        sampler = EpisodeSampler(tasks, cfg.episodes.n_way, cfg.episodes.k_shot, cfg.episodes.q_query,
+                                 class_role="meta_train", weighting=cfg.episodes.weighting, seed=cfg.seed)
+        task_hashes = {t.name: task_fingerprint(t) for t in tasks}
+    val_episodes = eval_episodes(cfg.validation, cfg.ner, "validation")
     algorithm = ALGORITHMS[cfg.algorithm]
     if cfg.algorithm == "transfer":  # the baseline's persistent per-dataset heads train alongside LoRA
-        for name, pool in sampler.pools:
-            params.update({k: v.requires_grad_(True) for k, v in transfer_heads(body, start, name, pool).items()})
+        heads = [ner_transfer_heads(body, start, cfg.ner.data, ner_split["train"], ner_types)] if cfg.ner.data \
+            else [transfer_heads(body, start, name, pool) for name, pool in sampler.pools]
+        for head in heads:
+            params.update({k: v.requires_grad_(True) for k, v in head.items()})
     if cfg.algorithm == "metasgd":  # one learned inner learning rate per tensor, saved with the adapter
         params.update({k: v.requires_grad_(True) for k, v in meta_sgd_rates(start, cfg.inner.lr).items()})
 
@@ -118,7 +130,7 @@ def main(cfg: Config) -> dict:
         step, state = restored.pop("step"), restored
     # What every saved adapter records, computed once (hashing the task data is not free).
     provenance = {"base_model": cfg.model.name, "algorithm": cfg.algorithm, "config": to_dict(cfg),
-                  "tasks": {t.name: task_fingerprint(t) for t in tasks}, "environment": environment()}
+                  "tasks": task_hashes, "environment": environment()}
 
     def validate(at: int, state: dict) -> dict:  # selection runs on the main process only
         return _validate(cfg, body, params, val_episodes, at, state, run_dir, provenance, run_log) if main_process \
@@ -154,8 +166,18 @@ def main(cfg: Config) -> dict:
     return results
 
 
-def eval_episodes(ec: EvalConfig) -> list[Episode]:
-    """Fixed evaluation episodes: `ec.episodes` per task, the same for every start and every run."""
+def eval_episodes(ec: EvalConfig, ner: NerConfig | None = None, role: str = "validation") -> list[Episode]:
+    """Fixed evaluation episodes: `ec.episodes` per task, the same for every start and every run.
+
+    With `ner.data` set: NER episodes over the meta-training types on validation sentences
+    (role "validation"), or over the held-out types on their sentences (role "test").
+    """
+    if ner is not None and ner.data:
+        split, train_types = split_ner(ner)
+        types = train_types if role == "validation" else sorted(ner.held_out_types)
+        sampler = NerEpisodeSampler(split[role], types, min(ec.n_way, len(types)), ec.k_shot, ec.q_query,
+                                    seed=ec.seed, name=f"{ner.data}-{role}")
+        return sampler.episodes(ec.episodes)
     episodes = []
     for task in map(load_task, ec.tasks):
         n_way = min(ec.n_way, len(task.classes(ec.class_role)))  # tweet sentiment has 3 classes
@@ -183,7 +205,7 @@ def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_d
 
 
 def _test(cfg: Config, body, best: dict, start: dict) -> dict:
-    episodes = eval_episodes(cfg.test)
+    episodes = eval_episodes(cfg.test, cfg.ner, "test")
     out = {}
     for task in dict.fromkeys(e.task for e in episodes):
         eps = [e for e in episodes if e.task == task]
