@@ -110,25 +110,36 @@ class FewShotClassifier:
     # ---- disk ----
     def save(self, folder: str | Path) -> Path:
         """Write the task model folder atomically (PEFT adapter + head + labels + metadata)."""
-        lora = {k: v for k, v in self.params.items() if k not in HEAD_KEYS}
-        head = {k: self.params[k].detach().contiguous().cpu() for k in HEAD_KEYS}
-        meta = {**self.metadata, "format": CLASSIFIER_FORMAT, "labels": self.labels, "scale": self.scale}
-        return save_adapter(self.body, lora, folder, meta, extra_files={
-            "head.safetensors": lambda path: save_file(head, str(path)),
-            "labels.json": lambda path: path.write_text(json.dumps(self.labels, ensure_ascii=False, indent=1)),
-        })
+        return save_task_model(self.body, self.params, self.labels, self.scale, self.metadata, CLASSIFIER_FORMAT,
+                               folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> "FewShotClassifier":
         """Load a task model folder written by `save` (checksums verified)."""
-        meta = read_metadata(folder)
-        if meta.get("format") != CLASSIFIER_FORMAT:
-            raise CheckpointError(f"{folder} is an llm_meta {meta.get('format', 'folder')}, not a task model "
-                                  f"(make one with `llm-meta adapt`)")
-        body = load_body(from_dict(ModelConfig, meta["model"]), adapter=folder)
-        head = load_file(str(Path(folder) / "head.safetensors"))
-        params = {**lora_params(body), **{k: v.to(body.device) for k, v in head.items()}}
-        return cls(body, params, list(meta["labels"]), float(meta["scale"]), meta)
+        return cls(*load_task_model(folder, CLASSIFIER_FORMAT, "a task model (make one with `llm-meta adapt`)"))
+
+
+def save_task_model(body: Body, params: Params, labels: list[str], scale: float, metadata: dict[str, Any],
+                    fmt: str, folder: str | Path) -> Path:
+    """A task model folder (classifier or NER tagger): PEFT adapter, head, labels, metadata, checksums."""
+    lora = {k: v for k, v in params.items() if k not in HEAD_KEYS}
+    head = {k: params[k].detach().contiguous().cpu() for k in HEAD_KEYS}
+    meta = {**metadata, "format": fmt, "labels": labels, "scale": scale}
+    return save_adapter(body, lora, folder, meta, extra_files={
+        "head.safetensors": lambda path: save_file(head, str(path)),
+        "labels.json": lambda path: path.write_text(json.dumps(labels, ensure_ascii=False, indent=1)),
+    })
+
+
+def load_task_model(folder: str | Path, fmt: str, what: str) -> tuple[Body, Params, list[str], float, dict[str, Any]]:
+    """(body, params, labels, scale, metadata) of a folder written by `save_task_model` with format `fmt`."""
+    meta = read_metadata(folder)
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"{folder} is an llm_meta {meta.get('format', 'folder')}, not {what}")
+    body = load_body(from_dict(ModelConfig, meta["model"]), adapter=folder)
+    head = load_file(str(Path(folder) / "head.safetensors"))
+    params = {**lora_params(body), **{k: v.to(body.device) for k, v in head.items()}}
+    return body, params, list(meta["labels"]), float(meta["scale"]), meta
 
 
 def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> tuple[Examples, list[str]]:

@@ -77,6 +77,9 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     from llm_meta.classifier import AdaptConfig, adapt
     from llm_meta.config import load_config
 
+    if args.ner:
+        return _adapt_tagger(args)
+
     cfg = load_config(AdaptConfig, args.config, args.overrides)
     if args.adapter is not None:
         cfg.adapter = None if args.adapter.lower() == "none" else args.adapter
@@ -86,6 +89,28 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     clf.save(args.output)
     print(f"adapted {clf.metadata['start']} to '{clf.metadata['task']}': {len(clf.labels)} labels, "
           f"{clf.metadata['support_size']} support examples, {clf.metadata['adapt_seconds']} s -> {args.output}")
+
+
+def _adapt_tagger(args: argparse.Namespace) -> None:
+    from llm_meta.config import load_config
+    from llm_meta.tagger import TaggerConfig, adapt_tagger
+
+    cfg = load_config(TaggerConfig, args.config, args.overrides)
+    if args.adapter is not None:
+        cfg.adapter = None if args.adapter.lower() == "none" else args.adapter
+    cfg.data = args.task or cfg.data
+    cfg.shots = args.shots if args.shots is not None else cfg.shots
+    tagger = adapt_tagger(cfg)
+    tagger.save(args.output)
+    print(f"adapted {tagger.metadata['start']} to {len(tagger.labels) - 1} entity types of '{cfg.data}' "
+          f"({tagger.metadata['support_size']} support sentences, {tagger.metadata['adapt_seconds']} s) -> {args.output}")
+
+
+def _is_tagger(folder: str) -> bool:
+    from llm_meta.checkpoint import read_metadata
+    from llm_meta.tagger import TAGGER_FORMAT
+
+    return read_metadata(folder).get("format") == TAGGER_FORMAT
 
 
 def read_texts(source: str, text_column: str) -> list[str]:
@@ -119,6 +144,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     from llm_meta.classifier import FewShotClassifier
 
+    if _is_tagger(args.model):
+        from llm_meta.tagger import FewShotTagger
+
+        return _predict_entities(FewShotTagger.load(args.model), args)
     clf = FewShotClassifier.load(args.model)
     texts = read_texts(args.input, args.text_column)
     empty = [i for i, t in enumerate(texts) if not t.strip()]
@@ -145,6 +174,20 @@ def cmd_predict(args: argparse.Namespace) -> None:
             out.close()
 
 
+def _predict_entities(tagger, args: argparse.Namespace) -> None:
+    """NER predictions: one JSON line per text with its entity spans (word offsets, type, text)."""
+    import json
+
+    texts = read_texts(args.input, args.text_column)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for text, entities in zip(texts, tagger.predict(texts)):
+            out.write(json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
@@ -152,6 +195,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from llm_meta.classifier import FewShotClassifier
     from llm_meta.tasks import load_task
 
+    if _is_tagger(args.model):
+        from llm_meta.tagger import FewShotTagger
+
+        report = FewShotTagger.load(args.model).evaluate(args.task)
+        output = Path(args.output or f"eval-{Path(args.task).stem}-ner.json")
+        output.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        print(f"{args.task} [{report['sentences']} sentences]: entity precision {100 * report['precision']:.2f}, "
+              f"recall {100 * report['recall']:.2f}, F1 {100 * report['f1']:.2f}  (written to {output})")
+        return
     clf = FewShotClassifier.load(args.model)
     task = load_task(args.task, args.text_column, args.label_column)
     report = clf.evaluate(task, args.split, progress=True)
@@ -208,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--support", default=None, help="a small labelled file used whole as the support set")
     p.add_argument("--shots", type=int, default=None, help="K examples per class (default 5)")
     p.add_argument("--output", required=True, help="folder for the adapted task model")
+    p.add_argument("--ner", action="store_true", help="an NER task: --task is wnut16, a CoNLL file or a "
+                   "tokens/ner_tags dataset; --shots counts mentions per entity type")
     p.add_argument("--config", default=None, help="optional YAML AdaptConfig")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. inner.steps=20 seed=1 text_column=utterance")
     p.set_defaults(func=cmd_adapt)

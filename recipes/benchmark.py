@@ -255,7 +255,7 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict) -> str:
     if trained:
         # A start whose selected step is 0 *is* the untrained start: its rows then measure no training.
         lines += ["## Trained starts (selected on meta-validation)", "",
-                  "| start | steps trained | selected step | validation accuracy (selected / step 0) |",
+                  "| start | steps trained | selected step | validation score (selected / step 0) |",
                   "|---|---|---|---|"]
         for name, t in trained.items():
             kept = " (untrained start kept)" if t["selected_step"] == 0 else ""

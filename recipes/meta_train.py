@@ -195,7 +195,8 @@ def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_d
     score = mean_ci(score_episodes(body, current, episodes, cfg.adapt, desc=f"validate step {step}"))
     state["history"].append({"step": step, "accuracy": score.mean, "ci": score.half_width})
     run_log.write("validation", step=step, accuracy=score.mean, ci=score.half_width)
-    tqdm.write(f"step {step}: meta-validation accuracy {score} ({score.n} episodes)", file=sys.stderr)
+    metric = "entity F1" if cfg.ner.data else "accuracy"
+    tqdm.write(f"step {step}: meta-validation {metric} {score} ({score.n} episodes)", file=sys.stderr)
     if state["best_score"] is None or score.mean > state["best_score"]:
         state["best_score"], state["best_step"] = score.mean, step
         save_adapter(body, current, run_dir / "adapter", {

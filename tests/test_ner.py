@@ -255,3 +255,32 @@ def test_ner_meta_training_and_benchmark_run_end_to_end(tiny_bert_dir, tmp_path)
     assert "entity F1" in (tmp_path / "bench" / "report.md").read_text()
     meta = json.loads((tmp_path / "bench" / "starts" / "fomaml-seed0" / "adapter" / "llm_meta.json").read_text())
     assert meta["config"]["ner"]["held_out_types"] == ["DATE", "MISC"] and str(conll) in meta["tasks"]
+
+
+def test_adapt_predict_evaluate_commands_for_ner(tiny_bert_dir, tmp_path, capsys):
+    from llm_meta.cli import main as cli_main
+    from llm_meta.tagger import FewShotTagger
+
+    conll = tmp_path / "toy.conll"
+    conll.write_text("\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(s.tokens, s.tags)) for s in _corpus(200)) + "\n")
+    model = tmp_path / "tagger"
+    cli_main(["adapt", "--ner", "--task", str(conll), "--shots", "2", "--output", str(model),
+              f"model.name={tiny_bert_dir}", "inner.steps=3", "types=[PER, LOC]"])
+    assert "adapted untrained to 2 entity types" in capsys.readouterr().out
+    tagger = FewShotTagger.load(model)
+    assert tagger.labels == ["O", "LOC", "PER"]
+    (tmp_path / "in.txt").write_text("s1 per0 x0 and w1\n\n")
+    cli_main(["predict", "--model", str(model), "--input", str(tmp_path / "in.txt")])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["s1 per0 x0 and w1", ""] and rows[1]["entities"] == []
+    for e in rows[0]["entities"]:
+        assert e["type"] in ("LOC", "PER") and 0 <= e["start"] < e["end"] <= 5
+        assert e["text"] == " ".join("s1 per0 x0 and w1".split()[e["start"]:e["end"]])
+    cli_main(["evaluate", "--model", str(model), "--task", str(conll), "--output", str(tmp_path / "eval.json")])
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["sentences"] == 200 and 0 <= report["f1"] <= 1 and report["types_ignored"] == ["DATE", "MISC", "ORG"]
+    assert "entity precision" in capsys.readouterr().out
+    # spans are runs of one type
+    tagger.tag = lambda sentences: [[0, 2, 2, 1, 0, 2]]
+    assert [(e["start"], e["end"], e["type"]) for e in tagger.predict(["a b c d e f"])[0]] == \
+        [(1, 3, "PER"), (3, 4, "LOC"), (5, 6, "PER")]

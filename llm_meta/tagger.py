@@ -1,0 +1,131 @@
+"""Few-shot NER task models: adapt a start to new entity types from K mentions each, then tag text.
+
+    tagger = adapt_tagger("my_ner.conll", shots=5, adapter="runs/ner_fomaml/adapter")
+    tagger.save("my_tagger")
+    FewShotTagger.load("my_tagger").predict(["Paris Hilton flew to Paris"])   # entity spans
+
+The same `adapt` inner loop and folder format as `FewShotClassifier` (PEFT adapter, head,
+labels, metadata, checksums); labels are ["O", type, ...] and every word is classified (IO).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_meta.algorithms import InnerConfig, adapt as adapt_params
+from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata
+from llm_meta.classifier import CLASSIFIER_FORMAT, load_task_model, save_task_model
+from llm_meta.config import from_dict, to_dict
+from llm_meta.heads import head_logits
+from llm_meta.metrics import entity_metrics
+from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
+from llm_meta.ner import NerEpisodeSampler, Sentence, align_words, entity_type, entity_types, io_to_bio, load_ner, \
+    sentences_fingerprint, word_embeddings
+from llm_meta.tasks import TaskError
+from llm_meta.training import environment
+
+log = logging.getLogger(__name__)
+
+TAGGER_FORMAT = "llm_meta.tagger/1"
+
+
+@dataclass
+class TaggerConfig:
+    """Config of `llm-meta adapt --ner` (and of `adapt_tagger`)."""
+
+    data: str | None = None  # wnut16, a CoNLL file, a .jsonl/.parquet with tokens/ner_tags, hf:<id>
+    adapter: str | None = None  # an llm_meta adapter folder (e.g. from ner_fomaml.yaml); None: untrained LoRA
+    shots: int = 5  # K: mentions per entity type in the support set (Few-NERD's K~2K sampling)
+    types: list[str] = field(default_factory=list)  # entity types to learn; empty: every type of the data
+    seed: int = 0
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(max_length=128))  # when adapter is None
+    inner: InnerConfig = field(default_factory=lambda: InnerConfig(steps=15, lr=1e-3))
+
+
+@dataclass
+class FewShotTagger:
+    body: Body
+    params: Params  # LoRA + head tensors
+    labels: list[str]  # ["O", type, ...]
+    scale: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def tag(self, sentences: list[list[str]], batch_size: int = 32) -> list[list[int]]:
+        """Class id per word (0 = O); words past max_length are tagged O (align_words warns)."""
+        out = [[0] * len(words) for words in sentences]
+        for start in range(0, len(sentences), batch_size):
+            aligned = align_words(self.body, sentences[start : start + batch_size])
+            ys = head_logits(self.params, word_embeddings(self.body, self.params, aligned), self.scale).argmax(1)
+            for (s, w), y in zip(aligned.words, ys.tolist()):
+                out[start + s][w] = y
+        return out
+
+    def predict(self, texts: list[str]) -> list[list[dict[str, Any]]]:
+        """Entity spans of each text (split into words on whitespace): word start/end (exclusive), type, text."""
+        sentences = [t.split() for t in texts]
+        spans = []
+        for words, ys in zip(sentences, self.tag(sentences)):
+            found, i = [], 0
+            while i < len(ys):  # a run of one type is one entity (IO)
+                j = i + 1
+                while j < len(ys) and ys[j] == ys[i]:
+                    j += 1
+                if ys[i] != 0:
+                    found.append({"start": i, "end": j, "type": self.labels[ys[i]], "text": " ".join(words[i:j])})
+                i = j
+            spans.append(found)
+        return spans
+
+    def evaluate(self, data: str | list[Sentence]) -> dict[str, Any]:
+        """Entity precision/recall/F1 (seqeval through `evaluate`) on every sentence of `data`;
+        entities of types this model does not know count as O in the references."""
+        sentences = load_ner(data) if isinstance(data, str) else data
+        index = {t: y for y, t in enumerate(self.labels)}
+        refs = [[index.get(entity_type(t), 0) for t in s.tags] for s in sentences]
+        preds = self.tag([s.tokens for s in sentences])
+        unknown = sorted(set(entity_types(sentences)) - set(self.labels))
+        metrics = entity_metrics([io_to_bio(p, self.labels) for p in preds], [io_to_bio(r, self.labels) for r in refs])
+        return {"sentences": len(sentences), **metrics, "types_ignored": unknown}
+
+    def save(self, folder: str | Path) -> Path:
+        return save_task_model(self.body, self.params, self.labels, self.scale, self.metadata, TAGGER_FORMAT, folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "FewShotTagger":
+        return cls(*load_task_model(folder, TAGGER_FORMAT, "an NER task model (make one with `llm-meta adapt --ner`)"))
+
+
+def adapt_tagger(cfg: TaggerConfig) -> FewShotTagger:
+    """Adapt a start to the entity types of `cfg.data` from a K~2K-mention support set."""
+    start_time = time.perf_counter()
+    if cfg.data is None:
+        raise ValueError("give the NER data to draw the support set from (--task or data=)")
+    if cfg.adapter is not None:
+        meta = read_metadata(cfg.adapter)
+        if meta.get("format") in (TAGGER_FORMAT, CLASSIFIER_FORMAT):
+            raise CheckpointError(f"{cfg.adapter} is an adapted task model; start from a meta-trained adapter or none")
+        cfg.model = from_dict(ModelConfig, meta["config"]["model"])
+    sentences = load_ner(cfg.data)
+    types = cfg.types or entity_types(sentences)
+    sampler = NerEpisodeSampler(sentences, types, len(types), cfg.shots, 0, seed=cfg.seed, name=str(cfg.data))
+    support = sampler.episode(0).support
+    labels = ["O", *sorted(types)]
+    if support.texts == []:
+        raise TaskError(f"{cfg.data}: no support sentences for types {types}")
+    body = load_body(cfg.model)
+    params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
+    fast = adapt_params(body, params, support, len(labels), cfg.inner, seed=cfg.seed, label_names=labels)
+    meta = {"base_model": cfg.model.name, "model": to_dict(cfg.model), "start": cfg.adapter or "untrained",
+            "task": str(cfg.data), "task_hash": sentences_fingerprint(sentences), "support_size": len(support),
+            "adapt_config": to_dict(cfg), "adapt_seconds": round(time.perf_counter() - start_time, 2),
+            "environment": environment()}
+    log.info("adapted to %d entity types from %d support sentences in %.1f s", len(types), len(support),
+             meta["adapt_seconds"])
+    return FewShotTagger(body, fast, labels, cfg.inner.scale, meta)
