@@ -81,6 +81,10 @@ ROWS = {
     "empty_texts_only": (
         lambda ws, tmp: adapt_args(ws, bad_file(tmp, "blank.csv", 'text,label\n" ",a\n"",b\n')),
         r"every text is empty"),
+    "malformed_conll": (
+        lambda ws, tmp: ["adapt", "--ner", "--task", bad_file(tmp, "ner.conll", "Paris\tB-LOC\nis\tO\n\nno_tag_here\n"),
+                         "--output", str(ws["taskmodel"]), f"model.name={ws['tiny']}"],
+        r"ner.conll:4: expected a token and a tag separated by a tab or spaces"),
     "k_larger_than_a_class": (
         lambda ws, tmp: adapt_args(ws, str(ws["data"]), shots=50),
         r"3 class\(es\) have fewer than K=50 examples: 'card' has 8"),
