@@ -8,14 +8,11 @@ from dataclasses import dataclass
 from scipy import stats
 from tqdm import tqdm
 
-import torch
-
 from llm_meta.algorithms import InnerConfig, adapt, episode_accuracy
 from llm_meta.episodes import Episode
-from llm_meta.heads import head_logits
 from llm_meta.metrics import entity_metrics
 from llm_meta.models import Body, Params
-from llm_meta.ner import align_words, io_to_bio, is_token_level, word_embeddings
+from llm_meta.ner import io_to_bio, is_token_level, tag_words
 
 
 @dataclass
@@ -67,14 +64,7 @@ def episode_entity_f1(body: Body, params: Params, episode: Episode, cfg: InnerCo
     Words the tokenizer cut (past max_length) count as predicted O, so they cost recall.
     """
     fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
-    predicted = [[0] * len(words) for words in episode.query.texts]
-    for start in range(0, len(episode.query), 32):
-        part = episode.query.texts[start : start + 32]
-        aligned = align_words(body, part)
-        with torch.no_grad():
-            ys = head_logits(fast, word_embeddings(body, fast, aligned), cfg.scale).argmax(1).tolist()
-        for (s, w), y in zip(aligned.words, ys):
-            predicted[start + s][w] = y
+    predicted = tag_words(body, fast, episode.query.texts, cfg.scale)
     names = episode.label_names
     return entity_metrics([io_to_bio(p, names) for p in predicted],
                           [io_to_bio(r, names) for r in episode.query.labels])["f1"]

@@ -342,3 +342,15 @@ def io_to_bio(labels: list[int], names: list[str]) -> list[str]:
     for i, y in enumerate(labels):
         tags.append("O" if y == 0 else ("I-" if i and labels[i - 1] == y else "B-") + names[y])
     return tags
+
+
+@torch.no_grad()
+def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: float, batch_size: int = 32) -> list[list[int]]:
+    """The head's class id for every word (0 = O); words past max_length get O (align_words warns)."""
+    out = [[0] * len(words) for words in sentences]
+    for start in range(0, len(sentences), batch_size):
+        aligned = align_words(body, sentences[start : start + batch_size])
+        ys = head_logits(params, word_embeddings(body, params, aligned), scale).argmax(1)
+        for (s, w), y in zip(aligned.words, ys.tolist()):
+            out[start + s][w] = y
+    return out

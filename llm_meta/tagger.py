@@ -16,17 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llm_meta.algorithms import InnerConfig, adapt as adapt_params
 from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata
 from llm_meta.classifier import CLASSIFIER_FORMAT, load_task_model, save_task_model
 from llm_meta.config import from_dict, to_dict
-from llm_meta.heads import head_logits
 from llm_meta.metrics import entity_metrics
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
-from llm_meta.ner import NerEpisodeSampler, Sentence, align_words, entity_type, entity_types, io_to_bio, load_ner, \
-    sentences_fingerprint, word_embeddings
+from llm_meta.ner import NerEpisodeSampler, Sentence, entity_type, entity_types, io_to_bio, load_ner, \
+    sentences_fingerprint, tag_words
 from llm_meta.tasks import TaskError
 from llm_meta.training import environment
 
@@ -56,16 +53,9 @@ class FewShotTagger:
     scale: float
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    @torch.no_grad()
-    def tag(self, sentences: list[list[str]], batch_size: int = 32) -> list[list[int]]:
+    def tag(self, sentences: list[list[str]]) -> list[list[int]]:
         """Class id per word (0 = O); words past max_length are tagged O (align_words warns)."""
-        out = [[0] * len(words) for words in sentences]
-        for start in range(0, len(sentences), batch_size):
-            aligned = align_words(self.body, sentences[start : start + batch_size])
-            ys = head_logits(self.params, word_embeddings(self.body, self.params, aligned), self.scale).argmax(1)
-            for (s, w), y in zip(aligned.words, ys.tolist()):
-                out[start + s][w] = y
-        return out
+        return tag_words(self.body, self.params, sentences, self.scale)
 
     def predict(self, texts: list[str]) -> list[list[dict[str, Any]]]:
         """Entity spans of each text (split into words on whitespace): word start/end (exclusive), type, text."""
