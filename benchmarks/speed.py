@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/speed.py [--episodes 8] [--n-way 10] [--inner-steps 5]
     .venv/bin/python benchmarks/speed.py --memory [--steps-list 1 2 3 5]
+    .venv/bin/python benchmarks/speed.py --model SmolLM2-135M-Instruct --algorithms fomaml --episodes 2
 
 --memory: the extra resident memory (peak RSS during one episode minus RSS just before it, each
 measurement in a fresh process) of plain LoRA fine-tuning, FOMAML and second-order MAML as the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import threading
@@ -34,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 from llm_meta.algorithms import ALGORITHMS, InnerConfig, init_head  # noqa: E402
 from llm_meta.episodes import Episode, EpisodeSampler, Examples  # noqa: E402
 from llm_meta.heads import head_logits  # noqa: E402
-from llm_meta.models import Body, ModelConfig, load_body, lora_params, pool, tokenize  # noqa: E402
+from llm_meta.models import Body, ModelConfig, default_targets, load_body, lora_params, pool, tokenize  # noqa: E402
 from llm_meta.tasks import load_task  # noqa: E402
 
 
@@ -111,9 +113,16 @@ def peak_extra_memory(fn, device: torch.device) -> float:
     return max(peak[0], _rss_mib()) - base
 
 
+def peak_process_mib(device: torch.device) -> float:
+    """The whole process's peak: resident memory on CPU (model weights included), allocated on a GPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def memory_one(args: argparse.Namespace) -> None:
     """One measurement (run in its own process, so earlier allocations do not hide this one's)."""
-    body = load_body(ModelConfig(max_length=48))
+    body = load_body(ModelConfig(name=args.model, max_length=48))
     body.model.to(args.device)
     episode = EpisodeSampler([load_task(args.task)], args.n_way, args.k_shot, args.q_query,
                              class_role="meta_train").episode(0)
@@ -123,25 +132,28 @@ def memory_one(args: argparse.Namespace) -> None:
         extra = peak_extra_memory(lambda: plain_passes(body, episode, cfg, "fomaml"), body.device)
     else:
         extra = peak_extra_memory(lambda: ALGORITHMS[args.memory_one](body, params, episode, cfg, 0), body.device)
-    print(f"{extra:.1f}")
+    print(f"{extra:.1f} {peak_process_mib(body.device):.1f}")
 
 
 def memory_table(args: argparse.Namespace) -> None:
     what = "allocated GPU memory" if args.device.startswith("cuda") else "RSS"
-    print(f"{args.task}, {args.n_way}-way {args.k_shot}-shot {args.q_query}-query on {args.device}, one episode per "
-          f"fresh process; extra {what} in MiB (peak during the episode minus before it)")
-    print("| inner steps | plain LoRA fine-tuning | FOMAML | MAML (second order) | FOMAML / plain | MAML / plain |")
-    print("|---|---|---|---|---|---|")
+    print(f"{args.model}, {args.task}, {args.n_way}-way {args.k_shot}-shot {args.q_query}-query on {args.device}, "
+          f"one episode per fresh process; extra {what} in MiB (peak during the episode minus before it), and the "
+          f"process's peak with FOMAML (weights included)")
+    print("| inner steps | plain LoRA fine-tuning | FOMAML | MAML (second order) | FOMAML / plain | MAML / plain "
+          "| FOMAML process peak |")
+    print("|---|---|---|---|---|---|---|")
     for steps in args.steps_list:
-        row = {}
+        row, peak = {}, {}
         for name in ("plain", "fomaml", "maml"):
             cmd = [sys.executable, __file__, "--memory-one", name, "--inner-steps", str(steps), "--task", args.task,
-                   "--device", args.device,
+                   "--device", args.device, "--model", args.model,
                    "--n-way", str(args.n_way), "--k-shot", str(args.k_shot), "--q-query", str(args.q_query)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            row[name] = float(done.stdout.strip().splitlines()[-1])
+            row[name], peak[name] = map(float, done.stdout.strip().splitlines()[-1].split())
         print(f"| {steps} | {row['plain']:.0f} | {row['fomaml']:.0f} | {row['maml']:.0f} | "
-              f"{row['fomaml'] / row['plain']:.2f} | {row['maml'] / row['plain']:.2f} |", flush=True)
+              f"{row['fomaml'] / row['plain']:.2f} | {row['maml'] / row['plain']:.2f} | {peak['fomaml']:.0f} |",
+              flush=True)
 
 
 def main() -> None:
@@ -156,6 +168,8 @@ def main() -> None:
     parser.add_argument("--steps-list", type=int, nargs="+", default=[1, 2, 3, 5])
     parser.add_argument("--memory-one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="bundled name, model folder or Hub id")
+    parser.add_argument("--algorithms", nargs="+", default=["fomaml", "reptile", "maml"])
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     if args.memory_one:
@@ -163,7 +177,7 @@ def main() -> None:
     if args.memory:
         return memory_table(args)
 
-    body = load_body(ModelConfig(max_length=48))
+    body = load_body(ModelConfig(name=args.model, max_length=48))
     body.model.to(args.device)
     sampler = EpisodeSampler([load_task(args.task)], args.n_way, args.k_shot, args.q_query, class_role="meta_train")
     episodes = sampler.episodes(args.episodes)
@@ -172,10 +186,11 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"device {body.device}")
     print(f"{args.task}, {args.n_way}-way {args.k_shot}-shot {args.q_query}-query, {args.inner_steps} inner steps, "
-          f"{args.episodes} episodes, all-MiniLM-L6-v2 LoRA r=8, max 48 tokens")
+          f"{args.episodes} episodes, {args.model} LoRA r=8 on {', '.join(default_targets(body.model.config))}, "
+          f"{body.pooling} pooling, max 48 tokens")
     print("| algorithm | meta-step s/episode | plain loop s/episode | efficiency (plain / meta) | episodes/s |")
     print("|---|---|---|---|---|")
-    for name in ("fomaml", "reptile", "maml"):
+    for name in args.algorithms:
         meta = timed(lambda: [ALGORITHMS[name](body, params, ep, cfg, i) for i, ep in enumerate(episodes)], 1)
         plain = timed(lambda: [plain_passes(body, ep, cfg, name) for ep in episodes], 1)
         meta, plain = meta / len(episodes), plain / len(episodes)

