@@ -61,10 +61,12 @@ class EpisodeSampler:
         weighting: how to choose the task of an episode: "uniform", or "size" (proportional to
             the number of usable examples).
         seed: episodes are a pure function of (seed, index).
+        task_weights: explicit relative weights, one per task (replace `weighting`).
     """
 
     def __init__(self, tasks: list[Task], n_way: int, k_shot: int, q_query: int, split: str = "train",
-                 class_role: str | None = None, weighting: str = "uniform", seed: int = 0) -> None:
+                 class_role: str | None = None, weighting: str = "uniform", seed: int = 0,
+                 task_weights: list[float] | None = None) -> None:
         if n_way < 2 or k_shot < 1 or q_query < 0:
             raise ValueError(f"need n_way >= 2, k_shot >= 1, q_query >= 0; got {n_way}, {k_shot}, {q_query}")
         if weighting not in ("uniform", "size"):
@@ -75,6 +77,10 @@ class EpisodeSampler:
             self.pools.append((task.name, self._class_pool(task, split, class_role)))
         sizes = [sum(len(v) for v in pool.values()) for _, pool in self.pools]
         self.weights = [1.0] * len(self.pools) if weighting == "uniform" else [float(s) for s in sizes]
+        if task_weights is not None:
+            if len(task_weights) != len(tasks) or any(w <= 0 for w in task_weights):
+                raise ValueError(f"task_weights needs one weight > 0 per task, got {task_weights} for {len(tasks)}")
+            self.weights = [float(w) for w in task_weights]
 
     def _class_pool(self, task: Task, split: str, class_role: str | None) -> dict[str, list[str]]:
         """Texts per usable class; classes too small for K + Q are skipped with one warning."""
@@ -98,6 +104,10 @@ class EpisodeSampler:
                 f"with at least K+Q={need} examples; {self.n_way}-way episodes need {self.n_way}"
             )
         return pool
+
+    def source_of(self, index: int) -> str:
+        """The task episode `index` is drawn from (without drawing the episode)."""
+        return random.Random(f"{self.seed}:{index}").choices(self.pools, weights=self.weights)[0][0]
 
     def episode(self, index: int) -> Episode:
         """The episode at `index`: the same for the same (seed, index), whatever came before."""

@@ -217,6 +217,9 @@ class NerEpisodeSampler:
         self.sentences = sentences
         self.mentions = [_mentions(s.tags) for s in sentences]
 
+    def source_of(self, index: int) -> str:
+        return self.name
+
     def episode(self, index: int) -> Episode:
         rng = random.Random(f"ner:{self.seed}:{index}")
         chosen = sorted(rng.sample(sorted(self.types), self.n_way))

@@ -50,7 +50,17 @@ METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
     "reptile": ("reptile", lambda c: c),
     "protonet": ("protonet", lambda c: dataclasses.replace(c, steps=0)),  # ProtoNet's own protocol
 }
-REFERENCE = "transfer"  # paired differences are taken against transfer fine-tuning
+
+
+def method_spec(name: str, train_configs: dict[str, str]) -> tuple[str, Callable[[InnerConfig], InnerConfig]]:
+    """(start, inner-loop change) of a method: a built-in one, or any start named in train_configs
+    (e.g. `fomaml_smlmt: recipes/configs/smlmt.yaml`), adapted like fomaml."""
+    if name in METHODS:
+        return METHODS[name]
+    if name in train_configs:
+        return name, lambda c: c
+    raise ValueError(f"unknown benchmark method '{name}' (valid: {', '.join(METHODS)}, or a start named in "
+                     f"train_configs)")
 
 
 @dataclass
@@ -93,6 +103,7 @@ class Config:
         "metasgd": "recipes/configs/metasgd.yaml", "protonet": "recipes/configs/protonet.yaml"})
     train_overrides: list[str] = field(default_factory=list)  # applied to every start's training run
     budget_scale: float = 1.0  # scales each training config's outer.steps and validate_every (quick runs)
+    references: list[str] = field(default_factory=lambda: ["transfer"])  # paired differences against each
     model: ModelConfig = field(default_factory=ModelConfig)  # replaces the training configs' model section
     adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # the shared adaptation budget
     episodic: EpisodicConfig = field(default_factory=EpisodicConfig)
@@ -101,10 +112,8 @@ class Config:
 
 
 def main(cfg: Config) -> dict:
-    unknown = sorted(set(cfg.methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown benchmark method(s) {unknown} (valid: {', '.join(METHODS)})")
-    missing = sorted({METHODS[m][0] for m in cfg.methods} - {"untrained"} - set(cfg.train_configs))
+    specs = {m: method_spec(m, cfg.train_configs) for m in cfg.methods}
+    missing = sorted({start for start, _ in specs.values()} - {"untrained"} - set(cfg.train_configs))
     if missing:
         raise ValueError(f"no training config for start(s) {missing}: add train_configs.<name>: <yaml file>")
     out = Path(cfg.output_dir)
@@ -115,7 +124,7 @@ def main(cfg: Config) -> dict:
     starts, trained = {}, {}
     for seed in cfg.meta_seeds:
         body, starts[("untrained", seed)] = untrained_start(cfg.model, seed)
-    for name in sorted({METHODS[m][0] for m in cfg.methods} - {"untrained"}):
+    for name in sorted({start for start, _ in specs.values()} - {"untrained"}):
         for seed in cfg.meta_seeds:
             adapter = _train_start(cfg, name, seed, out)
             starts[(name, seed)] = load_adapter_params(body, adapter)
@@ -141,7 +150,7 @@ def main(cfg: Config) -> dict:
     scores: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}
     seen: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}  # hash of the episodes each method scored
     for method, key in tqdm(units, desc="benchmark", disable=None):
-        start, inner = METHODS[method][0], METHODS[method][1](cfg.adapt)
+        start, inner = specs[method][0], specs[method][1](cfg.adapt)
         # The untrained LoRA's random A matters only once LoRA trains (B = 0 until then).
         lora_moves = start != "untrained" or (inner.train_lora and inner.steps > 0)
         seeds = cfg.meta_seeds if lora_moves else cfg.meta_seeds[:1]
@@ -251,7 +260,7 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict) -> str:
              f"Adaptation for every method: {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
              f"head init {cfg.adapt.head_init}; methods that train LoRA are averaged over meta-seeds "
              f"{cfg.meta_seeds}. Mean ± 95% CI over episodes (episodic) or support seeds (full-way); paired "
-             f"difference vs {REFERENCE} on the same episodes.", ""]
+             f"difference vs {', '.join(cfg.references)} on the same episodes.", ""]
     if trained:
         # A start whose selected step is 0 *is* the untrained start: its rows then measure no training.
         lines += ["## Trained starts (selected on meta-validation)", "",
@@ -267,13 +276,16 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict) -> str:
         episodes = setting["episodes"]
         lines += [f"## {task}, {protocol}, {episodes[0].n_way}-way {k}-shot "
                   f"({len(episodes)} episodes, hash {setting['hash']})", "",
-                  f"| method | {_metric(protocol)} | vs {REFERENCE} |", "|---|---|---|"]
+                  f"| method | {_metric(protocol)} | {' | '.join(f'vs {r}' for r in cfg.references)} |",
+                  "|---|---|" + "---|" * len(cfg.references)]
         name = "/".join(map(str, key))
-        ref = scores.get(REFERENCE, {}).get(name)
         for method in cfg.methods:
             s = scores[method][name]
-            diff = "-" if ref is None or method == REFERENCE else _fmt_diff(paired_difference(s, ref))
-            lines.append(f"| {method} | {mean_ci(s)} | {diff} |")
+            diffs = []
+            for reference in cfg.references:
+                ref = scores.get(reference, {}).get(name)
+                diffs.append("-" if ref is None or method == reference else _fmt_diff(paired_difference(s, ref)))
+            lines.append(f"| {method} | {mean_ci(s)} | {' | '.join(diffs)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -28,6 +30,7 @@ from llm_meta.episodes import Episode, EpisodeSampler
 from llm_meta.evaluation import mean_ci, paired_difference, score_episodes
 from llm_meta.models import ModelConfig, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, sentences_fingerprint, split_ner
+from llm_meta.smlmt import MixtureSampler, SmlmtConfig, SmlmtSampler, corpus_key, load_corpus
 from llm_meta.tasks import load_task, task_fingerprint
 from llm_meta.training import RunLog, check_step, environment, meta_gradient
 
@@ -40,6 +43,16 @@ class EpisodeConfig:
     k_shot: int = 5
     q_query: int = 5
     weighting: str = "uniform"  # uniform | size: how an episode's task is chosen
+
+
+@dataclass
+class TaskSource:
+    """One entry of a weighted task mixture: a labelled task (`name`) or an SMLMT corpus (`smlmt`)."""
+
+    name: str | None = None  # registry name, local file/folder, or hf:<id>
+    smlmt: str | None = None  # a corpus spec (see llm_meta.smlmt.load_corpus), settings from the smlmt section
+    ner: bool = False  # the NER task of the ner section
+    weight: float = 1.0  # share of episodes
 
 
 @dataclass
@@ -72,8 +85,11 @@ class Config:
     resume: bool = False
     mixed_precision: str = "no"  # no | bf16 | fp16 (Accelerate autocast)
     model: ModelConfig = field(default_factory=ModelConfig)
-    tasks: list[str] = field(default_factory=lambda: ["clinc", "hwu", "stackoverflow"])
-    ner: NerConfig = field(default_factory=NerConfig)  # ner.data set: NER episodes instead of `tasks`
+    # Labelled tasks, or a weighted mixture: [clinc, {name: hwu, weight: 2}, {smlmt: corpus.txt, weight: 1}].
+    tasks: list[str | TaskSource] = field(default_factory=lambda: ["clinc", "hwu", "stackoverflow"])
+    smlmt: SmlmtConfig = field(default_factory=SmlmtConfig)  # smlmt.data: one more (self-supervised) source
+    # ner.data: NER episodes only (tasks ignored), unless tasks has a {ner: true} entry that mixes them in.
+    ner: NerConfig = field(default_factory=NerConfig)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)  # inner loop during meta-training
     adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # at validation/test time
@@ -100,21 +116,13 @@ def main(cfg: Config) -> dict:
     params = {k: v.clone().requires_grad_(True) for k, v in start.items()}
 
     # Tasks and samplers: meta-train classes for training, meta-val classes for selection. NER:
-    # meta-train entity types on train sentences, the same types on validation sentences.
-    if cfg.ner.data:
-        ner_split, ner_types = split_ner(cfg.ner)
-        sampler = NerEpisodeSampler(ner_split["train"], ner_types, cfg.episodes.n_way, cfg.episodes.k_shot,
-                                    cfg.episodes.q_query, seed=cfg.seed, name=cfg.ner.data)
-        task_hashes = {cfg.ner.data: sentences_fingerprint([s for part in ner_split.values() for s in part])}
-    else:
-        tasks = [load_task(name) for name in cfg.tasks]
-        sampler = EpisodeSampler(tasks, cfg.episodes.n_way, cfg.episodes.k_shot, cfg.episodes.q_query,
-                                 class_role="meta_train", weighting=cfg.episodes.weighting, seed=cfg.seed)
-        task_hashes = {t.name: task_fingerprint(t) for t in tasks}
-    val_episodes = eval_episodes(cfg.validation, cfg.ner, "validation")
+    # meta-train entity types on train sentences, the same types on validation sentences. SMLMT
+    # corpora and mixtures: see training_sampler.
+    sampler, task_hashes = training_sampler(cfg, body)
+    val_episodes = eval_episodes(cfg.validation, cfg.ner if ner_only(cfg) else None, "validation")
     algorithm = ALGORITHMS[cfg.algorithm]
     if cfg.algorithm == "transfer":  # the baseline's persistent per-dataset heads train alongside LoRA
-        heads = [ner_transfer_heads(body, start, cfg.ner.data, ner_split["train"], ner_types)] if cfg.ner.data \
+        heads = [ner_transfer_heads(body, start, cfg.ner.data, sampler.sentences, sampler.types)] if ner_only(cfg) \
             else [transfer_heads(body, start, name, pool) for name, pool in sampler.pools]
         for head in heads:
             params.update({k: v.requires_grad_(True) for k, v in head.items()})
@@ -152,6 +160,7 @@ def main(cfg: Config) -> dict:
         run_log.write("step", step=step + 1, loss=stats.loss, query_accuracy=stats.accuracy)
         bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.2f}", best=state["best_step"])
         if (step + 1) % cfg.validate_every == 0 or step + 1 == cfg.outer.steps:
+            log_sources(sampler, (step + 1) * cfg.outer.meta_batch, run_log)
             state = validate(step + 1, state)
             if main_process:
                 save_checkpoint(run_dir, step + 1, params, optimizer, state)
@@ -164,6 +173,71 @@ def main(cfg: Config) -> dict:
         results["test"] = _test(cfg, body, best, start)
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def training_sampler(cfg: Config, body) -> tuple[Any, dict[str, str]]:
+    """The meta-training episode sampler and a hash of each source's data (for provenance).
+
+    `ner.data` without a `{ner: true}` tasks entry: NER episodes only. Labelled tasks alone: the
+    plain multi-task sampler (per-task weights if any are given). SMLMT corpora (`{smlmt: ...}`
+    entries or `smlmt.data`) and `{ner: true}` make it a weighted mixture in which each source
+    draws its own episodes.
+    """
+    e = cfg.episodes
+    entries = [TaskSource(name=t) if isinstance(t, str) else t for t in cfg.tasks]
+    if any(sum(map(bool, (t.name, t.smlmt, t.ner))) != 1 for t in entries):
+        raise ValueError("each tasks entry needs exactly one of name (a labelled task), smlmt (a corpus) or "
+                         "ner: true (the ner section's task)")
+    if cfg.smlmt.data:
+        entries.append(TaskSource(smlmt=cfg.smlmt.data, weight=cfg.smlmt.weight))
+    if cfg.ner.data and not any(t.ner for t in entries):  # the ner_*.yaml configs: NER alone
+        if cfg.smlmt.data:
+            raise ValueError("ner.data with smlmt.data: add {ner: true} to tasks to mix NER with other sources")
+        entries = [TaskSource(ner=True)]
+    if cfg.algorithm == "transfer" and (any(t.smlmt for t in entries) or len(entries) > 1 and any(t.ner for t in entries)):
+        raise ValueError("algorithm transfer trains one head per labelled dataset; SMLMT and mixed NER "
+                         "sources have no fixed label set: use a meta-learning algorithm with them")
+    sources, hashes = [], {}
+    labelled = [t for t in entries if t.name]
+    if labelled:
+        tasks = [load_task(t.name) for t in labelled]
+        explicit = any(t.weight != 1.0 for t in labelled)  # else cfg.episodes.weighting decides
+        sampler = EpisodeSampler(tasks, e.n_way, e.k_shot, e.q_query, class_role="meta_train",
+                                 weighting=e.weighting, seed=cfg.seed,
+                                 task_weights=[t.weight for t in labelled] if explicit else None)
+        sources.append((sampler, sum(sampler.weights) if explicit else len(tasks)))
+        hashes.update({t.name: task_fingerprint(t) for t in tasks})
+    for c in (t for t in entries if t.smlmt):
+        sentences = load_corpus(c.smlmt, cfg.smlmt.text_column, cfg.smlmt.split, cfg.smlmt.class_role)
+        sampler = SmlmtSampler.build(sentences, c.smlmt, body.tokenizer, e.n_way, e.k_shot, e.q_query,
+                                     seed=cfg.seed, min_sentences=cfg.smlmt.min_sentences)
+        sources.append((sampler, c.weight))
+        hashes[sampler.name] = corpus_key(sentences)
+    for t in (t for t in entries if t.ner):
+        if not cfg.ner.data:
+            raise ValueError("a {ner: true} tasks entry needs the ner section (ner.data, ner.held_out_types)")
+        ner_split, ner_types = split_ner(cfg.ner)
+        n_way = e.n_way if len(entries) == 1 else min(e.n_way, len(ner_types))  # alone: too many is an error
+        sampler = NerEpisodeSampler(ner_split["train"], ner_types, n_way, e.k_shot, e.q_query, seed=cfg.seed,
+                                    name=cfg.ner.data)
+        sources.append((sampler, t.weight))
+        hashes[cfg.ner.data] = sentences_fingerprint([s for part in ner_split.values() for s in part])
+    if not sources:
+        raise ValueError("no meta-training tasks: set tasks, smlmt.data or ner.data")
+    return (sources[0][0] if len(sources) == 1 else MixtureSampler(sources, seed=cfg.seed)), hashes
+
+
+def ner_only(cfg: Config) -> bool:
+    """An NER run (validated and tested on NER episodes), not a mixture that includes NER."""
+    return bool(cfg.ner.data) and not any(isinstance(t, TaskSource) and t.ner for t in cfg.tasks)
+
+
+def log_sources(sampler: Any, episodes: int, run_log: RunLog) -> None:
+    """How many of the first `episodes` meta-training episodes each source supplied."""
+    counts = dict(sorted(Counter(sampler.source_of(i) for i in range(episodes)).items()))
+    run_log.write("sources", episodes=episodes, counts=counts)
+    if len(counts) > 1:
+        tqdm.write(f"episodes per source so far: {', '.join(f'{k} {v}' for k, v in counts.items())}", file=sys.stderr)
 
 
 def eval_episodes(ec: EvalConfig, ner: NerConfig | None = None, role: str = "validation") -> list[Episode]:
@@ -195,7 +269,7 @@ def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_d
     score = mean_ci(score_episodes(body, current, episodes, cfg.adapt, desc=f"validate step {step}"))
     state["history"].append({"step": step, "accuracy": score.mean, "ci": score.half_width})
     run_log.write("validation", step=step, accuracy=score.mean, ci=score.half_width)
-    metric = "entity F1" if cfg.ner.data else "accuracy"
+    metric = "entity F1" if ner_only(cfg) else "accuracy"
     tqdm.write(f"step {step}: meta-validation {metric} {score} ({score.n} episodes)", file=sys.stderr)
     if state["best_score"] is None or score.mean > state["best_score"]:
         state["best_score"], state["best_step"] = score.mean, step
@@ -206,7 +280,7 @@ def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_d
 
 
 def _test(cfg: Config, body, best: dict, start: dict) -> dict:
-    episodes = eval_episodes(cfg.test, cfg.ner, "test")
+    episodes = eval_episodes(cfg.test, cfg.ner if ner_only(cfg) else None, "test")
     out = {}
     for task in dict.fromkeys(e.task for e in episodes):
         eps = [e for e in episodes if e.task == task]

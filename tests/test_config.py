@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,19 @@ def test_base_file_is_merged_section_by_section(tmp_path):
     (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
         load_config(Outer, tmp_path / "orphan.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "recipes/configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_into_its_recipe(path):
+    # Each YAML's first line is its launch command; the config must fit that recipe's dataclass.
+    from recipes import benchmark, meta_train
+
+    command = path.read_text().splitlines()[0]
+    recipe = {"llm-meta meta-train": meta_train, "llm-meta benchmark": benchmark}
+    module = next(m for prefix, m in recipe.items() if command.startswith(f"# {prefix} --config {path.parent.name}")
+                  or command.startswith(f"# {prefix} --config recipes/configs/{path.name}"))
+    cfg = load_config(module.Config, path)
+    if module is benchmark:
+        for train in cfg.train_configs.values():
+            load_config(meta_train.Config, Path(__file__).resolve().parent.parent / train)
