@@ -42,6 +42,7 @@ class InnerConfig:
     label_examples: int = 0  # add each label name, as text, this many times to the support set
     scale: float = 10.0  # inverse temperature of the head's logits
     train_lora: bool = True  # False: adapt the head only (a linear probe on the frozen body)
+    proximal: float = 0.0  # λ of λ‖φ − θ‖² on the LoRA tensors: keeps the adapted φ near its start θ (iMAML)
     second_order: bool = False  # metasgd only: differentiate through the inner gradients (maml always does)
 
 
@@ -108,12 +109,16 @@ def support_loss_fn(body: Body, params: Params, support: Examples, cfg: InnerCon
     if cfg.train_lora:
         tokenized: dict[tuple[int, ...], object] = {}  # the same batch recurs at every step
 
+        anchor = {k: v.detach() for k, v in params.items() if k in body.lora_names} if cfg.proximal else {}
+
         def loss(fast: Params, idx: list[int]) -> Tensor:
             texts, labels = [support.texts[i] for i in idx], [support.labels[i] for i in idx]
             key = tuple(idx)
             if key not in tokenized:
                 tokenized[key] = align_words(body, texts) if is_token_level(texts) else tokenize(body, texts)
-            return loss_and_accuracy(body, fast, texts, labels, cfg.scale, tokenized[key])[0]
+            value = loss_and_accuracy(body, fast, texts, labels, cfg.scale, tokenized[key])[0]
+            return value + cfg.proximal * sum(((fast[k] - a) ** 2).sum() for k, a in anchor.items()) if anchor \
+                else value
         return loss
     # Head only: the body is fixed, so embed the support set once instead of at every step.
     if is_token_level(support.texts):  # rows are words; a batch of sentence indices selects theirs
@@ -160,6 +165,27 @@ def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerC
     fast = inner_loop({**weights, **head}, trainable, support_loss_fn(body, weights, support, cfg),
                       _batches(len(support), cfg.batch_size, cfg.steps, seed), cfg, lrs=lrs)
     return {k: t.detach() for k, t in fast.items()}
+
+
+def interpolate(start: Params, trained: Params, alpha: float) -> Params:
+    """θ0 + α(θ − θ0) for every tensor of `trained` (`start` supplies θ0 for those it has).
+
+    Written as (1 − α)θ0 + αθ so that α = 0 and α = 1 give θ0 and θ exactly, bit for bit.
+    """
+    return {k: (1 - alpha) * start[k] + alpha * v if k in start and alpha != 1 else v for k, v in trained.items()}
+
+
+def outer_lr(base: float, step: int, total: int, warmup: int = 0, schedule: str = "constant") -> float:
+    """The outer learning rate at `step` (0-based): linear warm-up over `warmup` steps, then
+    constant or cosine decay to 0 at `total`. A pure function of the step, so resuming needs no state."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"outer.schedule must be constant or cosine, got {schedule!r}")
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "constant":
+        return base
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 LR_PREFIX = "lr."  # Meta-SGD: params["lr." + name] is the learned inner learning rate of tensor `name`

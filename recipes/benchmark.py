@@ -102,6 +102,7 @@ class Config:
         "transfer": "recipes/configs/transfer.yaml", "maml": "recipes/configs/maml.yaml",
         "metasgd": "recipes/configs/metasgd.yaml", "protonet": "recipes/configs/protonet.yaml"})
     train_overrides: list[str] = field(default_factory=list)  # applied to every start's training run
+    start_overrides: dict[str, list[str]] = field(default_factory=dict)  # start name -> its own overrides (after)
     budget_scale: float = 1.0  # scales each training config's outer.steps and validate_every (quick runs)
     references: list[str] = field(default_factory=lambda: ["transfer"])  # paired differences against each
     model: ModelConfig = field(default_factory=ModelConfig)  # replaces the training configs' model section
@@ -184,7 +185,8 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
         return run_dir / "adapter"
     tqdm.write(f"training start '{name}' (meta-seed {seed}) -> {run_dir}", file=sys.stderr)
     train_cfg = load_config(meta_train.Config, cfg.train_configs[name],
-                            [*cfg.train_overrides, f"seed={seed}", f"output_dir={run_dir}", "test.episodes=0"])
+                            [*cfg.train_overrides, *cfg.start_overrides.get(name, []), f"seed={seed}",
+                             f"output_dir={run_dir}", "test.episodes=0"])
     train_cfg.outer.steps = max(1, round(train_cfg.outer.steps * cfg.budget_scale))
     train_cfg.validate_every = max(1, round(train_cfg.validate_every * cfg.budget_scale))
     if cfg.ner.split.data and train_cfg.ner != cfg.ner.split:
@@ -202,6 +204,7 @@ def _selection(adapter: Path) -> dict:
     """What meta-validation chose for a trained start: the step kept, and its score vs step 0."""
     meta = read_metadata(adapter)
     return {"steps_trained": meta["config"]["outer"]["steps"], "selected_step": meta["step"],
+            "alpha": meta.get("alpha", 1.0),
             "validation_accuracy": meta["validation_accuracy"],
             "step0_validation_accuracy": meta["step0_validation_accuracy"]}
 
@@ -267,7 +270,8 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict) -> str:
                   "| start | steps trained | selected step | validation score (selected / step 0) |",
                   "|---|---|---|---|"]
         for name, t in trained.items():
-            kept = " (untrained start kept)" if t["selected_step"] == 0 else ""
+            kept = " (untrained start kept)" if t["selected_step"] == 0 else \
+                f" (α = {t['alpha']:g})" if t.get("alpha", 1.0) != 1.0 else ""
             lines.append(f"| {name} | {t['steps_trained']} | {t['selected_step']}{kept} | "
                          f"{100 * t['validation_accuracy']:.1f} / {100 * t['step0_validation_accuracy']:.1f} |")
         lines.append("")

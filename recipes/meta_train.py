@@ -23,7 +23,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.algorithms import ALGORITHMS, LR_PREFIX, InnerConfig, meta_sgd_rates, ner_transfer_heads, transfer_heads
+from llm_meta.algorithms import (ALGORITHMS, LR_PREFIX, InnerConfig, interpolate, meta_sgd_rates, ner_transfer_heads,
+                                 outer_lr, transfer_heads)
 from llm_meta.checkpoint import load_adapter_params, load_checkpoint, save_adapter, save_checkpoint
 from llm_meta.config import to_dict
 from llm_meta.episodes import Episode, EpisodeSampler
@@ -61,6 +62,9 @@ class OuterConfig:
     meta_batch: int = 2  # episodes per meta-step, split across processes
     optimizer: str = "adam"  # adam | sgd (sgd with lr = ε and algorithm reptile is classic Reptile)
     lr: float = 1e-4  # small on purpose: pulling a good sentence encoder far from its start hurts
+    warmup: int = 0  # meta-steps of linear lr warm-up
+    schedule: str = "constant"  # constant | cosine (decay to 0 at the last step)
+    proximal: float = 0.0  # λ of λ‖θ − θ0‖² added to the meta-loss: keeps the LoRA near the untrained start θ0
 
 
 @dataclass
@@ -95,6 +99,9 @@ class Config:
     adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # at validation/test time
     outer: OuterConfig = field(default_factory=OuterConfig)
     validate_every: int = 20  # meta-steps between validations (and checkpoints)
+    # Each validation also scores θ0 + α(θ − θ0) for these α (1.0: the trained LoRA itself); the best
+    # (step, α) on meta-validation is kept. α < 1 pulls a trained start back towards the pretrained model.
+    interpolation: list[float] = field(default_factory=lambda: [1.0])
     validation: EvalConfig = field(default_factory=EvalConfig)
     test: EvalConfig = field(default_factory=lambda: EvalConfig(
         tasks=["banking77", "mcid", "tweet_sentiment"], class_role=None, episodes=20, n_way=5, split="test", seed=0))
@@ -141,8 +148,8 @@ def main(cfg: Config) -> dict:
                   "tasks": task_hashes, "environment": environment()}
 
     def validate(at: int, state: dict) -> dict:  # selection runs on the main process only
-        return _validate(cfg, body, params, val_episodes, at, state, run_dir, provenance, run_log) if main_process \
-            else state
+        return _validate(cfg, body, params, start, val_episodes, at, state, run_dir, provenance, run_log) \
+            if main_process else state
 
     if step == 0:
         state = validate(0, state)
@@ -153,8 +160,11 @@ def main(cfg: Config) -> dict:
         grads, stats = meta_gradient(algorithm, body, params, sampler, step, cfg.outer.meta_batch, cfg.inner,
                                      accelerator)
         check_step(stats, grads, step, run_dir)
-        for k, p in params.items():
-            p.grad = grads[k]
+        for k, p in params.items():  # + the gradient 2λ(θ − θ0) of the outer proximal term
+            p.grad = grads[k] + 2 * cfg.outer.proximal * (p.detach() - start[k]) if cfg.outer.proximal and k in start \
+                else grads[k]
+        for group in optimizer.param_groups:
+            group["lr"] = outer_lr(cfg.outer.lr, step, cfg.outer.steps, cfg.outer.warmup, cfg.outer.schedule)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         run_log.write("step", step=step + 1, loss=stats.loss, query_accuracy=stats.accuracy)
@@ -261,21 +271,25 @@ def eval_episodes(ec: EvalConfig, ner: NerConfig | None = None, role: str = "val
     return episodes
 
 
-def _validate(cfg: Config, body, params, episodes, step: int, state: dict, run_dir: Path, provenance: dict,
+def _validate(cfg: Config, body, params, start, episodes, step: int, state: dict, run_dir: Path, provenance: dict,
               run_log: RunLog) -> dict:
-    """Score the current start on meta-validation episodes; keep it as the adapter if it is the best so far."""
+    """Score the current start (and its interpolations towards θ0) on meta-validation episodes;
+    keep the best candidate so far as the adapter."""
     # LoRA (+ Meta-SGD rates), not the transfer baseline's heads.
     current = {k: v.detach() for k, v in params.items() if k in body.lora_names or k.startswith(LR_PREFIX)}
-    score = mean_ci(score_episodes(body, current, episodes, cfg.adapt, desc=f"validate step {step}"))
-    state["history"].append({"step": step, "accuracy": score.mean, "ci": score.half_width})
-    run_log.write("validation", step=step, accuracy=score.mean, ci=score.half_width)
     metric = "entity F1" if ner_only(cfg) else "accuracy"
-    tqdm.write(f"step {step}: meta-validation {metric} {score} ({score.n} episodes)", file=sys.stderr)
-    if state["best_score"] is None or score.mean > state["best_score"]:
-        state["best_score"], state["best_step"] = score.mean, step
-        save_adapter(body, current, run_dir / "adapter", {
-            **provenance, "step": step, "validation_accuracy": score.mean,
-            "step0_validation_accuracy": state["history"][0]["accuracy"]})
+    for alpha in sorted(set(cfg.interpolation), reverse=True) if step > 0 else [1.0]:  # at step 0 θ = θ0
+        candidate = interpolate(start, current, alpha)
+        score = mean_ci(score_episodes(body, candidate, episodes, cfg.adapt, desc=f"validate step {step}"))
+        state["history"].append({"step": step, "alpha": alpha, "accuracy": score.mean, "ci": score.half_width})
+        run_log.write("validation", step=step, alpha=alpha, accuracy=score.mean, ci=score.half_width)
+        which = f"step {step}" if alpha == 1.0 else f"step {step}, α={alpha:g}"
+        tqdm.write(f"{which}: meta-validation {metric} {score} ({score.n} episodes)", file=sys.stderr)
+        if state["best_score"] is None or score.mean > state["best_score"]:
+            state["best_score"], state["best_step"] = score.mean, step
+            save_adapter(body, candidate, run_dir / "adapter", {
+                **provenance, "step": step, "alpha": alpha, "validation_accuracy": score.mean,
+                "step0_validation_accuracy": state["history"][0]["accuracy"]})
     return state
 
 
