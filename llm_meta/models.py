@@ -24,6 +24,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from llm_meta.prefix import enable_prefix_cache, find_layer_stack
+
 log = logging.getLogger(__name__)
 
 Params = dict[str, Tensor]
@@ -77,6 +79,9 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: list[str] | None = None  # None: per-architecture default (DEFAULT_TARGETS)
+    # LoRA on the top L layers only; the frozen layers below run once per text and are cached in
+    # memory (llm_meta/prefix.py), so every training step runs only the top L. None: every layer.
+    lora_layers: int | None = None
     autocast: str = "auto"  # auto (bf16 on a GPU that supports it, else off) | bf16 | no
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
 
@@ -94,6 +99,7 @@ class Body:
     is_decoder: bool
     lora_names: list[str] = field(default_factory=list)
     autocast: str = "auto"
+    prefix: Any = None  # llm_meta.prefix.PrefixCache when model.lora_layers is set
     # The LoRA tensors of the forward pass in progress, read by gradient checkpointing's recompute.
     active: dict[str, Tensor] = field(default_factory=dict)
 
@@ -233,6 +239,9 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     if tokenizer.pad_token is None:
         # Decoders often ship without a pad token; any token works because padding is masked out.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    # Right padding: positions count from 0 for every text, so a text's states do not depend on
+    # how long the other texts of its batch are (which top-layer caching relies on).
+    tokenizer.padding_side = "right"
     model.requires_grad_(False)
     return model, tokenizer
 
@@ -276,8 +285,15 @@ def attach_lora(model: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
     check_lora_targets(model, targets)
     # BERT's pooler matches "dense" but its output is unused by our pooling: LoRA there would be dead weight.
     unused = [n for n, _ in model.named_modules() if n.split(".")[0] == "pooler"] or None
+    top = {}
+    if cfg.lora_layers is not None:
+        n = num_layers(model)
+        if not 1 <= cfg.lora_layers <= n:
+            raise ValueError(f"model.lora_layers must be between 1 and the model's {n} layers, got {cfg.lora_layers}")
+        _, attr, _ = find_layer_stack(model, n)
+        top = {"layers_to_transform": list(range(n - cfg.lora_layers, n)), "layers_pattern": attr}
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, exclude_modules=unused,
+                      target_modules=targets, exclude_modules=unused, **top,
                       fan_in_fan_out=model.config.model_type == "gpt2")  # GPT-2's Conv1D stores W transposed
     return get_peft_model(model, lora)
 
@@ -304,7 +320,14 @@ def load_body(cfg: ModelConfig, adapter: str | Path | None = None) -> Body:
     body = Body(model, tokenizer, pooling, cfg.normalize, cfg.max_length, cfg.name, decoder, names, cfg.autocast)
     if cfg.gradient_checkpointing:
         enable_checkpointing(body)
+    if cfg.lora_layers is not None:
+        body.prefix = enable_prefix_cache(model, num_layers(base), cfg.lora_layers, names)
     return body
+
+
+def num_layers(model: PreTrainedModel) -> int:
+    config = model.config
+    return int(getattr(config, "num_hidden_layers", None) or config.n_layer)
 
 
 def enable_checkpointing(body: Body) -> None:
@@ -368,7 +391,10 @@ def hidden_states(body: Body, params: Params, batch: dict[str, Tensor]) -> Tenso
     kwargs = {**batch, "use_cache": False} if body.is_decoder else batch  # no KV cache: one pass per text
     body.active = lora
     with torch.autocast(body.device.type, dtype=dtype, enabled=dtype is not None):
-        out = torch.func.functional_call(body.model, lora, args=(), kwargs=kwargs, strict=False)
+        if body.prefix is not None:  # top-layer LoRA: only the layers above the cached frozen ones run
+            out = body.prefix.forward(body.model, lora, kwargs)
+        else:
+            out = torch.func.functional_call(body.model, lora, args=(), kwargs=kwargs, strict=False)
     return out.last_hidden_state.float()  # heads, losses and prototypes stay in fp32
 
 
