@@ -122,7 +122,7 @@ def peak_process_mib(device: torch.device) -> float:
 
 def memory_one(args: argparse.Namespace) -> None:
     """One measurement (run in its own process, so earlier allocations do not hide this one's)."""
-    body = load_body(ModelConfig(name=args.model, max_length=48))
+    body = load_body(ModelConfig(name=args.model, max_length=48, lora_layers=args.lora_layers))
     body.model.to(args.device)
     episode = EpisodeSampler([load_task(args.task)], args.n_way, args.k_shot, args.q_query,
                              class_role="meta_train").episode(0)
@@ -148,6 +148,7 @@ def memory_table(args: argparse.Namespace) -> None:
         for name in ("plain", "fomaml", "maml"):
             cmd = [sys.executable, __file__, "--memory-one", name, "--inner-steps", str(steps), "--task", args.task,
                    "--device", args.device, "--model", args.model,
+                   *(["--lora-layers", str(args.lora_layers)] if args.lora_layers else []),
                    "--n-way", str(args.n_way), "--k-shot", str(args.k_shot), "--q-query", str(args.q_query)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             row[name], peak[name] = map(float, done.stdout.strip().splitlines()[-1].split())
@@ -170,6 +171,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="bundled name, model folder or Hub id")
     parser.add_argument("--algorithms", nargs="+", default=["fomaml", "reptile", "maml"])
+    parser.add_argument("--lora-layers", type=int, default=None, help="LoRA on the top L layers (cached below)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     if args.memory_one:
@@ -177,7 +179,7 @@ def main() -> None:
     if args.memory:
         return memory_table(args)
 
-    body = load_body(ModelConfig(name=args.model, max_length=48))
+    body = load_body(ModelConfig(name=args.model, max_length=48, lora_layers=args.lora_layers))
     body.model.to(args.device)
     sampler = EpisodeSampler([load_task(args.task)], args.n_way, args.k_shot, args.q_query, class_role="meta_train")
     episodes = sampler.episodes(args.episodes)
@@ -187,7 +189,9 @@ def main() -> None:
           f"device {body.device}")
     print(f"{args.task}, {args.n_way}-way {args.k_shot}-shot {args.q_query}-query, {args.inner_steps} inner steps, "
           f"{args.episodes} episodes, {args.model} LoRA r=8 on {', '.join(default_targets(body.model.config))}, "
-          f"{body.pooling} pooling, max 48 tokens")
+          f"{body.pooling} pooling, max 48 tokens"
+          + (f", LoRA on the top {args.lora_layers} layers (lower layers cached after the warm-up)"
+             if args.lora_layers else ""))
     print("| algorithm | meta-step s/episode | plain loop s/episode | efficiency (plain / meta) | episodes/s |")
     print("|---|---|---|---|---|")
     for name in args.algorithms:

@@ -24,7 +24,8 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llm_meta.episodes import Episode, Examples
-from llm_meta.heads import HEAD_KEYS, head_logits, proto_head, prototypes, with_label_names, zero_head
+from llm_meta.heads import (HEAD_KEYS, head_logits, proto_head, prototype_head, prototypes, soft_kmeans,
+                            with_label_names, zero_head)
 from llm_meta.models import Body, Params, embed, embed_texts, tokenize
 from llm_meta.ner import (align_words, embed_words, entity_type, is_token_level, token_loss_and_accuracy,
                           word_embeddings, word_labels)
@@ -43,6 +44,10 @@ class InnerConfig:
     scale: float = 10.0  # inverse temperature of the head's logits
     train_lora: bool = True  # False: adapt the head only (a linear probe on the frozen body)
     proximal: float = 0.0  # λ of λ‖φ − θ‖² on the LoRA tensors: keeps the adapted φ near its start θ (iMAML)
+    # Scoring only: after adaptation, classify queries by prototypes refined with the unlabelled
+    # queries themselves (soft k-means iterations; 0: off, the adapted head decides).
+    transductive: int = 0
+    transductive_confidence: float = 0.0  # queries less sure than this stay out of the refinement
     second_order: bool = False  # metasgd only: differentiate through the inner gradients (maml always does)
 
 
@@ -435,7 +440,14 @@ def episode_accuracy(body: Body, params: Params, episode: Episode, cfg: InnerCon
     if is_token_level(episode.query.texts):  # word-level accuracy (entity F1: evaluation.episode_entity_f1)
         emb, labels = labelled_embeddings(body, fast, episode.query)
         return (head_logits(fast, emb, cfg.scale).argmax(1) == labels).float().mean().item()
-    logits = predict_logits(body, fast, episode.query.texts, cfg.scale)
+    if cfg.transductive:
+        support, _ = _episode_start(body, params, episode.support, episode.n_way, cfg, episode.label_names, head={})
+        s_emb, s_labels = labelled_embeddings(body, fast, support)
+        q_emb = embed_texts(body, fast, episode.query.texts)
+        c = soft_kmeans(s_emb, s_labels, q_emb, episode.n_way, cfg.transductive, cfg.scale, cfg.transductive_confidence)
+        logits = head_logits(prototype_head(c), q_emb, cfg.scale)
+    else:
+        logits = predict_logits(body, fast, episode.query.texts, cfg.scale)
     return (logits.argmax(1).cpu() == torch.tensor(episode.query.labels)).float().mean().item()
 
 

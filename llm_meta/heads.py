@@ -28,8 +28,29 @@ def proto_head(emb: Tensor, labels: Tensor, n_way: int) -> Params:
 
     Its argmax is the nearest prototype, so before any step the classifier equals ProtoNet.
     """
-    c = prototypes(emb, labels, n_way)
+    return prototype_head(prototypes(emb, labels, n_way))
+
+
+def prototype_head(c: Tensor) -> Params:
+    """The Proto-MAML head of prototypes c [N, H]."""
     return {"head.weight": 2 * c, "head.bias": -(c * c).sum(1)}
+
+
+def soft_kmeans(support_emb: Tensor, support_labels: Tensor, query_emb: Tensor, n_way: int, iterations: int,
+                scale: float, min_confidence: float = 0.0) -> Tensor:
+    """Prototypes [N, H] refined with the unlabelled query embeddings (transductive soft k-means,
+    Ren et al. 2018): each iteration adds every query to every class, weighted by the class
+    probability under the current prototypes; queries whose top probability is below
+    `min_confidence` are left out. Zero iterations: the plain support prototypes."""
+    sums = torch.zeros(n_way, support_emb.shape[1], dtype=support_emb.dtype, device=support_emb.device)
+    sums.index_add_(0, support_labels, support_emb)
+    counts = torch.bincount(support_labels, minlength=n_way).to(support_emb.dtype)
+    c = sums / counts.clamp_min(1).unsqueeze(1)
+    for _ in range(iterations):
+        z = torch.softmax(head_logits(prototype_head(c), query_emb, scale), dim=1)  # [Q, N]
+        z = z * (z.max(1, keepdim=True).values >= min_confidence)
+        c = (sums + z.T @ query_emb) / (counts + z.sum(0)).clamp_min(1e-8).unsqueeze(1)
+    return c
 
 
 def zero_head(hidden: int, n_way: int, device: torch.device | None = None) -> Params:

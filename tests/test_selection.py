@@ -77,3 +77,34 @@ def test_untrained_start_wins_when_training_only_hurts(tiny_bert_dir, toy_csv, t
     body = load_body(ModelConfig(name=str(tiny_bert_dir)))
     from llm_meta.checkpoint import load_adapter_params
     assert all(load_adapter_params(body, out / "adapter")[k].abs().sum() == 0 for k in body.lora_names if "lora_B" in k)
+
+
+def test_soft_kmeans_zero_iterations_is_plain_prototypes_and_refinement_moves_to_the_queries():
+    from llm_meta.heads import prototypes, soft_kmeans
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[4.0, 0.0], [0.0, 4.0]])
+    support = centres + torch.tensor([[1.5, 1.0], [1.0, 1.5]])  # one shot per class, off centre
+    labels = torch.tensor([0, 1])
+    query = torch.cat([centres[y] + 0.3 * torch.randn(20, 2, generator=gen) for y in (0, 1)])
+    assert torch.equal(soft_kmeans(support, labels, query, 2, 0, 10.0), prototypes(support, labels, 2))
+    refined = soft_kmeans(support, labels, query, 2, 3, 1.0)
+    assert (refined - centres).norm(dim=1).max() < (support - centres).norm(dim=1).min()
+    # a confidence no query reaches leaves the prototypes where the support put them
+    assert torch.allclose(soft_kmeans(support, labels, query, 2, 3, 1.0, min_confidence=1.01), support)
+
+
+def test_transductive_scoring_runs_on_an_episode(tiny_bert_dir):
+    from llm_meta.algorithms import episode_accuracy
+    from llm_meta.episodes import Episode
+
+    body = load_body(ModelConfig(name=str(tiny_bert_dir)))
+    ep = Episode(Examples(["card payment please", "play me a song"], [0, 1]),
+                 Examples(["card declined again", "music on now", "pay by card", "a song please"], [0, 1, 0, 1]),
+                 ["card", "music"], "toy")
+    params = lora_params(body)
+    plain = episode_accuracy(body, params, ep, InnerConfig(steps=0))  # nearest support prototype
+    none_confident = episode_accuracy(body, params, ep, InnerConfig(steps=0, transductive=2,
+                                                                     transductive_confidence=1.01))
+    assert none_confident == plain
+    assert 0 <= episode_accuracy(body, params, ep, InnerConfig(steps=2, transductive=2, label_examples=1)) <= 1
