@@ -12,6 +12,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from llm_meta.tasks import Task, TaskError
 
@@ -125,3 +126,29 @@ class EpisodeSampler:
 
     def episodes(self, count: int, start: int = 0) -> list[Episode]:
         return [self.episode(i) for i in range(start, start + count)]
+
+
+class StagedSampler:
+    """A way/shot curriculum over samplers: episode `i` comes from the last stage whose first
+    episode is at or before `i`, and is that sampler's episode `i` (still a pure function of i)."""
+
+    def __init__(self, stages: list[tuple[int, Any]]) -> None:
+        if not stages or stages[0][0] != 0:
+            raise ValueError("a curriculum needs a stage starting at episode 0")
+        self.stages = sorted(stages, key=lambda s: s[0])
+
+    def _sampler(self, index: int) -> Any:
+        return [sampler for first, sampler in self.stages if first <= index][-1]
+
+    def source_of(self, index: int) -> str:
+        return self._sampler(index).source_of(index)
+
+    def episode(self, index: int) -> Episode:
+        return self._sampler(index).episode(index)
+
+    def episodes(self, count: int, start: int = 0) -> list[Episode]:
+        return [self.episode(i) for i in range(start, start + count)]
+
+    @property
+    def pools(self) -> list:
+        return self.stages[0][1].pools

@@ -10,6 +10,7 @@ adapter, then score it against the untrained start on held-out tasks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -27,7 +28,7 @@ from llm_meta.algorithms import (ALGORITHMS, LR_PREFIX, InnerConfig, interpolate
                                  outer_lr, transfer_heads)
 from llm_meta.checkpoint import load_adapter_params, load_checkpoint, save_adapter, save_checkpoint
 from llm_meta.config import to_dict
-from llm_meta.episodes import Episode, EpisodeSampler
+from llm_meta.episodes import Episode, EpisodeSampler, StagedSampler
 from llm_meta.evaluation import mean_ci, paired_difference, score_episodes
 from llm_meta.models import ModelConfig, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, sentences_fingerprint, split_ner
@@ -39,11 +40,23 @@ log = logging.getLogger("llm_meta.meta_train")
 
 
 @dataclass
+class CurriculumStage:
+    """One stage of a way/shot curriculum."""
+
+    from_step: int  # meta-step at which this stage's episodes start
+    n_way: int
+    k_shot: int
+
+
+@dataclass
 class EpisodeConfig:
     n_way: int = 10
     k_shot: int = 5
     q_query: int = 5
     weighting: str = "uniform"  # uniform | size: how an episode's task is chosen
+    # Way/shot curriculum, e.g. [{from_step: 50, n_way: 30, k_shot: 5}]: from that meta-step on,
+    # episodes have that shape (before the first stage: n_way/k_shot above).
+    curriculum: list[CurriculumStage] = field(default_factory=list)
 
 
 @dataclass
@@ -186,14 +199,26 @@ def main(cfg: Config) -> dict:
 
 
 def training_sampler(cfg: Config, body) -> tuple[Any, dict[str, str]]:
-    """The meta-training episode sampler and a hash of each source's data (for provenance).
+    """The meta-training sampler (staged when there is a way/shot curriculum) and data hashes."""
+    e = cfg.episodes
+    sampler, hashes = source_sampler(cfg, body, e.n_way, e.k_shot)
+    if not e.curriculum:
+        return sampler, hashes
+    stages = [(0, sampler)] + [(stage.from_step * cfg.outer.meta_batch, source_sampler(cfg, body, stage.n_way,
+                                                                                        stage.k_shot)[0])
+                               for stage in sorted(e.curriculum, key=lambda st: st.from_step)]
+    return StagedSampler(stages), hashes
+
+
+def source_sampler(cfg: Config, body, n_way: int, k_shot: int) -> tuple[Any, dict[str, str]]:
+    """The episode sampler over the configured sources, and a hash of each source's data (for provenance).
 
     `ner.data` without a `{ner: true}` tasks entry: NER episodes only. Labelled tasks alone: the
     plain multi-task sampler (per-task weights if any are given). SMLMT corpora (`{smlmt: ...}`
     entries or `smlmt.data`) and `{ner: true}` make it a weighted mixture in which each source
     draws its own episodes.
     """
-    e = cfg.episodes
+    e = dataclasses.replace(cfg.episodes, n_way=n_way, k_shot=k_shot)
     entries = [TaskSource(name=t) if isinstance(t, str) else t for t in cfg.tasks]
     if any(sum(map(bool, (t.name, t.smlmt, t.ner))) != 1 for t in entries):
         raise ValueError("each tasks entry needs exactly one of name (a labelled task), smlmt (a corpus) or "

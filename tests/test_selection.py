@@ -108,3 +108,18 @@ def test_transductive_scoring_runs_on_an_episode(tiny_bert_dir):
                                                                      transductive_confidence=1.01))
     assert none_confident == plain
     assert 0 <= episode_accuracy(body, params, ep, InnerConfig(steps=2, transductive=2, label_examples=1)) <= 1
+
+
+def test_way_shot_curriculum_changes_episode_shape_at_its_step(tiny_bert_dir, toy_csv, tmp_path):  # noqa: F811
+    from llm_meta.config import load_config
+    from recipes import meta_train
+    from tests.test_meta_train import ROOT
+
+    overrides = [*tiny_overrides(tiny_bert_dir, toy_csv, tmp_path, steps=4),
+                 "episodes.curriculum=[{from_step: 2, n_way: 5, k_shot: 3}]"]
+    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
+    sampler, _ = meta_train.training_sampler(cfg, load_body(ModelConfig(name=str(tiny_bert_dir))))
+    shapes = [(e.n_way, len(e.support)) for e in sampler.episodes(8)]  # meta_batch 2: steps 0-1 then 2-3
+    assert shapes == [(3, 6)] * 4 + [(5, 15)] * 4
+    assert [e.fingerprint() for e in sampler.episodes(8)] == [e.fingerprint() for e in sampler.episodes(8)]
+    run(overrides)  # and a run goes through both stages
