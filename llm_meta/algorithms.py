@@ -43,7 +43,7 @@ class InnerConfig:
     label_examples: int = 0  # add each label name, as text, this many times to the support set
     scale: float = 10.0  # inverse temperature of the head's logits
     train_lora: bool = True  # False: adapt the head only (a linear probe on the frozen body)
-    proximal: float = 0.0  # λ of λ‖φ − θ‖² on the LoRA tensors: keeps the adapted φ near its start θ (iMAML)
+    proximal: float = 0.0  # λ of λ‖φ − θ‖² on the LoRA: keeps the adapted φ near its start θ (iMAML)
     # Scoring only: after adaptation, classify queries by prototypes refined with the unlabelled
     # queries themselves (soft k-means iterations; 0: off, the adapted head decides).
     transductive: int = 0

@@ -232,7 +232,8 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
         if local:
             raise ModelLoadError(f"could not load model folder '{cfg.name}': {str(err).splitlines()[0]}") from err
         raise ModelLoadError(
-            f"could not load model '{cfg.name}': it is not a bundled name ({', '.join([*BUNDLED_MODELS, *BUNDLED_GGUF])}), "
+            f"could not load model '{cfg.name}': it is not a bundled name "
+            f"({', '.join([*BUNDLED_MODELS, *BUNDLED_GGUF])}), "
             f"not a local model folder, and loading it as a Hub id failed (offline, or no such id?). "
             f"Cause: {str(err).splitlines()[0]}"
         ) from err

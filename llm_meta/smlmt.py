@@ -221,7 +221,8 @@ def corpus_key(sentences: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_index(sentences: list[str], min_sentences: int, tokenizer: Any, cache: Path | None = None) -> dict[str, list[int]]:
+def cached_index(sentences: list[str], min_sentences: int, tokenizer: Any,
+                 cache: Path | None = None) -> dict[str, list[int]]:
     """The inverted index from the disk cache (keyed by corpus hash, tokenizer and settings), else
     built and written atomically."""
     from llm_meta.models import cache_dir

@@ -204,9 +204,9 @@ def training_sampler(cfg: Config, body) -> tuple[Any, dict[str, str]]:
     sampler, hashes = source_sampler(cfg, body, e.n_way, e.k_shot)
     if not e.curriculum:
         return sampler, hashes
-    stages = [(0, sampler)] + [(stage.from_step * cfg.outer.meta_batch, source_sampler(cfg, body, stage.n_way,
-                                                                                        stage.k_shot)[0])
-                               for stage in sorted(e.curriculum, key=lambda st: st.from_step)]
+    stages = [(0, sampler)]
+    for stage in sorted(e.curriculum, key=lambda st: st.from_step):  # episode indices: step × meta_batch
+        stages.append((stage.from_step * cfg.outer.meta_batch, source_sampler(cfg, body, stage.n_way, stage.k_shot)[0]))
     return StagedSampler(stages), hashes
 
 
@@ -229,7 +229,8 @@ def source_sampler(cfg: Config, body, n_way: int, k_shot: int) -> tuple[Any, dic
         if cfg.smlmt.data:
             raise ValueError("ner.data with smlmt.data: add {ner: true} to tasks to mix NER with other sources")
         entries = [TaskSource(ner=True)]
-    if cfg.algorithm == "transfer" and (any(t.smlmt for t in entries) or len(entries) > 1 and any(t.ner for t in entries)):
+    unlabelled = any(t.smlmt for t in entries) or (len(entries) > 1 and any(t.ner for t in entries))
+    if cfg.algorithm == "transfer" and unlabelled:
         raise ValueError("algorithm transfer trains one head per labelled dataset; SMLMT and mixed NER "
                          "sources have no fixed label set: use a meta-learning algorithm with them")
     sources, hashes = [], {}
