@@ -5,6 +5,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Converted models and SMLMT indexes go to a throw-away cache, not the user's.
+os.environ.setdefault("LLM_META_CACHE", __import__("tempfile").mkdtemp(prefix="llm_meta_cache_"))
 
 from pathlib import Path  # noqa: E402
 

@@ -126,6 +126,19 @@ ROWS = {
         lambda ws, tmp: ["predict", "--model", str(ws["taskmodel"]), "--empty", "error", "--output",
                          str(ws["taskmodel"] / "out.jsonl"), "--input", bad_file(tmp, "in.txt", "card payment\n\n")],
         r"1 empty or whitespace-only text\(s\) in the input \(first at line/row 2\)"),
+    "smlmt_corpus_too_small": (
+        lambda ws, tmp: meta_train_args(ws, "tasks=[]", "smlmt.data=" + bad_file(
+            tmp, "small.txt", "\n".join(f"the weather in paris today {i}" for i in range(3)))),
+        r"corpus '.*small.txt' \(3 sentences\) has 0 eligible word\(s\) .*K\+Q=4 .*3-way episodes need 3"),
+    "task_entry_with_two_sources": (
+        lambda ws, tmp: meta_train_args(ws, "tasks=[{name: clinc, smlmt: corpus.txt}]"),
+        r"each tasks entry needs exactly one of name .*, smlmt .* or ner: true"),
+    "too_many_lora_layers": (
+        lambda ws, tmp: adapt_args(ws, str(ws["data"]), "model.lora_layers=9"),
+        r"model.lora_layers must be between 1 and the model's 2 layers, got 9"),
+    "missing_gguf_file": (
+        lambda ws, tmp: adapt_args(ws, str(ws["data"]), f"model.name={tmp / 'nope.gguf'}"),
+        r"GGUF file '.*nope.gguf' does not exist"),
     "missing_config_file": (
         lambda ws, tmp: ["meta-train", "--config", str(tmp / "nope.yaml")],
         r"config file not found: .*nope.yaml"),
