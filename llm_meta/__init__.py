@@ -7,11 +7,14 @@ The three everyday verbs:
     clf.save("my_model")
     llm_meta.FewShotClassifier.load("my_model").predict(["where is my card?"])
     clf.evaluate("my_intents_test.csv", split="train")
+    clf = llm_meta.continue_adapt(clf, ["cancel my order"], ["cancel"], new_classes=["cancel"])  # online
 """
 
 from llm_meta.classifier import AdaptConfig, FewShotClassifier, adapt
 from llm_meta.episodes import Episode, EpisodeSampler, Examples
+from llm_meta.online import ContinueConfig, continue_adapt
 from llm_meta.tasks import Task, load_task
 
 __version__ = "0.1.0"
-__all__ = ["AdaptConfig", "Episode", "EpisodeSampler", "Examples", "FewShotClassifier", "Task", "adapt", "load_task"]
+__all__ = ["AdaptConfig", "ContinueConfig", "Episode", "EpisodeSampler", "Examples", "FewShotClassifier", "Task",
+           "adapt", "continue_adapt", "load_task"]

@@ -6,7 +6,8 @@ class, then predict and evaluate. The same `adapt` inner loop as meta-training d
     FewShotClassifier.load("my_model").predict(["where is my card?"])
 
 A saved task model is a folder with a standard PEFT adapter (the adapted LoRA), `head.safetensors`
-(the adapted classifier head), `labels.json`, `llm_meta.json` and `manifest.json` (checksums).
+(the adapted classifier head), `labels.json`, `support.jsonl` (the support set it was adapted on,
+replayed by `llm_meta.online.continue_adapt`), `llm_meta.json` and `manifest.json` (checksums).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class FewShotClassifier:
     labels: list[str]
     scale: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    support: Examples | None = None  # what it was adapted on (labels index `labels`); replayed when continuing
 
     # ---- use ----
     @torch.no_grad()
@@ -110,17 +112,40 @@ class FewShotClassifier:
     # ---- disk ----
     def save(self, folder: str | Path) -> Path:
         """Write the task model folder atomically (PEFT adapter + head + labels + metadata)."""
+        extra = {} if self.support is None else {SUPPORT_FILE: lambda path: write_support(path, self.support, self.labels)}
         return save_task_model(self.body, self.params, self.labels, self.scale, self.metadata, CLASSIFIER_FORMAT,
-                               folder)
+                               folder, extra)
 
     @classmethod
     def load(cls, folder: str | Path) -> "FewShotClassifier":
         """Load a task model folder written by `save` (checksums verified)."""
-        return cls(*load_task_model(folder, CLASSIFIER_FORMAT, "a task model (make one with `llm-meta adapt`)"))
+        clf = cls(*load_task_model(folder, CLASSIFIER_FORMAT, "a task model (make one with `llm-meta adapt`)"))
+        if (Path(folder) / SUPPORT_FILE).is_file():
+            clf.support = read_support(Path(folder) / SUPPORT_FILE, clf.labels)
+        return clf
+
+
+SUPPORT_FILE = "support.jsonl"
+
+
+def write_support(path: Path, support: Examples, labels: list[str]) -> None:
+    """The support set as JSON lines of {"text", "label"} (label names, so the file reads on its own)."""
+    with path.open("w", encoding="utf-8") as f:
+        for text, y in zip(support.texts, support.labels):
+            f.write(json.dumps({"text": text, "label": labels[y]}, ensure_ascii=False) + "\n")
+
+
+def read_support(path: Path, labels: list[str]) -> Examples:
+    index = {name: i for i, name in enumerate(labels)}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    unknown = sorted({r["label"] for r in rows} - set(index))
+    if unknown:
+        raise CheckpointError(f"{path} has labels the model does not know: {', '.join(unknown[:10])}")
+    return Examples([r["text"] for r in rows], [index[r["label"]] for r in rows])
 
 
 def save_task_model(body: Body, params: Params, labels: list[str], scale: float, metadata: dict[str, Any],
-                    fmt: str, folder: str | Path) -> Path:
+                    fmt: str, folder: str | Path, extra_files: dict[str, Any] | None = None) -> Path:
     """A task model folder (classifier or NER tagger): PEFT adapter, head, labels, metadata, checksums."""
     lora = {k: v for k, v in params.items() if k not in HEAD_KEYS}
     head = {k: params[k].detach().contiguous().cpu() for k in HEAD_KEYS}
@@ -128,6 +153,7 @@ def save_task_model(body: Body, params: Params, labels: list[str], scale: float,
     return save_adapter(body, lora, folder, meta, extra_files={
         "head.safetensors": lambda path: save_file(head, str(path)),
         "labels.json": lambda path: path.write_text(json.dumps(labels, ensure_ascii=False, indent=1)),
+        **(extra_files or {}),
     })
 
 
@@ -212,4 +238,4 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     }
     log.info("adapted to %s (%d labels, %d support examples) in %.1f s", data.name, len(labels), len(examples),
              meta["adapt_seconds"])
-    return FewShotClassifier(body, fast, labels, cfg.inner.scale, meta)
+    return FewShotClassifier(body, fast, labels, cfg.inner.scale, meta, support=examples)

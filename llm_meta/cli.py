@@ -79,6 +79,10 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 
     if args.ner:
         return _adapt_tagger(args)
+    if args.continue_from:
+        return _continue(args)
+    if args.new_class:
+        raise ValueError("--new-class declares classes added to an adapted model: use it with --continue")
 
     cfg = load_config(AdaptConfig, args.config, args.overrides)
     if args.adapter is not None:
@@ -89,6 +93,26 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     clf.save(args.output)
     print(f"adapted {clf.metadata['start']} to '{clf.metadata['task']}': {len(clf.labels)} labels, "
           f"{clf.metadata['support_size']} support examples, {clf.metadata['adapt_seconds']} s -> {args.output}")
+
+
+def _continue(args: argparse.Namespace) -> None:
+    from llm_meta.classifier import FewShotClassifier
+    from llm_meta.config import load_config
+    from llm_meta.online import ContinueConfig, continue_adapt
+    from llm_meta.tasks import load_task
+
+    cfg = load_config(ContinueConfig, args.config, args.overrides)
+    if args.support is None or args.task or args.adapter:
+        raise ValueError("--continue takes --support NEW_FILE (the new labelled examples), not --task or --adapter")
+    new = load_task(args.support, cfg.text_column, cfg.label_column).split("train")
+    clf = FewShotClassifier.load(args.continue_from)
+    new_classes = [c.strip() for value in args.new_class for c in value.split(",") if c.strip()]
+    clf = continue_adapt(clf, list(new["text"]), list(new["label"]), new_classes, cfg)
+    clf.save(args.output)
+    step = clf.metadata["continued"][-1]
+    print(f"continued {args.continue_from} with {step['examples']} examples ({len(new_classes)} new classes, "
+          f"{step['steps']} steps, {step['seconds']} s): {len(clf.labels)} labels, {len(clf.support)} stored "
+          f"support examples -> {args.output}")
 
 
 def _adapt_tagger(args: argparse.Namespace) -> None:
@@ -260,10 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--support", default=None, help="a small labelled file used whole as the support set")
     p.add_argument("--shots", type=int, default=None, help="K examples per class (default 5)")
     p.add_argument("--output", required=True, help="folder for the adapted task model")
+    p.add_argument("--continue", dest="continue_from", default=None, metavar="MODEL_DIR",
+                   help="online: add the --support examples (and --new-class classes) to this adapted task model")
+    p.add_argument("--new-class", action="append", default=[], metavar="NAME",
+                   help="with --continue: a label of --support that is a new class (repeat, or comma-separated)")
     p.add_argument("--ner", action="store_true", help="an NER task: --task is wnut16, a CoNLL file or a "
                    "tokens/ner_tags dataset; --shots counts mentions per entity type")
     p.add_argument("--config", default=None, help="optional YAML AdaptConfig")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. inner.steps=20 seed=1 text_column=utterance")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. inner.steps=20 seed=1 text_column=utterance "
+                   "(with --continue: steps=5 lr=... text_column=...)")
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("predict", help="label texts with an adapted task model")
