@@ -26,6 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from llm_meta.episodes import Episode, Examples
 from llm_meta.heads import (HEAD_KEYS, head_logits, proto_head, prototype_head, prototypes, soft_kmeans,
                             with_label_names, zero_head)
+from llm_meta.hypernet import generated_params, has_hypernet
 from llm_meta.models import Body, Params, embed, embed_texts, tokenize
 from llm_meta.ner import (align_words, embed_words, entity_type, is_token_level, token_loss_and_accuracy,
                           word_embeddings, word_labels)
@@ -162,8 +163,13 @@ def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerC
 
     Returns detached fast parameters (LoRA + head). First-order: the graph of each step is
     dropped, so memory does not grow with the number of steps. `params` is not modified. Meta-SGD
-    learning rates in `params` (keys `LR_PREFIX + name`) replace `cfg.lr` tensor by tensor.
+    learning rates in `params` (keys `LR_PREFIX + name`) replace `cfg.lr` tensor by tensor. A
+    hypernetwork in `params` first writes the starting LoRA from the support set (zero steps: the
+    generated adapter with a prototype head).
     """
+    if has_hypernet(params):
+        with torch.no_grad():
+            params = generated_params(body, params, support, n_way, label_names)
     support, head = _episode_start(body, params, support, n_way, cfg, label_names, head)
     weights, lrs = split_rates(params)
     trainable = [k for k in weights if cfg.train_lora] + list(HEAD_KEYS)
@@ -423,8 +429,29 @@ def ner_transfer_heads(body: Body, params: Params, task: str, sentences: list, t
 
 
 Algorithm = Callable[[Body, Params, Episode, InnerConfig, int], tuple[Params, StepStats]]
+def through_hypernet(algorithm: Algorithm) -> Algorithm:
+    """`algorithm` run from the LoRA the hypernetwork in `params` writes for the episode's support
+    set; its gradient w.r.t. that LoRA is carried back to the hypernetwork and to θ0 (chain rule).
+
+    Over `protonet` this is end-to-end training of the generator with a ProtoNet (= Proto-MAML at
+    zero steps) query loss; over `fomaml` the generated adapter is the start of the inner loop and
+    the first-order meta-gradient flows back through the generator."""
+    def hyper_algorithm(body: Body, params: Params, episode: Episode, cfg: InnerConfig,
+                        seed: int = 0) -> tuple[Params, StepStats]:
+        live = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        start = generated_params(body, live, episode.support, episode.n_way, episode.label_names)
+        grads_at_start, stats = algorithm(body, {k: v.detach() for k, v in start.items()}, episode, cfg, seed)
+        keys = list(grads_at_start)
+        grads = torch.autograd.grad([start[k] for k in keys], list(live.values()),
+                                    grad_outputs=[grads_at_start[k] for k in keys], allow_unused=True)
+        return {k: g if g is not None else torch.zeros_like(live[k]) for k, g in zip(live, grads)}, stats
+    hyper_algorithm.__name__ = f"hypernet_{algorithm.__name__}"
+    return hyper_algorithm
+
+
 ALGORITHMS: dict[str, Algorithm] = {"fomaml": fomaml, "maml": maml, "metasgd": metasgd, "reptile": reptile,
-                                    "protonet": protonet, "transfer": transfer}
+                                    "protonet": protonet, "transfer": transfer,
+                                    "hypernet": through_hypernet(protonet), "hypernet+fomaml": through_hypernet(fomaml)}
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from llm_meta.algorithms import LR_PREFIX
 from llm_meta.heads import HEAD_KEYS
+from llm_meta.hypernet import HYPER_PREFIX, split_hypernet
 from llm_meta.models import Body, Params, set_lora_params
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 METADATA_FILE = "llm_meta.json"
 MANIFEST = "manifest.json"
 RATES_FILE = "meta_sgd_rates.safetensors"  # Meta-SGD's learned inner learning rates, beside the PEFT files
+HYPERNET_FILE = "hypernet.safetensors"  # a LoRA hypernetwork's tensors (llm_meta.hypernet), beside the PEFT files
 
 
 class CheckpointError(RuntimeError):
@@ -104,6 +106,9 @@ def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[
     rates = {k[len(LR_PREFIX):]: v.detach().contiguous().cpu() for k, v in params.items() if k.startswith(LR_PREFIX)}
     if rates:
         save_file(rates, str(tmp / RATES_FILE))
+    hyper = {k: v.detach().contiguous().cpu() for k, v in split_hypernet(params)[1].items()}
+    if hyper:
+        save_file(hyper, str(tmp / HYPERNET_FILE))
     body.model.save_pretrained(str(tmp))
     # Record the model *name* the user gave (e.g. the bundled one), not this machine's path to it.
     config_path = tmp / "adapter_config.json"
@@ -119,7 +124,8 @@ def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[
 
 def load_adapter_params(body: Body, folder: str | Path) -> Params:
     """The LoRA tensors of a saved adapter folder as a params dict keyed like `lora_params(body)`,
-    plus Meta-SGD's learned rates (keys LR_PREFIX + tensor) when the adapter has them."""
+    plus Meta-SGD's learned rates (keys LR_PREFIX + tensor) and a hypernetwork (keys HYPER_PREFIX + …)
+    when the adapter has them."""
     folder = Path(folder)
     recover_folder(folder)
     verify_folder(folder)
@@ -135,6 +141,8 @@ def load_adapter_params(body: Body, folder: str | Path) -> Params:
         if not set(rates) <= set(body.lora_names) | set(HEAD_KEYS):
             raise CheckpointError(f"{folder}: {RATES_FILE} names tensors this model does not have")
         params.update({LR_PREFIX + k: v.to(body.device) for k, v in rates.items()})
+    if (folder / HYPERNET_FILE).is_file():  # its fit to this body's LoRA is checked when it generates
+        params.update({HYPER_PREFIX + k: v.to(body.device) for k, v in load_file(str(folder / HYPERNET_FILE)).items()})
     return params
 
 

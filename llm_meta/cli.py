@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from llm_meta.checkpoint import CheckpointError
 from llm_meta.config import ConfigError
@@ -85,6 +86,11 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         raise ValueError("--new-class declares classes added to an adapted model: use it with --continue")
 
     cfg = load_config(AdaptConfig, args.config, args.overrides)
+    if args.init is not None:  # hypernet:DIR — the start is the adapter a hypernetwork writes for this task
+        if args.adapter is not None or not args.init.startswith("hypernet:"):
+            raise ValueError("--init takes hypernet:DIR (a hypernetwork from `llm-meta meta-train "
+                             "algorithm=hypernet`), instead of --adapter")
+        args.adapter = _hypernet_folder(args.init[len("hypernet:"):])
     if args.adapter is not None:
         cfg.adapter = None if args.adapter.lower() == "none" else args.adapter
     cfg.task, cfg.support = args.task or cfg.task, args.support or cfg.support
@@ -93,6 +99,30 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     clf.save(args.output)
     print(f"adapted {clf.metadata['start']} to '{clf.metadata['task']}': {len(clf.labels)} labels, "
           f"{clf.metadata['support_size']} support examples, {clf.metadata['adapt_seconds']} s -> {args.output}")
+
+
+def _hypernet_folder(folder: str) -> str:
+    from llm_meta.checkpoint import HYPERNET_FILE, read_metadata
+
+    meta = read_metadata(folder)
+    if not (Path(folder) / HYPERNET_FILE).is_file():
+        raise CheckpointError(f"{folder} is an llm_meta {meta.get('algorithm', 'adapter')} adapter without a "
+                              f"hypernetwork (meta-train one with algorithm=hypernet)")
+    return folder
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    """A task's adapter from its support set in one forward pass of a hypernetwork: no gradient steps."""
+    import dataclasses
+
+    from llm_meta.classifier import AdaptConfig, adapt, default_adapt_config
+
+    cfg = AdaptConfig(support=args.support, adapter=_hypernet_folder(args.hypernet), text_column=args.text_column,
+                      label_column=args.label_column, inner=dataclasses.replace(default_adapt_config(), steps=0))
+    clf = adapt(cfg=cfg)
+    clf.save(args.output)
+    print(f"generated an adapter for '{clf.metadata['task']}' ({len(clf.labels)} labels, "
+          f"{clf.metadata['support_size']} support examples) in {clf.metadata['adapt_seconds']} s -> {args.output}")
 
 
 def _continue(args: argparse.Namespace) -> None:
@@ -261,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0)
     p.set_defaults(func=cmd_episode)
 
-    p = sub.add_parser("meta-train", help="meta-train a LoRA adapter (FOMAML, MAML, Meta-SGD, Reptile, ProtoNet) over episodes")
+    p = sub.add_parser("meta-train", help="meta-train a LoRA adapter (FOMAML, MAML, Meta-SGD, Reptile, ProtoNet) or a LoRA hypernetwork over episodes")
     p.add_argument("--config", default=None, help="YAML config (recipes/configs/meta_train.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
@@ -280,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("adapt", help="adapt a meta-trained adapter (or none) to a new task from K examples per class")
     p.add_argument("--adapter", default=None, help="llm_meta adapter folder, or 'none' for the untrained start")
+    p.add_argument("--init", default=None, metavar="hypernet:DIR",
+                   help="start from the adapter a trained hypernetwork writes for this task (then adapt)")
     p.add_argument("--task", default=None, help="registry name, local file/folder, or hf:<id>: K per class drawn from it")
     p.add_argument("--support", default=None, help="a small labelled file used whole as the support set")
     p.add_argument("--shots", type=int, default=None, help="K examples per class (default 5)")
@@ -294,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. inner.steps=20 seed=1 text_column=utterance "
                    "(with --continue: steps=5 lr=... text_column=...)")
     p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("generate", help="write a task model from a support set with a trained hypernetwork, "
+                       "in one forward pass (no gradient steps)")
+    p.add_argument("--hypernet", required=True, help="folder from `llm-meta meta-train` with algorithm=hypernet")
+    p.add_argument("--support", required=True, help="labelled file (.csv/.jsonl/...) used whole as the support set")
+    p.add_argument("--output", "--out", required=True, help="folder for the task model (a standard PEFT adapter + head)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("predict", help="label texts with an adapted task model")
     p.add_argument("--model", required=True, help="task model folder written by `llm-meta adapt`")

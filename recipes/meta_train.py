@@ -30,6 +30,7 @@ from llm_meta.checkpoint import load_adapter_params, load_checkpoint, save_adapt
 from llm_meta.config import to_dict
 from llm_meta.episodes import Episode, EpisodeSampler, StagedSampler
 from llm_meta.evaluation import mean_ci, paired_difference, score_episodes
+from llm_meta.hypernet import HYPER_PREFIX, HypernetConfig, count_parameters, init_hypernet
 from llm_meta.models import ModelConfig, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, sentences_fingerprint, split_ner
 from llm_meta.smlmt import MixtureSampler, SmlmtConfig, SmlmtSampler, corpus_key, load_corpus
@@ -96,7 +97,9 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    algorithm: str = "fomaml"  # fomaml | maml (second order) | metasgd | reptile | protonet | transfer
+    # fomaml | maml (second order) | metasgd | reptile | protonet | transfer | hypernet (a LoRA-writing
+    # hypernetwork trained end to end with a ProtoNet query loss) | hypernet+fomaml (its output starts FOMAML)
+    algorithm: str = "fomaml"
     seed: int = 0
     output_dir: str = "runs/meta_train"
     resume: bool = False
@@ -111,6 +114,7 @@ class Config:
     inner: InnerConfig = field(default_factory=InnerConfig)  # inner loop during meta-training
     adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # at validation/test time
     outer: OuterConfig = field(default_factory=OuterConfig)
+    hypernet: HypernetConfig = field(default_factory=HypernetConfig)  # algorithm hypernet*
     validate_every: int = 20  # meta-steps between validations (and checkpoints)
     # Each validation also scores θ0 + α(θ − θ0) for these α (1.0: the trained LoRA itself); the best
     # (step, α) on meta-validation is kept. α < 1 pulls a trained start back towards the pretrained model.
@@ -148,6 +152,10 @@ def main(cfg: Config) -> dict:
             params.update({k: v.requires_grad_(True) for k, v in head.items()})
     if cfg.algorithm == "metasgd":  # one learned inner learning rate per tensor, saved with the adapter
         params.update({k: v.requires_grad_(True) for k, v in meta_sgd_rates(start, cfg.inner.lr).items()})
+    if cfg.algorithm.startswith("hypernet"):  # trained with θ0; zero output layer: it starts by writing θ0
+        hyper = init_hypernet(start, body.hidden_size, cfg.hypernet, cfg.seed)
+        params.update({k: v.requires_grad_(True) for k, v in hyper.items()})
+        log.info("hypernetwork: %.2fM parameters for %d LoRA tensors", count_parameters(hyper) / 1e6, len(start))
 
     optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cfg.outer.optimizer](params.values(), lr=cfg.outer.lr)
 
@@ -301,8 +309,9 @@ def _validate(cfg: Config, body, params, start, episodes, step: int, state: dict
               run_log: RunLog) -> dict:
     """Score the current start (and its interpolations towards θ0) on meta-validation episodes;
     keep the best candidate so far as the adapter."""
-    # LoRA (+ Meta-SGD rates), not the transfer baseline's heads.
-    current = {k: v.detach() for k, v in params.items() if k in body.lora_names or k.startswith(LR_PREFIX)}
+    # LoRA (+ Meta-SGD rates, + hypernetwork), not the transfer baseline's heads.
+    current = {k: v.detach() for k, v in params.items()
+               if k in body.lora_names or k.startswith(LR_PREFIX) or k.startswith(HYPER_PREFIX)}
     metric = "entity F1" if ner_only(cfg) else "accuracy"
     for alpha in sorted(set(cfg.interpolation), reverse=True) if step > 0 else [1.0]:  # at step 0 θ = θ0
         candidate = interpolate(start, current, alpha)
