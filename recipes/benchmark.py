@@ -9,7 +9,10 @@ and head initialisation, then write a markdown report, a JSON file with every nu
 
 Methods: prototype (frozen, no steps), linear_probe (head only), finetune (LoRA + head from the
 untrained start), transfer / fomaml / maml / metasgd / reptile (LoRA + head from the trained
-start), protonet (nearest prototype from the ProtoNet-trained start, no steps).
+start), protonet (nearest prototype from the ProtoNet-trained start, no steps), hypernet (the adapter a
+trained hypernetwork writes from the support set, no steps), hypernet_adapt (that adapter + the
+shared adaptation), hypernet_fomaml (generator trained through FOMAML, + adaptation). Each row
+also gets its wall time per episode (generate/adapt + score the queries).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -49,6 +53,10 @@ METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
     "metasgd": ("metasgd", lambda c: c),  # its learned per-tensor rates replace adapt.lr
     "reptile": ("reptile", lambda c: c),
     "protonet": ("protonet", lambda c: dataclasses.replace(c, steps=0)),  # ProtoNet's own protocol
+    # The hypernetwork's adapter for the episode, written in one forward pass (0 steps), then adapted.
+    "hypernet": ("hypernet", lambda c: dataclasses.replace(c, steps=0)),
+    "hypernet_adapt": ("hypernet", lambda c: c),
+    "hypernet_fomaml": ("hypernet_fomaml", lambda c: c),  # generator trained through FOMAML's inner loop
 }
 
 
@@ -100,7 +108,8 @@ class Config:
     train_configs: dict[str, str] = field(default_factory=lambda: {
         "fomaml": "recipes/configs/meta_train.yaml", "reptile": "recipes/configs/reptile.yaml",
         "transfer": "recipes/configs/transfer.yaml", "maml": "recipes/configs/maml.yaml",
-        "metasgd": "recipes/configs/metasgd.yaml", "protonet": "recipes/configs/protonet.yaml"})
+        "metasgd": "recipes/configs/metasgd.yaml", "protonet": "recipes/configs/protonet.yaml",
+        "hypernet": "recipes/configs/hypernet.yaml", "hypernet_fomaml": "recipes/configs/hypernet_fomaml.yaml"})
     train_overrides: list[str] = field(default_factory=list)  # applied to every start's training run
     start_overrides: dict[str, list[str]] = field(default_factory=dict)  # start name -> its own overrides (after)
     budget_scale: float = 1.0  # scales each training config's outer.steps and validate_every (quick runs)
@@ -150,21 +159,24 @@ def main(cfg: Config) -> dict:
     units = [(m, s) for m in cfg.methods for s in settings]
     scores: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}
     seen: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}  # hash of the episodes each method scored
+    seconds: dict[str, dict[str, float]] = {m: {} for m in cfg.methods}  # wall time per episode
     for method, key in tqdm(units, desc="benchmark", disable=None):
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
         # The untrained LoRA's random A matters only once LoRA trains (B = 0 until then).
         lora_moves = start != "untrained" or (inner.train_lora and inner.steps > 0)
         seeds = cfg.meta_seeds if lora_moves else cfg.meta_seeds[:1]
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
+        began = time.perf_counter()
         runs = [score_episodes(body, starts[(start, s)], episodes, inner, progress=False) for s in seeds]
+        seconds[method][name] = (time.perf_counter() - began) / (len(seeds) * len(episodes))
         scores[method][name] = [sum(r[i] for r in runs) / len(runs) for i in range(len(runs[0]))]
         seen[method][name] = _hash(episodes)
 
-    report = _report(cfg, settings, scores, trained)
+    report = _report(cfg, settings, scores, trained, seconds)
     (out / "report.md").write_text(report)
     results = {"config": to_dict(cfg), "starts": trained,
                "hashes": {"/".join(map(str, k)): v["hash"] for k, v in settings.items()},
-               "episodes_seen": seen, "scores": scores}
+               "episodes_seen": seen, "scores": scores, "seconds_per_episode": seconds}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     _plot(cfg, settings, scores, out / "accuracy_vs_k.png")
     print(report)
@@ -258,7 +270,7 @@ def _hash(episodes: list[Episode]) -> str:
     return hashlib.sha256("".join(e.fingerprint() for e in episodes).encode()).hexdigest()[:16]
 
 
-def _report(cfg: Config, settings: dict, scores: dict, trained: dict) -> str:
+def _report(cfg: Config, settings: dict, scores: dict, trained: dict, seconds: dict) -> str:
     lines = ["# Benchmark report", "",
              f"Adaptation for every method: {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
              f"head init {cfg.adapt.head_init}; methods that train LoRA are averaged over meta-seeds "
@@ -280,8 +292,8 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict) -> str:
         episodes = setting["episodes"]
         lines += [f"## {task}, {protocol}, {episodes[0].n_way}-way {k}-shot "
                   f"({len(episodes)} episodes, hash {setting['hash']})", "",
-                  f"| method | {_metric(protocol)} | {' | '.join(f'vs {r}' for r in cfg.references)} |",
-                  "|---|---|" + "---|" * len(cfg.references)]
+                  f"| method | {_metric(protocol)} | {' | '.join(f'vs {r}' for r in cfg.references)} | "
+                  f"s/episode |", "|---|---|" + "---|" * len(cfg.references) + "---|"]
         name = "/".join(map(str, key))
         for method in cfg.methods:
             s = scores[method][name]
@@ -289,7 +301,7 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict) -> str:
             for reference in cfg.references:
                 ref = scores.get(reference, {}).get(name)
                 diffs.append("-" if ref is None or method == reference else _fmt_diff(paired_difference(s, ref)))
-            lines.append(f"| {method} | {mean_ci(s)} | {' | '.join(diffs)} |")
+            lines.append(f"| {method} | {mean_ci(s)} | {' | '.join(diffs)} | {seconds[method][name]:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
