@@ -129,15 +129,15 @@ def _continue(args: argparse.Namespace) -> None:
     from llm_meta.classifier import FewShotClassifier
     from llm_meta.config import load_config
     from llm_meta.online import ContinueConfig, continue_adapt
-    from llm_meta.tasks import load_task
+    from llm_meta.tasks import load_rows
 
     cfg = load_config(ContinueConfig, args.config, args.overrides)
     if args.support is None or args.task or args.adapter:
         raise ValueError("--continue takes --support NEW_FILE (the new labelled examples), not --task or --adapter")
-    new = load_task(args.support, cfg.text_column, cfg.label_column).split("train")
+    texts, labels = load_rows(args.support, cfg.text_column, cfg.label_column)
     clf = FewShotClassifier.load(args.continue_from)
     new_classes = [c.strip() for value in args.new_class for c in value.split(",") if c.strip()]
-    clf = continue_adapt(clf, list(new["text"]), list(new["label"]), new_classes, cfg)
+    clf = continue_adapt(clf, texts, labels, new_classes, cfg)
     clf.save(args.output)
     step = clf.metadata["continued"][-1]
     print(f"continued {args.continue_from} with {step['examples']} examples ({len(new_classes)} new classes, "

@@ -195,6 +195,19 @@ def _make_task(name: str, raw: datasets.DatasetDict, text_column: str, label_col
     return task
 
 
+def load_rows(spec: str, text_column: str = "text", label_column: str = "label") -> tuple[list[str], list[str]]:
+    """(texts, labels) of the train split of a local file/folder or `hf:<id>`, with the checks of a
+    task but any number of classes: new examples for online adaptation may all be of one class."""
+    _, raw, source = load_raw(spec)
+    if isinstance(raw, datasets.Dataset):
+        raw = datasets.DatasetDict({"train": raw})
+    split = next((s for s in raw if SPLIT_ALIASES.get(s, s) == "train"), None)
+    if split is None:
+        raise TaskError(f"{source}: no train split (splits: {', '.join(raw)})")
+    ds = _normalise(raw[split], f"{source} [{split}]", text_column, label_column)
+    return list(ds["text"]), list(ds["label"])
+
+
 def _normalise(ds: datasets.Dataset, where: str, text_column: str, label_column: str) -> datasets.Dataset:
     """Check one split and bring it to string `text` / `label` columns."""
     for role, column in (("text", text_column), ("label", label_column)):

@@ -118,7 +118,17 @@ ROWS = {
         r"config key 'outer.lr' expects float, got str 'fast'"),
     "unknown_algorithm": (
         lambda ws, tmp: meta_train_args(ws, "algorithm=mamll"),
-        r"unknown algorithm 'mamll' \(valid: fomaml, maml, metasgd, reptile, protonet, transfer\)"),
+        r"unknown algorithm 'mamll' \(valid: fomaml, maml, metasgd, reptile, protonet, transfer, hypernet, "
+        r"hypernet\+fomaml\)"),
+    "continue_with_undeclared_label": (
+        lambda ws, tmp: ["adapt", "--continue", str(ws["taskmodel"]), "--output", str(ws["taskmodel"]), "--support",
+                         bad_file(tmp, "new.csv", "text,label\nbook me a flight,flight\n")],
+        r"1 label\(s\) are not known to the model and not declared as new classes: flight \(declare them with "
+        r"--new-class"),
+    "generate_without_hypernet": (
+        lambda ws, tmp: ["generate", "--hypernet", str(ws["run"] / "adapter"), "--support", str(ws["data"] / "train.csv"),
+                         "--output", str(ws["taskmodel"])],
+        r"adapter without a hypernetwork \(meta-train one with algorithm=hypernet\)"),
     "every_checkpoint_corrupt": (
         lambda ws, tmp: meta_train_args(ws, f"output_dir={_corrupt_run(ws, tmp)}"),
         r"every checkpoint is corrupt; nothing to resume from"),

@@ -73,8 +73,7 @@ def test_bad_labels_are_clear_errors(model_dir, labels, declared, message):
 
 def test_cli_continue_adds_a_class_and_unknown_label_leaves_the_folder_untouched(model_dir, tmp_path):
     new = tmp_path / "new.csv"
-    new.write_text("text,label\nset an alarm for seven,alarm\nwake me at six,alarm\nmy card was charged twice,"
-                   "card_payment\n")
+    new.write_text("text,label\nset an alarm for seven,alarm\nwake me at six,alarm\n")  # one class: allowed here
     before = _digest(model_dir)
     cmd = [sys.executable, "-m", "llm_meta.cli", "adapt", "--continue", str(model_dir), "--support", str(new),
            "--output", str(model_dir)]
@@ -87,5 +86,5 @@ def test_cli_continue_adds_a_class_and_unknown_label_leaves_the_folder_untouched
     ok = subprocess.run(cmd[:-1] + [str(out), "--new-class", "alarm", "steps=1"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     clf = FewShotClassifier.load(out)
-    assert clf.labels == list(TOPICS) + ["alarm"] and len(clf.support) == 15
+    assert clf.labels == list(TOPICS) + ["alarm"] and len(clf.support) == 14
     assert _digest(model_dir) == before
