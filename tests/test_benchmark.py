@@ -12,7 +12,7 @@ from recipes.benchmark import Config, EpisodicConfig, FullwayConfig
 from tests.test_classifier import toy  # noqa: F401  (fixture: a folder with train/test csv files)
 from tests.test_meta_train import tiny_overrides
 
-TRAINED = ("fomaml", "maml", "metasgd", "protonet", "reptile", "transfer")  # every start of the default methods
+TRAINED = ("fomaml", "hypernet", "hypernet_fomaml", "maml", "metasgd", "protonet", "reptile", "transfer")  # default methods
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,8 @@ def test_outputs(results_dir):
     report = (out / "report.md").read_text()
     for h in results["hashes"].values():
         assert h in report
-    assert "| transfer |" in report and "vs transfer" in report
+    assert "| transfer |" in report and "vs transfer" in report and "| hypernet_adapt |" in report
+    assert "s/episode" in report and all(t > 0 for per in results["seconds_per_episode"].values() for t in per.values())
     assert set(results["starts"]) == {f"{m}/seed{s}" for m in TRAINED for s in (0, 1)}
     for name, start in results["starts"].items():
         assert start["steps_trained"] == 2 and start["selected_step"] in (0, 2)
