@@ -144,16 +144,16 @@ def main(cfg: Config) -> dict:
     settings = {}
     for task in map(load_task, cfg.episodic.tasks):
         for k in cfg.episodic.shots:
-            settings[("episodic", task.name, k)] = _cached(out, f"episodic-{task.name}-k{k}",
+            settings[("episodic", task.name, k)] = _cached(out, f"episodic-{task.name}-k{k}", _spec(cfg.episodic),
                                                            lambda t=task, k=k: _episodic(cfg.episodic, t, k))
     for task in map(load_task, cfg.fullway.tasks):
         for k in cfg.fullway.shots:
-            settings[("fullway", task.name, k)] = _cached(out, f"fullway-{task.name}-k{k}",
+            settings[("fullway", task.name, k)] = _cached(out, f"fullway-{task.name}-k{k}", _spec(cfg.fullway),
                                                           lambda t=task, k=k: _fullway(cfg.fullway, t, k))
     if cfg.ner.split.data:
         name = Path(cfg.ner.split.data).stem
         for k in cfg.ner.shots:
-            settings[("ner", name, k)] = _cached(out, f"ner-{name}-k{k}", lambda k=k: _ner(cfg.ner, k))
+            settings[("ner", name, k)] = _cached(out, f"ner-{name}-k{k}", _spec(cfg.ner), lambda k=k: _ner(cfg.ner, k))
 
     # Score every method on every setting: per-episode accuracies, averaged over meta-seeds.
     units = [(m, s) for m in cfg.methods for s in settings]
@@ -246,9 +246,17 @@ def _fullway(fc: FullwayConfig, task: Task, k: int) -> list[Episode]:
     return episodes
 
 
-def _cached(out: Path, name: str, make: Callable[[], list[Episode]]) -> dict:
-    """Episodes from the cache file if present, else generated and written; with their hash."""
-    path = out / "episodes" / f"{name}.json"
+def _spec(protocol_cfg) -> str:
+    """A short hash of what generates a protocol's episodes, minus the lists of tasks and K (each
+    (task, K) has its own file): another episode count, seed or way is another cache file."""
+    fields = {k: v for k, v in to_dict(protocol_cfg).items() if k not in ("tasks", "shots")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _cached(out: Path, name: str, spec: str, make: Callable[[], list[Episode]]) -> dict:
+    """Episodes from the cache file of this (setting, generating config) if present, else generated
+    and written; with their hash."""
+    path = out / "episodes" / f"{name}-{spec}.json"
     try:
         episodes = [Episode(Examples(**e["support"]), Examples(**e["query"]), e["label_names"], e["task"])
                     for e in json.loads(path.read_text())]
