@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,11 @@ class InnerConfig:
     transductive: int = 0
     transductive_confidence: float = 0.0  # queries less sure than this stay out of the refinement
     second_order: bool = False  # metasgd only: differentiate through the inner gradients (maml always does)
+    # Texts per forward pass (0: the whole batch in one). Each batch, and FOMAML's query set, is cut
+    # shortest-first into chunks of at most this many texts whose gradients are summed: the same
+    # gradient as one pass, but only one chunk's activations are alive at a time (full-way episodes
+    # fit in memory) and short intents are never padded to the length of a long topic text.
+    chunk: int = 0
 
 
 @dataclass
@@ -99,15 +104,40 @@ def loss_and_accuracy(body: Body, params: Params, texts: list[str], labels: list
     return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean()
 
 
-def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
-    """Example indices for each inner step: the full set when it fits, else seeded shuffled passes."""
+def _batches(n: int, batch_size: int, steps: int, seed: int, lengths: list[int] | None = None) -> list[list[int]]:
+    """Example indices for each inner step: the full set when it fits, else seeded shuffled passes.
+    With `lengths`, each batch is ordered shortest first, so its chunks (`_chunks`) are length buckets."""
     if n <= batch_size:
-        return [list(range(n))] * steps
-    g = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    while len(order) < steps * batch_size:
-        order += torch.randperm(n, generator=g).tolist()
-    return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+        batches = [list(range(n))] * steps
+    else:
+        g = torch.Generator().manual_seed(seed)
+        order: list[int] = []
+        while len(order) < steps * batch_size:
+            order += torch.randperm(n, generator=g).tolist()
+        batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+    return batches if lengths is None else [sorted(b, key=lambda i: lengths[i]) for b in batches]
+
+
+def _lengths(examples: Examples) -> list[int]:
+    return [len(t) for t in examples.texts]
+
+
+def _chunks(idx: list[int], size: int) -> list[list[int]]:
+    """`idx` cut into consecutive pieces of at most `size` (0: one piece)."""
+    return [idx] if size <= 0 or len(idx) <= size else [idx[i : i + size] for i in range(0, len(idx), size)]
+
+
+def summed_grad(losses: Iterable[tuple[Tensor, float]], wrt: list[Tensor], create_graph: bool = False
+                ) -> tuple[Tensor, ...]:
+    """Σ w·∇loss over (loss, w) pairs, one backward each. `losses` is consumed lazily, so a chunk's
+    forward runs only after the previous chunk's graph is freed: with w = chunk size / batch size
+    this is the gradient of the batch's mean loss at the memory of one chunk."""
+    total: tuple[Tensor, ...] | None = None
+    for value, weight in losses:
+        g = torch.autograd.grad(value * weight, wrt, create_graph=create_graph)
+        total = g if total is None else tuple(a + b for a, b in zip(total, g))
+    assert total is not None, "summed_grad needs at least one loss"
+    return total
 
 
 def support_loss_fn(body: Body, params: Params, support: Examples, cfg: InnerConfig) -> Loss:
@@ -149,6 +179,8 @@ def support_loss_fn(body: Body, params: Params, support: Examples, cfg: InnerCon
 def _episode_start(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig,
                    label_names: list[str] | None, head: Params | None = None) -> tuple[Examples, Params]:
     """The support set the inner loop trains on (label names added if asked) and the fresh head."""
+    if cfg.chunk and is_token_level(support.texts):  # chunks are weighted by sentences, the loss by words
+        raise ValueError("inner.chunk splits batches of texts: it is for sequence tasks, not NER (set it to 0)")
     if cfg.label_examples:
         if is_token_level(support.texts):
             raise ValueError("inner.label_examples adds label names as texts: it is for sequence tasks, not NER")
@@ -174,7 +206,7 @@ def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerC
     weights, lrs = split_rates(params)
     trainable = [k for k in weights if cfg.train_lora] + list(HEAD_KEYS)
     fast = inner_loop({**weights, **head}, trainable, support_loss_fn(body, weights, support, cfg),
-                      _batches(len(support), cfg.batch_size, cfg.steps, seed), cfg, lrs=lrs)
+                      _batches(len(support), cfg.batch_size, cfg.steps, seed, _lengths(support)), cfg, lrs=lrs)
     return {k: t.detach() for k, t in fast.items()}
 
 
@@ -233,7 +265,8 @@ def inner_loop(start: Params, trainable: list[str], loss: Loss, batches: list[li
     v = {k: torch.zeros_like(fast[k]) for k in trainable}
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     for t, idx in enumerate(batches, start=1):
-        grads = torch.autograd.grad(loss(fast, idx), [fast[k] for k in trainable], create_graph=second_order)
+        grads = summed_grad(((loss(fast, part), len(part) / len(idx)) for part in _chunks(idx, cfg.chunk)),
+                            [fast[k] for k in trainable], create_graph=second_order)
         with torch.set_grad_enabled(second_order):
             for k, g in zip(trainable, grads):
                 if cfg.optimizer == "sgd":
@@ -258,13 +291,15 @@ def inner_loop(start: Params, trainable: list[str], loss: Loss, batches: list[li
 
 
 def maml_gradient(params: Params, head: Params, trainable: list[str], support_loss: Loss,
-                  query: Callable[[Params], tuple[Tensor, Tensor]], batches: list[list[int]], cfg: InnerConfig,
-                  second_order: bool = False) -> tuple[Params, Tensor, Tensor]:
+                  query: Callable[..., tuple[Tensor, Tensor]], batches: list[list[int]], cfg: InnerConfig,
+                  second_order: bool = False, query_parts: list[list[int]] | None = None
+                  ) -> tuple[Params, Tensor, Tensor]:
     """MAML's meta-gradient of the query loss after the inner loop, w.r.t. every tensor in `params`.
 
     `params` are the meta-parameters (weights, plus Meta-SGD rates under LR_PREFIX); `head` holds
     per-episode tensors the inner loop trains but that get no meta-gradient. `query(fast)` returns
-    (loss, metric). First order without rates: the gradient at the adapted weights (FOMAML).
+    (loss, metric). First order without rates: the gradient at the adapted weights (FOMAML); with
+    `query_parts` (query indices in chunks) it is summed chunk by chunk from `query(fast, part)`.
     Returns (gradients, query loss, query metric), both detached.
     """
     weights, lrs = split_rates(params)
@@ -278,8 +313,20 @@ def maml_gradient(params: Params, head: Params, trainable: list[str], support_lo
     else:
         fast = inner_loop({**weights, **head}, trainable, support_loss, batches, cfg)
         fast = {k: t.detach().requires_grad_(k in weights) for k, t in fast.items()}
-        loss, metric = query(fast)
-        grads = dict(zip(weights, torch.autograd.grad(loss, [fast[k] for k in weights])))
+        wrt = [fast[k] for k in weights]
+        if query_parts:  # one backward per chunk of queries: the same gradient, one chunk's memory
+            n, seen = sum(map(len, query_parts)), []
+
+            def chunk_losses() -> Iterable[tuple[Tensor, float]]:
+                for part in query_parts:
+                    value, part_metric = query(fast, part)
+                    seen.append((value.detach() * len(part) / n, part_metric.detach() * len(part) / n))
+                    yield value, len(part) / n
+            grads = dict(zip(weights, summed_grad(chunk_losses(), wrt)))
+            loss, metric = sum(v for v, _ in seen), sum(m for _, m in seen)
+        else:
+            loss, metric = query(fast)
+            grads = dict(zip(weights, torch.autograd.grad(loss, wrt)))
     return grads, loss.detach(), metric.detach()
 
 
@@ -296,12 +343,17 @@ def _maml(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: 
     weights, _ = split_rates(params)
     trainable = [k for k in weights if cfg.train_lora] + list(HEAD_KEYS)
 
-    def query(fast: Params) -> tuple[Tensor, Tensor]:
-        return loss_and_accuracy(body, fast, episode.query.texts, episode.query.labels, cfg.scale)
+    q = episode.query
+
+    def query(fast: Params, idx: list[int] | None = None) -> tuple[Tensor, Tensor]:
+        idx = range(len(q)) if idx is None else idx
+        return loss_and_accuracy(body, fast, [q.texts[i] for i in idx], [q.labels[i] for i in idx], cfg.scale)
+    parts = _chunks(sorted(range(len(q)), key=_lengths(q).__getitem__), cfg.chunk)
     # Fused attention kernels have no double backward; the math kernel computes the same values.
     with sdpa_kernel(SDPBackend.MATH) if second_order else contextlib.nullcontext():
         grads, loss, acc = maml_gradient(params, head, trainable, support_loss_fn(body, weights, support, cfg), query,
-                                         _batches(len(support), cfg.batch_size, cfg.steps, seed), cfg, second_order)
+                                         _batches(len(support), cfg.batch_size, cfg.steps, seed, _lengths(support)),
+                                         cfg, second_order, query_parts=parts if len(parts) > 1 else None)
     return grads, StepStats(loss.item(), acc.item())
 
 
@@ -340,7 +392,7 @@ def reptile(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed
     both, head = _episode_start(body, params, both, episode.n_way, cfg, episode.label_names)
     trainable = [k for k in params if cfg.train_lora] + list(HEAD_KEYS)
     grads, fast = reptile_gradient(params, head, trainable, support_loss_fn(body, params, both, cfg),
-                                   _batches(len(both), cfg.batch_size, cfg.steps, seed), cfg)
+                                   _batches(len(both), cfg.batch_size, cfg.steps, seed, _lengths(both)), cfg)
     with torch.no_grad():
         loss, acc = loss_and_accuracy(body, fast, episode.query.texts, episode.query.labels, cfg.scale)
     return grads, StepStats(loss.item(), acc.item())

@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import yaml
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from llm_meta.algorithms import InnerConfig
 from llm_meta.checkpoint import load_adapter_params, read_metadata
 from llm_meta.classifier import support_set
-from llm_meta.config import load_config, to_dict
+from llm_meta.config import from_dict, load_config, to_dict
 from llm_meta.episodes import Episode, EpisodeSampler, Examples
 from llm_meta.evaluation import Interval, mean_ci, paired_difference, score_episodes
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
@@ -62,13 +63,31 @@ METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
 
 def method_spec(name: str, train_configs: dict[str, str]) -> tuple[str, Callable[[InnerConfig], InnerConfig]]:
     """(start, inner-loop change) of a method: a built-in one, or any start named in train_configs
-    (e.g. `fomaml_smlmt: recipes/configs/smlmt.yaml`), adapted like fomaml."""
-    if name in METHODS:
-        return METHODS[name]
-    if name in train_configs:
-        return name, lambda c: c
-    raise ValueError(f"unknown benchmark method '{name}' (valid: {', '.join(METHODS)}, or a start named in "
-                     f"train_configs)")
+    (e.g. `fomaml_smlmt: recipes/configs/smlmt.yaml`), adapted like fomaml. `method@key=value,...`
+    is that method with its adaptation changed (e.g. `finetune@transductive=5`, `fomaml@label_examples=0`):
+    how the ablation rows of one adaptation option sit next to the others in one report."""
+    base, _, changes = name.partition("@")
+    if base in METHODS:
+        start, inner = METHODS[base]
+    elif base in train_configs:
+        start, inner = base, lambda c: c
+    else:
+        raise ValueError(f"unknown benchmark method '{base}' (valid: {', '.join(METHODS)}, or a start named in "
+                         f"train_configs)")
+    if not changes:
+        return start, inner
+    pairs = [item.partition("=") for item in changes.split(",")]
+    if any(not sep or not key for key, sep, _ in pairs):
+        raise ValueError(f"method '{name}': write adaptation changes as method@key=value,key=value")
+    update = {key.strip(): yaml.safe_load(raw) for key, _, raw in pairs}
+
+    def changed(c: InnerConfig) -> InnerConfig:
+        return from_dict(InnerConfig, {**to_dict(inner(c)), **update})
+    try:
+        changed(InnerConfig())  # an unknown key or a wrong type fails here, before any training
+    except ValueError as err:
+        raise ValueError(f"benchmark method '{name}': {err}") from None
+    return start, changed
 
 
 @dataclass
@@ -207,6 +226,8 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
     # The benchmark's model section is the one every start trains: switching the whole benchmark to
     # another base model (e.g. a decoder) is one key, `model.name`.
     train_cfg.model = cfg.model
+    # Selection must score checkpoints with the adaptation the benchmark then applies to them.
+    train_cfg.adapt = cfg.adapt
     meta_train.main(train_cfg)
     (run_dir / "DONE").write_text("")
     return run_dir / "adapter"

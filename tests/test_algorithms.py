@@ -82,6 +82,29 @@ def test_fomaml_gradient_is_query_gradient_at_adapted_params(body):
     assert 0.0 <= stats.accuracy <= 1.0 and stats.loss > 0
 
 
+def test_chunked_length_bucketed_passes_give_the_one_pass_gradient(body):
+    # Chunks of 2 texts, shortest first: the inner steps and the query gradient are sums over
+    # several forward/backward passes, and must equal the single-pass FOMAML gradient.
+    theta = perturbed(lora_params(body))
+    one_pass, stats = fomaml(body, theta, EPISODE, InnerConfig(steps=3, lr=1e-2), 0)
+    chunked, chunked_stats = fomaml(body, theta, EPISODE, InnerConfig(steps=3, lr=1e-2, chunk=2), 0)
+    for n in body.lora_names:
+        assert torch.allclose(chunked[n], one_pass[n], atol=1e-6, rtol=1e-4)
+    assert chunked_stats.loss == pytest.approx(stats.loss, rel=1e-5)
+    assert chunked_stats.accuracy == pytest.approx(stats.accuracy)
+    # The chunks are really separate passes: each pass with gradients sees at most 2 texts
+    # (the head's prototypes are embedded once without gradients, in one batch).
+    seen = []
+    forward = body.model.forward
+    body.model.forward = lambda *a, **k: (torch.is_grad_enabled() and seen.append(k["input_ids"].shape[0])
+                                          ) or forward(*a, **k)
+    try:
+        fomaml(body, theta, EPISODE, InnerConfig(steps=1, lr=1e-2, chunk=2), 0)
+    finally:
+        body.model.forward = forward
+    assert seen and max(seen) <= 2
+
+
 def test_reptile_update_is_epsilon_times_difference(body):
     theta = perturbed(lora_params(body))
     cfg = InnerConfig(steps=3, lr=1e-2)

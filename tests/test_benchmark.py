@@ -94,3 +94,20 @@ def test_fresh_runs_with_the_same_config_give_the_same_numbers(results_dir, tmp_
     one = benchmark.main(dataclasses.replace(small, output_dir=str(tmp_path / "one")))
     two = benchmark.main(dataclasses.replace(small, output_dir=str(tmp_path / "two")))  # retrains from nothing
     assert one["hashes"] == two["hashes"] and one["scores"] == two["scores"] and one["starts"] == two["starts"]
+
+
+def test_method_variants_change_only_the_adaptation(results_dir, tmp_path):
+    import dataclasses
+
+    _, cfg, first = results_dir
+    variants = ["prototype", "finetune@steps=0", "finetune@steps=0,transductive=0", "finetune@steps=0,transductive=3"]
+    results = benchmark.main(dataclasses.replace(cfg, methods=variants, output_dir=str(tmp_path)))
+    # prototype is finetune with 0 steps; transductive=0 is the plain prototype head (same numbers)
+    assert results["scores"]["finetune@steps=0"] == first["scores"]["prototype"]
+    assert results["scores"]["finetune@steps=0,transductive=0"] == first["scores"]["prototype"]
+    assert results["scores"]["finetune@steps=0,transductive=3"] != first["scores"]["prototype"]
+    assert "| finetune@steps=0,transductive=3 |" in (tmp_path / "report.md").read_text()
+    with pytest.raises(ValueError, match="finetune@stepz=1.*did you mean 'steps'"):
+        benchmark.method_spec("finetune@stepz=1", {})
+    with pytest.raises(ValueError, match="key=value"):
+        benchmark.method_spec("finetune@steps", {})
