@@ -226,8 +226,9 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
     # The benchmark's model section is the one every start trains: switching the whole benchmark to
     # another base model (e.g. a decoder) is one key, `model.name`.
     train_cfg.model = cfg.model
-    # Selection must score checkpoints with the adaptation the benchmark then applies to them.
-    train_cfg.adapt = cfg.adapt
+    # Selection must score checkpoints with the adaptation the benchmark then applies to them
+    # (the start's own method: ProtoNet's is 0 steps).
+    train_cfg.adapt = method_spec(name, cfg.train_configs)[1](cfg.adapt)
     meta_train.main(train_cfg)
     (run_dir / "DONE").write_text("")
     return run_dir / "adapter"
