@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/speed.py [--episodes 8] [--n-way 10] [--inner-steps 5]
     .venv/bin/python benchmarks/speed.py --memory [--steps-list 1 2 3 5]
+    .venv/bin/python benchmarks/speed.py --memory --skip-maml --n-way 100 --steps-list 5 --chunk 32
     .venv/bin/python benchmarks/speed.py --model SmolLM2-135M-Instruct --algorithms fomaml --episodes 2
 
 --memory: the extra resident memory (peak RSS during one episode minus RSS just before it, each
@@ -126,7 +127,7 @@ def memory_one(args: argparse.Namespace) -> None:
     body.model.to(args.device)
     episode = EpisodeSampler([load_task(args.task)], args.n_way, args.k_shot, args.q_query,
                              class_role="meta_train").episode(0)
-    cfg = InnerConfig(steps=args.inner_steps)
+    cfg = InnerConfig(steps=args.inner_steps, chunk=args.chunk)
     params = lora_params(body)
     if args.memory_one == "plain":
         extra = peak_extra_memory(lambda: plain_passes(body, episode, cfg, "fomaml"), body.device)
@@ -138,6 +139,7 @@ def memory_one(args: argparse.Namespace) -> None:
 def memory_table(args: argparse.Namespace) -> None:
     what = "allocated GPU memory" if args.device.startswith("cuda") else "RSS"
     print(f"{args.model}, {args.task}, {args.n_way}-way {args.k_shot}-shot {args.q_query}-query on {args.device}, "
+          f"inner.chunk={args.chunk}, "
           f"one episode per fresh process; extra {what} in MiB (peak during the episode minus before it), and the "
           f"process's peak with FOMAML (weights included)")
     print("| inner steps | plain LoRA fine-tuning | FOMAML | MAML (second order) | FOMAML / plain | MAML / plain "
@@ -149,6 +151,7 @@ def memory_table(args: argparse.Namespace) -> None:
             cmd = [sys.executable, __file__, "--memory-one", name, "--inner-steps", str(steps), "--task", args.task,
                    "--device", args.device, "--model", args.model,
                    *(["--lora-layers", str(args.lora_layers)] if args.lora_layers else []),
+                   "--chunk", str(args.chunk),
                    "--n-way", str(args.n_way), "--k-shot", str(args.k_shot), "--q-query", str(args.q_query)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:  # e.g. killed by the kernel for lack of memory: a result, not a crash
@@ -178,6 +181,7 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=["fomaml", "reptile", "maml"])
     parser.add_argument("--lora-layers", type=int, default=None, help="LoRA on the top L layers (cached below)")
     parser.add_argument("--skip-maml", action="store_true", help="--memory without the second-order column")
+    parser.add_argument("--chunk", type=int, default=0, help="inner.chunk: texts per pass (0: whole batches)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     if args.memory_one:
@@ -189,7 +193,7 @@ def main() -> None:
     body.model.to(args.device)
     sampler = EpisodeSampler([load_task(args.task)], args.n_way, args.k_shot, args.q_query, class_role="meta_train")
     episodes = sampler.episodes(args.episodes)
-    cfg = InnerConfig(steps=args.inner_steps)
+    cfg = InnerConfig(steps=args.inner_steps, chunk=args.chunk)
     params = lora_params(body)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"device {body.device}")
