@@ -82,6 +82,9 @@ class ModelConfig:
     # LoRA on the top L layers only; the frozen layers below run once per text and are cached in
     # memory (llm_meta/prefix.py), so every training step runs only the top L. None: every layer.
     lora_layers: int | None = None
+    # Where those cached states live: memory (this process) | disk (also $LLM_META_CACHE/prefix,
+    # reused by later runs on the same frozen weights; ~tokens x hidden x 4 bytes per text).
+    prefix_cache: str = "memory"
     autocast: str = "auto"  # auto (bf16 on a GPU that supports it, else off) | bf16 | no
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
 
@@ -321,8 +324,12 @@ def load_body(cfg: ModelConfig, adapter: str | Path | None = None) -> Body:
     body = Body(model, tokenizer, pooling, cfg.normalize, cfg.max_length, cfg.name, decoder, names, cfg.autocast)
     if cfg.gradient_checkpointing:
         enable_checkpointing(body)
+    if cfg.prefix_cache not in ("memory", "disk"):
+        raise ValueError(f"model.prefix_cache must be memory or disk, got {cfg.prefix_cache!r}")
     if cfg.lora_layers is not None:
-        body.prefix = enable_prefix_cache(model, num_layers(base), cfg.lora_layers, names)
+        disk = cache_dir() / "prefix" if cfg.prefix_cache == "disk" else None
+        body.prefix = enable_prefix_cache(model, num_layers(base), cfg.lora_layers, names, disk,
+                                          tag=f"{cfg.name}|{cfg.autocast}|{torch.cuda.is_available()}")
     return body
 
 

@@ -11,12 +11,26 @@ BERT): the layer list is replaced by a `LayerStack` (same modules, same names) t
 the lower layers from that loop, and a pre-hook on the first LoRA layer swaps its input for the
 cached states. Embeddings, masks and position ids are still computed by the model itself, so
 nothing architecture-specific is re-implemented.
+
+With `model.prefix_cache: disk` the rows also go to safetensors shards in a folder named by a
+fingerprint of the frozen lower weights (plus model name, depth and autocast), so later runs,
+processes and benchmark starts on the same model reuse them instead of running the lower layers.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import logging
+import os
+import uuid
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+log = logging.getLogger("llm_meta.prefix")
 
 
 class LayerStack(nn.ModuleList):
@@ -59,13 +73,37 @@ def find_layer_stack(model: nn.Module, num_layers: int) -> tuple[nn.Module, str,
 
 class PrefixCache:
     """Hidden states at the input of the first LoRA layer, one [tokens, hidden] tensor per text
-    (keyed by its token ids, which fix the text, the tokenizer and the truncation length)."""
+    (keyed by a hash of its token ids, which fix the text, the tokenizer and the truncation length).
 
-    def __init__(self, stack: LayerStack) -> None:
+    `directory`: also kept on disk there, read back at start; new rows are written in shards of
+    `shard_rows` (and at exit), each written whole and then renamed, so a crash loses at most the
+    unwritten rows and never leaves a half shard. An unreadable shard is skipped (its rows are recomputed).
+    """
+
+    def __init__(self, stack: LayerStack, directory: Path | None = None, shard_rows: int = 4096) -> None:
         self.stack = stack
-        self.rows: dict[bytes, Tensor] = {}
+        self.rows: dict[str, Tensor] = {}
         self.current: Tensor | None = None
+        self.directory, self.shard_rows, self.pending = directory, shard_rows, {}
         stack[stack.first].register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        if directory is not None:
+            for shard in sorted(directory.glob("*.safetensors")):
+                try:
+                    self.rows.update(load_file(shard))
+                except Exception as err:  # noqa: BLE001 (a cache: any unreadable shard is only recomputed)
+                    log.warning("prefix cache shard %s is unreadable (%s): its texts are recomputed", shard, err)
+            atexit.register(self.flush)
+
+    def flush(self) -> None:
+        """Write the rows not yet on disk as one new shard."""
+        if self.directory is None or not self.pending:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        tmp = self.directory / f".{name}.tmp"
+        save_file(self.pending, str(tmp))
+        os.replace(tmp, self.directory / f"{name}.safetensors")
+        self.pending = {}
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         if self.stack.mode == "prefix":
@@ -79,15 +117,15 @@ class PrefixCache:
     def forward(self, model: nn.Module, lora: dict[str, Tensor], kwargs: dict[str, Tensor]):
         """The model's output for `kwargs`, running only the top layers (cached states below)."""
         ids, mask = kwargs["input_ids"], kwargs["attention_mask"].bool()
-        keys = [ids[i][mask[i]].cpu().numpy().tobytes() for i in range(ids.shape[0])]
+        keys = [hashlib.sha1(ids[i][mask[i]].cpu().numpy().tobytes()).hexdigest() for i in range(ids.shape[0])]
         missing = sorted({keys.index(k) for k in keys if k not in self.rows})
         if missing:
             sub = {k: v[missing] if isinstance(v, Tensor) else v for k, v in kwargs.items()}  # use_cache is a flag
             self._fill(model, sub, [keys[i] for i in missing])
         rows = [self.rows[k] for k in keys]
-        states = torch.zeros(*ids.shape, rows[0].shape[-1], dtype=rows[0].dtype, device=rows[0].device)
+        states = torch.zeros(*ids.shape, rows[0].shape[-1], dtype=rows[0].dtype, device=ids.device)
         for i, row in enumerate(rows):  # pad positions stay 0: they are masked out of every real token
-            states[i, mask[i]] = row
+            states[i, mask[i]] = row.to(ids.device)
         self.current, self.stack.mode = states, "top"
         try:
             return torch.func.functional_call(model, lora, args=(), kwargs=kwargs, strict=False)
@@ -95,7 +133,7 @@ class PrefixCache:
             self.current, self.stack.mode = None, "all"
 
     @torch.no_grad()
-    def _fill(self, model: nn.Module, kwargs: dict[str, Tensor], keys: list[bytes]) -> None:
+    def _fill(self, model: nn.Module, kwargs: dict[str, Tensor], keys: list[str]) -> None:
         self.stack.mode = "prefix"
         try:
             model(**kwargs)
@@ -107,11 +145,29 @@ class PrefixCache:
         mask = kwargs["attention_mask"].bool()
         for i, key in enumerate(keys):
             self.rows[key] = hidden[i, mask[i]].clone()
+            if self.directory is not None:
+                self.pending[key] = self.rows[key].cpu()
+        if len(self.pending) >= self.shard_rows:
+            self.flush()
 
 
-def enable_prefix_cache(model: nn.Module, num_layers: int, lora_layers: int, lora_names: list[str]) -> PrefixCache:
+def frozen_fingerprint(model: nn.Module, stack: LayerStack, tag: str) -> str:
+    """A short hash naming what the cached states depend on: `tag` (model name, autocast) and every
+    weight outside the LoRA layers (shape, dtype and the first 4096 values of each tensor)."""
+    top = {id(p) for layer in list(stack._modules.values())[stack.first:] for p in layer.parameters()}
+    h = hashlib.sha256(f"{tag}|{type(model).__name__}|{len(stack)}|{stack.first}".encode())
+    for name, p in model.named_parameters():
+        if id(p) not in top:
+            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}".encode())
+            h.update(p.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def enable_prefix_cache(model: nn.Module, num_layers: int, lora_layers: int, lora_names: list[str],
+                        disk: Path | None = None, tag: str = "") -> PrefixCache:
     """Swap the layer list for a LayerStack and hook its first LoRA layer; check that no LoRA
-    tensor sits below it (those layers would not be frozen)."""
+    tensor sits below it (those layers would not be frozen). `disk`: keep the rows on disk too, in
+    a subfolder of `disk` named by the frozen weights' fingerprint (and `tag`)."""
     parent, attr, layers = find_layer_stack(model, num_layers)
     stack = LayerStack(list(layers))
     stack.first = num_layers - lora_layers
@@ -122,4 +178,4 @@ def enable_prefix_cache(model: nn.Module, num_layers: int, lora_layers: int, lor
     if below:
         raise ValueError(f"model.lora_layers={lora_layers}: LoRA tensors below the top {lora_layers} layers "
                          f"(e.g. {below[0]}); the adapter was trained with LoRA on more layers")
-    return PrefixCache(stack)
+    return PrefixCache(stack, None if disk is None else disk / frozen_fingerprint(model, stack, tag))

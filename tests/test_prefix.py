@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llm_meta.models import ModelConfig, embed, load_body, lora_params, tokenize
-from llm_meta.prefix import find_layer_stack
+from llm_meta.prefix import find_layer_stack, frozen_fingerprint
 
 TEXTS = ["how do i reset my card pin", "set an alarm for six am please", "will it rain tomorrow", "hi"]
 
@@ -80,3 +80,39 @@ def test_meta_train_with_top_layer_lora_saves_a_plain_peft_adapter(tiny_llama_di
     assert names and all(".layers.1." in n for n in names)
     body = load_body(ModelConfig(name=str(tiny_llama_dir), lora_layers=1), adapter=out / "adapter")
     assert body.prefix is not None and set(load_adapter_params(body, out / "adapter")) == set(body.lora_names)
+
+
+def test_disk_prefix_cache_is_reused_by_a_new_process_and_keyed_by_weights(tiny_llama_dir, tiny_gpt2_dir, tmp_path,
+                                                                            monkeypatch, caplog):
+    monkeypatch.setenv("LLM_META_CACHE", str(tmp_path))
+    cfg = ModelConfig(name=str(tiny_llama_dir), lora_layers=1, prefix_cache="disk")
+    torch.manual_seed(0)
+    first = load_body(cfg)
+    params = moved(first)
+    expected = embed(first, params, tokenize(first, TEXTS)).detach()
+    first.prefix.flush()  # what happens at exit, or every shard_rows new texts
+    shards = list((tmp_path / "prefix").glob("*/*.safetensors"))
+    assert len(shards) == 1
+    # A fresh body (as in a new process) reads the rows: the lower layer never runs, same outputs.
+    second = load_body(cfg)
+    assert set(second.prefix.rows) == set(first.prefix.rows)
+    calls = []
+    find_layer_stack(second.model, 2)[2][0].register_forward_hook(lambda *a: calls.append(1))
+    assert torch.allclose(embed(second, params, tokenize(second, TEXTS)), expected, atol=1e-6) and calls == []
+    # Other frozen weights are another folder: nothing is reused across models.
+    gpt2 = load_body(ModelConfig(name=str(tiny_gpt2_dir), lora_layers=1, prefix_cache="disk"))
+    embed(gpt2, lora_params(gpt2), tokenize(gpt2, TEXTS))
+    gpt2.prefix.flush()
+    assert len(list((tmp_path / "prefix").iterdir())) == 2
+    stack = find_layer_stack(second.model, 2)[2]
+    before = frozen_fingerprint(second.model, stack, "x")
+    with torch.no_grad():
+        next(stack[0].parameters()).add_(1e-3)  # a frozen lower weight changes: another fingerprint
+    assert frozen_fingerprint(second.model, stack, "x") != before
+    # A corrupt shard is skipped with a warning: its texts are recomputed, nothing fails.
+    shards[0].write_bytes(b"not a safetensors file")
+    third = load_body(cfg)
+    assert third.prefix.rows == {} and "unreadable" in caplog.text
+    assert torch.allclose(embed(third, params, tokenize(third, TEXTS)), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="prefix_cache must be memory or disk"):
+        load_body(ModelConfig(name=str(tiny_llama_dir), lora_layers=1, prefix_cache="ram"))
