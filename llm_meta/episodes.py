@@ -63,16 +63,18 @@ class EpisodeSampler:
             the number of usable examples).
         seed: episodes are a pure function of (seed, index).
         task_weights: explicit relative weights, one per task (replace `weighting`).
+        cap_way: a task with fewer usable classes than n_way gives full-way episodes (all its
+            classes) instead of an error: how "up to the full label set" mixes datasets of any size.
     """
 
     def __init__(self, tasks: list[Task], n_way: int, k_shot: int, q_query: int, split: str = "train",
                  class_role: str | None = None, weighting: str = "uniform", seed: int = 0,
-                 task_weights: list[float] | None = None) -> None:
+                 task_weights: list[float] | None = None, cap_way: bool = False) -> None:
         if n_way < 2 or k_shot < 1 or q_query < 0:
             raise ValueError(f"need n_way >= 2, k_shot >= 1, q_query >= 0; got {n_way}, {k_shot}, {q_query}")
         if weighting not in ("uniform", "size"):
             raise ValueError(f"weighting must be 'uniform' or 'size', got {weighting!r}")
-        self.n_way, self.k_shot, self.q_query, self.seed = n_way, k_shot, q_query, seed
+        self.n_way, self.k_shot, self.q_query, self.seed, self.cap_way = n_way, k_shot, q_query, seed, cap_way
         self.pools: list[tuple[str, dict[str, list[str]]]] = []
         for task in tasks:
             self.pools.append((task.name, self._class_pool(task, split, class_role)))
@@ -99,7 +101,7 @@ class EpisodeSampler:
             log.warning("task '%s' (%s split): skipping %d class(es) with fewer than K+Q=%d examples: %s",
                         task.name, split, len(small), need, ", ".join(small))
         pool = {c: texts for c, texts in sorted(by_class.items()) if len(texts) >= need}
-        if len(pool) < self.n_way:
+        if len(pool) < (2 if self.cap_way else self.n_way):
             raise TaskError(
                 f"task '{task.name}' ({split} split, classes: {class_role or 'all'}) has {len(pool)} class(es) "
                 f"with at least K+Q={need} examples; {self.n_way}-way episodes need {self.n_way}"
@@ -114,7 +116,7 @@ class EpisodeSampler:
         """The episode at `index`: the same for the same (seed, index), whatever came before."""
         rng = random.Random(f"{self.seed}:{index}")  # str seeds hash with sha512: stable across runs
         name, pool = rng.choices(self.pools, weights=self.weights)[0]
-        classes = rng.sample(sorted(pool), self.n_way)
+        classes = rng.sample(sorted(pool), min(self.n_way, len(pool)))
         support, query = Examples([], []), Examples([], [])
         for label, cls in enumerate(classes):
             picked = rng.sample(pool[cls], self.k_shot + self.q_query)

@@ -58,6 +58,9 @@ class EpisodeConfig:
     # Way/shot curriculum, e.g. [{from_step: 50, n_way: 30, k_shot: 5}]: from that meta-step on,
     # episodes have that shape (before the first stage: n_way/k_shot above).
     curriculum: list[CurriculumStage] = field(default_factory=list)
+    # n_way above a task's usable classes: that task's episodes take all of them (full-way) instead
+    # of failing, e.g. n_way: 150 gives 120-way CLINC150 and 15-way StackOverflow episodes.
+    cap_way: bool = False
 
 
 @dataclass
@@ -248,7 +251,8 @@ def source_sampler(cfg: Config, body, n_way: int, k_shot: int) -> tuple[Any, dic
         explicit = any(t.weight != 1.0 for t in labelled)  # else cfg.episodes.weighting decides
         sampler = EpisodeSampler(tasks, e.n_way, e.k_shot, e.q_query, class_role="meta_train",
                                  weighting=e.weighting, seed=cfg.seed,
-                                 task_weights=[t.weight for t in labelled] if explicit else None)
+                                 task_weights=[t.weight for t in labelled] if explicit else None,
+                                 cap_way=e.cap_way)
         sources.append((sampler, sum(sampler.weights) if explicit else len(tasks)))
         hashes.update({t.name: task_fingerprint(t) for t in tasks})
     for c in (t for t in entries if t.smlmt):

@@ -59,3 +59,17 @@ def test_many_tasks_and_class_roles():
     for ep in mixed.episodes(200):
         counts[ep.task] += 1
     assert counts["hwu"] > 3 * counts["mcid"] > 0  # hwu has ~6x the rows
+
+
+def test_cap_way_gives_full_way_episodes_of_a_smaller_task(small_task, tmp_path):
+    with pytest.raises(TaskError, match="8-way episodes need 8"):
+        EpisodeSampler([small_task], n_way=8, k_shot=2, q_query=2)
+    capped = EpisodeSampler([small_task], n_way=8, k_shot=2, q_query=2, cap_way=True)  # 6 usable classes
+    assert {ep.n_way for ep in capped.episodes(5)} == {6}
+    big = tmp_path / "big.csv"
+    big.write_text("text,label\n" + "\n".join(f"big {c} text {i},b{c}" for c in range(10) for i in range(4)) + "\n")
+    mixed = EpisodeSampler([small_task, load_task(str(big))], n_way=8, k_shot=2, q_query=2, cap_way=True)
+    ways = {(ep.task, ep.n_way) for ep in mixed.episodes(20)}
+    assert ways == {("toy", 6), ("big", 8)}  # the larger task still gets the asked 8-way episodes
+    with pytest.raises(TaskError, match="1 class"):  # fewer than 2 usable classes is still an error
+        EpisodeSampler([small_task], n_way=8, k_shot=7, q_query=7, cap_way=True)
