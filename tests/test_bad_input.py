@@ -48,7 +48,7 @@ def bad_file(tmp: Path, name: str, content: str | bytes) -> str:
 def meta_train_args(ws: dict[str, Path], *extra: str) -> list[str]:
     """Resume the workspace's run (so a row that wrote anything would damage it)."""
     overrides = [o for o in tiny_overrides(ws["tiny"], ws["data"] / "train.csv", ws["run"], steps=4)]
-    return ["meta-train", "--config", "recipes/configs/meta_train.yaml", "--resume", *overrides, *extra]
+    return ["meta-train", "--config", "recipes/configs/base.yaml", "--resume", *overrides, *extra]
 
 
 def adapt_args(ws: dict[str, Path], task: str, *extra: str, shots: int = 2) -> list[str]:

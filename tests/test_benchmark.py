@@ -77,7 +77,7 @@ def test_untrained_start_is_the_training_runs_step_zero(tmp_path, tiny_bert_dir,
     from tests.test_meta_train import ROOT
 
     overrides = [*tiny_overrides(tiny_bert_dir, toy / "train.csv", tmp_path, steps=1), "outer.lr=0.0", "seed=3"]
-    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
+    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/base.yaml", overrides)
     meta_train.main(cfg)
     body, start = benchmark.untrained_start(cfg.model, seed=3)
     saved = load_adapter_params(body, tmp_path / "adapter")

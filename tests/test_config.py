@@ -75,3 +75,16 @@ def test_every_shipped_config_loads_into_its_recipe(path):
     if module is benchmark:
         for train in cfg.train_configs.values():
             load_config(meta_train.Config, Path(__file__).resolve().parent.parent / train)
+
+
+def test_default_job_selects_with_the_adaptation_users_get():
+    # Selection must score checkpoints the way `llm-meta adapt` will adapt them (issue: make
+    # meta-learning pay off, item 1), on a dataset never trained on, with step 0 a candidate.
+    from llm_meta.classifier import default_adapt_config
+    from recipes import meta_train
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(meta_train.Config, root / "recipes/configs/meta_train.yaml")
+    assert cfg.adapt == default_adapt_config()
+    assert set(cfg.validation.tasks).isdisjoint(cfg.tasks) and cfg.validation.class_role is None
+    assert 1.0 in cfg.interpolation and min(cfg.interpolation) > 0

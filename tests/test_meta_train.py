@@ -40,7 +40,7 @@ def tiny_overrides(model_dir: Path, data: Path, out: Path, steps: int = 4, **ext
 
 
 def run(overrides: list[str], resume: bool = False) -> dict:
-    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
+    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/base.yaml", overrides)
     cfg.resume = resume
     return meta_train.main(cfg)
 
@@ -99,7 +99,7 @@ def test_two_processes_match_one(tiny_bert_dir, toy_csv, tmp_path):
         outs[procs] = tmp_path / f"p{procs}"
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs), "--cpu",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(ROOT / "recipes/meta_train.py"), "--config", str(ROOT / "recipes/configs/meta_train.yaml"),
+               str(ROOT / "recipes/meta_train.py"), "--config", str(ROOT / "recipes/configs/base.yaml"),
                *tiny_overrides(tiny_bert_dir, toy_csv, outs[procs], steps=2)]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
