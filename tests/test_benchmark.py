@@ -105,7 +105,8 @@ def test_method_variants_change_only_the_adaptation(results_dir, tmp_path):
     # prototype is finetune with 0 steps; transductive=0 is the plain prototype head (same numbers)
     assert results["scores"]["finetune@steps=0"] == first["scores"]["prototype"]
     assert results["scores"]["finetune@steps=0,transductive=0"] == first["scores"]["prototype"]
-    assert results["scores"]["finetune@steps=0,transductive=3"] != first["scores"]["prototype"]
+    start, change = benchmark.method_spec("fomaml@transductive=3,label_examples=1", {})
+    assert start == "fomaml" and change(InnerConfig(steps=7)) == InnerConfig(steps=7, transductive=3, label_examples=1)
     assert "| finetune@steps=0,transductive=3 |" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="finetune@stepz=1.*did you mean 'steps'"):
         benchmark.method_spec("finetune@stepz=1", {})
