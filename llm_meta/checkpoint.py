@@ -170,7 +170,7 @@ def save_checkpoint(run_dir: Path, step: int, params: Params, optimizer: torch.o
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": opt_meta, **state}, indent=1))
     _finish_folder(tmp, final)
-    _write_atomic(ckpt_dir / "latest", final.name)
+    write_atomic(ckpt_dir / "latest", final.name)
     for old in sorted(ckpt_dir.glob("step-*[0-9]"))[:-keep]:
         # Rename first: a crash mid-delete must not leave a half-deleted folder that looks like a checkpoint.
         doomed = old.with_name(old.name + ".deleted")
@@ -217,8 +217,11 @@ def load_checkpoint(run_dir: Path, params: Params, optimizer: torch.optim.Optimi
     return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file whole, then rename it into place: a crash or a concurrent writer never
+    leaves half a file (the temporary name carries the process id)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
 

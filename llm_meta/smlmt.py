@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm_meta.checkpoint import write_atomic
 from llm_meta.episodes import Episode, Examples
 from llm_meta.tasks import TaskError, load_raw, load_registry, load_task
 
@@ -237,10 +237,7 @@ def cached_index(sentences: list[str], min_sentences: int, tokenizer: Any,
         pass
     started = time.perf_counter()
     index = build_index(sentences, min_sentences, single_token_check(tokenizer))
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(index))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(index))
     log.info("SMLMT index of %d sentences built in %.1f s: %d eligible words; cached in %s", len(sentences),
              time.perf_counter() - started, len(index), path)
     return index

@@ -5,7 +5,7 @@
 Reads top to bottom: train the starts (FOMAML, Reptile, transfer; one run per meta-seed, reused
 when already on disk), fix the evaluation episodes (generated once per task/protocol/K/seed,
 hashed, cached), score every method on exactly those episodes with the same adaptation budget
-and head initialisation, then write a markdown report, a JSON file with every number, and plots.
+and head initialisation (each run's scores cached, so an interrupted benchmark resumes), then write a markdown report, a JSON file with every number, and plots.
 
 Methods: prototype (frozen, no steps), linear_probe (head only), finetune (LoRA + head from the
 untrained start), transfer / fomaml / maml / metasgd / reptile (LoRA + head from the trained
@@ -21,19 +21,19 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 import yaml
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from llm_meta.algorithms import InnerConfig
-from llm_meta.checkpoint import load_adapter_params, read_metadata
+from llm_meta.checkpoint import load_adapter_params, read_metadata, write_atomic
 from llm_meta.classifier import support_set
 from llm_meta.config import from_dict, load_config, to_dict
 from llm_meta.episodes import Episode, EpisodeSampler, Examples
@@ -174,22 +174,30 @@ def main(cfg: Config) -> dict:
         for k in cfg.ner.shots:
             settings[("ner", name, k)] = _cached(out, f"ner-{name}-k{k}", _spec(cfg.ner), lambda k=k: _ner(cfg.ner, k))
 
-    # Score every method on every setting: per-episode accuracies, averaged over meta-seeds.
+    # Score every method on every setting: per-episode accuracies, averaged over meta-seeds. Each
+    # (start, adaptation, episodes) run is kept in out/scores, so an interrupted benchmark resumes
+    # and adding a method or a meta-seed scores only what is new.
     units = [(m, s) for m in cfg.methods for s in settings]
     scores: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}
     seen: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}  # hash of the episodes each method scored
     seconds: dict[str, dict[str, float]] = {m: {} for m in cfg.methods}  # wall time per episode
-    for method, key in tqdm(units, desc="benchmark", disable=None):
+    code = _code_fingerprint()
+    for done, (method, key) in enumerate(tqdm(units, desc="benchmark", disable=None), 1):
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
         # The untrained LoRA's random A matters only once LoRA trains (B = 0 until then).
         lora_moves = start != "untrained" or (inner.train_lora and inner.steps > 0)
         seeds = cfg.meta_seeds if lora_moves else cfg.meta_seeds[:1]
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
-        began = time.perf_counter()
-        runs = [score_episodes(body, starts[(start, s)], episodes, inner, progress=False) for s in seeds]
-        seconds[method][name] = (time.perf_counter() - began) / (len(seeds) * len(episodes))
-        scores[method][name] = [sum(r[i] for r in runs) / len(runs) for i in range(len(runs[0]))]
+        runs = [_scored(out, [code, to_dict(cfg.model), to_dict(inner), settings[key]["hash"],
+                              _params_fingerprint(starts[(start, s)])],
+                        lambda s=s: score_episodes(body, starts[(start, s)], episodes, inner, progress=False))
+                for s in seeds]
+        seconds[method][name] = sum(t for _, t in runs) / (len(seeds) * len(episodes))
+        scores[method][name] = [sum(r[i] for r, _ in runs) / len(runs) for i in range(len(episodes))]
         seen[method][name] = _hash(episodes)
+        # One line per unit even without a terminal (tqdm draws no bar in a log file).
+        tqdm.write(f"[{done}/{len(units)}] {method} on {name}: {mean_ci(scores[method][name])} "
+                   f"({seconds[method][name]:.2f} s/episode)", file=sys.stderr)
 
     report = _report(cfg, settings, scores, trained, seconds)
     (out / "report.md").write_text(report)
@@ -289,11 +297,45 @@ def _cached(out: Path, name: str, spec: str, make: Callable[[], list[Episode]]) 
         episodes = None
     if episodes is None:
         episodes = make()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: a crash leaves no half file
-        tmp.write_text(json.dumps([dataclasses.asdict(e) for e in episodes], ensure_ascii=False))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps([dataclasses.asdict(e) for e in episodes], ensure_ascii=False))
     return {"episodes": episodes, "hash": _hash(episodes)}
+
+
+def _scored(out: Path, key: list, score: Callable[[], list[float]]) -> tuple[list[float], float]:
+    """(per-episode scores, seconds) of one start adapted one way on one episode set: read from
+    out/scores/<hash of `key`> if there, else computed and written whole. `key` holds everything
+    the scores depend on: the code, the model, the adaptation, the episodes and the start's tensors."""
+    path = out / "scores" / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+    try:
+        saved = json.loads(path.read_text())
+        return [float(x) for x in saved["scores"]], float(saved["seconds"])
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError) as err:  # unreadable: score again
+        tqdm.write(f"warning: score cache {path} is unreadable ({err}); scoring again", file=sys.stderr)
+    began = time.perf_counter()
+    values = score()
+    took = time.perf_counter() - began
+    write_atomic(path, json.dumps({"scores": values, "seconds": took}))
+    return values, took
+
+
+def _params_fingerprint(params: Params) -> str:
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(name.encode())
+        h.update(params[name].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
+    return h.hexdigest()[:20]
+
+
+def _code_fingerprint() -> str:
+    """A hash of the llm_meta sources: cached scores from other code are not reused."""
+    import llm_meta
+
+    h = hashlib.sha256()
+    for path in sorted(Path(llm_meta.__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:20]
 
 
 def _hash(episodes: list[Episode]) -> str:

@@ -51,6 +51,24 @@ def test_rerun_reuses_cached_episodes_and_trained_starts(results_dir):
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes  # nothing retrained
 
 
+def test_rerun_reads_cached_scores_and_rescores_an_unreadable_one(results_dir, monkeypatch):
+    import torch
+
+    out, cfg, first = results_dir
+    files = sorted((out / "scores").glob("*.json"))
+    assert files and not list((out / "scores").glob("*.tmp*"))
+    files[0].write_text('{"scores": [0.5')  # e.g. a disk filled up mid-write by hand
+    calls = []
+    real = benchmark.score_episodes
+    monkeypatch.setattr(benchmark, "score_episodes", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    again = benchmark.main(cfg)
+    assert again["scores"] == first["scores"] and len(calls) == 1  # only the unreadable run was scored
+    # The key holds the start's tensors: another start (or any other change) is never served old scores.
+    params = {"a": torch.zeros(3, dtype=torch.bfloat16), "b": torch.ones(2)}
+    moved = {**params, "b": torch.tensor([1.0, 1.0 + 1e-6])}
+    assert benchmark._params_fingerprint(params) != benchmark._params_fingerprint(moved)
+
+
 def test_outputs(results_dir):
     out, cfg, results = results_dir
     report = (out / "report.md").read_text()
