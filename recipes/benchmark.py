@@ -181,6 +181,7 @@ def main(cfg: Config) -> dict:
     scores: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}
     seen: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}  # hash of the episodes each method scored
     seconds: dict[str, dict[str, float]] = {m: {} for m in cfg.methods}  # wall time per episode
+    by_seed: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}  # mean score of each meta-seed
     code = _code_fingerprint()
     for done, (method, key) in enumerate(tqdm(units, desc="benchmark", disable=None), 1):
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
@@ -194,16 +195,18 @@ def main(cfg: Config) -> dict:
                 for s in seeds]
         seconds[method][name] = sum(t for _, t in runs) / (len(seeds) * len(episodes))
         scores[method][name] = [sum(r[i] for r, _ in runs) / len(runs) for i in range(len(episodes))]
+        by_seed[method][name] = [sum(r) / len(r) for r, _ in runs]
         seen[method][name] = _hash(episodes)
         # One line per unit even without a terminal (tqdm draws no bar in a log file).
         tqdm.write(f"[{done}/{len(units)}] {method} on {name}: {mean_ci(scores[method][name])} "
                    f"({seconds[method][name]:.2f} s/episode)", file=sys.stderr)
 
-    report = _report(cfg, settings, scores, trained, seconds)
+    report = _report(cfg, settings, scores, trained, seconds, by_seed)
     (out / "report.md").write_text(report)
     results = {"config": to_dict(cfg), "starts": trained,
                "hashes": {"/".join(map(str, k)): v["hash"] for k, v in settings.items()},
-               "episodes_seen": seen, "scores": scores, "seconds_per_episode": seconds}
+               "episodes_seen": seen, "scores": scores, "seconds_per_episode": seconds,
+               "mean_by_meta_seed": by_seed}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     _plot(cfg, settings, scores, out / "accuracy_vs_k.png")
     print(report)
@@ -342,12 +345,15 @@ def _hash(episodes: list[Episode]) -> str:
     return hashlib.sha256("".join(e.fingerprint() for e in episodes).encode()).hexdigest()[:16]
 
 
-def _report(cfg: Config, settings: dict, scores: dict, trained: dict, seconds: dict) -> str:
+def _report(cfg: Config, settings: dict, scores: dict, trained: dict, seconds: dict, by_seed: dict) -> str:
     lines = ["# Benchmark report", "",
              f"Adaptation for every method: {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
              f"head init {cfg.adapt.head_init}; methods that train LoRA are averaged over meta-seeds "
              f"{cfg.meta_seeds}. Mean ± 95% CI over episodes (episodic) or support seeds (full-way); paired "
-             f"difference vs {', '.join(cfg.references)} on the same episodes.", ""]
+             f"difference vs {', '.join(cfg.references)} on the same episodes." + (
+                 " The CIs are over episodes of the seed-averaged scores; the spread between meta-seeds is "
+                 "in the last column (one value where LoRA does not move)." if len(cfg.meta_seeds) > 1 else ""),
+             ""]
     if trained:
         # A start whose selected step is 0 *is* the untrained start: its rows then measure no training.
         lines += ["## Trained starts (selected on meta-validation)", "",
@@ -359,13 +365,14 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict, seconds: d
             lines.append(f"| {name} | {t['steps_trained']} | {t['selected_step']}{kept} | "
                          f"{100 * t['validation_accuracy']:.1f} / {100 * t['step0_validation_accuracy']:.1f} |")
         lines.append("")
+    seed_head, seed_rule = (" mean per meta-seed |", "---|") if len(cfg.meta_seeds) > 1 else ("", "")
     for key, setting in settings.items():
         protocol, task, k = key
         episodes = setting["episodes"]
         lines += [f"## {task}, {protocol}, {episodes[0].n_way}-way {k}-shot "
                   f"({len(episodes)} episodes, hash {setting['hash']})", "",
                   f"| method | {_metric(protocol)} | {' | '.join(f'vs {r}' for r in cfg.references)} | "
-                  f"s/episode |", "|---|---|" + "---|" * len(cfg.references) + "---|"]
+                  f"s/episode |{seed_head}", "|---|---|" + "---|" * len(cfg.references) + "---|" + seed_rule]
         name = "/".join(map(str, key))
         for method in cfg.methods:
             s = scores[method][name]
@@ -373,7 +380,8 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict, seconds: d
             for reference in cfg.references:
                 ref = scores.get(reference, {}).get(name)
                 diffs.append("-" if ref is None or method == reference else _fmt_diff(paired_difference(s, ref)))
-            lines.append(f"| {method} | {mean_ci(s)} | {' | '.join(diffs)} | {seconds[method][name]:.2f} |")
+            per_seed = f" {' / '.join(f'{100 * v:.1f}' for v in by_seed[method][name])} |" if seed_head else ""
+            lines.append(f"| {method} | {mean_ci(s)} | {' | '.join(diffs)} | {seconds[method][name]:.2f} |{per_seed}")
         lines.append("")
     return "\n".join(lines)
 

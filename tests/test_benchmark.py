@@ -81,6 +81,12 @@ def test_outputs(results_dir):
         assert start["steps_trained"] == 2 and start["selected_step"] in (0, 2)
         assert f"| {name} | 2 | {start['selected_step']}" in report
     assert json.loads((out / "results.json").read_text())["scores"] == results["scores"]
+    # Meta-seed spread: one mean per seed where LoRA moves, one where it cannot (prototype).
+    assert "mean per meta-seed" in report
+    for setting, values in results["scores"]["fomaml"].items():
+        per_seed = results["mean_by_meta_seed"]["fomaml"][setting]
+        assert len(per_seed) == 2 and sum(per_seed) / 2 == pytest.approx(sum(values) / len(values))
+        assert len(results["mean_by_meta_seed"]["prototype"][setting]) == 1
     assert (out / "accuracy_vs_k.png").stat().st_size > 1000
 
 
