@@ -31,7 +31,8 @@ from llm_meta.config import from_dict, to_dict
 from llm_meta.episodes import Examples
 from llm_meta.heads import HEAD_KEYS
 from llm_meta.metrics import classification_metrics
-from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
+from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, start_model_config, \
+    warn_truncated
 from llm_meta.tasks import Task, TaskError, load_task, task_fingerprint
 from llm_meta.training import environment
 
@@ -80,6 +81,7 @@ class FewShotClassifier:
         from tqdm import tqdm
 
         chunk = 1024  # texts per progress-bar tick; embedding itself runs in length-sorted batches
+        warn_truncated(self.body, texts, "texts to label")
         out = [predict_logits(self.body, self.params, texts[i : i + chunk], self.scale, batch_size)
                for i in tqdm(range(0, len(texts), chunk), desc=f"predict ({len(texts)} texts)",
                              disable=not progress or len(texts) <= chunk or None, leave=False)]
@@ -169,7 +171,16 @@ def load_task_model(folder: str | Path, fmt: str, what: str) -> tuple[Body, Para
 
 
 def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> tuple[Examples, list[str]]:
-    """K examples of every class of `task` (seeded); a class with fewer than K is an error naming it."""
+    """K examples of every class of `task` (seeded, distinct texts where the class has them).
+
+    A class with fewer than K examples joins with all it has, and a warning names it: dropping
+    it would silently remove a class, and failing would refuse the imbalanced data users have.
+
+    Raises:
+        TaskError: K < 1.
+    """
+    if shots < 1:
+        raise TaskError(f"K (--shots) must be at least 1 example per class, got {shots}")
     ds = task.split(split)
     by_class: dict[str, list[str]] = {}
     for text, label in zip(ds["text"], ds["label"]):
@@ -177,14 +188,15 @@ def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> 
     small = {c: len(t) for c, t in sorted(by_class.items()) if len(t) < shots}
     if small:
         listed = ", ".join(f"'{c}' has {n}" for c, n in list(small.items())[:10])
-        raise TaskError(f"task '{task.name}' ({split}): {len(small)} class(es) have fewer than K={shots} examples: "
-                        f"{listed}{' ...' if len(small) > 10 else ''}")
+        log.warning("task '%s' (%s): %d class(es) have fewer than K=%d examples and join with all they have: %s%s",
+                    task.name, split, len(small), shots, listed, " ..." if len(small) > 10 else "")
     rng = random.Random(f"support:{seed}")
     labels = sorted(by_class)
     support = Examples([], [])
     for y, label in enumerate(labels):
-        support.texts += rng.sample(by_class[label], shots)
-        support.labels += [y] * shots
+        picked = rng.sample(by_class[label], min(shots, len(by_class[label])))
+        support.texts += picked
+        support.labels += [y] * len(picked)
     return support, labels
 
 
@@ -212,13 +224,14 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         meta = read_metadata(cfg.adapter)
         if meta.get("format") == CLASSIFIER_FORMAT:
             raise CheckpointError(f"{cfg.adapter} is an adapted task model; start from a meta-trained adapter or none")
-        cfg.model = from_dict(ModelConfig, meta["config"]["model"])
+        cfg.model = start_model_config(from_dict(ModelConfig, meta["config"]["model"]), cfg.model,
+                                       AdaptConfig().model, cfg.adapter)
         trained_steps = meta["config"].get("inner", {}).get("steps")
         if meta.get("algorithm") == "metasgd" and trained_steps != cfg.inner.steps:
             log.warning("this Meta-SGD adapter's learned rates were meta-trained for %s inner steps; adapting with "
                         "%d (set inner.steps=%s to match; more steps with learned rates can diverge)",
                         trained_steps, cfg.inner.steps, trained_steps)
-    body = load_body(cfg.model)
+    body = load_body(cfg.model, seed=cfg.seed)
     params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
 
     if cfg.support is not None:
@@ -229,6 +242,7 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     else:
         data = task if isinstance(task, Task) else load_task(cfg.task, cfg.text_column, cfg.label_column)
         examples, labels = support_set(data, cfg.shots, cfg.split, cfg.seed)
+    warn_truncated(body, examples.texts, "support texts")
     fast = adapt_params(body, params, examples, len(labels), cfg.inner, seed=cfg.seed, label_names=labels)
     meta = {
         "base_model": cfg.model.name, "model": to_dict(cfg.model), "start": cfg.adapter or "untrained",

@@ -167,29 +167,21 @@ def _is_tagger(folder: str) -> bool:
     return read_metadata(folder).get("format") == TAGGER_FORMAT
 
 
-def read_texts(source: str, text_column: str) -> list[str]:
-    """Texts from a .txt file (one per line), a .csv/.tsv/.jsonl file (a text column), or stdin ('-')."""
-    import csv
-    import json
-    from pathlib import Path
+def _read_to_predict(args: argparse.Namespace) -> tuple[list[str | None], list[int]]:
+    """The input texts (None where a row has no text) and the rows to predict: empty or missing
+    texts are skipped with a warning, or refused with `--empty error`."""
+    from llm_meta.tasks import read_inputs
 
-    if source == "-":
-        return [line.rstrip("\n") for line in sys.stdin]
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file {source} does not exist")
-    suffix = path.suffix.lower()
-    with path.open(encoding="utf-8", newline="") as f:
-        if suffix in (".csv", ".tsv"):
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-        elif suffix == ".jsonl":
-            rows = [json.loads(line) for line in f if line.strip()]
-        else:
-            return [line.rstrip("\n") for line in f]
-    if rows and text_column not in rows[0]:
-        raise ValueError(f"{source}: no text column '{text_column}' (columns: {', '.join(rows[0])}); "
-                         f"pass --text-column")
-    return [str(r[text_column]) for r in rows]
+    texts = read_inputs(args.input, args.text_column)
+    empty = [i for i, t in enumerate(texts) if t is None or not t.strip()]
+    if empty and args.empty == "error":
+        raise ValueError(f"{len(empty)} empty or whitespace-only text(s) in {args.input} (first at line/row "
+                         f"{empty[0] + 1}; a missing text counts as empty)")
+    if empty:
+        logging.getLogger("llm_meta").warning("skipped %d empty or whitespace-only text(s) in %s (first at line/row "
+                                              "%d; a missing text counts as empty): their label is null", len(empty),
+                                              args.input, empty[0] + 1)
+    return texts, [i for i, t in enumerate(texts) if t is not None and t.strip()]
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -203,14 +195,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
         return _predict_entities(FewShotTagger.load(args.model), args)
     clf = FewShotClassifier.load(args.model)
-    texts = read_texts(args.input, args.text_column)
-    empty = [i for i, t in enumerate(texts) if not t.strip()]
-    if empty and args.empty == "error":
-        raise ValueError(f"{len(empty)} empty or whitespace-only text(s) in the input (first at line/row {empty[0] + 1})")
-    if empty:
-        logging.getLogger("llm_meta").warning("skipped %d empty or whitespace-only text(s)", len(empty))
-    keep = [t for t in texts if t.strip()]
-    predictions = dict(zip([i for i, t in enumerate(texts) if t.strip()], clf.predict(keep, progress=True)))
+    texts, keep = _read_to_predict(args)
+    predictions = dict(zip(keep, clf.predict([texts[i] for i in keep], progress=True)))
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     try:
         if args.output and args.output.endswith(".csv"):
@@ -218,7 +204,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             writer.writerow(["text", "label", "probability"])
             for i, text in enumerate(texts):
                 label, prob = predictions.get(i, ("", float("nan")))
-                writer.writerow([text, label, f"{prob:.4f}"])
+                writer.writerow([text or "", label, f"{prob:.4f}"])
         else:
             for i, text in enumerate(texts):
                 label, prob = predictions.get(i, (None, None))
@@ -232,11 +218,13 @@ def _predict_entities(tagger, args: argparse.Namespace) -> None:
     """NER predictions: one JSON line per text with its entity spans (word offsets, type, text)."""
     import json
 
-    texts = read_texts(args.input, args.text_column)
+    texts, keep = _read_to_predict(args)
+    # An empty line has no entities; a missing text (JSON null, no field) gets null, as in `predict`.
+    entities = {i: [] for i, t in enumerate(texts) if t is not None} | dict(zip(keep, tagger.predict([texts[i] for i in keep])))
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        for text, entities in zip(texts, tagger.predict(texts)):
-            out.write(json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n")
+        for i, text in enumerate(texts):
+            out.write(json.dumps({"text": text, "entities": entities.get(i)}, ensure_ascii=False) + "\n")
     finally:
         if out is not sys.stdout:
             out.close()

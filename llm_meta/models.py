@@ -302,15 +302,31 @@ def attach_lora(model: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
     return get_peft_model(model, lora)
 
 
-def load_body(cfg: ModelConfig, adapter: str | Path | None = None) -> Body:
+def load_body(cfg: ModelConfig, adapter: str | Path | None = None, seed: int | None = None) -> Body:
     """Base model + tokenizer + LoRA (fresh, or loaded from a PEFT adapter folder), in eval mode.
 
     Eval mode is deliberate: dropout on a 25-example support set adds noise, not regularisation,
-    and it would make episodes irreproducible.
+    and it would make episodes irreproducible. A fresh LoRA's A matrices are random: with `seed`
+    they are drawn from that seed (the global random state is left as it was), so the same seed
+    gives the same start in any process; without it, from the global state (the recipes seed it).
+
+    Raises:
+        ModelLoadError: the model cannot be found or loaded.
+        ValueError: a LoRA target or layer count the model does not have, or model.max_length
+            beyond the positions the model can read.
     """
     base, tokenizer = load_base(cfg)
+    limit = position_limit(base, tokenizer)
+    if limit is not None and cfg.max_length > limit:
+        raise ValueError(f"model.max_length={cfg.max_length} is more than {cfg.name} can read ({limit} token "
+                         f"positions); set model.max_length to at most {limit}")
+    if cfg.max_length < 4:
+        raise ValueError(f"model.max_length must be at least 4 tokens, got {cfg.max_length}")
     if adapter is None:
-        model = attach_lora(base, cfg)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = attach_lora(base, cfg)
     else:
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
     model.eval()
@@ -331,6 +347,48 @@ def load_body(cfg: ModelConfig, adapter: str | Path | None = None) -> Body:
         body.prefix = enable_prefix_cache(model, num_layers(base), cfg.lora_layers, names, disk,
                                           tag=f"{cfg.name}|{cfg.autocast}|{torch.cuda.is_available()}")
     return body
+
+
+def position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """Most tokens per text the model can read (learned position embeddings / the tokenizer's own
+    limit), or None when neither states one (e.g. relative or rotary positions without a limit)."""
+    config = model.config
+    limits = [getattr(config, key, None) for key in ("max_position_embeddings", "n_positions")]
+    limits = [int(n) for n in limits if isinstance(n, int) and n > 0]
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after the padding index
+        limits = [n - 2 for n in limits]
+    if 0 < tokenizer.model_max_length < 1_000_000:  # "unset" is a huge sentinel value
+        limits.append(int(tokenizer.model_max_length))
+    return min(limits) if limits else None
+
+
+# Model settings that may change after meta-training: they decide how texts are read and computed,
+# not what the LoRA tensors mean. Everything else (base model, LoRA shape and placement, pooling)
+# is fixed by the adapter.
+RUNTIME_MODEL_KEYS = ("max_length", "autocast", "prefix_cache", "gradient_checkpointing", "trust_remote_code")
+
+
+def start_model_config(trained: ModelConfig, requested: ModelConfig, default: ModelConfig, adapter: str) -> ModelConfig:
+    """The model config for adapting `adapter`: the one it was trained with, plus the runtime
+    settings (RUNTIME_MODEL_KEYS) the user set, i.e. those where `requested` differs from `default`.
+
+    Raises:
+        ValueError: the user set any other model key to a value other than the adapter's.
+    """
+    import dataclasses
+
+    out = dataclasses.replace(trained)
+    for f in dataclasses.fields(ModelConfig):
+        wanted, was = getattr(requested, f.name), getattr(trained, f.name)
+        if wanted == getattr(default, f.name) or wanted == was:
+            continue
+        if f.name not in RUNTIME_MODEL_KEYS:
+            raise ValueError(f"model.{f.name}={wanted!r} cannot change for the adapter {adapter}, which was trained "
+                             f"with {was!r}; after meta-training only model.{', model.'.join(RUNTIME_MODEL_KEYS)} "
+                             f"can change")
+        log.info("model.%s=%r (the adapter was trained with %r)", f.name, wanted, was)
+        setattr(out, f.name, wanted)
+    return out
 
 
 def num_layers(model: PreTrainedModel) -> int:
@@ -390,6 +448,20 @@ def tokenize(body: Body, texts: list[str]) -> dict[str, Tensor]:
     """Tokenise with dynamic padding: the batch is as long as its longest text, capped at max_length."""
     enc = body.tokenizer(texts, padding=True, truncation=True, max_length=body.max_length, return_tensors="pt")
     return {k: v.to(body.device) for k, v in enc.items()}
+
+
+def warn_truncated(body: Body, texts: list[str], what: str = "texts") -> int:
+    """Warn once when texts are longer than `body.max_length` tokens (they are read only up to it),
+    with their count; return the count. Truncation is a choice the user must see."""
+    if not texts:
+        return 0
+    lengths = body.tokenizer(list(texts), truncation=False, return_length=True, verbose=False)["length"]
+    cut = sum(n > body.max_length for n in lengths)
+    if cut:
+        log.warning("%d of %d %s are longer than model.max_length=%d tokens (longest: %d) and are read only up to "
+                    "it; set model.max_length higher to read more", cut, len(texts), what, body.max_length,
+                    max(lengths))
+    return cut
 
 
 def hidden_states(body: Body, params: Params, batch: dict[str, Tensor]) -> Tensor:

@@ -21,7 +21,7 @@ from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metad
 from llm_meta.classifier import CLASSIFIER_FORMAT, load_task_model, save_task_model
 from llm_meta.config import from_dict, to_dict
 from llm_meta.metrics import entity_metrics
-from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
+from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, start_model_config
 from llm_meta.ner import NerEpisodeSampler, Sentence, entity_type, entity_types, io_to_bio, load_ner, \
     sentences_fingerprint, tag_words
 from llm_meta.tasks import TaskError
@@ -101,7 +101,10 @@ def adapt_tagger(cfg: TaggerConfig) -> FewShotTagger:
         meta = read_metadata(cfg.adapter)
         if meta.get("format") in (TAGGER_FORMAT, CLASSIFIER_FORMAT):
             raise CheckpointError(f"{cfg.adapter} is an adapted task model; start from a meta-trained adapter or none")
-        cfg.model = from_dict(ModelConfig, meta["config"]["model"])
+        cfg.model = start_model_config(from_dict(ModelConfig, meta["config"]["model"]), cfg.model,
+                                       TaggerConfig().model, cfg.adapter)
+    if cfg.shots < 1:
+        raise TaskError(f"K (--shots) must be at least 1 mention per entity type, got {cfg.shots}")
     sentences = load_ner(cfg.data)
     types = cfg.types or entity_types(sentences)
     sampler = NerEpisodeSampler(sentences, types, len(types), cfg.shots, 0, seed=cfg.seed, name=str(cfg.data))
@@ -109,7 +112,7 @@ def adapt_tagger(cfg: TaggerConfig) -> FewShotTagger:
     labels = ["O", *sorted(types)]
     if support.texts == []:
         raise TaskError(f"{cfg.data}: no support sentences for types {types}")
-    body = load_body(cfg.model)
+    body = load_body(cfg.model, seed=cfg.seed)
     params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
     fast = adapt_params(body, params, support, len(labels), cfg.inner, seed=cfg.seed, label_names=labels)
     meta = {"base_model": cfg.model.name, "model": to_dict(cfg.model), "start": cfg.adapter or "untrained",

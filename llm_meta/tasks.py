@@ -1,11 +1,20 @@
 """Tasks: labelled text datasets loaded with `datasets`, from the registry, local files or the Hub.
 
 A task spec is one of
-  - a registry name (`data/tasks.yaml`: bundled offline datasets from installed packages),
+  - a registry name (`llm_meta/tasks.yaml`, shipped in the package: bundled offline datasets
+    from installed packages),
   - a local csv/tsv/jsonl/json/parquet file, or a folder holding train/dev/test files,
   - `hf:<id>[:<config>]` for the Hugging Face Hub.
 All three end in the same `load_dataset` call and the same checks, so the Hub path is exercised
 by the local-file tests. Every split is normalised to two string columns, `text` and `label`.
+
+A user's file is read exactly as written, by one set of rules for every command (`read_inputs`
+gives `predict` the same rules for its unlabelled files): a UTF-8 byte-order mark is dropped,
+CRLF line ends are line ends, and every CSV/TSV cell is a string (`01`, `true`, `NA`, `null`
+stay those strings: no type inference, no missing-value guessing). JSON scalars that are not
+strings are written back in JSON's own spelling (`1` -> "1", `true` -> "true"); a JSON null or
+a missing field is a missing text (skipped with a warning) or a missing label (an error naming
+the row). Rows are numbered from 1, the header not counted.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-REGISTRY_PATH = Path(__file__).resolve().parent.parent / "data" / "tasks.yaml"
+REGISTRY_PATH = Path(__file__).resolve().parent / "tasks.yaml"  # package data: ships in the wheel
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SPLIT_ALIASES = {"train": "train", "dev": "validation", "validation": "validation", "valid": "validation", "test": "test"}
 CLASS_ROLES = ("meta_train", "meta_val", "meta_test")
@@ -112,10 +121,16 @@ def _load_files(path: Path, encoding: str = "utf-8") -> datasets.DatasetDict:
     for split, f in files.items():
         if f.stat().st_size == 0:
             raise TaskError(f"{f}: the file is empty")
+    if FILE_BUILDERS[suffix] == "json":
+        return datasets.DatasetDict({split: _read_json(f) for split, f in files.items()})
     kwargs: dict[str, Any] = {}
     if FILE_BUILDERS[suffix] == "csv":
-        # keep_default_na=False: texts such as "null" or "NA" are texts, not missing values.
-        kwargs = {"keep_default_na": False, "encoding": encoding, "delimiter": "\t" if suffix == ".tsv" else ","}
+        # utf-8-sig drops the byte-order mark spreadsheet programs write before the first header.
+        codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+        delimiter = "\t" if suffix == ".tsv" else ","
+        # Every column a string and no missing-value guessing: "01", "true", "NA" stay as written.
+        kwargs = {"keep_default_na": False, "encoding": codec, "delimiter": delimiter,
+                  "features": _string_features(files.values(), codec, delimiter)}
     try:
         return datasets.load_dataset(FILE_BUILDERS[suffix], data_files={k: str(v) for k, v in files.items()}, **kwargs)
     except UnicodeDecodeError as err:
@@ -128,6 +143,122 @@ def _load_files(path: Path, encoding: str = "utf-8") -> datasets.DatasetDict:
         if "corresponds to no data" in str(cause):
             raise TaskError(f"{path}: the dataset has no rows") from err
         raise TaskError(f"{path}: could not be parsed as {FILE_BUILDERS[suffix]}: {str(cause).splitlines()[0]}") from err
+
+
+def _string_features(files: Any, encoding: str, delimiter: str) -> datasets.Features:
+    """All-string features for the CSV files' header (which must be the same in every file)."""
+    import csv
+
+    headers = []
+    for f in files:
+        try:
+            with open(f, encoding=encoding, newline="") as handle:
+                headers.append(next(csv.reader(handle, delimiter=delimiter), []))
+        except UnicodeDecodeError as err:
+            raise TaskError(f"{f}: not valid {encoding.removesuffix('-sig')} text ({err.reason} at byte "
+                            f"{err.start}); re-save it as UTF-8") from err
+    if any(h != headers[0] for h in headers):
+        raise TaskError(f"the files {', '.join(map(str, files))} do not share one header: {headers}")
+    duplicated = sorted({c for c in headers[0] if headers[0].count(c) > 1})
+    if duplicated:
+        raise TaskError(f"{next(iter(files))}: column name(s) {duplicated} appear more than once in the header")
+    return datasets.Features({name: datasets.Value("string") for name in headers[0]})
+
+
+def _read_json(path: Path) -> datasets.Dataset:
+    """A .jsonl file (one object per line) or a .json file (a list of objects, or {"data": [...]}).
+
+    Read with the standard `json` module, not `load_dataset("json")`: datasets 5.x stores a column
+    of mixed types (a string label "01" among numbers, a null text) as JSON text and decodes "01"
+    back as the number 1, changing the user's data. Here every scalar cell becomes the string the
+    user wrote (`cell_text`), None stays missing, and list cells (NER token/tag columns) are kept.
+    """
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise TaskError(f"{path}: not valid utf-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8") from err
+    try:
+        if path.suffix.lower() == ".jsonl":
+            rows = []
+            for lineno, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+                if line.strip():
+                    rows.append((lineno, json.loads(line)))
+        else:
+            loaded = json.loads(text)
+            loaded = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
+            if not isinstance(loaded, list):
+                raise TaskError(f"{path}: expected a list of objects (or {{\"data\": [...]}}), got {type(loaded).__name__}")
+            rows = list(enumerate(loaded, start=1))
+    except json.JSONDecodeError as err:
+        where = f"line {lineno}" if path.suffix.lower() == ".jsonl" else f"line {err.lineno}"
+        raise TaskError(f"{path}: could not be parsed as json ({where}: {err.msg})") from err
+    bad = next(((n, r) for n, r in rows if not isinstance(r, dict)), None)
+    if bad:
+        raise TaskError(f"{path}: row at line/item {bad[0]} is {type(bad[1]).__name__}, expected an object with fields")
+    if not rows:
+        raise TaskError(f"{path}: the dataset has no rows")
+    columns = list(dict.fromkeys(key for _, row in rows for key in row))
+    data = {}
+    for column in columns:
+        values = [row.get(column) for _, row in rows]
+        if all(v is None or isinstance(v, list) for v in values):
+            data[column] = values  # token / tag lists
+        else:
+            data[column] = [v if v is None or isinstance(v, str) else
+                            cell_text(v) if isinstance(v, (bool, int, float)) else json.dumps(v) for v in values]
+    return datasets.Dataset.from_dict(data)
+
+
+def cell_text(value: Any) -> str | None:
+    """A cell as the string the user wrote: str as is, None as missing, other JSON scalars in JSON's
+    own spelling (1 -> "1", 1.5 -> "1.5", true -> "true"). Raises TypeError for lists and mappings."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        import json
+
+        return json.dumps(value)
+    raise TypeError(f"{type(value).__name__} {value!r}")
+
+
+def read_inputs(source: str, text_column: str = "text") -> list[str | None]:
+    """Texts to label, by the rules of `load_task`: a .txt file (one text per line) or stdin ('-'),
+    else a .csv/.tsv/.jsonl/.json/.parquet file's `text_column`. A missing text (JSON null, a row
+    without the field) is None, so outputs stay aligned with the input rows.
+
+    Raises:
+        TaskError: a missing file, a missing column, an undecodable file, or a non-scalar text.
+    """
+    if source == "-":
+        import sys
+
+        return [line.rstrip("\r\n").lstrip("\ufeff") if i == 0 else line.rstrip("\r\n")
+                for i, line in enumerate(sys.stdin)]
+    path = Path(source)
+    if not path.is_file():
+        raise TaskError(f"input file {source} does not exist")
+    if path.suffix.lower() not in FILE_BUILDERS:  # plain text: one text per line
+        try:
+            # utf-8-sig drops a byte-order mark; universal newlines make CRLF and CR line ends one.
+            with path.open(encoding="utf-8-sig") as f:
+                lines = f.read().split("\n")
+        except UnicodeDecodeError as err:
+            raise TaskError(f"{source}: not valid utf-8 text ({err.reason} at byte {err.start}); "
+                            f"re-save it as UTF-8") from err
+        return lines[:-1] if lines and lines[-1] == "" else lines
+    ds = _load_files(path)["train"]
+    if text_column not in ds.column_names:
+        raise TaskError(f"{source}: no text column '{text_column}' (columns: {', '.join(ds.column_names)}); "
+                        f"pass --text-column")
+    texts = []
+    for i, value in enumerate(ds[text_column]):
+        try:
+            texts.append(cell_text(value))
+        except TypeError as err:
+            raise TaskError(f"{source} row {i + 1}: text is {err}, expected a string") from err
+    return texts
 
 
 def _load_registered(name: str, entry: dict[str, Any]) -> Task:
@@ -209,27 +340,37 @@ def load_rows(spec: str, text_column: str = "text", label_column: str = "label")
 
 
 def _normalise(ds: datasets.Dataset, where: str, text_column: str, label_column: str) -> datasets.Dataset:
-    """Check one split and bring it to string `text` / `label` columns."""
+    """Check one split and bring it to string `text` / `label` columns (rows numbered from 1).
+
+    Missing or empty texts are skipped with a warning giving their count and the first row; a
+    missing or empty label is an error naming the row, because guessing a class is never right.
+    """
     for role, column in (("text", text_column), ("label", label_column)):
         if column not in ds.column_names:
             raise TaskError(f"{where}: no {role} column '{column}' (columns: {', '.join(ds.column_names)}); "
                             f"pass {role}_column=<name>")
     if len(ds) == 0:
         raise TaskError(f"{where}: the dataset has no rows")
-    texts = ds[text_column]
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TaskError(f"{where} row {i}: text is {type(t).__name__} {t!r}, expected a string")
+    texts, labels = [], []
     feature = ds.features[label_column]
-    if isinstance(feature, datasets.ClassLabel):
-        labels = [feature.int2str(v) for v in ds[label_column]]
-    else:
-        labels = ["" if v is None else str(v) for v in ds[label_column]]
-    if any(label == "" for label in labels):
-        raise TaskError(f"{where}: {labels.count('')} row(s) have an empty label")
-    keep = [i for i, t in enumerate(texts) if t.strip()]
+    for i, (t, y) in enumerate(zip(ds[text_column], ds[label_column])):
+        try:
+            texts.append(cell_text(t))
+        except TypeError as err:
+            raise TaskError(f"{where} row {i + 1}: text is {err}, expected a string") from err
+        try:
+            labels.append(feature.int2str(y) if isinstance(feature, datasets.ClassLabel) else cell_text(y))
+        except TypeError as err:
+            raise TaskError(f"{where} row {i + 1}: label is {err}, expected a string or a number") from err
+    empty_labels = [i for i, y in enumerate(labels) if y is None or not y.strip()]
+    if empty_labels:
+        raise TaskError(f"{where} row {empty_labels[0] + 1}: empty label ({len(empty_labels)} row(s) have an "
+                        f"empty label); give every row a label or remove it")
+    keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
     if len(keep) < len(texts):
-        log.warning("%s: skipped %d empty or whitespace-only text(s)", where, len(texts) - len(keep))
+        first = next(i for i, t in enumerate(texts) if t is None or not t.strip())
+        log.warning("%s: skipped %d empty or whitespace-only text(s) (first at row %d; a missing text counts as "
+                    "empty)", where, len(texts) - len(keep), first + 1)
     if not keep:
         raise TaskError(f"{where}: every text is empty")
     return datasets.Dataset.from_dict({"text": [texts[i] for i in keep], "label": [labels[i] for i in keep]})

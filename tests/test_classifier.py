@@ -47,9 +47,13 @@ def test_support_set_draws_k_per_class_reproducibly(toy):
     assert support_set(task, 3, seed=1)[0].texts == support.texts != support_set(task, 3, seed=2)[0].texts
 
 
-def test_k_larger_than_a_class_names_it(toy):
-    with pytest.raises(TaskError, match=r"3 class\(es\) have fewer than K=9 examples: 'card_payment' has 8"):
-        support_set(load_task(str(toy)), shots=9)
+def test_k_larger_than_a_class_names_it(toy, caplog):
+    support, _ = support_set(load_task(str(toy)), shots=9)
+    assert "3 class(es) have fewer than K=9 examples and join with all they have: 'card_payment' has 8" in caplog.text
+    assert len(support) == 24
+    for k in (0, -2):
+        with pytest.raises(TaskError, match=f"K \\(--shots\\) must be at least 1 example per class, got {k}"):
+            support_set(load_task(str(toy)), shots=k)
 
 
 def test_label_names_join_the_support_set():

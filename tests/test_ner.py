@@ -25,7 +25,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
     with pytest.raises(TaskError, match=r"bad.conll:4: expected a token and a tag"):
         read_conll(f)
     f.write_text("Paris\tB LOC?\n")
-    with pytest.raises(TaskError, match=r"bad.conll:1: 'LOC\?' is not a BIO/IO tag"):
+    with pytest.raises(TaskError, match=r"bad.conll:1: 'B LOC\?' is not a BIO/IO tag"):
         read_conll(f)
 
 
