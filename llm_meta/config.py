@@ -25,13 +25,28 @@ class ConfigError(ValueError):
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build `cls` from an optional YAML file and `key.sub=value` overrides (applied last)."""
-    data = read_yaml(Path(path)) if path is not None else {}
+    data = read_yaml(resolve_config_path(path)) if path is not None else {}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
     return from_dict(cls, data)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` as given when it exists; else a `recipes/configs/...` path inside the installed
+    `recipes` package, so the shipped configs work from any folder after `pip install`."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or path.parts[:1] != ("recipes",):
+        return path
+    import importlib.util
+
+    spec = importlib.util.find_spec("recipes")
+    if spec is None or not spec.submodule_search_locations:
+        return path
+    installed = Path(list(spec.submodule_search_locations)[0]).parent / path
+    return installed if installed.exists() else path
 
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -350,7 +350,7 @@ def is_token_level(texts: list) -> bool:
     return bool(texts) and isinstance(texts[0], list)
 
 
-def align_words(body: Body, sentences: list[list[str]]) -> AlignedBatch:
+def align_words(body: Body, sentences: list[list[str]], warn: bool = True) -> AlignedBatch:
     """Tokenise word lists and find each word's first sub-token through character offsets.
 
     Offsets work for WordPiece and byte-level BPE alike (a BPE token may carry the space before a
@@ -375,7 +375,7 @@ def align_words(body: Body, sentences: list[list[str]]) -> AlignedBatch:
             rows.append(row)
             positions.append(first[w])
             words.append((row, w))
-    if dropped:
+    if dropped and warn:
         log.warning("%d word(s) got no token (sentences longer than max_length=%d tokens are cut); they are left "
                     "out of training and scoring", dropped, body.max_length)
     batch = {k: v.to(body.device) for k, v in enc.items()}
@@ -405,13 +405,22 @@ def token_loss_and_accuracy(body: Body, params: Params, sentences: list[list[str
 def embed_words(body: Body, params: Params, sentences: list[list[str]], labels: list[list[int]],
                 batch_size: int = 32) -> tuple[Tensor, Tensor]:
     """(embeddings [M, hidden], class ids [M]) of every kept word, without gradients."""
-    embs, ys = [], []
+    embs, ys, dropped = [], [], 0
     for start in range(0, len(sentences), batch_size):
         part = sentences[start : start + batch_size]
-        aligned = align_words(body, part)
+        aligned = align_words(body, part, warn=False)
+        dropped += aligned.dropped
         embs.append(word_embeddings(body, params, aligned))
         ys.append(word_labels(aligned, labels[start : start + batch_size], body.device))
+    _warn_dropped(dropped, len(sentences), body.max_length)
     return torch.cat(embs), torch.cat(ys)
+
+
+def _warn_dropped(dropped: int, sentences: int, max_length: int) -> None:
+    """One warning for a whole pass over many batches (align_words would warn once per batch)."""
+    if dropped:
+        log.warning("%d word(s) of %d sentence(s) got no token (sentences longer than max_length=%d tokens are cut); "
+                    "they are left out of training and scoring", dropped, sentences, max_length)
 
 
 def io_to_bio(labels: list[int], names: list[str]) -> list[str]:
@@ -426,9 +435,12 @@ def io_to_bio(labels: list[int], names: list[str]) -> list[str]:
 def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: float, batch_size: int = 32) -> list[list[int]]:
     """The head's class id for every word (0 = O); words past max_length get O (align_words warns)."""
     out = [[0] * len(words) for words in sentences]
+    dropped = 0
     for start in range(0, len(sentences), batch_size):
-        aligned = align_words(body, sentences[start : start + batch_size])
+        aligned = align_words(body, sentences[start : start + batch_size], warn=False)
+        dropped += aligned.dropped
         ys = head_logits(params, word_embeddings(body, params, aligned), scale).argmax(1)
         for (s, w), y in zip(aligned.words, ys.tolist()):
             out[start + s][w] = y
+    _warn_dropped(dropped, len(sentences), body.max_length)
     return out

@@ -148,6 +148,16 @@ def test_words_past_max_length_are_counted_and_warned(tiny_bert_dir, caplog):
     with caplog.at_level(logging.WARNING):
         aligned = align_words(body, [["a"] * 20])
     assert aligned.dropped == 20 - 6 and "14 word(s) got no token" in caplog.text
+    caplog.clear()
+    from llm_meta.models import lora_params
+    from llm_meta.ner import tag_words
+    from llm_meta.heads import HEAD_KEYS
+
+    params = {**lora_params(body), HEAD_KEYS[0]: torch.zeros(2, body.hidden_size), HEAD_KEYS[1]: torch.zeros(2)}
+    with caplog.at_level(logging.WARNING):
+        tag_words(body, params, [["a"] * 20] * 70, scale=1.0, batch_size=32)  # three batches, one warning
+    warnings = [r for r in caplog.records if "got no token" in r.message]
+    assert len(warnings) == 1 and "980 word(s) of 70 sentence(s)" in warnings[0].message
 
 
 # --- the same algorithms at token level ------------------------------------------------------------
