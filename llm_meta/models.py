@@ -307,28 +307,30 @@ def load_body(cfg: ModelConfig, adapter: str | Path | None = None, seed: int | N
 
     Eval mode is deliberate: dropout on a 25-example support set adds noise, not regularisation,
     and it would make episodes irreproducible. A fresh LoRA's A matrices are random: with `seed`
-    they are drawn from that seed (the global random state is left as it was), so the same seed
-    gives the same start in any process; without it, from the global state (the recipes seed it).
+    every draw of loading is made from that seed and the global random state is left as it was, so
+    the same seed gives the same start in any process; without it, from the global state (the
+    recipes seed it).
 
     Raises:
         ModelLoadError: the model cannot be found or loaded.
         ValueError: a LoRA target or layer count the model does not have, or model.max_length
             beyond the positions the model can read.
     """
-    base, tokenizer = load_base(cfg)
-    limit = position_limit(base, tokenizer)
-    if limit is not None and cfg.max_length > limit:
-        raise ValueError(f"model.max_length={cfg.max_length} is more than {cfg.name} can read ({limit} token "
-                         f"positions); set model.max_length to at most {limit}")
-    if cfg.max_length < 4:
-        raise ValueError(f"model.max_length must be at least 4 tokens, got {cfg.max_length}")
-    if adapter is None:
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+    # Loading may draw too (weights a checkpoint lacks, e.g. an unused pooler): seeded, and in a fork.
+    with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
+        if seed is not None:
+            torch.manual_seed(seed)
+        base, tokenizer = load_base(cfg)
+        limit = position_limit(base, tokenizer)
+        if limit is not None and cfg.max_length > limit:
+            raise ValueError(f"model.max_length={cfg.max_length} is more than {cfg.name} can read ({limit} token "
+                             f"positions); set model.max_length to at most {limit}")
+        if cfg.max_length < 4:
+            raise ValueError(f"model.max_length must be at least 4 tokens, got {cfg.max_length}")
+        if adapter is None:
             model = attach_lora(base, cfg)
-    else:
-        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+        else:
+            model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
     model.eval()
     decoder = is_decoder_config(base.config)
     pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if decoder else "mean")

@@ -8,6 +8,7 @@ the shipped configs), a module missing from the wheel, an undeclared dependency 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,9 +24,16 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 
 
 def test_wheel_installs_into_a_fresh_environment_and_runs_outside_the_source_tree(tmp_path, tiny_bert_dir):
+    # Build from a copy of what the wheel is made of, so the build leaves nothing in the checkout.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("llm_meta", "recipes"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist),
-          str(ROOT)], cwd=tmp_path)
+          str(source)], cwd=tmp_path)
     wheel = next(dist.glob("llm_meta-*.whl"))
     env_dir = tmp_path / "env"
     _run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], cwd=tmp_path)
