@@ -515,10 +515,17 @@ def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, bat
 
 def episode_accuracy(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> float:
     """Query accuracy after adapting `params` on the episode's support set (the evaluation protocol)."""
-    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
     if is_token_level(episode.query.texts):  # word-level accuracy (entity F1: evaluation.episode_entity_f1)
+        fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
         emb, labels = labelled_embeddings(body, fast, episode.query)
         return (head_logits(fast, emb, cfg.scale).argmax(1) == labels).float().mean().item()
+    return query_correct(body, params, episode, cfg, seed).float().mean().item()
+
+
+def query_correct(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> Tensor:
+    """[Q] bool: whether each query text of a sequence episode is classified right after adapting
+    `params` on its support set (the unit the benchmark's bootstrap resamples)."""
+    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
     if cfg.transductive:
         support, _ = _episode_start(body, params, episode.support, episode.n_way, cfg, episode.label_names, head={})
         s_emb, s_labels = labelled_embeddings(body, fast, support)
@@ -527,7 +534,7 @@ def episode_accuracy(body: Body, params: Params, episode: Episode, cfg: InnerCon
         logits = head_logits(prototype_head(c), q_emb, cfg.scale)
     else:
         logits = predict_logits(body, fast, episode.query.texts, cfg.scale)
-    return (logits.argmax(1).cpu() == torch.tensor(episode.query.labels)).float().mean().item()
+    return logits.argmax(1).cpu() == torch.tensor(episode.query.labels)
 
 
 def check_finite(value: float, what: str) -> None:

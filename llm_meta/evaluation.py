@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from scipy import stats
 from tqdm import tqdm
 
-from llm_meta.algorithms import InnerConfig, adapt, episode_accuracy
+import numpy as np
+
+from llm_meta.algorithms import InnerConfig, adapt, episode_accuracy, query_correct
 from llm_meta.episodes import Episode
 from llm_meta.metrics import entity_metrics
 from llm_meta.models import Body, Params
@@ -68,3 +70,40 @@ def episode_entity_f1(body: Body, params: Params, episode: Episode, cfg: InnerCo
     names = episode.label_names
     return entity_metrics([io_to_bio(p, names) for p in predicted],
                           [io_to_bio(r, names) for r in episode.query.labels])["f1"]
+
+
+def score_outcomes(body: Body, params: Params, episodes: list[Episode], cfg: InnerConfig) -> list[np.ndarray]:
+    """`episode_outcomes` of every episode, with the inner-loop seed of `score_episodes` (the
+    episode's position), so the per-episode scores are exactly the same."""
+    return [episode_outcomes(body, params, ep, cfg, seed=i) for i, ep in enumerate(episodes)]
+
+
+def episode_outcomes(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> np.ndarray:
+    """Per-query outcomes after adapting on the support set, the rows `llm_meta.statistics` resamples:
+    [Q, 1] correct (1.0 / 0.0) for a sequence episode; [Q, 3] entity counts (true positives, false
+    positives, false negatives: exact span and type, as seqeval counts them) per query sentence
+    for an NER episode."""
+    if not is_token_level(episode.query.texts):
+        return query_correct(body, params, episode, cfg, seed).float().numpy()[:, None].astype(np.float64)
+    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
+    predicted = tag_words(body, fast, episode.query.texts, cfg.scale)
+    return np.array([entity_counts(io_to_bio(p, episode.label_names), io_to_bio(r, episode.label_names))
+                     for p, r in zip(predicted, episode.query.labels)], dtype=np.float64).reshape(-1, 3)
+
+
+def entity_counts(predicted: list[str], reference: list[str]) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of one sentence's BIO tags: entities
+    (type, first, last) as seqeval extracts them; summed over sentences they give micro F1."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    pred, ref = set(get_entities(predicted)), set(get_entities(reference))
+    tp = len(pred & ref)
+    return tp, len(pred) - tp, len(ref) - tp
+
+
+def episode_score(outcomes: np.ndarray) -> float:
+    """An episode's accuracy ([Q, 1] rows) or entity F1 ([Q, 3] rows) from its per-query outcomes."""
+    if outcomes.shape[1] == 1:
+        return float(outcomes.mean()) if len(outcomes) else 0.0
+    tp, fp, fn = outcomes.sum(0)
+    return float(2 * tp / (2 * tp + fp + fn)) if tp else 0.0

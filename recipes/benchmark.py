@@ -20,13 +20,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import yaml
 from accelerate.utils import set_seed
@@ -37,7 +37,8 @@ from llm_meta.checkpoint import load_adapter_params, read_metadata, write_atomic
 from llm_meta.classifier import support_set
 from llm_meta.config import from_dict, load_config, to_dict
 from llm_meta.episodes import Episode, EpisodeSampler, Examples
-from llm_meta.evaluation import Interval, mean_ci, paired_difference, score_episodes
+from llm_meta.evaluation import episode_score, score_outcomes
+from llm_meta.statistics import UNIT, Estimate, Outcomes, crossed_bootstrap, holm, text_index, verdict
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
 from llm_meta.tasks import Task, load_task
@@ -133,6 +134,10 @@ class Config:
     start_overrides: dict[str, list[str]] = field(default_factory=dict)  # start name -> its own overrides (after)
     budget_scale: float = 1.0  # scales each training config's outer.steps and validate_every (quick runs)
     references: list[str] = field(default_factory=lambda: ["transfer"])  # paired differences against each
+    # The one pre-declared contrast judged at 5% on its own, "METHOD vs REFERENCE on PROTOCOL/TASK/K"
+    # (e.g. "fomaml vs transfer on fullway/banking77/5"); every other verdict is Holm-adjusted.
+    primary: str = ""
+    bootstrap: int = 2000  # replicates of the crossed bootstrap behind every interval
     model: ModelConfig = field(default_factory=ModelConfig)  # replaces the training configs' model section
     adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # the shared adaptation budget
     episodic: EpisodicConfig = field(default_factory=EpisodicConfig)
@@ -177,7 +182,11 @@ def main(cfg: Config) -> dict:
     # Score every method on every setting: per-episode accuracies, averaged over meta-seeds. Each
     # (start, adaptation, episodes) run is kept in out/scores, so an interrupted benchmark resumes
     # and adding a method or a meta-seed scores only what is new.
+    primary = _primary(cfg, settings)
     units = [(m, s) for m in cfg.methods for s in settings]
+    texts = {key: text_index([ep.query.texts for ep in setting["episodes"]]) for key, setting in settings.items()}
+    outcomes: dict[str, dict[str, Outcomes]] = {m: {} for m in cfg.methods}  # per-query, for the bootstrap
+    cached: dict[str, dict[str, bool]] = {m: {} for m in cfg.methods}  # whether the timing is a cached one
     scores: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}
     seen: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}  # hash of the episodes each method scored
     seconds: dict[str, dict[str, float]] = {m: {} for m in cfg.methods}  # wall time per episode
@@ -191,24 +200,31 @@ def main(cfg: Config) -> dict:
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
         runs = [_scored(out, [code, to_dict(cfg.model), to_dict(inner), settings[key]["hash"],
                               _params_fingerprint(starts[(start, s)])],
-                        lambda s=s: score_episodes(body, starts[(start, s)], episodes, inner, progress=False))
+                        lambda s=s: score_outcomes(body, starts[(start, s)], episodes, inner))
                 for s in seeds]
-        seconds[method][name] = sum(t for _, t in runs) / (len(seeds) * len(episodes))
-        scores[method][name] = [sum(r[i] for r, _ in runs) / len(runs) for i in range(len(episodes))]
-        by_seed[method][name] = [sum(r) / len(r) for r, _ in runs]
+        per_seed = [[episode_score(o) for o in run] for run, _, _ in runs]
+        outcomes[method][name] = Outcomes([run for run, _, _ in runs], *texts[key])
+        cached[method][name] = all(hit for _, _, hit in runs)
+        seconds[method][name] = sum(t for _, t, _ in runs) / (len(seeds) * len(episodes))
+        scores[method][name] = [sum(r[i] for r in per_seed) / len(per_seed) for i in range(len(episodes))]
+        by_seed[method][name] = [sum(r) / len(r) for r in per_seed]
         seen[method][name] = _hash(episodes)
         # One line per unit even without a terminal (tqdm draws no bar in a log file).
-        tqdm.write(f"[{done}/{len(units)}] {method} on {name}: {mean_ci(scores[method][name])} "
-                   f"({seconds[method][name]:.2f} s/episode)", file=sys.stderr)
+        tqdm.write(f"[{done}/{len(units)}] {method} on {name}: {100 * sum(by_seed[method][name]) / len(seeds):.1f} "
+                   f"({seconds[method][name]:.2f} s/episode{', cached' if cached[method][name] else ''})",
+                   file=sys.stderr)
 
-    report = _report(cfg, settings, scores, trained, seconds, by_seed)
+    estimates, contrasts = _statistics(cfg, settings, outcomes, primary)
+    report = _report(cfg, settings, estimates, contrasts, trained, seconds, cached, by_seed)
     (out / "report.md").write_text(report)
     results = {"config": to_dict(cfg), "starts": trained,
                "hashes": {"/".join(map(str, k)): v["hash"] for k, v in settings.items()},
                "episodes_seen": seen, "scores": scores, "seconds_per_episode": seconds,
-               "mean_by_meta_seed": by_seed}
+               "seconds_cached": cached, "mean_by_meta_seed": by_seed, "interval_unit": UNIT,
+               "estimates": {m: {k: dataclasses.asdict(e) for k, e in per.items()} for m, per in estimates.items()},
+               "contrasts": contrasts}
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    _plot(cfg, settings, scores, out / "accuracy_vs_k.png")
+    _plot(cfg, settings, estimates, out / "accuracy_vs_k.png")
     print(report)
     return results
 
@@ -304,14 +320,15 @@ def _cached(out: Path, name: str, spec: str, make: Callable[[], list[Episode]]) 
     return {"episodes": episodes, "hash": _hash(episodes)}
 
 
-def _scored(out: Path, key: list, score: Callable[[], list[float]]) -> tuple[list[float], float]:
-    """(per-episode scores, seconds) of one start adapted one way on one episode set: read from
-    out/scores/<hash of `key`> if there, else computed and written whole. `key` holds everything
-    the scores depend on: the code, the model, the adaptation, the episodes and the start's tensors."""
+def _scored(out: Path, key: list, score: Callable[[], list[np.ndarray]]) -> tuple[list[np.ndarray], float, bool]:
+    """(per-query outcomes of each episode, seconds, whether read from the cache) of one start
+    adapted one way on one episode set: read from out/scores/<hash of `key`> if there, else
+    computed and written whole. `key` holds everything the outcomes depend on: the code, the
+    model, the adaptation, the episodes and the start's tensors."""
     path = out / "scores" / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
     try:
         saved = json.loads(path.read_text())
-        return [float(x) for x in saved["scores"]], float(saved["seconds"])
+        return [np.array(rows, dtype=np.float64) for rows in saved["outcomes"]], float(saved["seconds"]), True
     except FileNotFoundError:
         pass
     except (ValueError, KeyError, TypeError) as err:  # unreadable: score again
@@ -319,8 +336,8 @@ def _scored(out: Path, key: list, score: Callable[[], list[float]]) -> tuple[lis
     began = time.perf_counter()
     values = score()
     took = time.perf_counter() - began
-    write_atomic(path, json.dumps({"scores": values, "seconds": took}))
-    return values, took
+    write_atomic(path, json.dumps({"outcomes": [v.tolist() for v in values], "seconds": took}))
+    return values, took, False
 
 
 def _params_fingerprint(params: Params) -> str:
@@ -345,15 +362,69 @@ def _hash(episodes: list[Episode]) -> str:
     return hashlib.sha256("".join(e.fingerprint() for e in episodes).encode()).hexdigest()[:16]
 
 
-def _report(cfg: Config, settings: dict, scores: dict, trained: dict, seconds: dict, by_seed: dict) -> str:
+def _primary(cfg: Config, settings: dict) -> tuple[str, str, str] | None:
+    """(method, reference, setting name) of the declared primary contrast, checked; None if none."""
+    if not cfg.primary:
+        return None
+    method, _, rest = cfg.primary.partition(" vs ")
+    reference, _, setting = rest.partition(" on ")
+    method, reference, setting = method.strip(), reference.strip(), setting.strip()
+    names = ["/".join(map(str, k)) for k in settings]
+    if method not in cfg.methods or reference not in cfg.references or setting not in names:
+        raise ValueError(f"primary '{cfg.primary}' must read 'METHOD vs REFERENCE on PROTOCOL/TASK/K' with a method of "
+                         f"{cfg.methods}, a reference of {cfg.references} and a setting of {names}")
+    return method, reference, setting
+
+
+def _statistic_of(protocol: str) -> str:
+    return "micro_f1" if protocol == "ner" else "accuracy"
+
+
+def _statistics(cfg: Config, settings: dict, outcomes: dict, primary: tuple | None) -> tuple[dict, list[dict]]:
+    """Bootstrap estimates of every (method, setting) and of every paired contrast against a
+    reference; verdicts Holm-adjusted over every contrast except the pre-declared primary one."""
+    estimates: dict[str, dict[str, Estimate]] = {m: {} for m in cfg.methods}
+    contrasts = []
+    for key in settings:
+        name, statistic = "/".join(map(str, key)), _statistic_of(key[0])
+        for method in cfg.methods:
+            estimates[method][name] = crossed_bootstrap(outcomes[method][name], statistic=statistic,
+                                                        n_boot=cfg.bootstrap)
+            if key[0] == "ner":  # Few-NERD reports micro F1; the per-episode mean sits beside it
+                estimates[method][f"{name}/episode_f1"] = crossed_bootstrap(
+                    outcomes[method][name], statistic="episode_f1", n_boot=cfg.bootstrap)
+            for reference in cfg.references:
+                if reference == method or reference not in outcomes:
+                    continue
+                d = crossed_bootstrap(outcomes[method][name], outcomes[reference][name], statistic, cfg.bootstrap)
+                contrasts.append({"method": method, "reference": reference, "setting": name, **dataclasses.asdict(d),
+                                  "primary": (method, reference, name) == primary})
+    secondary = [c for c in contrasts if not c["primary"]]
+    for c, p in zip(secondary, holm([c["p"] for c in secondary])):
+        c["p_adjusted"] = p
+    for c in contrasts:
+        c.setdefault("p_adjusted", c["p"])
+        c["verdict"] = verdict(Estimate(c["mean"], c["low"], c["high"], c["p"]), c["p_adjusted"])
+    return estimates, contrasts
+
+
+def _report(cfg: Config, settings: dict, estimates: dict, contrasts: list[dict], trained: dict, seconds: dict,
+            cached: dict, by_seed: dict) -> str:
+    primary = next((c for c in contrasts if c["primary"]), None)
     lines = ["# Benchmark report", "",
              f"Adaptation for every method: {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
              f"head init {cfg.adapt.head_init}; methods that train LoRA are averaged over meta-seeds "
-             f"{cfg.meta_seeds}. Mean ± 95% CI over episodes (episodic) or support seeds (full-way); paired "
-             f"difference vs {', '.join(cfg.references)} on the same episodes." + (
-                 " The CIs are over episodes of the seed-averaged scores; the spread between meta-seeds is "
-                 "in the last column (one value where LoRA does not move)." if len(cfg.meta_seeds) > 1 else ""),
-             ""]
+             f"{cfg.meta_seeds}.", "",
+             f"**Intervals**: every value is the mean with its {UNIT}; {cfg.bootstrap} replicates. A paired "
+             f"difference vs {', '.join(cfg.references)} shares the resampled episodes and texts of both sides. "
+             f"NER rows report micro entity F1 over all query sentences of all episodes (Few-NERD), with the "
+             f"per-episode mean beside it.", "",
+             f"**Verdicts**: {len(contrasts)} comparisons in this report. " + (
+                 f"The primary contrast, declared before the run, is {primary['method']} vs {primary['reference']} "
+                 f"on {primary['setting']}: {_fmt_diff(primary)} at 5% on its own; the other "
+                 f"{len(contrasts) - 1} are Holm-adjusted (family-wise 5%)." if primary else
+                 "No primary contrast was declared (config `primary`): every verdict is Holm-adjusted "
+                 "(family-wise 5%)."), ""]
     if trained:
         # A start whose selected step is 0 *is* the untrained start: its rows then measure no training.
         lines += ["## Trained starts (selected on meta-validation)", "",
@@ -366,36 +437,38 @@ def _report(cfg: Config, settings: dict, scores: dict, trained: dict, seconds: d
                          f"{100 * t['validation_accuracy']:.1f} / {100 * t['step0_validation_accuracy']:.1f} |")
         lines.append("")
     seed_head, seed_rule = (" mean per meta-seed |", "---|") if len(cfg.meta_seeds) > 1 else ("", "")
+    by_key = {(c["method"], c["reference"], c["setting"]): c for c in contrasts}
     for key, setting in settings.items():
         protocol, task, k = key
         episodes = setting["episodes"]
+        ner = protocol == "ner"
         lines += [f"## {task}, {protocol}, {episodes[0].n_way}-way {k}-shot "
                   f"({len(episodes)} episodes, hash {setting['hash']})", "",
-                  f"| method | {_metric(protocol)} | {' | '.join(f'vs {r}' for r in cfg.references)} | "
-                  f"s/episode |{seed_head}", "|---|---|" + "---|" * len(cfg.references) + "---|" + seed_rule]
+                  f"| method | {_metric(protocol)} |{' per-episode F1 |' if ner else ''} "
+                  f"{' | '.join(f'vs {r}' for r in cfg.references)} | s/episode |{seed_head}",
+                  "|---|---|" + "---|" * (len(cfg.references) + ner) + "---|" + seed_rule]
         name = "/".join(map(str, key))
         for method in cfg.methods:
-            s = scores[method][name]
-            diffs = []
-            for reference in cfg.references:
-                ref = scores.get(reference, {}).get(name)
-                diffs.append("-" if ref is None or method == reference else _fmt_diff(paired_difference(s, ref)))
+            diffs = [_fmt_diff(by_key[(method, r, name)]) if (method, r, name) in by_key else "-" for r in cfg.references]
             per_seed = f" {' / '.join(f'{100 * v:.1f}' for v in by_seed[method][name])} |" if seed_head else ""
-            lines.append(f"| {method} | {mean_ci(s)} | {' | '.join(diffs)} | {seconds[method][name]:.2f} |{per_seed}")
+            extra = f" {100 * estimates[method][f'{name}/episode_f1'].mean:.1f} |" if ner else ""
+            timing = f"{seconds[method][name]:.2f}{' (cached)' if cached[method][name] else ''}"
+            lines.append(f"| {method} | {estimates[method][name]} |{extra} {' | '.join(diffs)} | {timing} |{per_seed}")
         lines.append("")
     return "\n".join(lines)
 
 
 def _metric(protocol: str) -> str:
-    return "entity F1" if protocol == "ner" else "accuracy"
+    return "micro entity F1" if protocol == "ner" else "accuracy"
 
 
-def _fmt_diff(d: Interval) -> str:
-    verdict = "win" if d.mean - d.half_width > 0 else "loss" if d.mean + d.half_width < 0 else "tie"
-    return f"{100 * d.mean:+.1f} ± {100 * d.half_width:.1f} ({verdict})"
+def _fmt_diff(c: dict) -> str:
+    mark = "primary, " if c["primary"] else ""
+    return (f"{100 * c['mean']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] "
+            f"({mark}{c['verdict']}, p={c['p_adjusted']:.3g})")
 
 
-def _plot(cfg: Config, settings: dict, scores: dict, path: Path) -> None:
+def _plot(cfg: Config, settings: dict, estimates: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -406,10 +479,9 @@ def _plot(cfg: Config, settings: dict, scores: dict, path: Path) -> None:
     for ax, (protocol, task) in zip(axes[0], panels):
         ks = [k for p, t, k in settings if (p, t) == (protocol, task)]
         for method in cfg.methods:
-            cis = [mean_ci(scores[method][f"{protocol}/{task}/{k}"]) for k in ks]
-            # A single support seed has no CI (infinite half-width): draw the point without a bar.
+            cis = [estimates[method][f"{protocol}/{task}/{k}"] for k in ks]
             ax.errorbar(ks, [100 * c.mean for c in cis],
-                        yerr=[100 * c.half_width if math.isfinite(c.half_width) else 0 for c in cis],
+                        yerr=[[100 * (c.mean - c.low) for c in cis], [100 * (c.high - c.mean) for c in cis]],
                         marker="o", capsize=3, label=method)
         ax.set_title(f"{task} ({protocol})")
         ax.set_xlabel("K (mentions per type)" if protocol == "ner" else "K (examples per class)")

@@ -59,10 +59,13 @@ def test_rerun_reads_cached_scores_and_rescores_an_unreadable_one(results_dir, m
     assert files and not list((out / "scores").glob("*.tmp*"))
     files[0].write_text('{"scores": [0.5')  # e.g. a disk filled up mid-write by hand
     calls = []
-    real = benchmark.score_episodes
-    monkeypatch.setattr(benchmark, "score_episodes", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = benchmark.score_outcomes
+    monkeypatch.setattr(benchmark, "score_outcomes", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     again = benchmark.main(cfg)
     assert again["scores"] == first["scores"] and len(calls) == 1  # only the unreadable run was scored
+    # cached timings are marked as such, in results.json and in the report
+    assert sum(not hit for per in again["seconds_cached"].values() for hit in per.values()) == 1
+    assert "(cached)" in (out / "report.md").read_text()
     # The key holds the start's tensors: another start (or any other change) is never served old scores.
     params = {"a": torch.zeros(3, dtype=torch.bfloat16), "b": torch.ones(2)}
     moved = {**params, "b": torch.tensor([1.0, 1.0 + 1e-6])}
@@ -88,6 +91,17 @@ def test_outputs(results_dir):
         assert len(per_seed) == 2 and sum(per_seed) / 2 == pytest.approx(sum(values) / len(values))
         assert len(results["mean_by_meta_seed"]["prototype"][setting]) == 1
     assert (out / "accuracy_vs_k.png").stat().st_size > 1000
+    # every interval is a crossed bootstrap, said so in the header; the verdicts are Holm-adjusted
+    from llm_meta.statistics import UNIT
+
+    assert UNIT in report and results["interval_unit"] == UNIT
+    contrasts = results["contrasts"]
+    assert f"{len(contrasts)} comparisons in this report" in report and "Holm-adjusted" in report
+    assert all(c["p_adjusted"] >= c["p"] and c["verdict"] in ("win", "tie", "loss") for c in contrasts)
+    for method, per in results["estimates"].items():
+        for setting, e in per.items():
+            assert e["low"] <= e["mean"] <= e["high"]
+            assert e["mean"] == pytest.approx(sum(results["scores"][method][setting]) / len(results["scores"][method][setting]))
 
 
 def test_untrained_start_is_the_training_runs_step_zero(tmp_path, tiny_bert_dir, toy):  # noqa: F811
@@ -136,3 +150,18 @@ def test_method_variants_change_only_the_adaptation(results_dir, tmp_path):
         benchmark.method_spec("finetune@stepz=1", {})
     with pytest.raises(ValueError, match="key=value"):
         benchmark.method_spec("finetune@steps", {})
+
+
+def test_a_declared_primary_contrast_is_judged_alone(results_dir, tmp_path):
+    import dataclasses
+
+    _, cfg, _ = results_dir
+    name = Path(cfg.episodic.tasks[0]).name
+    small = dataclasses.replace(cfg, methods=["finetune", "fomaml", "transfer"], output_dir=str(tmp_path),
+                                primary=f"fomaml vs transfer on fullway/{name}/1")
+    results = benchmark.main(small)
+    primary = [c for c in results["contrasts"] if c["primary"]]
+    assert len(primary) == 1 and primary[0]["p_adjusted"] == primary[0]["p"]
+    assert "The primary contrast, declared before the run, is fomaml vs transfer" in (tmp_path / "report.md").read_text()
+    with pytest.raises(ValueError, match="primary 'fomaml vs finetune on x' must read"):
+        benchmark.main(dataclasses.replace(small, primary="fomaml vs finetune on x"))

@@ -19,3 +19,18 @@ def test_paired_difference():
     assert d.mean == pytest.approx(0.1) and d.half_width == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="equal lengths"):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_entity_counts_and_micro_f1_against_hand_counted_spans():
+    import numpy as np
+
+    from llm_meta.evaluation import entity_counts, episode_score
+    from llm_meta.metrics import entity_metrics
+
+    pred = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-PER"]]
+    ref = [["B-PER", "I-PER", "O", "B-ORG"], ["B-PER", "I-PER"]]
+    # sentence 1: PER matches, LOC is spurious, ORG is missed; sentence 2: a PER with the wrong span
+    assert entity_counts(pred[0], ref[0]) == (1, 1, 1) and entity_counts(pred[1], ref[1]) == (0, 1, 1)
+    counts = np.array([entity_counts(p, r) for p, r in zip(pred, ref)], dtype=float)
+    assert episode_score(counts) == pytest.approx(2 * 1 / (2 * 1 + 2 + 2))  # micro: tp 1, fp 2, fn 2
+    assert episode_score(counts) == pytest.approx(entity_metrics(pred, ref)["f1"])  # what seqeval says
