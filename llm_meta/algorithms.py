@@ -211,11 +211,21 @@ def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerC
 
 
 def interpolate(start: Params, trained: Params, alpha: float) -> Params:
-    """θ0 + α(θ − θ0) for every tensor of `trained` (`start` supplies θ0 for those it has).
+    """The start moved a fraction α of the way to `trained` (WiSE-FT-style interpolation), in the
+    weight change LoRA makes: ΔW(α) = ΔW0 + α(ΔW − ΔW0), not in its factors.
 
-    Written as (1 − α)θ0 + αθ so that α = 0 and α = 1 give θ0 and θ exactly, bit for bit.
+    LoRA's ΔW = BA is a product, so interpolating A and B both would move ΔW by about α², not α.
+    Here B is interpolated, B0 + α(B − B0), and A is the trained one: ΔW(α) = B0·A + α(B − B0)·A,
+    which is exactly ΔW0 + α(ΔW − ΔW0) when the start's B0 is zero (every untrained LoRA: ΔW0 = 0)
+    or A did not move. Every other tensor (head, learned rates) is (1 − α)θ0 + αθ. α = 0 gives the
+    start and α = 1 the trained tensors exactly, bit for bit; tensors `start` lacks are kept.
     """
-    return {k: (1 - alpha) * start[k] + alpha * v if k in start and alpha != 1 else v for k, v in trained.items()}
+    if alpha == 0:
+        return {k: start.get(k, v) for k, v in trained.items()}
+    if alpha == 1:
+        return dict(trained)
+    return {k: v if k not in start or "lora_A" in k else (1 - alpha) * start[k] + alpha * v
+            for k, v in trained.items()}
 
 
 def outer_lr(base: float, step: int, total: int, warmup: int = 0, schedule: str = "constant") -> float:

@@ -38,9 +38,11 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         sizes = {s: len(task.splits[s]) for s in ("train", "validation", "test") if s in task.splits}
         roles = "/".join(str(len(task.classes(r))) for r in ("meta_train", "meta_val", "meta_test")) \
             if task.class_roles else "-"
+        dropped = "/".join(str(task.duplicates_dropped.get(s, 0)) for s in ("validation", "test"))
         rows.append([name, task.role, str(len(task.label_names)), roles, str(sizes.get("train", 0)),
-                     str(sizes.get("validation", 0)), str(sizes.get("test", 0)), task.source])
-    header = ["task", "role", "classes", "train/val/test classes", "train", "dev", "test", "source"]
+                     str(sizes.get("validation", 0)), str(sizes.get("test", 0)), dropped, task.source])
+    header = ["task", "role", "classes", "train/val/test classes", "train", "dev", "test",
+              "dev/test dups dropped", "source"]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

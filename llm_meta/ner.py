@@ -276,7 +276,9 @@ class NerEpisodeSampler:
     """Few-NERD's greedy N-way K~2K-shot sampler (Ding et al., 2021), seeded per episode.
 
     For each set (support, then query): choose sentences in random order among those whose entity
-    types are all among the episode's N; reject one that would push a type past 2K mentions;
+    types are all among the episode's N, never a sentence whose text is already in the episode
+    (support and query are disjoint by text, not only by index: corpora repeat sentences); reject
+    one that would push a type past 2K mentions;
     accept it only if some of its types is still under K; stop when every type has K. Types
     outside `types` never appear in an episode. Labels are IO class ids: 0 = O, i = types[i-1].
     """
@@ -301,22 +303,22 @@ class NerEpisodeSampler:
         allowed = set(chosen)
         candidates = [i for i, m in enumerate(self.mentions) if m and set(m) <= allowed]
         rng.shuffle(candidates)
-        used: set[int] = set()
+        used: set[tuple[str, ...]] = set()  # by text: a corpus may hold one sentence twice
         support = self._fill(candidates, used, self.k_shot, chosen)
         query = self._fill(candidates, used, self.q_shot, chosen)
         return Episode(support=support, query=query, label_names=["O", *chosen], task=self.name)
 
-    def _fill(self, candidates: list[int], used: set[int], k: int, types: list[str]) -> Examples:
+    def _fill(self, candidates: list[int], used: set[tuple[str, ...]], k: int, types: list[str]) -> Examples:
         counts = dict.fromkeys(types, 0)
         picked: list[int] = []
         for i in candidates:
-            if i in used:
+            if tuple(self.sentences[i].tokens) in used:
                 continue
             m = self.mentions[i]
             if any(counts[t] + c > 2 * k for t, c in m.items()) or all(counts[t] >= k for t in m):
                 continue
             picked.append(i)
-            used.add(i)
+            used.add(tuple(self.sentences[i].tokens))
             for t, c in m.items():
                 counts[t] += c
             if all(c >= k for c in counts.values()):

@@ -52,6 +52,7 @@ class Task:
     role: str = "user"  # meta_train | held_out | user
     class_roles: dict[str, list[str]] = field(default_factory=dict)  # meta_train/meta_val/meta_test -> labels
     description: str = ""
+    duplicates_dropped: dict[str, int] = field(default_factory=dict)  # split -> rows whose text an earlier split has
 
     @property
     def label_names(self) -> list[str]:
@@ -275,9 +276,33 @@ def _load_registered(name: str, entry: dict[str, Any]) -> Task:
                       source=f"{entry['source']}:{entry['path']}")
     task.role = entry.get("role", "meta_train")
     task.description = entry.get("description", "")
+    task.duplicates_dropped = drop_seen_texts(task)
     if "class_split" in entry:
         task.class_roles = split_classes(task.label_names, **entry["class_split"])
     return task
+
+
+def drop_seen_texts(task: Task) -> dict[str, int]:
+    """Remove from the validation split every text of train, and from test every text of train
+    or validation, in place; return how many rows each split lost.
+
+    Held-out scores must come from texts never seen in training or selection: some corpora repeat
+    texts (the merged tweet corpus), and a random split then puts copies on both sides.
+    """
+    seen = set(task.splits["train"]["text"]) if "train" in task.splits else set()
+    dropped = {}
+    for split in ("validation", "test"):
+        if split not in task.splits:
+            continue
+        ds = task.splits[split]
+        keep = [i for i, text in enumerate(ds["text"]) if text not in seen]
+        dropped[split] = len(ds) - len(keep)
+        if dropped[split]:
+            log.info("task '%s': dropped %d %s row(s) whose text is also in an earlier split", task.name,
+                     dropped[split], split)
+            task.splits[split] = ds.select(keep)
+        seen |= set(ds["text"])
+    return dropped
 
 
 def package_dir(package: str) -> Path:

@@ -191,14 +191,14 @@ def main(cfg: Config) -> dict:
     seen: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}  # hash of the episodes each method scored
     seconds: dict[str, dict[str, float]] = {m: {} for m in cfg.methods}  # wall time per episode
     by_seed: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}  # mean score of each meta-seed
-    code = _code_fingerprint()
+    code = [_code_fingerprint(), _runtime(body)]
     for done, (method, key) in enumerate(tqdm(units, desc="benchmark", disable=None), 1):
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
         # The untrained LoRA's random A matters only once LoRA trains (B = 0 until then).
         lora_moves = start != "untrained" or (inner.train_lora and inner.steps > 0)
         seeds = cfg.meta_seeds if lora_moves else cfg.meta_seeds[:1]
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
-        runs = [_scored(out, [code, to_dict(cfg.model), to_dict(inner), settings[key]["hash"],
+        runs = [_scored(out, [*code, to_dict(cfg.model), to_dict(inner), settings[key]["hash"],
                               _params_fingerprint(starts[(start, s)])],
                         lambda s=s: score_outcomes(body, starts[(start, s)], episodes, inner))
                 for s in seeds]
@@ -237,16 +237,41 @@ def untrained_start(model: ModelConfig, seed: int) -> tuple[Body, Params]:
 
 
 def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
-    """Meta-train (or reuse) the start `name` with meta-seed `seed`; return its adapter folder."""
+    """Meta-train (or reuse) the start `name` with meta-seed `seed`; return its adapter folder.
+
+    A start on disk is reused only when its DONE file holds the key of what would train it now:
+    the training config after every override and the budget scale (adaptation included), the
+    llm_meta sources, the device and dtype, and the library versions. Otherwise it is moved aside
+    (never deleted) and trained again, with one line saying why.
+    """
     run_dir = out / "starts" / f"{name}-seed{seed}"
-    if (run_dir / "adapter" / "llm_meta.json").is_file() and (run_dir / "DONE").is_file():
+    train_cfg = _start_config(cfg, name, seed, run_dir)
+    key = hashlib.sha256(json.dumps([{k: v for k, v in to_dict(train_cfg).items() if k != "output_dir"},
+                                     _code_fingerprint(), _runtime(None, train_cfg.mixed_precision)],
+                                    sort_keys=True).encode()).hexdigest()[:20]
+    done = run_dir / "DONE"
+    if (run_dir / "adapter" / "llm_meta.json").is_file() and done.is_file() and done.read_text().strip() == key:
         return run_dir / "adapter"
+    if run_dir.exists():
+        stale = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}")
+        tqdm.write(f"start '{name}' (meta-seed {seed}) in {run_dir} was trained with another config, code, device or "
+                   f"library versions (or did not finish); moved to {stale.name}, training it again", file=sys.stderr)
+        run_dir.rename(stale)
     tqdm.write(f"training start '{name}' (meta-seed {seed}) -> {run_dir}", file=sys.stderr)
+    meta_train.main(train_cfg)
+    write_atomic(done, key)
+    return run_dir / "adapter"
+
+
+def _start_config(cfg: Config, name: str, seed: int, run_dir: Path) -> meta_train.Config:
+    """The full training config of start `name` at meta-seed `seed`, as the benchmark runs it."""
     train_cfg = load_config(meta_train.Config, cfg.train_configs[name],
                             [*cfg.train_overrides, *cfg.start_overrides.get(name, []), f"seed={seed}",
                              f"output_dir={run_dir}", "test.episodes=0"])
     train_cfg.outer.steps = max(1, round(train_cfg.outer.steps * cfg.budget_scale))
     train_cfg.validate_every = max(1, round(train_cfg.validate_every * cfg.budget_scale))
+    meta_train.check_held_out(train_cfg, [*cfg.episodic.tasks, *cfg.fullway.tasks], f"the benchmark's tasks, "
+                              f"start '{name}'")
     if cfg.ner.split.data and train_cfg.ner != cfg.ner.split:
         raise ValueError(f"the '{name}' training config's ner section differs from the benchmark's ner.split: "
                          f"held-out types and data must be the same")
@@ -256,9 +281,18 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
     # Selection must score checkpoints with the adaptation the benchmark then applies to them
     # (the start's own method: ProtoNet's is 0 steps).
     train_cfg.adapt = method_spec(name, cfg.train_configs)[1](cfg.adapt)
-    meta_train.main(train_cfg)
-    (run_dir / "DONE").write_text("")
-    return run_dir / "adapter"
+    return train_cfg
+
+
+def _runtime(body: Body | None, mixed_precision: str = "no") -> dict:
+    """What a result depends on beyond config and code: device, dtype and library versions."""
+    from llm_meta.models import autocast_dtype
+    from llm_meta.training import environment
+
+    device = str(body.device) if body is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = str(autocast_dtype(body)) if body is not None else mixed_precision
+    return {"device": device, "dtype": dtype, "packages": {k: v for k, v in environment()["packages"].items()
+                                                          if k != "llm_meta"}}
 
 
 def _selection(adapter: Path) -> dict:

@@ -119,8 +119,9 @@ class Config:
     outer: OuterConfig = field(default_factory=OuterConfig)
     hypernet: HypernetConfig = field(default_factory=HypernetConfig)  # algorithm hypernet*
     validate_every: int = 20  # meta-steps between validations (and checkpoints)
-    # Each validation also scores θ0 + α(θ − θ0) for these α (1.0: the trained LoRA itself); the best
-    # (step, α) on meta-validation is kept. α < 1 pulls a trained start back towards the pretrained model.
+    # Each validation also scores the weight change ΔW0 + α(ΔW − ΔW0) for these α (algorithms.interpolate;
+    # 1.0: the trained LoRA itself); the best (step, α) on meta-validation is kept. α < 1 pulls a
+    # trained start back towards the pretrained model.
     interpolation: list[float] = field(default_factory=lambda: [1.0])
     validation: EvalConfig = field(default_factory=EvalConfig)
     test: EvalConfig = field(default_factory=lambda: EvalConfig(
@@ -130,6 +131,8 @@ class Config:
 def main(cfg: Config) -> dict:
     if cfg.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{cfg.algorithm}' (valid: {', '.join(ALGORITHMS)})")
+    if cfg.test.episodes:
+        check_held_out(cfg, cfg.test.tasks, "test.tasks")
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
     run_dir = Path(cfg.output_dir)
@@ -219,6 +222,39 @@ def training_sampler(cfg: Config, body) -> tuple[Any, dict[str, str]]:
     for stage in sorted(e.curriculum, key=lambda st: st.from_step):  # episode indices: step × meta_batch
         stages.append((stage.from_step * cfg.outer.meta_batch, source_sampler(cfg, body, stage.n_way, stage.k_shot)[0]))
     return StagedSampler(stages), hashes
+
+
+def training_sources(cfg: Config) -> dict[str, str]:
+    """Every dataset meta-training or selection reads, with where the config names it: labelled
+    tasks, each part of every SMLMT corpus, and the validation tasks."""
+    used = {}
+    for entry in cfg.tasks:
+        entry = TaskSource(name=entry) if isinstance(entry, str) else entry
+        if entry.name:
+            used[entry.name] = "tasks"
+        for part in (entry.smlmt or "").split(","):
+            if part.strip():
+                used.setdefault(part.strip(), "an SMLMT corpus in tasks")
+    for part in (cfg.smlmt.data or "").split(","):
+        if part.strip():
+            used.setdefault(part.strip(), "smlmt.data")
+    for task in cfg.validation.tasks:
+        used.setdefault(task, "validation.tasks")
+    return used
+
+
+def check_held_out(cfg: Config, held_out: list[str], what: str) -> None:
+    """Refuse a held-out task that meta-training or selection would also read (its test texts
+    would no longer be unseen).
+
+    Raises:
+        ValueError: naming the task and where the config uses it.
+    """
+    used = training_sources(cfg)
+    leaked = [t for t in held_out if t in used]
+    if leaked:
+        raise ValueError(f"held-out task '{leaked[0]}' ({what}) is also read by meta-training or selection "
+                         f"({used[leaked[0]]}): a held-out task must be unseen; remove it from one of them")
 
 
 def source_sampler(cfg: Config, body, n_way: int, k_shot: int) -> tuple[Any, dict[str, str]]:

@@ -165,3 +165,30 @@ def test_a_declared_primary_contrast_is_judged_alone(results_dir, tmp_path):
     assert "The primary contrast, declared before the run, is fomaml vs transfer" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="primary 'fomaml vs finetune on x' must read"):
         benchmark.main(dataclasses.replace(small, primary="fomaml vs finetune on x"))
+
+
+def test_a_changed_training_config_retrains_and_says_why(results_dir, tmp_path, capsys):
+    import dataclasses
+
+    _, cfg, _ = results_dir
+    small = dataclasses.replace(cfg, methods=["fomaml"], meta_seeds=[0], output_dir=str(tmp_path))
+    benchmark.main(small)
+    adapter = tmp_path / "starts" / "fomaml-seed0" / "adapter" / "adapter_model.safetensors"
+    first = adapter.stat().st_mtime_ns
+    benchmark.main(small)  # same config: reused
+    assert adapter.stat().st_mtime_ns == first and "trained with another config" not in capsys.readouterr().err
+    benchmark.main(dataclasses.replace(small, train_overrides=[*small.train_overrides, "inner.lr=0.02"]))
+    assert "trained with another config" in capsys.readouterr().err
+    replaced = [p.name for p in (tmp_path / "starts").iterdir() if ".replaced-" in p.name]
+    assert len(replaced) == 1 and adapter.stat().st_mtime_ns != first  # moved aside, never deleted
+
+
+def test_a_held_out_task_in_a_training_corpus_is_refused(results_dir, tmp_path):
+    import dataclasses
+
+    _, cfg, _ = results_dir
+    leaky = dataclasses.replace(cfg, methods=["fomaml"], meta_seeds=[0], output_dir=str(tmp_path),
+                                train_overrides=[*cfg.train_overrides, f"smlmt.data={cfg.episodic.tasks[0]}"])
+    with pytest.raises(ValueError, match=r"held-out task '.*' \(the benchmark's tasks, start 'fomaml'\) is also read "
+                                         r"by meta-training or selection \(smlmt.data\)"):
+        benchmark.main(leaky)

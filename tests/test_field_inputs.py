@@ -256,30 +256,33 @@ def test_ner_commands_read_bioes_and_bom_files(tiny_bert_dir, tmp_path, capsys):
 
 # --- same input, same seed, same model -----------------------------------------------------------
 
-def _adapt_in_a_fresh_process(args: list[str]) -> dict:
+def _adapt_in_a_fresh_process(commands: list[list[str]]) -> list[dict]:
+    """Run `llm-meta adapt --adapter none ...` for each argument list in one new Python process;
+    return each saved adapter's and head's tensors."""
     import subprocess
     import sys
 
     from safetensors.torch import load_file
 
-    done = subprocess.run([sys.executable, "-m", "llm_meta.cli", "adapt", "--adapter", "none", *args],
-                          capture_output=True, text=True)
+    script = ("import sys, json; from llm_meta.cli import main\n"
+              "for args in json.loads(sys.argv[1]): main(['adapt', '--adapter', 'none', *args])")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(commands)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    out = Path(args[args.index("--output") + 1])
-    return {**load_file(str(out / "adapter_model.safetensors")), **load_file(str(out / "head.safetensors"))}
+    outs = [Path(args[args.index("--output") + 1]) for args in commands]
+    return [{**load_file(str(o / "adapter_model.safetensors")), **load_file(str(o / "head.safetensors"))} for o in outs]
 
 
-@pytest.mark.parametrize("kind", ["classifier", "tagger"])
-def test_the_same_command_gives_the_same_adapter_bit_for_bit(kind, tiny_bert_dir, tmp_path):
-    if kind == "classifier":
-        data = excel_csv(tmp_path / "s.csv", [(t, y) for y, texts in TEXTS.items() for t in texts])
-        args = ["--support", str(data)]
-    else:
-        args = ["--ner", "--task", str(write(tmp_path / "x.conll", BIOES * 3)), "--shots", "1"]
-    runs = [_adapt_in_a_fresh_process([*args, "--output", str(tmp_path / f"m{i}"), f"model.name={tiny_bert_dir}",
-                                       "inner.steps=2", "seed=3"]) for i in range(2)]
-    assert runs[0].keys() == runs[1].keys()
-    assert all(runs[0][k].equal(runs[1][k]) for k in runs[0]), "same seed, different tensors"
+def test_the_same_command_gives_the_same_adapter_bit_for_bit(tiny_bert_dir, tmp_path):
+    """`adapt` and `adapt --ner` from the untrained start, each run in two separate processes."""
+    data = excel_csv(tmp_path / "s.csv", [(t, y) for y, texts in TEXTS.items() for t in texts])
+    conll = write(tmp_path / "x.conll", BIOES * 3)
+    common = [f"model.name={tiny_bert_dir}", "inner.steps=2", "seed=3"]
+    runs = [_adapt_in_a_fresh_process([["--support", str(data), "--output", str(tmp_path / f"clf{i}"), *common],
+                                       ["--ner", "--task", str(conll), "--shots", "1", "--output",
+                                        str(tmp_path / f"ner{i}"), *common]]) for i in range(2)]
+    for first, second in zip(*runs):  # classifier, tagger
+        assert first.keys() == second.keys()
+        assert all(first[k].equal(second[k]) for k in first), "same seed, different tensors"
 
 
 def test_the_seed_reaches_the_fresh_lora_and_leaves_the_global_state_alone(tiny_bert_dir):

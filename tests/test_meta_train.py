@@ -51,9 +51,13 @@ def final_params(out: Path, step: int) -> dict:
 
 def test_run_writes_peft_adapter_and_metadata(tiny_bert_dir, toy_csv, tmp_path):
     out = tmp_path / "run"
-    results = run(tiny_overrides(tiny_bert_dir, toy_csv, out, **{"test.episodes": 2}))
+    held_out = tmp_path / "held_out.csv"  # a test task must not be a training or validation task
+    held_out.write_text(toy_csv.read_text())
+    with pytest.raises(ValueError, match=r"held-out task '.*toy.csv' \(test.tasks\) is also read by meta-training"):
+        run(tiny_overrides(tiny_bert_dir, toy_csv, out, **{"test.episodes": 2}))
+    results = run(tiny_overrides(tiny_bert_dir, toy_csv, out, **{"test.episodes": 2, "test.tasks": f"[{held_out}]"}))
     assert [h["step"] for h in results["validation"]] == [0, 2, 4]
-    assert set(results["test"]) == {"toy"}
+    assert set(results["test"]) == {"held_out"}
     verify_folder(out / "adapter")
     meta = json.loads((out / "adapter" / "llm_meta.json").read_text())
     assert meta["algorithm"] == "fomaml" and meta["step"] == results["best_step"]

@@ -99,6 +99,17 @@ def test_sampler_k_to_2k_guarantees_and_reproducibility(k):
         != sampler.episode(7).fingerprint()
 
 
+def test_support_and_query_are_disjoint_by_text_when_the_corpus_repeats_sentences():
+    from llm_meta.ner import NerEpisodeSampler, Sentence
+
+    doubled = [Sentence(list(s.tokens), list(s.tags)) for s in _corpus(150) for _ in range(2)]  # each one twice
+    sampler = NerEpisodeSampler(doubled, ["PER", "LOC", "ORG"], n_way=3, k_shot=2, q_shot=2, seed=0)
+    for index in range(30):
+        ep = sampler.episode(index)
+        texts = [tuple(w) for w in ep.support.texts + ep.query.texts]
+        assert len(texts) == len(set(texts))
+
+
 def test_sampler_sentences_with_other_types_never_appear():
     from llm_meta.ner import NerEpisodeSampler
 

@@ -49,8 +49,11 @@ def test_wheel_installs_into_a_fresh_environment_and_runs_outside_the_source_tre
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    where = _run([str(python), "-c", "import llm_meta, recipes; print(llm_meta.__file__, recipes.__file__)"], work, env)
-    assert str(ROOT) not in where and str(env_dir) in where, where
+    # the package, the recipes and the shipped configs come from the installed wheel, wherever it runs
+    where = _run([str(python), "-c", "import llm_meta, recipes; from llm_meta.config import resolve_config_path as r; "
+                  "print(llm_meta.__file__, recipes.__file__, r('recipes/configs/meta_train.yaml'))"], work, env)
+    assert str(ROOT) not in where and all(p.startswith(str(env_dir)) for p in where.split()), where
+    assert Path(where.split()[2]).is_file()
     llm = str(env_dir / "bin" / "llm-meta")
 
     tasks = _run([llm, "tasks"], work, env)
@@ -64,7 +67,3 @@ def test_wheel_installs_into_a_fresh_environment_and_runs_outside_the_source_tre
                                               work, env).splitlines()]
     assert [r["text"] for r in rows] == ["my card is lost", "what is my balance", "lost my card", "show my balance"]
     assert {r["label"] for r in rows} <= {"01", "02"}
-    # the shipped configs resolve from the installed package, wherever the command runs
-    config = _run([str(python), "-c", "from llm_meta.config import resolve_config_path as r; "
-                   "print(r('recipes/configs/meta_train.yaml'))"], work, env).strip()
-    assert config.startswith(str(env_dir)) and Path(config).is_file()

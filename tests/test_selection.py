@@ -24,6 +24,20 @@ def test_interpolation_endpoints_are_exact():
     assert torch.equal(half["lr.a"], trained["lr.a"])  # tensors without a start value are kept
 
 
+def test_interpolation_moves_the_weight_change_not_the_factors():
+    gen = torch.Generator().manual_seed(1)
+    a0, a1 = torch.randn(8, 16, generator=gen), torch.randn(8, 16, generator=gen)  # lora_A [r, in]
+    b1 = torch.randn(16, 8, generator=gen)  # lora_B [out, r]
+    start = {"x.lora_A.weight": a0, "x.lora_B.weight": torch.zeros(16, 8)}  # an untrained LoRA: B = 0
+    trained = {"x.lora_A.weight": a1, "x.lora_B.weight": b1}
+    for alpha in (0.25, 0.5, 0.75):
+        moved = interpolate(start, trained, alpha)
+        delta = moved["x.lora_B.weight"] @ moved["x.lora_A.weight"]
+        assert torch.allclose(delta, alpha * (b1 @ a1), atol=1e-6)  # at 0.5: half of BA, not a quarter
+    naive = ((start["x.lora_B.weight"] + b1) / 2) @ ((a0 + a1) / 2)
+    assert not torch.allclose(naive, 0.5 * (b1 @ a1), atol=1e-3)  # what factor-wise interpolation did
+
+
 def test_outer_lr_warmup_and_cosine():
     assert [outer_lr(1.0, s, 10, warmup=4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     cosine = [outer_lr(1.0, s, 10, warmup=0, schedule="cosine") for s in range(10)]

@@ -117,3 +117,11 @@ def test_fingerprint_changes_with_data(tmp_path):
     b = load_task(str(write_csv(tmp_path / "b.csv", ["x,1", "z,2"])))
     assert task_fingerprint(a) != task_fingerprint(b)
     assert task_fingerprint(a) == task_fingerprint(load_task(str(tmp_path / "a.csv")))
+
+
+def test_registered_test_texts_never_appear_in_train():
+    task = load_task("tweet_sentiment")
+    train = set(task.split("train")["text"])
+    assert not train & set(task.split("test")["text"]) and not train & set(task.split("validation")["text"])
+    assert not set(task.split("validation")["text"]) & set(task.split("test")["text"])
+    assert task.duplicates_dropped["test"] > 50  # the merged corpus repeats tweets across the random split
