@@ -29,12 +29,14 @@ quickstart: install
 benchmark: install
 	HF_HUB_OFFLINE=1 $(BIN)/llm-meta benchmark --config recipes/configs/benchmark_quick.yaml
 
+# Two workers (pytest-xdist): much of the suite is subprocesses that spend their time importing
+# torch/transformers/peft, which one core does while the other computes.
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2
 
 # Everything, slow real-data training runs included.
 test-all: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m ""
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 -m ""
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
