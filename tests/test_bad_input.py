@@ -51,6 +51,12 @@ def meta_train_args(ws: dict[str, Path], *extra: str) -> list[str]:
     return ["meta-train", "--config", "recipes/configs/base.yaml", "--resume", *overrides, *extra]
 
 
+def ner_args(ws: dict[str, Path], tmp: Path, conll: str, *extra: str) -> list[str]:
+    """`adapt --ner` on a CoNLL file with `conll` as its content, written into the task model's folder."""
+    return ["adapt", "--ner", "--task", bad_file(tmp, "ner.conll", conll), *extra, "--output", str(ws["taskmodel"]),
+            f"model.name={ws['tiny']}"]
+
+
 def adapt_args(ws: dict[str, Path], task: str, *extra: str, shots: int = 2) -> list[str]:
     return ["adapt", "--adapter", "none", "--task", task, "--shots", str(shots), "--output", str(ws["taskmodel"]),
             f"model.name={ws['tiny']}", "inner.steps=1", *extra]
@@ -82,8 +88,7 @@ ROWS = {
         lambda ws, tmp: adapt_args(ws, bad_file(tmp, "blank.csv", 'text,label\n" ",a\n"",b\n')),
         r"every text is empty"),
     "malformed_conll": (
-        lambda ws, tmp: ["adapt", "--ner", "--task", bad_file(tmp, "ner.conll", "Paris\tB-LOC\nis\tO\n\nno_tag_here\n"),
-                         "--output", str(ws["taskmodel"]), f"model.name={ws['tiny']}"],
+        lambda ws, tmp: ner_args(ws, tmp, "Paris\tB-LOC\nis\tO\n\nno_tag_here\n"),
         r"ner.conll:4: expected a token and a tag separated by a tab or spaces"),
     "k_zero": (
         lambda ws, tmp: adapt_args(ws, str(ws["data"]), shots=0),
@@ -92,8 +97,7 @@ ROWS = {
         lambda ws, tmp: adapt_args(ws, str(ws["data"]), shots=-2),
         r"K \(--shots\) must be at least 1 example per class, got -2"),
     "ner_k_zero": (
-        lambda ws, tmp: ["adapt", "--ner", "--adapter", "none", "--task", bad_file(tmp, "ner.conll", "Paris\tB-LOC\n"),
-                         "--shots", "0", "--output", str(ws["taskmodel"]), f"model.name={ws['tiny']}"],
+        lambda ws, tmp: ner_args(ws, tmp, "Paris\tB-LOC\n", "--adapter", "none", "--shots", "0"),
         r"K \(--shots\) must be at least 1 mention per entity type, got 0"),
     "max_length_beyond_the_model": (
         lambda ws, tmp: adapt_args(ws, str(ws["data"]), "model.max_length=4096"),
@@ -115,12 +119,10 @@ ROWS = {
                          bad_file(tmp, "new.csv", "text,label\npay by card,card\nrainy,\n")],
         r"new.csv \[train\] row 2: empty label"),
     "conll_with_the_tag_first": (
-        lambda ws, tmp: ["adapt", "--ner", "--task", bad_file(tmp, "ner.conll", "B-LOC Paris\nO is\nO nice\n"),
-                         "--output", str(ws["taskmodel"]), f"model.name={ws['tiny']}"],
+        lambda ws, tmp: ner_args(ws, tmp, "B-LOC Paris\nO is\nO nice\n"),
         r"ner.conll:1: the last column holds no O tag .*expected the tag in the last column"),
     "conll_with_uneven_columns": (
-        lambda ws, tmp: ["adapt", "--ner", "--task", bad_file(tmp, "ner.conll", "Paris NNP B-LOC\nis VBZ O\nnice O\n"),
-                         "--output", str(ws["taskmodel"]), f"model.name={ws['tiny']}"],
+        lambda ws, tmp: ner_args(ws, tmp, "Paris NNP B-LOC\nis VBZ O\nnice O\n"),
         r"ner.conll:3: 2 fields, but most lines of the file have 3"),
     "adapter_with_a_changed_lora_shape": (
         lambda ws, tmp: ["adapt", "--adapter", str(ws["adapter"]), "--task", str(ws["data"]), "--shots", "2",
