@@ -12,7 +12,6 @@ import numpy as np
 
 from llm_meta.algorithms import InnerConfig, adapt, episode_accuracy, query_correct
 from llm_meta.episodes import Episode
-from llm_meta.metrics import entity_metrics
 from llm_meta.models import Body, Params
 from llm_meta.ner import io_to_bio, is_token_level, tag_words
 
@@ -61,15 +60,12 @@ def score_episodes(body: Body, params: Params, episodes: list[Episode], cfg: Inn
 
 
 def episode_entity_f1(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> float:
-    """Entity F1 on an NER episode's query sentences after adapting on its support sentences.
+    """Entity F1 on an NER episode's query sentences after adapting on its support sentences
+    (micro over the sentences, as seqeval computes it; `tests/test_evaluation.py` checks the two agree).
 
     Words the tokenizer cut (past max_length) count as predicted O, so they cost recall.
     """
-    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
-    predicted = tag_words(body, fast, episode.query.texts, cfg.scale)
-    names = episode.label_names
-    return entity_metrics([io_to_bio(p, names) for p in predicted],
-                          [io_to_bio(r, names) for r in episode.query.labels])["f1"]
+    return episode_score(episode_outcomes(body, params, episode, cfg, seed))
 
 
 def score_outcomes(body: Body, params: Params, episodes: list[Episode], cfg: InnerConfig) -> list[np.ndarray]:

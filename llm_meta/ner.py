@@ -29,7 +29,7 @@ from torch import Tensor
 from llm_meta.episodes import Episode, Examples
 from llm_meta.heads import head_logits
 from llm_meta.models import Body, Params, embed_tokens
-from llm_meta.tasks import FILE_BUILDERS, TaskError, load_raw, package_dir
+from llm_meta.tasks import FILE_BUILDERS, TaskError, bom_codec, load_raw, not_decodable, package_dir
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,10 @@ def read_conll(path: str | Path, encoding: str = "utf-8") -> list[Sentence]:
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"CoNLL file {path} does not exist")
-    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
-        text = path.read_text(encoding=codec)
+        text = path.read_text(encoding=bom_codec(encoding))
     except UnicodeDecodeError as err:
-        raise TaskError(f"{path}: not valid {encoding} text ({err.reason} at byte {err.start}); "
-                        f"re-save it as UTF-8") from err
+        raise not_decodable(path, encoding, err) from err
     # Only \n, \r\n and \r end a line (str.splitlines would also split at form feeds and U+2028).
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     rows = _conll_rows(lines)  # sentences of (line number, fields)
@@ -293,6 +291,7 @@ class NerEpisodeSampler:
         self.types, self.n_way, self.k_shot, self.q_shot, self.seed, self.name = types, n_way, k_shot, q_shot, seed, name
         self.sentences = sentences
         self.mentions = [_mentions(s.tags) for s in sentences]
+        self.texts = [tuple(s.tokens) for s in sentences]  # support and query are kept disjoint by text
 
     def source_of(self, index: int) -> str:
         return self.name
@@ -312,13 +311,13 @@ class NerEpisodeSampler:
         counts = dict.fromkeys(types, 0)
         picked: list[int] = []
         for i in candidates:
-            if tuple(self.sentences[i].tokens) in used:
+            if self.texts[i] in used:
                 continue
             m = self.mentions[i]
             if any(counts[t] + c > 2 * k for t, c in m.items()) or all(counts[t] >= k for t in m):
                 continue
             picked.append(i)
-            used.add(tuple(self.sentences[i].tokens))
+            used.add(self.texts[i])
             for t, c in m.items():
                 counts[t] += c
             if all(c >= k for c in counts.values()):

@@ -67,7 +67,7 @@ def load_corpus(spec: str, text_column: str = "text", split: str = "train", clas
 def _load_one(spec: str, text_column: str, split: str, class_role: str | None) -> list[str]:
     path = Path(spec)
     if path.suffix.lower() == ".txt" and path.is_file():
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return path.read_text(encoding="utf-8-sig", errors="replace").splitlines()  # a byte-order mark dropped
     if spec == "wnut16":
         from llm_meta.ner import load_ner
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -40,6 +41,18 @@ CLASS_ROLES = ("meta_train", "meta_val", "meta_test")
 
 class TaskError(ValueError):
     """A task that cannot be used: names the file or dataset and what is wrong with it."""
+
+
+def bom_codec(encoding: str) -> str:
+    """The codec to read a file declared as `encoding` with: utf-8-sig for UTF-8, so a byte-order
+    mark (what spreadsheet programs write first) is dropped rather than glued to the first field."""
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig") else encoding
+
+
+def not_decodable(path: Any, encoding: str, err: UnicodeDecodeError) -> TaskError:
+    """The one-line error for a file that is not valid text in `encoding`."""
+    return TaskError(f"{path}: not valid {encoding.removesuffix('-sig')} text ({err.reason} at byte {err.start}); "
+                     f"re-save it as UTF-8")
 
 
 @dataclass
@@ -127,7 +140,7 @@ def _load_files(path: Path, encoding: str = "utf-8") -> datasets.DatasetDict:
     kwargs: dict[str, Any] = {}
     if FILE_BUILDERS[suffix] == "csv":
         # utf-8-sig drops the byte-order mark spreadsheet programs write before the first header.
-        codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+        codec = bom_codec(encoding)
         delimiter = "\t" if suffix == ".tsv" else ","
         # Every column a string and no missing-value guessing: "01", "true", "NA" stay as written.
         kwargs = {"keep_default_na": False, "encoding": codec, "delimiter": delimiter,
@@ -135,8 +148,7 @@ def _load_files(path: Path, encoding: str = "utf-8") -> datasets.DatasetDict:
     try:
         return datasets.load_dataset(FILE_BUILDERS[suffix], data_files={k: str(v) for k, v in files.items()}, **kwargs)
     except UnicodeDecodeError as err:
-        raise TaskError(f"{path}: not valid {encoding} text ({err.reason} at byte {err.start}); "
-                        f"re-save it as UTF-8") from err
+        raise not_decodable(path, encoding, err) from err
     except Exception as err:  # pandas/pyarrow parse errors come in many types
         cause = err.__cause__ or err
         if isinstance(cause, UnicodeDecodeError):
@@ -156,8 +168,7 @@ def _string_features(files: Any, encoding: str, delimiter: str) -> datasets.Feat
             with open(f, encoding=encoding, newline="") as handle:
                 headers.append(next(csv.reader(handle, delimiter=delimiter), []))
         except UnicodeDecodeError as err:
-            raise TaskError(f"{f}: not valid {encoding.removesuffix('-sig')} text ({err.reason} at byte "
-                            f"{err.start}); re-save it as UTF-8") from err
+            raise not_decodable(f, encoding, err) from err
     if any(h != headers[0] for h in headers):
         raise TaskError(f"the files {', '.join(map(str, files))} do not share one header: {headers}")
     duplicated = sorted({c for c in headers[0] if headers[0].count(c) > 1})
@@ -174,12 +185,10 @@ def _read_json(path: Path) -> datasets.Dataset:
     back as the number 1, changing the user's data. Here every scalar cell becomes the string the
     user wrote (`cell_text`), None stays missing, and list cells (NER token/tag columns) are kept.
     """
-    import json
-
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise TaskError(f"{path}: not valid utf-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8") from err
+        raise not_decodable(path, "utf-8", err) from err
     try:
         if path.suffix.lower() == ".jsonl":
             rows = []
@@ -206,9 +215,8 @@ def _read_json(path: Path) -> datasets.Dataset:
         values = [row.get(column) for _, row in rows]
         if all(v is None or isinstance(v, list) for v in values):
             data[column] = values  # token / tag lists
-        else:
-            data[column] = [v if v is None or isinstance(v, str) else
-                            cell_text(v) if isinstance(v, (bool, int, float)) else json.dumps(v) for v in values]
+        else:  # a mapping or a list among scalars is kept as its JSON text
+            data[column] = [json.dumps(v) if isinstance(v, (list, dict)) else cell_text(v) for v in values]
     return datasets.Dataset.from_dict(data)
 
 
@@ -218,8 +226,6 @@ def cell_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, (bool, int, float)):
-        import json
-
         return json.dumps(value)
     raise TypeError(f"{type(value).__name__} {value!r}")
 
@@ -246,20 +252,24 @@ def read_inputs(source: str, text_column: str = "text") -> list[str | None]:
             with path.open(encoding="utf-8-sig") as f:
                 lines = f.read().split("\n")
         except UnicodeDecodeError as err:
-            raise TaskError(f"{source}: not valid utf-8 text ({err.reason} at byte {err.start}); "
-                            f"re-save it as UTF-8") from err
+            raise not_decodable(source, "utf-8", err) from err
         return lines[:-1] if lines and lines[-1] == "" else lines
     ds = _load_files(path)["train"]
     if text_column not in ds.column_names:
         raise TaskError(f"{source}: no text column '{text_column}' (columns: {', '.join(ds.column_names)}); "
                         f"pass --text-column")
-    texts = []
-    for i, value in enumerate(ds[text_column]):
+    return cell_texts(ds[text_column], source, "text")
+
+
+def cell_texts(values: list[Any], where: str, role: str) -> list[str | None]:
+    """`cell_text` of every cell of a column, with a one-line error naming the row (from 1)."""
+    out = []
+    for i, value in enumerate(values):
         try:
-            texts.append(cell_text(value))
+            out.append(cell_text(value))
         except TypeError as err:
-            raise TaskError(f"{source} row {i + 1}: text is {err}, expected a string") from err
-    return texts
+            raise TaskError(f"{where} row {i + 1}: {role} is {err}, expected a string or a number") from err
+    return out
 
 
 def _load_registered(name: str, entry: dict[str, Any]) -> Task:
@@ -376,17 +386,10 @@ def _normalise(ds: datasets.Dataset, where: str, text_column: str, label_column:
                             f"pass {role}_column=<name>")
     if len(ds) == 0:
         raise TaskError(f"{where}: the dataset has no rows")
-    texts, labels = [], []
+    texts = cell_texts(ds[text_column], where, "text")
     feature = ds.features[label_column]
-    for i, (t, y) in enumerate(zip(ds[text_column], ds[label_column])):
-        try:
-            texts.append(cell_text(t))
-        except TypeError as err:
-            raise TaskError(f"{where} row {i + 1}: text is {err}, expected a string") from err
-        try:
-            labels.append(feature.int2str(y) if isinstance(feature, datasets.ClassLabel) else cell_text(y))
-        except TypeError as err:
-            raise TaskError(f"{where} row {i + 1}: label is {err}, expected a string or a number") from err
+    labels = [feature.int2str(y) for y in ds[label_column]] if isinstance(feature, datasets.ClassLabel) \
+        else cell_texts(ds[label_column], where, "label")
     empty_labels = [i for i, y in enumerate(labels) if y is None or not y.strip()]
     if empty_labels:
         raise TaskError(f"{where} row {empty_labels[0] + 1}: empty label ({len(empty_labels)} row(s) have an "

@@ -18,6 +18,7 @@ also gets its wall time per episode (generate/adapt + score the queries).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -382,6 +383,7 @@ def _params_fingerprint(params: Params) -> str:
     return h.hexdigest()[:20]
 
 
+@functools.lru_cache(maxsize=1)  # the sources do not change during a run; every start and unit asks
 def _code_fingerprint() -> str:
     """A hash of the llm_meta sources: cached scores from other code are not reused."""
     import llm_meta
