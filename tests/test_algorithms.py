@@ -46,6 +46,16 @@ def module_grads(body, lora, head, examples, scale):
     return {n: named[n].grad.clone() for n in body.lora_names}
 
 
+def assert_same_gradient(actual, expected, names):
+    """Equal up to float32 rounding, measured against each tensor's scale: sums taken in another
+    order (chunks, other BLAS kernels) move single entries near zero by more than an elementwise
+    rtol allows, and Adam's normalised step carries those moves on; a wrong gradient (a dropped
+    chunk, a missing term) is off by tens of percent."""
+    for n in names:
+        err = (actual[n] - expected[n]).norm() / expected[n].norm()
+        assert err < 1e-4, f"{n}: relative error {err:.2e}"
+
+
 def test_proto_head_is_nearest_prototype():
     emb = torch.randn(6, 4)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -76,8 +86,7 @@ def test_fomaml_gradient_is_query_gradient_at_adapted_params(body):
     expected = module_grads(body, {n: fast[n] for n in body.lora_names},
                             {k: fast[k] for k in ("head.weight", "head.bias")}, QUERY, cfg.scale)
     assert set(grads) == set(theta)
-    for n in body.lora_names:
-        assert torch.allclose(grads[n], expected[n], atol=1e-6, rtol=1e-4)
+    assert_same_gradient(grads, expected, body.lora_names)
     assert sum(g.abs().sum() for g in grads.values()) > 0
     assert 0.0 <= stats.accuracy <= 1.0 and stats.loss > 0
 
@@ -88,8 +97,7 @@ def test_chunked_length_bucketed_passes_give_the_one_pass_gradient(body):
     theta = perturbed(lora_params(body))
     one_pass, stats = fomaml(body, theta, EPISODE, InnerConfig(steps=3, lr=1e-2), 0)
     chunked, chunked_stats = fomaml(body, theta, EPISODE, InnerConfig(steps=3, lr=1e-2, chunk=2), 0)
-    for n in body.lora_names:
-        assert torch.allclose(chunked[n], one_pass[n], atol=1e-6, rtol=1e-4)
+    assert_same_gradient(chunked, one_pass, body.lora_names)
     assert chunked_stats.loss == pytest.approx(stats.loss, rel=1e-5)
     assert chunked_stats.accuracy == pytest.approx(stats.accuracy)
     # The chunks are really separate passes: each pass with gradients sees at most 2 texts
