@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from llm_meta.algorithms import LR_PREFIX
+from llm_meta.core import LR_PREFIX
 from llm_meta.heads import HEAD_KEYS
 from llm_meta.hypernet import HYPER_PREFIX, split_hypernet
 from llm_meta.models import Body, Params, set_lora_params
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 METADATA_FILE = "llm_meta.json"
 MANIFEST = "manifest.json"
 RATES_FILE = "meta_sgd_rates.safetensors"  # Meta-SGD's learned inner learning rates, beside the PEFT files
+# The rates file holds the rates themselves (positive, readable), marked with how they are applied;
+# files of llm_meta before this mark scaled Adam's normalised step and mean something else.
+RATES_STEP = {"step": "sgd"}
 HYPERNET_FILE = "hypernet.safetensors"  # a LoRA hypernetwork's tensors (llm_meta.hypernet), beside the PEFT files
 
 
@@ -103,9 +107,9 @@ def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[
     recover_folder(folder)
     tmp = _fresh_tmp(folder)
     set_lora_params(body, params)
-    rates = {k[len(LR_PREFIX):]: v.detach().contiguous().cpu() for k, v in params.items() if k.startswith(LR_PREFIX)}
+    rates = {k[len(LR_PREFIX):]: v.detach().exp().contiguous().cpu() for k, v in params.items() if k.startswith(LR_PREFIX)}
     if rates:
-        save_file(rates, str(tmp / RATES_FILE))
+        save_file(rates, str(tmp / RATES_FILE), metadata=RATES_STEP)
     hyper = {k: v.detach().contiguous().cpu() for k, v in split_hypernet(params)[1].items()}
     if hyper:
         save_file(hyper, str(tmp / HYPERNET_FILE))
@@ -137,10 +141,16 @@ def load_adapter_params(body: Body, folder: str | Path) -> Params:
         raise _layout_error(folder, base, body.name)
     params = {live[k]: v.to(body.device) for k, v in saved.items()}
     if (folder / RATES_FILE).is_file():
+        with safe_open(str(folder / RATES_FILE), "pt") as f:
+            if f.metadata() != RATES_STEP:
+                raise CheckpointError(f"{folder}: {RATES_FILE} was written by an earlier llm_meta whose learned rates "
+                                      "scaled Adam's step, not SGD's (Meta-SGD); meta-train the adapter again")
         rates = load_file(str(folder / RATES_FILE))
         if not set(rates) <= set(body.lora_names) | set(HEAD_KEYS):
             raise CheckpointError(f"{folder}: {RATES_FILE} names tensors this model does not have")
-        params.update({LR_PREFIX + k: v.to(body.device) for k, v in rates.items()})
+        if not all(bool((v > 0).all()) for v in rates.values()):
+            raise CheckpointError(f"{folder}: {RATES_FILE} holds a rate that is not positive")
+        params.update({LR_PREFIX + k: v.log().to(body.device) for k, v in rates.items()})
     if (folder / HYPERNET_FILE).is_file():  # its fit to this body's LoRA is checked when it generates
         params.update({HYPER_PREFIX + k: v.to(body.device) for k, v in load_file(str(folder / HYPERNET_FILE)).items()})
     return params

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm_meta.algorithms import InnerConfig, adapt as adapt_params, predict_logits
+from llm_meta.adaptation import adapt as adapt_params, predict_logits
+from llm_meta.core import InnerConfig
 from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata, save_adapter
 from llm_meta.config import from_dict, to_dict
 from llm_meta.episodes import Examples

@@ -12,7 +12,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from llm_meta.tasks import Task, TaskError
 
@@ -21,13 +21,35 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Examples:
-    """Texts with integer labels in 0..N-1 (indices into the episode's `label_names`)."""
+    """Texts with integer labels in 0..N-1 (indices into the episode's `label_names`): a sequence
+    task, one label per text. `WordExamples` is the token task; code that treats the two
+    differently asks `token_level`, never the type of a text."""
 
     texts: list[str]
     labels: list[int]
+    token_level: ClassVar[bool] = False
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def subset(self, idx: list[int] | range) -> Examples:
+        """The examples at `idx`, in that order, of the same kind."""
+        return type(self)([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+
+    def __add__(self, other: Examples) -> Examples:
+        if type(other) is not type(self):
+            raise TypeError(f"cannot join {type(self).__name__} and {type(other).__name__}")
+        return type(self)(self.texts + other.texts, self.labels + other.labels)
+
+
+@dataclass
+class WordExamples(Examples):
+    """Sentences as word lists with one label per word (NER): `texts[i]` is a list of words and
+    `labels[i]` a list of the same length, 0 for O and 1..N-1 for the episode's entity types."""
+
+    texts: list[list[str]]  # type: ignore[assignment]
+    labels: list[list[int]]  # type: ignore[assignment]
+    token_level: ClassVar[bool] = True
 
 
 @dataclass
@@ -42,6 +64,11 @@ class Episode:
     @property
     def n_way(self) -> int:
         return len(self.label_names)
+
+    @property
+    def token_level(self) -> bool:
+        """True for an NER episode (word-level labels, scored by entity F1)."""
+        return self.support.token_level
 
     def fingerprint(self) -> str:
         """A hash of the episode's exact content (for checking that methods saw the same episodes)."""

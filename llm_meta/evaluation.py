@@ -10,10 +10,11 @@ from tqdm import tqdm
 
 import numpy as np
 
-from llm_meta.algorithms import InnerConfig, adapt, episode_accuracy, query_correct
+from llm_meta.adaptation import adapt, episode_accuracy, query_correct
+from llm_meta.core import InnerConfig
 from llm_meta.episodes import Episode
 from llm_meta.models import Body, Params
-from llm_meta.ner import io_to_bio, is_token_level, tag_words
+from llm_meta.ner import io_to_bio, tag_words
 
 
 @dataclass
@@ -55,7 +56,7 @@ def score_episodes(body: Body, params: Params, episodes: list[Episode], cfg: Inn
     """
     bar = tqdm(episodes, desc=desc, leave=False, disable=not progress or None)
     # NER episodes are scored by entity F1, everything else by query accuracy.
-    return [(episode_entity_f1 if is_token_level(ep.query.texts) else episode_accuracy)(body, params, ep, cfg, seed=i)
+    return [(episode_entity_f1 if ep.token_level else episode_accuracy)(body, params, ep, cfg, seed=i)
             for i, ep in enumerate(bar)]
 
 
@@ -79,7 +80,7 @@ def episode_outcomes(body: Body, params: Params, episode: Episode, cfg: InnerCon
     [Q, 1] correct (1.0 / 0.0) for a sequence episode; [Q, 3] entity counts (true positives, false
     positives, false negatives: exact span and type, as seqeval counts them) per query sentence
     for an NER episode."""
-    if not is_token_level(episode.query.texts):
+    if not episode.token_level:
         return query_correct(body, params, episode, cfg, seed).float().numpy()[:, None].astype(np.float64)
     fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
     predicted = tag_words(body, fast, episode.query.texts, cfg.scale)

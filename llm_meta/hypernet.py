@@ -17,7 +17,7 @@ adapter *is* θ0, bit for bit.
 The hypernetwork's tensors live in the same params dict as the LoRA, under HYPER_PREFIX, so the
 meta-training recipe, checkpoints and selection handle them like any other meta-parameter; a
 start whose params hold them generates its LoRA from the support set before adapting
-(`algorithms.adapt`). Its architecture is read off the tensor shapes: nothing else to save.
+(`adaptation.adapt`). Its architecture is read off the tensor shapes: nothing else to save.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from torch import Tensor
 
 from llm_meta.episodes import Examples
 from llm_meta.heads import label_name_text, prototypes
+from llm_meta.losses import labelled_embeddings
 from llm_meta.models import Body, Params, embed_texts
 
 HYPER_PREFIX = "hyper."
@@ -101,8 +102,6 @@ def count_parameters(params: Params) -> int:
 def class_features(body: Body, lora: Params, support: Examples, n_way: int,
                    label_names: list[str] | None) -> Tensor:
     """[N, 2H]: each class's support prototype under the start LoRA, and its label name's embedding."""
-    from llm_meta.algorithms import labelled_embeddings  # (algorithms imports this module)
-
     emb, labels = labelled_embeddings(body, lora, support)
     protos = prototypes(emb, labels, n_way)
     names = embed_texts(body, lora, [label_name_text(n) for n in label_names]) if label_names \

@@ -1,9 +1,9 @@
 """Token-level tasks (NER): CoNLL files, Few-NERD episodes, word-to-subword alignment.
 
-Token episodes reuse the sequence machinery unchanged: an `Examples` whose `texts` are word
-lists and whose `labels` are per-word class ids (0 = O, i = the episode's i-th entity type, IO
-scheme as in Few-NERD), so `adapt`, FOMAML, Reptile and the prototype heads run as they are;
-`loss_and_accuracy` and the head initialisation dispatch on `is_token_level`.
+Token episodes reuse the sequence machinery: a `WordExamples` holds word lists with per-word
+class ids (0 = O, i = the episode's i-th entity type, IO scheme as in Few-NERD), so `adapt`,
+FOMAML, Reptile and the prototype heads run as they are; `llm_meta.losses` scores its words
+instead of its texts because the examples say they are token-level.
 
 A CoNLL file has one token per line with its tag in the last field and a blank line between
 sentences (`-DOCSTART-` lines are skipped; `read_conll` lists the layouts read). Tags are BIO
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_meta.episodes import Episode, Examples
+from llm_meta.episodes import Episode, WordExamples
 from llm_meta.heads import head_logits
 from llm_meta.models import Body, Params, embed_tokens
 from llm_meta.tasks import FILE_BUILDERS, TaskError, bom_codec, load_raw, not_decodable, package_dir
@@ -307,7 +307,7 @@ class NerEpisodeSampler:
         query = self._fill(candidates, used, self.q_shot, chosen)
         return Episode(support=support, query=query, label_names=["O", *chosen], task=self.name)
 
-    def _fill(self, candidates: list[int], used: set[tuple[str, ...]], k: int, types: list[str]) -> Examples:
+    def _fill(self, candidates: list[int], used: set[tuple[str, ...]], k: int, types: list[str]) -> WordExamples:
         counts = dict.fromkeys(types, 0)
         picked: list[int] = []
         for i in candidates:
@@ -327,7 +327,7 @@ class NerEpisodeSampler:
             raise TaskError(f"'{self.name}': not enough sentences for a {len(types)}-way {k}-shot set of types "
                             f"{types} (mentions found: {short}); lower K or N")
         index = {t: y for y, t in enumerate(types, start=1)}
-        return Examples([list(self.sentences[i].tokens) for i in picked],
+        return WordExamples([list(self.sentences[i].tokens) for i in picked],
                         [[index.get(entity_type(tag), 0) for tag in self.sentences[i].tags] for i in picked])
 
     def episodes(self, count: int, start: int = 0) -> list[Episode]:
@@ -345,10 +345,6 @@ class AlignedBatch:
     positions: Tensor  # [M] token position of its first sub-token
     words: list[tuple[int, int]]  # (sentence, word index) of each kept word, same order
     dropped: int  # words that got no token (cut by max_length)
-
-
-def is_token_level(texts: list) -> bool:
-    return bool(texts) and isinstance(texts[0], list)
 
 
 def align_words(body: Body, sentences: list[list[str]], warn: bool = True) -> AlignedBatch:

@@ -21,7 +21,9 @@ from typing import Sequence
 
 import torch
 
-from llm_meta.algorithms import InnerConfig, adapt as adapt_params, labelled_embeddings
+from llm_meta.adaptation import adapt as adapt_params
+from llm_meta.core import InnerConfig
+from llm_meta.losses import labelled_embeddings
 from llm_meta.classifier import FewShotClassifier, default_adapt_config
 from llm_meta.config import from_dict
 from llm_meta.episodes import Examples

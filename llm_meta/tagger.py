@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_meta.algorithms import InnerConfig, adapt as adapt_params
+from llm_meta.adaptation import adapt as adapt_params
+from llm_meta.core import InnerConfig
 from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata
 from llm_meta.classifier import CLASSIFIER_FORMAT, load_task_model, save_task_model
 from llm_meta.config import from_dict, to_dict

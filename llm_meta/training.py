@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from llm_meta.algorithms import Algorithm, InnerConfig, StepStats
+from llm_meta.algorithms import Algorithm
+from llm_meta.core import InnerConfig, StepStats
 from llm_meta.episodes import EpisodeSampler
 from llm_meta.models import Body, Params
 

@@ -33,7 +33,7 @@ import yaml
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.algorithms import InnerConfig
+from llm_meta.core import InnerConfig
 from llm_meta.checkpoint import load_adapter_params, read_metadata, write_atomic
 from llm_meta.classifier import support_set
 from llm_meta.config import from_dict, load_config, to_dict

@@ -24,12 +24,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.algorithms import (ALGORITHMS, LR_PREFIX, InnerConfig, interpolate, meta_sgd_rates, ner_transfer_heads,
-                                 outer_lr, transfer_heads)
+from llm_meta.algorithms import ALGORITHMS
+from llm_meta.baselines import ner_transfer_heads, transfer_heads
+from llm_meta.core import LR_PREFIX, InnerConfig, interpolate, meta_sgd_rates, outer_lr
 from llm_meta.checkpoint import load_adapter_params, load_checkpoint, save_adapter, save_checkpoint
 from llm_meta.config import to_dict
 from llm_meta.episodes import Episode, EpisodeSampler, StagedSampler
 from llm_meta.evaluation import mean_ci, paired_difference, score_episodes
+from llm_meta.heads import HEAD_KEYS
 from llm_meta.hypernet import HYPER_PREFIX, HypernetConfig, count_parameters, init_hypernet
 from llm_meta.models import ModelConfig, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, sentences_fingerprint, split_ner
@@ -157,7 +159,7 @@ def main(cfg: Config) -> dict:
         for head in heads:
             params.update({k: v.requires_grad_(True) for k, v in head.items()})
     if cfg.algorithm == "metasgd":  # one learned inner learning rate per tensor, saved with the adapter
-        params.update({k: v.requires_grad_(True) for k, v in meta_sgd_rates(start, cfg.inner.lr).items()})
+        params.update({k: v.requires_grad_(True) for k, v in meta_sgd_rates(start, cfg.inner.lr, HEAD_KEYS).items()})
     if cfg.algorithm.startswith("hypernet"):  # trained with θ0; zero output layer: it starts by writing θ0
         hyper = init_hypernet(start, body.hidden_size, cfg.hypernet, cfg.seed)
         params.update({k: v.requires_grad_(True) for k, v in hyper.items()})

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from llm_meta.algorithms import (LR_PREFIX, InnerConfig, inner_loop, maml_gradient, meta_sgd_rates, reptile_gradient,
-                                 split_rates)
+from llm_meta.core import (LR_PREFIX, InnerConfig, inner_loop, maml_gradient, meta_sgd_rates, reptile_gradient,
+                           split_rates)
 from llm_meta.evaluation import mean_ci, paired_difference
 from llm_meta.models import Params
 
@@ -122,7 +122,7 @@ def meta_train(method: str, cfg: Config) -> Params:
     if method == "untrained":
         return params
     if method == "metasgd":  # one learned rate per tensor (the MLP has no head)
-        params.update({k: v for k, v in meta_sgd_rates(params, cfg.inner.lr).items() if k[len(LR_PREFIX):] in params})
+        params.update(meta_sgd_rates(params, cfg.inner.lr))
     params = {k: v.requires_grad_(True) for k, v in params.items()}
     optimizer = torch.optim.Adam(params.values(), lr=cfg.outer_lr)
     g = torch.Generator().manual_seed(cfg.seed + 1)  # the same training tasks for every method

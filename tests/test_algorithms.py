@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm_meta.algorithms import InnerConfig, adapt, fomaml, init_head, reptile
+from llm_meta.adaptation import adapt, init_head
+from llm_meta.algorithms import fomaml, reptile
+from llm_meta.core import InnerConfig
 from llm_meta.episodes import Episode, Examples
 from llm_meta.heads import head_logits, prototypes, proto_head
 from llm_meta.models import ModelConfig, embed, load_body, lora_params, set_lora_params, tokenize
@@ -117,7 +119,7 @@ def test_reptile_update_is_epsilon_times_difference(body):
     theta = perturbed(lora_params(body))
     cfg = InnerConfig(steps=3, lr=1e-2)
     grads, _ = reptile(body, theta, EPISODE, cfg, 0)
-    everything = Examples(SUPPORT.texts + QUERY.texts, SUPPORT.labels + QUERY.labels)
+    everything = SUPPORT + QUERY
     adapted = adapt(body, theta, everything, 3, cfg, seed=0)
     eps = 0.1
     meta = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
@@ -151,25 +153,26 @@ def test_head_only_adaptation_keeps_lora(body):
 def test_head_only_shortcut_equals_running_the_body_every_step(body):
     # adapt() embeds the support set once when the body is frozen; the result must be the same
     # as re-running the body at every step (mini-batches smaller than the support set included).
-    from llm_meta.algorithms import _batches, init_head, inner_loop, loss_and_accuracy
+    from llm_meta.adaptation import init_head
+    from llm_meta.core import inner_batches, inner_loop
+    from llm_meta.losses import loss_and_accuracy
 
     theta = perturbed(lora_params(body))
     cfg = InnerConfig(steps=4, lr=5e-2, batch_size=4, train_lora=False)
     fast = adapt(body, theta, SUPPORT, 3, cfg, seed=3)
 
     def slow_loss(params, idx):
-        return loss_and_accuracy(body, params, [SUPPORT.texts[i] for i in idx], [SUPPORT.labels[i] for i in idx],
-                                 cfg.scale)[0]
+        return loss_and_accuracy(body, params, SUPPORT.subset(idx), cfg.scale)[0]
 
     head = init_head(body, theta, SUPPORT, 3, cfg)
-    slow = inner_loop({**theta, **head}, list(head), slow_loss, _batches(len(SUPPORT), 4, 4, 3), cfg)
+    slow = inner_loop({**theta, **head}, list(head), slow_loss, inner_batches(len(SUPPORT), 4, 4, 3), cfg)
     for k in head:
         torch.testing.assert_close(fast[k], slow[k], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(fast["head.weight"], head["head.weight"])
 
 
 def test_transfer_gradient_covers_lora_and_own_task_head_only(body):
-    from llm_meta.algorithms import transfer, transfer_head_key, transfer_heads
+    from llm_meta.baselines import transfer, transfer_head_key, transfer_heads
 
     theta = perturbed(lora_params(body))
     pools = {"toy": {"card": SUPPORT.texts[:2], "music": SUPPORT.texts[2:4], "weather": SUPPORT.texts[4:]},
@@ -199,7 +202,7 @@ def _mlp_problem(seed=0):
 
 
 def _meta_objective(params, support_loss, query_loss, cfg):
-    from llm_meta.algorithms import inner_loop
+    from llm_meta.core import inner_loop
 
     fast = inner_loop(params, list(params), support_loss, [list(range(6))] * cfg.steps, cfg)
     return query_loss(fast, list(range(6))).item()
@@ -207,7 +210,7 @@ def _meta_objective(params, support_loss, query_loss, cfg):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_second_order_meta_gradient_matches_finite_differences(optimizer):
-    from llm_meta.algorithms import maml_gradient
+    from llm_meta.core import maml_gradient
 
     params, support_loss, query_loss = _mlp_problem()
     cfg = InnerConfig(steps=3, lr=0.1 if optimizer == "sgd" else 0.01, optimizer=optimizer)
@@ -232,36 +235,53 @@ def test_second_order_meta_gradient_matches_finite_differences(optimizer):
 
 
 def test_first_order_meta_sgd_rate_gradient_is_minus_support_dot_query_gradient():
-    # One SGD step θ' = θ - α g_s(θ); first order: dL_q/dα = -<g_s(θ), ∇L_q(θ')> per tensor.
-    from llm_meta.algorithms import LR_PREFIX, inner_loop, maml_gradient
+    # One SGD step θ' = θ - α g_s(θ), α = exp(ρ) with ρ the stored log rate; first order:
+    # dL_q/dρ = -α <g_s(θ), ∇L_q(θ')> per tensor.
+    from llm_meta.core import LR_PREFIX, inner_loop, maml_gradient
 
     params, support_loss, query_loss = _mlp_problem()
-    cfg = InnerConfig(steps=1, optimizer="sgd")
-    rates = {LR_PREFIX + k: torch.tensor(0.05 + 0.01 * i, dtype=torch.float64) for i, k in enumerate(params)}
+    cfg = InnerConfig(steps=1, optimizer="adam")  # Meta-SGD's step is SGD whatever the optimizer says
+    alpha = {k: torch.tensor(0.05 + 0.01 * i, dtype=torch.float64) for i, k in enumerate(params)}
+    log_rates = {LR_PREFIX + k: a.log() for k, a in alpha.items()}
 
     def query(fast):
         loss = query_loss(fast, list(range(6)))
         return loss, loss
-    grads, _, _ = maml_gradient({**params, **rates}, {}, list(params), support_loss, query, [list(range(6))], cfg)
+    grads, _, _ = maml_gradient({**params, **log_rates}, {}, list(params), support_loss, query, [list(range(6))], cfg)
     live = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     g_s = dict(zip(live, torch.autograd.grad(support_loss(live, list(range(6))), list(live.values()))))
-    fast = {k: (params[k] - rates[LR_PREFIX + k] * g_s[k]).requires_grad_(True) for k in params}
+    fast = {k: (params[k] - alpha[k] * g_s[k]).requires_grad_(True) for k in params}
     g_q = dict(zip(fast, torch.autograd.grad(query_loss(fast, list(range(6))), list(fast.values()))))
     for k in params:
-        torch.testing.assert_close(grads[LR_PREFIX + k], -(g_s[k] * g_q[k]).sum())
+        torch.testing.assert_close(grads[LR_PREFIX + k], -alpha[k] * (g_s[k] * g_q[k]).sum())
         torch.testing.assert_close(grads[k], g_q[k])  # first order: the weights get FOMAML's gradient
     # and the learned rates are what adaptation uses
-    adapted = inner_loop(params, list(params), support_loss, [list(range(6))], cfg,
-                         lrs={k: rates[LR_PREFIX + k] for k in params})
+    adapted = inner_loop(params, list(params), support_loss, [list(range(6))], cfg, lrs=alpha)
     for k in params:
         torch.testing.assert_close(adapted[k].detach(), fast[k].detach())
 
 
+def test_meta_sgd_rates_stay_positive_whatever_the_outer_step():
+    # An outer step far larger than the rate itself: a raw rate would go negative (an inner step
+    # *up* the loss); the log-parametrised rate only gets smaller.
+    from llm_meta.core import LR_PREFIX, meta_sgd_rates, split_rates
+
+    weights = {"w": torch.zeros(3)}
+    log_rates = meta_sgd_rates(weights, 1e-2)
+    stepped = {k: v - 50.0 for k, v in log_rates.items()}  # a gradient step of size 50 on ρ
+    _, rates = split_rates({**weights, **stepped})
+    assert rates is not None and 0 < rates["w"].item() < 1e-2
+    with pytest.raises(ValueError, match="positive"):
+        meta_sgd_rates(weights, 0.0)
+    assert set(log_rates) == {LR_PREFIX + "w"}
+
+
 def test_metasgd_rates_receive_gradients_on_the_language_model(body):
-    from llm_meta.algorithms import LR_PREFIX, meta_sgd_rates, metasgd
+    from llm_meta.algorithms import metasgd
+    from llm_meta.core import LR_PREFIX, meta_sgd_rates
 
     theta = perturbed(lora_params(body))
-    rates = meta_sgd_rates(theta, 1e-2)
+    rates = meta_sgd_rates(theta, 1e-2, ["head.weight", "head.bias"])
     assert set(rates) == {LR_PREFIX + k for k in [*theta, "head.weight", "head.bias"]}
     grads, stats = metasgd(body, {**theta, **rates}, EPISODE, InnerConfig(steps=2, lr=1e-2), 0)
     assert set(grads) == set(theta) | set(rates)
@@ -281,6 +301,10 @@ def test_second_order_maml_on_the_language_model_differs_from_first_order(body):
     diff = sum((second[k] - first[k]).abs().sum() for k in theta)
     assert diff > 1e-3 * sum(first[k].abs().sum() for k in theta)
     assert stats.loss > 0
+    # The proximal term's anchor is held constant: its second-order gradient would be wrong, so refused.
+    with pytest.raises(ValueError, match="proximal"):
+        maml(body, theta, EPISODE, InnerConfig(steps=1, proximal=0.1), 0)
+    fomaml(body, theta, EPISODE, InnerConfig(steps=1, proximal=0.1), 0)  # first order: fine
 
 
 def test_protonet_loss_equals_hand_computation():

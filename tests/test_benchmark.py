@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_meta.algorithms import InnerConfig
+from llm_meta.core import InnerConfig
 from llm_meta.models import ModelConfig
 from recipes import benchmark
 from recipes.benchmark import Config, EpisodicConfig, FullwayConfig

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import llm_meta
-from llm_meta.algorithms import InnerConfig
+from llm_meta.core import InnerConfig
 from llm_meta.checkpoint import CheckpointError
 from llm_meta.classifier import AdaptConfig, FewShotClassifier, support_set
 from llm_meta.episodes import Examples

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import llm_meta
-from llm_meta.algorithms import InnerConfig
+from llm_meta.core import InnerConfig
 from llm_meta.checkpoint import read_metadata
 from llm_meta.classifier import AdaptConfig, FewShotClassifier
 from llm_meta.models import (BUNDLED_GGUF, ModelConfig, ModelLoadError, embed, load_body, lora_params,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_two_processes_match_one(tiny_bert_dir, toy_csv, tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["maml", "metasgd", "protonet"])
 def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_bert_dir, toy_csv, tmp_path, caplog):
-    from llm_meta.algorithms import LR_PREFIX
+    from llm_meta.core import LR_PREFIX
     from llm_meta.checkpoint import RATES_FILE, load_adapter_params
     from llm_meta.models import ModelConfig, load_body
 
@@ -129,15 +130,33 @@ def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_ber
     loaded = load_adapter_params(body, out / "adapter")
     rates = {k: v for k, v in trained.items() if k.startswith(LR_PREFIX)}
     if algorithm == "metasgd":
-        # One learned rate per LoRA tensor and head tensor, meta-trained away from inner.lr = 0.01.
+        # One learned rate per LoRA tensor and head tensor (stored as its log), meta-trained away from
+        # inner.lr = 0.01; the adapter's file holds the rates themselves and loads back to them.
         assert len(rates) == len(body.lora_names) + 2
-        assert any(abs(v.item() - 0.01) > 1e-4 for v in rates.values())
+        assert any(abs(v.exp().item() - 0.01) > 1e-4 for v in rates.values())
         assert (out / "adapter" / RATES_FILE).is_file()  # (at step 0 every rate is inner.lr)
+        from safetensors.torch import load_file, save_file
+
+        saved = load_file(str(out / "adapter" / RATES_FILE))
+        assert all((v > 0).all() for v in saved.values())
+        assert {LR_PREFIX + k for k in saved} == set(rates)  # (the adapter is the kept step, maybe 0)
+        for k, v in saved.items():
+            torch.testing.assert_close(loaded[LR_PREFIX + k].exp(), v)
+        # A rates file of the earlier format (rates that scaled Adam's step, no mark) is refused.
+        from llm_meta.checkpoint import MANIFEST, CheckpointError, _sha256
+
+        old = tmp_path / "old-adapter"
+        shutil.copytree(out / "adapter", old)
+        save_file(saved, str(old / RATES_FILE))
+        manifest = json.loads((old / MANIFEST).read_text())
+        (old / MANIFEST).write_text(json.dumps({**manifest, RATES_FILE: _sha256(old / RATES_FILE)}))
+        with pytest.raises(CheckpointError, match="earlier llm_meta"):
+            load_adapter_params(body, old)
         # adapting with another step count than the rates were learned for is allowed, with a warning
         import logging
 
         import llm_meta
-        from llm_meta.algorithms import InnerConfig
+        from llm_meta.core import InnerConfig
         from llm_meta.classifier import AdaptConfig
 
         with caplog.at_level(logging.WARNING):

@@ -174,7 +174,9 @@ def test_words_past_max_length_are_counted_and_warned(tiny_bert_dir, caplog):
 # --- the same algorithms at token level ------------------------------------------------------------
 
 def test_fomaml_reptile_protonet_and_adapt_run_on_token_episodes(tiny_bert_dir):
-    from llm_meta.algorithms import InnerConfig, adapt, episode_accuracy, fomaml, init_head, protonet, reptile
+    from llm_meta.adaptation import adapt, episode_accuracy, init_head
+    from llm_meta.algorithms import fomaml, protonet, reptile
+    from llm_meta.core import InnerConfig
     from llm_meta.models import ModelConfig, load_body, lora_params
     from llm_meta.ner import NerEpisodeSampler
     from tests.test_models import perturbed
@@ -237,7 +239,7 @@ def test_io_to_bio_and_entity_f1():
 
 
 def test_entity_f1_of_an_adapted_episode(tiny_bert_dir):
-    from llm_meta.algorithms import InnerConfig
+    from llm_meta.core import InnerConfig
     from llm_meta.evaluation import episode_entity_f1
     from llm_meta.models import ModelConfig, load_body, lora_params
     from llm_meta.ner import NerEpisodeSampler

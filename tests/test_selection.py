@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from llm_meta.algorithms import InnerConfig, adapt, init_head, interpolate, outer_lr, support_loss_fn
+from llm_meta.adaptation import adapt, init_head
+from llm_meta.core import InnerConfig, interpolate, outer_lr
+from llm_meta.losses import support_loss_fn
 from llm_meta.checkpoint import read_metadata
 from llm_meta.episodes import Examples
 from llm_meta.models import ModelConfig, load_body, lora_params
@@ -109,7 +111,7 @@ def test_soft_kmeans_zero_iterations_is_plain_prototypes_and_refinement_moves_to
 
 
 def test_transductive_scoring_runs_on_an_episode(tiny_bert_dir):
-    from llm_meta.algorithms import episode_accuracy
+    from llm_meta.adaptation import episode_accuracy
     from llm_meta.episodes import Episode
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir)))

@@ -1,0 +1,111 @@
+"""Adapting a start to one episode's support set, and scoring its queries: the evaluation protocol.
+
+Used alike by meta-training (the inner loop of every episode), validation, `llm-meta adapt` and the
+benchmark, so a start is always judged by the adaptation it will get in use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from llm_meta.core import LR_PREFIX, InnerConfig, inner_batches, inner_loop, split_rates
+from llm_meta.episodes import Episode, Examples
+from llm_meta.heads import HEAD_KEYS, head_logits, proto_head, prototype_head, soft_kmeans, with_label_names, zero_head
+from llm_meta.hypernet import generated_params, has_hypernet
+from llm_meta.losses import labelled_embeddings, support_loss_fn, text_lengths
+from llm_meta.models import Body, Params, embed_texts
+
+
+def init_head(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig,
+              label_names: list[str] | None = None) -> Params:
+    """The episode's head at the start of the inner loop ("head.weight" [N, hidden], "head.bias"
+    [N]; a constant: no gradient flows into it). Raises ValueError for an unknown `cfg.head_init`."""
+    if cfg.head_init == "zero":
+        return zero_head(body.hidden_size, n_way, body.device)
+    if cfg.head_init == "label_names":
+        support = with_label_names(Examples([], []), _need_names(label_names, cfg), 1)
+    elif cfg.head_init != "proto":
+        raise ValueError(f"head_init must be 'proto', 'zero' or 'label_names', got {cfg.head_init!r}")
+    emb, labels = labelled_embeddings(body, params, support)
+    return proto_head(emb, labels, n_way)
+
+
+def _need_names(label_names: list[str] | None, cfg: InnerConfig) -> list[str]:
+    if label_names is None:
+        raise ValueError(f"head_init={cfg.head_init!r} / label_examples={cfg.label_examples} need the label names")
+    return label_names
+
+
+def episode_start(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig,
+                  label_names: list[str] | None, head: Params | None = None) -> tuple[Examples, Params]:
+    """The support set the inner loop trains on (label names added if asked) and the fresh head.
+    Raises ValueError for settings that are for sequence tasks only, given a token task."""
+    if cfg.chunk and support.token_level:  # chunks are weighted by sentences, the loss by words
+        raise ValueError("inner.chunk splits batches of texts: it is for sequence tasks, not NER (set it to 0)")
+    if cfg.label_examples:
+        if support.token_level:
+            raise ValueError("inner.label_examples adds label names as texts: it is for sequence tasks, not NER")
+        support = with_label_names(support, _need_names(label_names, cfg), cfg.label_examples)
+    weights = {k: v.detach() for k, v in params.items() if not k.startswith(LR_PREFIX)}
+    return support, head if head is not None else init_head(body, weights, support, n_way, cfg, label_names)
+
+
+def support_batches(support: Examples, cfg: InnerConfig, seed: int) -> list[list[int]]:
+    """The support indices of each inner step, each batch shortest first (length-bucketed chunks)."""
+    return inner_batches(len(support), cfg.batch_size, cfg.steps, seed, text_lengths(support))
+
+
+def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig, seed: int = 0,
+          head: Params | None = None, label_names: list[str] | None = None) -> Params:
+    """The inner loop: `cfg.steps` optimiser steps on the support set from `params` (+ a fresh head).
+
+    Returns detached fast parameters (LoRA + head). First-order: the graph of each step is
+    dropped, so memory does not grow with the number of steps. `params` is not modified. Meta-SGD
+    rates in `params` (keys `LR_PREFIX + name`) make those tensors take SGD steps at their learned
+    rates. A hypernetwork in `params` first writes the starting LoRA from the support set (zero
+    steps: the generated adapter with a prototype head).
+    """
+    if has_hypernet(params):
+        with torch.no_grad():
+            params = generated_params(body, params, support, n_way, label_names)
+    support, head = episode_start(body, params, support, n_way, cfg, label_names, head)
+    weights, lrs = split_rates(params)
+    trainable = [k for k in weights if cfg.train_lora] + list(HEAD_KEYS)
+    fast = inner_loop({**weights, **head}, trainable, support_loss_fn(body, weights, support, cfg),
+                      support_batches(support, cfg, seed), cfg, lrs=lrs)
+    return {k: t.detach() for k, t in fast.items()}
+
+
+@torch.no_grad()
+def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, batch_size: int = 128) -> Tensor:
+    """Logits [len(texts), N] of an adapted model (LoRA + head in `fast`)."""
+    emb = embed_texts(body, fast, texts, batch_size)
+    return head_logits(fast, emb, scale)
+
+
+def episode_accuracy(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> float:
+    """Query accuracy (a fraction) after adapting `params` on the episode's support set; per word for
+    an NER episode (its entity F1: `evaluation.episode_entity_f1`)."""
+    if episode.token_level:
+        fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
+        emb, labels = labelled_embeddings(body, fast, episode.query)
+        return (head_logits(fast, emb, cfg.scale).argmax(1) == labels).float().mean().item()
+    return query_correct(body, params, episode, cfg, seed).float().mean().item()
+
+
+def query_correct(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> Tensor:
+    """[Q] bool: whether each query text of a sequence episode is classified right after adapting
+    `params` on its support set (the unit the benchmark's bootstrap resamples). With
+    `cfg.transductive`, queries are classified by prototypes refined with the queries themselves
+    (soft k-means)."""
+    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
+    if cfg.transductive:
+        support, _ = episode_start(body, params, episode.support, episode.n_way, cfg, episode.label_names, head={})
+        s_emb, s_labels = labelled_embeddings(body, fast, support)
+        q_emb = embed_texts(body, fast, episode.query.texts)
+        c = soft_kmeans(s_emb, s_labels, q_emb, episode.n_way, cfg.transductive, cfg.scale, cfg.transductive_confidence)
+        logits = head_logits(prototype_head(c), q_emb, cfg.scale)
+    else:
+        logits = predict_logits(body, fast, episode.query.texts, cfg.scale)
+    return logits.argmax(1).cpu() == torch.tensor(episode.query.labels)
