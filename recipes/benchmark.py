@@ -37,7 +37,7 @@ from llm_meta.core import InnerConfig
 from llm_meta.checkpoint import load_adapter_params, read_metadata, write_atomic
 from llm_meta.classifier import support_set
 from llm_meta.config import from_dict, load_config, to_dict
-from llm_meta.episodes import Episode, EpisodeSampler, Examples
+from llm_meta.episodes import Episode, EpisodeSampler, Examples, WordExamples
 from llm_meta.evaluation import episode_score, score_outcomes
 from llm_meta.statistics import UNIT, Estimate, Outcomes, crossed_bootstrap, holm, text_index, verdict
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
@@ -178,7 +178,8 @@ def main(cfg: Config) -> dict:
     if cfg.ner.split.data:
         name = Path(cfg.ner.split.data).stem
         for k in cfg.ner.shots:
-            settings[("ner", name, k)] = _cached(out, f"ner-{name}-k{k}", _spec(cfg.ner), lambda k=k: _ner(cfg.ner, k))
+            settings[("ner", name, k)] = _cached(out, f"ner-{name}-k{k}", _spec(cfg.ner), lambda k=k: _ner(cfg.ner, k),
+                                                 WordExamples)
 
     # Score every method on every setting: per-episode accuracies, averaged over meta-seeds. Each
     # (start, adaptation, episodes) run is kept in out/scores, so an interrupted benchmark resumes
@@ -337,12 +338,13 @@ def _spec(protocol_cfg) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def _cached(out: Path, name: str, spec: str, make: Callable[[], list[Episode]]) -> dict:
+def _cached(out: Path, name: str, spec: str, make: Callable[[], list[Episode]],
+            kind: type[Examples] = Examples) -> dict:
     """Episodes from the cache file of this (setting, generating config) if present, else generated
-    and written; with their hash."""
+    and written; with their hash. `kind`: the examples' type (`WordExamples` for NER episodes)."""
     path = out / "episodes" / f"{name}-{spec}.json"
     try:
-        episodes = [Episode(Examples(**e["support"]), Examples(**e["query"]), e["label_names"], e["task"])
+        episodes = [Episode(kind(**e["support"]), kind(**e["query"]), e["label_names"], e["task"])
                     for e in json.loads(path.read_text())]
     except FileNotFoundError:
         episodes = None
