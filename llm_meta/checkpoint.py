@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from llm_meta.core import LR_PREFIX
 from llm_meta.heads import HEAD_KEYS
+from llm_meta.hub import write_model_card
 from llm_meta.hypernet import HYPER_PREFIX, split_hypernet
 from llm_meta.models import Body, Params, set_lora_params
 
@@ -121,7 +122,9 @@ def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[
     config_path.write_text(json.dumps(adapter_config, indent=2))
     for name, write in (extra_files or {}).items():
         write(tmp / name)
-    (tmp / METADATA_FILE).write_text(json.dumps({"format": "llm_meta.adapter/1", **metadata}, indent=1, default=str))
+    metadata = {"format": "llm_meta.adapter/1", **metadata}
+    write_model_card(tmp, metadata)  # README.md with the Hub's front matter: how it was made, how to load it
+    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=1, default=str))
     _finish_folder(tmp, folder)
     return folder
 

@@ -26,11 +26,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llm_meta.adaptation import adapt as adapt_params, predict_logits
-from llm_meta.core import InnerConfig
 from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata, save_adapter
 from llm_meta.config import from_dict, to_dict
+from llm_meta.core import InnerConfig
 from llm_meta.episodes import Examples
 from llm_meta.heads import HEAD_KEYS
+from llm_meta.hub import HubMixin
 from llm_meta.metrics import classification_metrics
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, start_model_config, \
     warn_truncated
@@ -65,7 +66,7 @@ class AdaptConfig:
 
 
 @dataclass
-class FewShotClassifier:
+class FewShotClassifier(HubMixin):
     """An adapted model: body with adapted LoRA, a head, and its label names."""
 
     body: Body

@@ -22,12 +22,12 @@ from typing import Sequence
 import torch
 
 from llm_meta.adaptation import adapt as adapt_params
-from llm_meta.core import InnerConfig
-from llm_meta.losses import labelled_embeddings
 from llm_meta.classifier import FewShotClassifier, default_adapt_config
 from llm_meta.config import from_dict
+from llm_meta.core import InnerConfig
 from llm_meta.episodes import Examples
 from llm_meta.heads import HEAD_KEYS, proto_head, with_label_names
+from llm_meta.losses import labelled_embeddings
 from llm_meta.tasks import TaskError
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from llm_meta.adaptation import adapt as adapt_params
-from llm_meta.core import InnerConfig
 from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata
 from llm_meta.classifier import CLASSIFIER_FORMAT, load_task_model, save_task_model
 from llm_meta.config import from_dict, to_dict
+from llm_meta.core import InnerConfig
+from llm_meta.hub import HubMixin
 from llm_meta.metrics import entity_metrics
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, start_model_config
 from llm_meta.ner import NerEpisodeSampler, Sentence, entity_type, entity_types, io_to_bio, load_ner, \
@@ -47,7 +48,7 @@ class TaggerConfig:
 
 
 @dataclass
-class FewShotTagger:
+class FewShotTagger(HubMixin):
     body: Body
     params: Params  # LoRA + head tensors
     labels: list[str]  # ["O", type, ...]

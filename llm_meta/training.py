@@ -59,10 +59,12 @@ def check_step(stats: StepStats, grads: Params, step: int, run_dir: Path) -> Non
 
 
 class RunLog:
-    """Append-only JSON-lines log of a run (one record per event), safe to reopen on resume."""
+    """Append-only JSON-lines log of a run (one record per event), safe to reopen on resume; with an
+    `accelerator` whose trackers are initialised, every numeric field of an event with a `step` is
+    also logged there as `event/field` (TensorBoard, W&B, ... curves)."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
-        self.path, self.enabled, self.start = path, enabled, time.time()
+    def __init__(self, path: Path, enabled: bool = True, accelerator: Accelerator | None = None) -> None:
+        self.path, self.enabled, self.start, self.accelerator = path, enabled, time.time(), accelerator
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -71,6 +73,23 @@ class RunLog:
             record = {"event": event, "time_s": round(time.time() - self.start, 2), **fields}
             with self.path.open("a") as f:
                 f.write(json.dumps(record, default=str) + "\n")
+        if self.accelerator is not None and "step" in fields:
+            scalars = {f"{event}/{k}": v for k, v in fields.items()
+                       if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if scalars:
+                self.accelerator.log(scalars, step=int(fields["step"]))
+
+
+def tracker_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config flattened to `a.b` keys with the scalar values trackers accept (TensorBoard's
+    hyperparameters take numbers, strings and booleans only; lists and None become strings)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(tracker_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value, default=str)
+    return flat
 
 
 def environment() -> dict[str, Any]:

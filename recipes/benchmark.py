@@ -13,6 +13,8 @@ start), protonet (nearest prototype from the ProtoNet-trained start, no steps), 
 trained hypernetwork writes from the support set, no steps), hypernet_adapt (that adapter + the
 shared adaptation), hypernet_fomaml (generator trained through FOMAML, + adaptation). Each row
 also gets its wall time per episode (generate/adapt + score the queries).
+
+A recipe, so one file read top to bottom (design notes, section 6), hence its length.
 """
 
 from __future__ import annotations
@@ -33,15 +35,15 @@ import yaml
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.core import InnerConfig
 from llm_meta.checkpoint import load_adapter_params, read_metadata, write_atomic
 from llm_meta.classifier import support_set
 from llm_meta.config import from_dict, load_config, to_dict
+from llm_meta.core import InnerConfig
 from llm_meta.episodes import Episode, EpisodeSampler, Examples, WordExamples
 from llm_meta.evaluation import episode_score, score_outcomes
-from llm_meta.statistics import UNIT, Estimate, Outcomes, crossed_bootstrap, holm, text_index, verdict
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
+from llm_meta.statistics import UNIT, Estimate, Outcomes, crossed_bootstrap, holm, text_index, verdict
 from llm_meta.tasks import Task, load_task
 from recipes import meta_train
 

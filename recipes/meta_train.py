@@ -6,6 +6,8 @@
 Reads top to bottom: accelerator, model, tasks, samplers, meta-training loop with periodic
 validation (the untrained start, step 0, is always a candidate), save the best-by-validation
 adapter, then score it against the untrained start on held-out tasks.
+
+A recipe, so one file read top to bottom (design notes, section 6), hence its length.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from tqdm import tqdm
 
 from llm_meta.algorithms import ALGORITHMS
 from llm_meta.baselines import ner_transfer_heads, transfer_heads
-from llm_meta.core import LR_PREFIX, InnerConfig, interpolate, meta_sgd_rates, outer_lr
 from llm_meta.checkpoint import load_adapter_params, load_checkpoint, save_adapter, save_checkpoint
 from llm_meta.config import to_dict
+from llm_meta.core import LR_PREFIX, InnerConfig, interpolate, meta_sgd_rates, outer_lr
 from llm_meta.episodes import Episode, EpisodeSampler, StagedSampler
 from llm_meta.evaluation import mean_ci, paired_difference, score_episodes
 from llm_meta.heads import HEAD_KEYS
@@ -37,7 +39,7 @@ from llm_meta.models import ModelConfig, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, sentences_fingerprint, split_ner
 from llm_meta.smlmt import MixtureSampler, SmlmtConfig, SmlmtSampler, corpus_key, load_corpus
 from llm_meta.tasks import load_task, task_fingerprint
-from llm_meta.training import RunLog, check_step, environment, meta_gradient
+from llm_meta.training import RunLog, check_step, environment, meta_gradient, tracker_config
 
 log = logging.getLogger("llm_meta.meta_train")
 
@@ -109,6 +111,9 @@ class Config:
     output_dir: str = "runs/meta_train"
     resume: bool = False
     mixed_precision: str = "no"  # no | bf16 | fp16 (Accelerate autocast)
+    # Accelerate trackers to log steps and validations to, besides log.jsonl: e.g. [tensorboard],
+    # [wandb], [all] (every one installed); files go under output_dir/trackers.
+    log_with: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     # Labelled tasks, or a weighted mixture: [clinc, {name: hwu, weight: 2}, {smlmt: corpus.txt, weight: 1}].
     tasks: list[str | TaskSource] = field(default_factory=lambda: ["clinc", "hwu", "stackoverflow"])
@@ -135,11 +140,14 @@ def main(cfg: Config) -> dict:
         raise ValueError(f"unknown algorithm '{cfg.algorithm}' (valid: {', '.join(ALGORITHMS)})")
     if cfg.test.episodes:
         check_held_out(cfg, cfg.test.tasks, "test.tasks")
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)
     run_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.log_with or None,
+                              project_dir=run_dir / "trackers")
+    set_seed(cfg.seed)
     main_process = accelerator.is_main_process
-    run_log = RunLog(run_dir / "log.jsonl", enabled=main_process)
+    run_log = RunLog(run_dir / "log.jsonl", enabled=main_process, accelerator=accelerator if cfg.log_with else None)
+    if cfg.log_with:
+        accelerator.init_trackers(Path(cfg.output_dir).name or "llm_meta", config=tracker_config(to_dict(cfg)))
 
     # Model: frozen base + LoRA; the meta-parameters are a plain dict of the LoRA tensors.
     body = load_body(cfg.model)
@@ -211,6 +219,8 @@ def main(cfg: Config) -> dict:
         best = load_adapter_params(body, run_dir / "adapter")
         results["test"] = _test(cfg, body, best, start)
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    if cfg.log_with:
+        accelerator.end_training()
     return results
 
 

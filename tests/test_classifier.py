@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import llm_meta
-from llm_meta.core import InnerConfig
 from llm_meta.checkpoint import CheckpointError
 from llm_meta.classifier import AdaptConfig, FewShotClassifier, support_set
+from llm_meta.core import InnerConfig
 from llm_meta.episodes import Examples
 from llm_meta.heads import with_label_names
 from llm_meta.models import ModelConfig

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from llm_meta.adaptation import adapt, predict_logits
 from llm_meta.algorithms import ALGORITHMS, protonet
-from llm_meta.core import InnerConfig
 from llm_meta.classifier import FewShotClassifier
+from llm_meta.core import InnerConfig
 from llm_meta.episodes import Episode, Examples
 from llm_meta.hypernet import (HYPER_PREFIX, HypernetConfig, count_parameters, generated_params, init_hypernet,
                                slot, split_hypernet)

@@ -116,8 +116,8 @@ def test_two_processes_match_one(tiny_bert_dir, toy_csv, tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["maml", "metasgd", "protonet"])
 def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_bert_dir, toy_csv, tmp_path, caplog):
-    from llm_meta.core import LR_PREFIX
     from llm_meta.checkpoint import RATES_FILE, load_adapter_params
+    from llm_meta.core import LR_PREFIX
     from llm_meta.models import ModelConfig, load_body
 
     out = tmp_path / algorithm

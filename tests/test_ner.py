@@ -160,9 +160,9 @@ def test_words_past_max_length_are_counted_and_warned(tiny_bert_dir, caplog):
         aligned = align_words(body, [["a"] * 20])
     assert aligned.dropped == 20 - 6 and "14 word(s) got no token" in caplog.text
     caplog.clear()
+    from llm_meta.heads import HEAD_KEYS
     from llm_meta.models import lora_params
     from llm_meta.ner import tag_words
-    from llm_meta.heads import HEAD_KEYS
 
     params = {**lora_params(body), HEAD_KEYS[0]: torch.zeros(2, body.hidden_size), HEAD_KEYS[1]: torch.zeros(2)}
     with caplog.at_level(logging.WARNING):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import llm_meta
-from llm_meta.core import InnerConfig
 from llm_meta.classifier import AdaptConfig, FewShotClassifier
+from llm_meta.core import InnerConfig
 from llm_meta.heads import HEAD_KEYS
 from llm_meta.models import ModelConfig
 from llm_meta.online import ContinueConfig, continue_adapt

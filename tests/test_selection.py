@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from llm_meta.adaptation import adapt, init_head
-from llm_meta.core import InnerConfig, interpolate, outer_lr
-from llm_meta.losses import support_loss_fn
 from llm_meta.checkpoint import read_metadata
+from llm_meta.core import InnerConfig, interpolate, outer_lr
 from llm_meta.episodes import Examples
+from llm_meta.losses import support_loss_fn
 from llm_meta.models import ModelConfig, load_body, lora_params
 from tests.test_meta_train import run, tiny_overrides, toy_csv  # noqa: F401  (fixture)
 

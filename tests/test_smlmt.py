@@ -137,9 +137,9 @@ def test_mixture_follows_weights_and_is_reproducible(sampler):
 
 def test_meta_train_from_a_users_text_file_then_adapt(tiny_bert_dir, corpus_file, tmp_path):
     import llm_meta
-    from llm_meta.core import InnerConfig
     from llm_meta.checkpoint import read_metadata
     from llm_meta.classifier import AdaptConfig
+    from llm_meta.core import InnerConfig
 
     # SMLMT only: no labelled task at all, a plain text file the user brings
     out = tmp_path / "smlmt"

