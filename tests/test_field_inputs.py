@@ -72,6 +72,17 @@ def test_labels_and_texts_that_look_like_numbers_booleans_or_nulls_stay_as_writt
     assert task.split("train")["label"] == ["01", "2", "true", "1.5"]
 
 
+def test_a_pandas_dump_with_its_unnamed_index_column_reads(tmp_path):
+    # DataFrame.to_csv writes the index as a first column whose header cell is empty.
+    content = ",text,label\n0,the box is dented,01\n1,where is my order,02\n2,give me a refund,10\n"
+    for suffix, sep in ((".csv", ","), (".tsv", "\t")):
+        path = write(tmp_path / f"pandas{suffix}", content.replace(",", sep))
+        task = load_task(str(path))
+        assert task.split("train")["text"] == ["the box is dented", "where is my order", "give me a refund"]
+        assert task.split("train")["label"] == ["01", "02", "10"]
+        assert read_inputs(str(path)) == task.split("train")["text"]
+
+
 def test_missing_and_null_cells(tmp_path, caplog):
     csv = write(tmp_path / "s.csv", "text,label\ncold soup,bad\n,bad\nNA,good\ngreat,good\n")
     with caplog.at_level(logging.WARNING):

