@@ -38,7 +38,7 @@ from llm_meta.hypernet import HYPER_PREFIX, HypernetConfig, count_parameters, in
 from llm_meta.models import ModelConfig, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, sentences_fingerprint, split_ner
 from llm_meta.smlmt import MixtureSampler, SmlmtConfig, SmlmtSampler, corpus_key, load_corpus
-from llm_meta.tasks import load_task, task_fingerprint
+from llm_meta.tasks import load_task, shares_texts, task_fingerprint
 from llm_meta.training import RunLog, check_step, environment, meta_gradient, tracker_config
 
 log = logging.getLogger("llm_meta.meta_train")
@@ -267,6 +267,11 @@ def check_held_out(cfg: Config, held_out: list[str], what: str) -> None:
     if leaked:
         raise ValueError(f"held-out task '{leaked[0]}' ({what}) is also read by meta-training or selection "
                          f"({used[leaked[0]]}): a held-out task must be unseen; remove it from one of them")
+    for task in held_out:  # another name for the same texts: tweet_sentiment holds every tweets_* domain
+        for other, where in used.items():
+            if shares_texts(task, other):
+                raise ValueError(f"held-out task '{task}' ({what}) shares its texts with '{other}', which meta-"
+                                 f"training or selection reads ({where}): a held-out task must be unseen")
 
 
 def source_sampler(cfg: Config, body, n_way: int, k_shot: int) -> tuple[Any, dict[str, str]]:
