@@ -23,13 +23,13 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from llm_meta.core import Params  # noqa: F401 (the one definition; imported from here too)
 from llm_meta.model_files import (BUNDLED_GGUF, BUNDLED_MODELS, DEFAULT_MODEL, ModelLoadError,  # noqa: F401
                                   cache_dir, resolve_model_path)
 from llm_meta.prefix import enable_prefix_cache, find_layer_stack
 
 log = logging.getLogger(__name__)
 
-Params = dict[str, Tensor]
 
 
 # Causal LMs have no [CLS]/mean-pooling convention: the last real token sees the whole text.
