@@ -78,6 +78,47 @@ def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerC
 
 
 @torch.no_grad()
+def leave_one_out_fit(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig,
+                      label_names: list[str] | None = None) -> float:
+    """How well a start's geometry fits a task, from its support set alone, in one embedding pass:
+    the mean log-probability of each support example's class under the Proto-MAML head (`cfg.scale`)
+    built from the *other* examples (label-name examples, when `cfg.label_examples`, always stay in).
+    An example whose class has no other example is left out; NaN when none is left.
+
+    A cheap stand-in for k-fold adaptation (which costs an adaptation per fold and start), used to
+    choose between starts (`choose_start`); it judges the start before any step.
+    """
+    extended, _ = episode_start(body, params, support, n_way, cfg, label_names, head={})
+    emb, labels = labelled_embeddings(body, {k: v for k, v in params.items() if not k.startswith(LR_PREFIX)}, extended)
+    emb = emb.float()
+    sums = torch.zeros(n_way, emb.shape[1], dtype=emb.dtype, device=emb.device).index_add_(0, labels, emb)
+    counts = torch.bincount(labels, minlength=n_way).to(emb.dtype)
+    real = torch.arange(len(support), device=emb.device)  # label-name examples come after the real ones
+    e, y = emb[real], labels[real]
+    own = counts[y] - 1
+    keep = own > 0
+    c = sums / counts.clamp_min(1).unsqueeze(1)
+    logits = cfg.scale * (2 * e @ c.T - (c * c).sum(1))  # [S, N], every class with all its examples
+    c_own = (sums[y] - e) / own.clamp_min(1).unsqueeze(1)  # [S, H]: own class without the example itself
+    logits[real, y] = cfg.scale * (2 * (c_own * e).sum(1) - (c_own * c_own).sum(1))
+    logits[:, counts == 0] = float("-inf")
+    fit = torch.log_softmax(logits, dim=1)[real, y][keep]
+    return fit.mean().item() if len(fit) else float("nan")
+
+
+def choose_start(body: Body, candidates: dict[str, Params], support: Examples, n_way: int, cfg: InnerConfig,
+                 label_names: list[str] | None = None) -> tuple[str, dict[str, float]]:
+    """The candidate start with the best `leave_one_out_fit` on the support set, and every
+    candidate's estimate. Ties (and all-NaN estimates) go to the first candidate, so list the
+    safe one (the untrained start) first."""
+    fits = {name: leave_one_out_fit(body, params, support, n_way, cfg, label_names)
+            for name, params in candidates.items()}
+    best = max(fits, key=lambda name: (fits[name] if fits[name] == fits[name] else float("-inf"),
+                                       -list(fits).index(name)))
+    return best, fits
+
+
+@torch.no_grad()
 def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, batch_size: int = 128) -> Tensor:
     """Logits [len(texts), N] of an adapted model (LoRA + head in `fast`)."""
     emb = embed_texts(body, fast, texts, batch_size)

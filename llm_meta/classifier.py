@@ -20,16 +20,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm_meta.adaptation import adapt as adapt_params, predict_logits
+from llm_meta.adaptation import adapt as adapt_params, choose_start, predict_logits
 from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata, save_adapter
 from llm_meta.config import from_dict, to_dict
-from llm_meta.core import InnerConfig
-from llm_meta.episodes import Examples
+from llm_meta.core import InnerConfig, interpolate
+from llm_meta.episodes import Episode, Examples
 from llm_meta.heads import HEAD_KEYS
 from llm_meta.hub import HubMixin
 from llm_meta.metrics import classification_metrics
@@ -63,6 +63,11 @@ class AdaptConfig:
     label_column: str = "label"
     model: ModelConfig = field(default_factory=ModelConfig)  # when adapter is None; else the adapter's
     inner: InnerConfig = field(default_factory=default_adapt_config)
+    # With an adapter: choose the start on the support set itself, among the untrained start, the
+    # adapter and the adapter's weight change halved (adaptation.choose_start), because a start
+    # meta-trained on another task family can be worse than none. auto: on when an adapter is given
+    # (LoRA-only adapters; Meta-SGD rates and hypernetworks keep their own procedure); off: use it as given.
+    select_start: Literal["auto", "off"] = "auto"
 
 
 @dataclass
@@ -202,6 +207,24 @@ def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> 
     return support, labels
 
 
+def whole_split_episode(task: Task, shots: int, support_split: str, query_split: str, seed: int = 0) -> Episode:
+    """An episode of every class of `task`: K examples per class from `support_split` (as
+    `support_set` draws them, seeded) and, as the query, every text of `query_split` that is not
+    in the support: how a user's task is scored (all classes, the real class balance).
+
+    Raises:
+        TaskError: K < 1, or a query label that the support split does not have.
+    """
+    support, labels = support_set(task, shots, support_split, seed)
+    index = {name: i for i, name in enumerate(labels)}
+    chosen = set(support.texts)
+    rows = [(t, y) for t, y in zip(task.split(query_split)["text"], task.split(query_split)["label"]) if t not in chosen]
+    unknown = sorted({y for _, y in rows} - set(index))
+    if unknown:
+        raise TaskError(f"task '{task.name}': {query_split} labels {unknown[:5]} have no {support_split} examples")
+    return Episode(support, Examples([t for t, _ in rows], [index[y] for _, y in rows]), labels, task.name)
+
+
 def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str | Path | None = None,
           support: str | None = None, cfg: AdaptConfig | None = None) -> FewShotClassifier:
     """Adapt a start (an llm_meta adapter folder, or the untrained LoRA) to a new task.
@@ -245,9 +268,21 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         data = task if isinstance(task, Task) else load_task(cfg.task, cfg.text_column, cfg.label_column)
         examples, labels = support_set(data, cfg.shots, cfg.split, cfg.seed)
     warn_truncated(body, examples.texts, "support texts")
+    chosen, selection = cfg.adapter or "untrained", None
+    if cfg.adapter is not None and cfg.select_start == "auto" and set(params) == set(body.lora_names):
+        candidates = {"untrained": lora_params(body), "adapter": params,
+                      "adapter at α=0.5": interpolate(lora_params(body), params, 0.5)}
+        which, fits = choose_start(body, candidates, examples, len(labels), cfg.inner, labels)
+        params = candidates[which]
+        chosen = {"untrained": "untrained", "adapter": cfg.adapter}.get(which, f"{which} of {cfg.adapter}")
+        selection = {"chosen": which, "leave_one_out_fit": fits,
+                     "method": "mean leave-one-out log-probability of each support example's class under the "
+                               "prototype head of the others, before any step (adaptation.leave_one_out_fit)"}
+        log.info("start chosen on the support set: %s (leave-one-out fit: %s)", which,
+                 ", ".join(f"{k} {v:.3f}" for k, v in fits.items()))
     fast = adapt_params(body, params, examples, len(labels), cfg.inner, seed=cfg.seed, label_names=labels)
     meta = {
-        "base_model": cfg.model.name, "model": to_dict(cfg.model), "start": cfg.adapter or "untrained",
+        "base_model": cfg.model.name, "model": to_dict(cfg.model), "start": chosen, "start_selection": selection,
         "task": data.name, "task_hash": task_fingerprint(data), "support_size": len(examples),
         "adapt_config": to_dict(cfg), "adapt_seconds": round(time.perf_counter() - start_time, 2),
         "environment": environment(),

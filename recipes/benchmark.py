@@ -25,6 +25,7 @@ import hashlib
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,11 +37,12 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from llm_meta.checkpoint import load_adapter_params, read_metadata, write_atomic
-from llm_meta.classifier import support_set
+from llm_meta.classifier import default_adapt_config, whole_split_episode
 from llm_meta.config import from_dict, load_config, to_dict
-from llm_meta.core import InnerConfig
+from llm_meta.core import InnerConfig, interpolate
 from llm_meta.episodes import Episode, EpisodeSampler, Examples, WordExamples
-from llm_meta.evaluation import episode_score, score_outcomes
+from llm_meta.adaptation import choose_start
+from llm_meta.evaluation import episode_outcomes, episode_score, score_outcomes
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
 from llm_meta.statistics import UNIT, Estimate, Outcomes, crossed_bootstrap, holm, text_index, verdict
@@ -65,12 +67,19 @@ METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
 }
 
 
+# `METHOD+select`: each episode's start is chosen on its own support set among the untrained start,
+# METHOD's start and its weight change halved (llm_meta.adaptation.choose_start), as `llm-meta adapt` does.
+SELECT = "+select"
+
+
 def method_spec(name: str, train_configs: dict[str, str]) -> tuple[str, Callable[[InnerConfig], InnerConfig]]:
     """(start, inner-loop change) of a method: a built-in one, or any start named in train_configs
     (e.g. `fomaml_smlmt: recipes/configs/smlmt.yaml`), adapted like fomaml. `method@key=value,...`
     is that method with its adaptation changed (e.g. `finetune@transductive=5`, `fomaml@label_examples=0`):
-    how the ablation rows of one adaptation option sit next to the others in one report."""
+    how the ablation rows of one adaptation option sit next to the others in one report.
+    `method+select` (before any `@`) is that method with its start chosen per episode (`SELECT`)."""
     base, _, changes = name.partition("@")
+    base = base.removesuffix(SELECT)
     if base in METHODS:
         start, inner = METHODS[base]
     elif base in train_configs:
@@ -142,7 +151,8 @@ class Config:
     primary: str = ""
     bootstrap: int = 2000  # replicates of the crossed bootstrap behind every interval
     model: ModelConfig = field(default_factory=ModelConfig)  # replaces the training configs' model section
-    adapt: InnerConfig = field(default_factory=lambda: InnerConfig(steps=5))  # the shared adaptation budget
+    # The shared adaptation of every method: by default `llm-meta adapt`'s procedure.
+    adapt: InnerConfig = field(default_factory=default_adapt_config)
     episodic: EpisodicConfig = field(default_factory=EpisodicConfig)
     fullway: FullwayConfig = field(default_factory=FullwayConfig)
     ner: NerProtocolConfig = field(default_factory=NerProtocolConfig)
@@ -195,21 +205,25 @@ def main(cfg: Config) -> dict:
     seen: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}  # hash of the episodes each method scored
     seconds: dict[str, dict[str, float]] = {m: {} for m in cfg.methods}  # wall time per episode
     by_seed: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}  # mean score of each meta-seed
+    chosen: dict[str, dict[str, dict[str, int]]] = {m: {} for m in cfg.methods}  # +select: episodes per start
     code = [_code_fingerprint(), _runtime(body)]
     for done, (method, key) in enumerate(tqdm(units, desc="benchmark", disable=None), 1):
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
+        select = method.partition("@")[0].endswith(SELECT)
         # The untrained LoRA's random A matters only once LoRA trains (B = 0 until then).
         lora_moves = start != "untrained" or (inner.train_lora and inner.steps > 0)
         seeds = cfg.meta_seeds if lora_moves else cfg.meta_seeds[:1]
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
         runs = [_scored(out, [*code, to_dict(cfg.model), to_dict(inner), settings[key]["hash"],
-                              _params_fingerprint(starts[(start, s)])],
-                        lambda s=s: score_outcomes(body, starts[(start, s)], episodes, inner))
+                              *[_params_fingerprint(p) for p in _candidates(starts, start, s, select).values()]],
+                        lambda s=s: _score(body, _candidates(starts, start, s, select), episodes, inner))
                 for s in seeds]
-        per_seed = [[episode_score(o) for o in run] for run, _, _ in runs]
-        outcomes[method][name] = Outcomes([run for run, _, _ in runs], *texts[key])
-        cached[method][name] = all(hit for _, _, hit in runs)
-        seconds[method][name] = sum(t for _, t, _ in runs) / (len(seeds) * len(episodes))
+        per_seed = [[episode_score(o) for o in run] for run, _, _, _ in runs]
+        outcomes[method][name] = Outcomes([run for run, _, _, _ in runs], *texts[key])
+        if select:
+            chosen[method][name] = dict(Counter(c for _, _, _, picks in runs for c in picks))
+        cached[method][name] = all(hit for _, _, hit, _ in runs)
+        seconds[method][name] = sum(t for _, t, _, _ in runs) / (len(seeds) * len(episodes))
         scores[method][name] = [sum(r[i] for r in per_seed) / len(per_seed) for i in range(len(episodes))]
         by_seed[method][name] = [sum(r) / len(r) for r in per_seed]
         seen[method][name] = _hash(episodes)
@@ -219,12 +233,13 @@ def main(cfg: Config) -> dict:
                    file=sys.stderr)
 
     estimates, contrasts = _statistics(cfg, settings, outcomes, primary)
-    report = _report(cfg, settings, estimates, contrasts, trained, seconds, cached, by_seed)
+    report = _report(cfg, settings, estimates, contrasts, trained, seconds, cached, by_seed, chosen)
     (out / "report.md").write_text(report)
     results = {"config": to_dict(cfg), "starts": trained,
                "hashes": {"/".join(map(str, k)): v["hash"] for k, v in settings.items()},
                "episodes_seen": seen, "scores": scores, "seconds_per_episode": seconds,
                "seconds_cached": cached, "mean_by_meta_seed": by_seed, "interval_unit": UNIT,
+               "starts_chosen": {m: per for m, per in chosen.items() if per},
                "estimates": {m: {k: dataclasses.asdict(e) for k, e in per.items()} for m, per in estimates.items()},
                "contrasts": contrasts}
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -240,18 +255,26 @@ def untrained_start(model: ModelConfig, seed: int) -> tuple[Body, Params]:
     return body, lora_params(body)
 
 
-def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
+def _train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str, ...] = ()) -> Path:
     """Meta-train (or reuse) the start `name` with meta-seed `seed`; return its adapter folder.
 
     A start on disk is reused only when its DONE file holds the key of what would train it now:
     the training config after every override and the budget scale (adaptation included), the
-    llm_meta sources, the device and dtype, and the library versions. Otherwise it is moved aside
-    (never deleted) and trained again, with one line saying why.
+    llm_meta sources, the device and dtype, the library versions, and the key of the start it
+    begins from (`init: start:NAME`, trained first). Otherwise it is moved aside (never deleted)
+    and trained again, with one line saying why. The training wall time goes to `timing.json`.
     """
     run_dir = out / "starts" / f"{name}-seed{seed}"
     train_cfg = _start_config(cfg, name, seed, run_dir)
-    key = hashlib.sha256(json.dumps([{k: v for k, v in to_dict(train_cfg).items() if k != "output_dir"},
-                                     _code_fingerprint(), _runtime(None, train_cfg.mixed_precision)],
+    keyed, after = {k: v for k, v in to_dict(train_cfg).items() if k != "output_dir"}, ""
+    if train_cfg.init and train_cfg.init.startswith("start:"):  # e.g. FOMAML from the transfer start
+        first = train_cfg.init[len("start:"):]
+        if first not in cfg.train_configs or first in (*chain, name):
+            raise ValueError(f"start '{name}': init={train_cfg.init} must name another start of train_configs, "
+                             f"without a loop ({' -> '.join((*chain, name, first))})")
+        train_cfg.init = str(_train_start(cfg, first, seed, out, (*chain, name)))
+        after = (Path(train_cfg.init).parent / "DONE").read_text().strip()
+    key = hashlib.sha256(json.dumps([keyed, _code_fingerprint(), _runtime(None, train_cfg.mixed_precision), after],
                                     sort_keys=True).encode()).hexdigest()[:20]
     done = run_dir / "DONE"
     if (run_dir / "adapter" / "llm_meta.json").is_file() and done.is_file() and done.read_text().strip() == key:
@@ -262,7 +285,9 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path) -> Path:
                    f"library versions (or did not finish); moved to {stale.name}, training it again", file=sys.stderr)
         run_dir.rename(stale)
     tqdm.write(f"training start '{name}' (meta-seed {seed}) -> {run_dir}", file=sys.stderr)
+    began = time.perf_counter()
     meta_train.main(train_cfg)
+    write_atomic(run_dir / "timing.json", json.dumps({"train_seconds": round(time.perf_counter() - began, 1)}))
     write_atomic(done, key)
     return run_dir / "adapter"
 
@@ -302,10 +327,12 @@ def _runtime(body: Body | None, mixed_precision: str = "no") -> dict:
 def _selection(adapter: Path) -> dict:
     """What meta-validation chose for a trained start: the step kept, and its score vs step 0."""
     meta = read_metadata(adapter)
+    timing = adapter.parent / "timing.json"
     return {"steps_trained": meta["config"]["outer"]["steps"], "selected_step": meta["step"],
-            "alpha": meta.get("alpha", 1.0),
+            "alpha": meta.get("alpha", 1.0), "init": meta["config"].get("init"),
             "validation_accuracy": meta["validation_accuracy"],
-            "step0_validation_accuracy": meta["step0_validation_accuracy"]}
+            "step0_validation_accuracy": meta["step0_validation_accuracy"],
+            "train_seconds": json.loads(timing.read_text())["train_seconds"] if timing.is_file() else None}
 
 
 def _ner(nc: NerProtocolConfig, k: int) -> list[Episode]:
@@ -323,14 +350,7 @@ def _episodic(ec: EpisodicConfig, task: Task, k: int) -> list[Episode]:
 
 def _fullway(fc: FullwayConfig, task: Task, k: int) -> list[Episode]:
     """One 'episode' per support seed: K per class from train, every test text as the query."""
-    test = task.split("test")
-    episodes = []
-    for seed in fc.seeds:
-        support, labels = support_set(task, k, seed=seed)
-        index = {name: i for i, name in enumerate(labels)}
-        query = Examples(list(test["text"]), [index[y] for y in test["label"]])
-        episodes.append(Episode(support, query, labels, task.name))
-    return episodes
+    return [whole_split_episode(task, k, "train", "test", seed) for seed in fc.seeds]
 
 
 def _spec(protocol_cfg) -> str:
@@ -359,24 +379,46 @@ def _cached(out: Path, name: str, spec: str, make: Callable[[], list[Episode]],
     return {"episodes": episodes, "hash": _hash(episodes)}
 
 
-def _scored(out: Path, key: list, score: Callable[[], list[np.ndarray]]) -> tuple[list[np.ndarray], float, bool]:
-    """(per-query outcomes of each episode, seconds, whether read from the cache) of one start
-    adapted one way on one episode set: read from out/scores/<hash of `key`> if there, else
-    computed and written whole. `key` holds everything the outcomes depend on: the code, the
-    model, the adaptation, the episodes and the start's tensors."""
+def _candidates(starts: dict, start: str, seed: int, select: bool) -> dict[str, Params]:
+    """The start(s) one method adapts from at one meta-seed: its own, or for `+select` the
+    candidates `llm-meta adapt` chooses among (the untrained start first: it wins ties)."""
+    if not select:
+        return {start: starts[(start, seed)]}
+    untrained, trained = starts[("untrained", seed)], starts[(start, seed)]
+    return {"untrained": untrained, start: trained, f"{start} at α=0.5": interpolate(untrained, trained, 0.5)}
+
+
+def _score(body: Body, candidates: dict[str, Params], episodes: list[Episode], inner: InnerConfig
+           ) -> tuple[list[np.ndarray], list[str]]:
+    """Per-query outcomes of every episode and the start each one adapted from: the only
+    candidate, or the one `choose_start` picks on that episode's support set."""
+    if len(candidates) == 1:
+        return score_outcomes(body, next(iter(candidates.values())), episodes, inner), []
+    picks = [choose_start(body, candidates, ep.support, ep.n_way, inner, ep.label_names)[0] for ep in episodes]
+    return [episode_outcomes(body, candidates[c], ep, inner, seed=i)
+            for i, (c, ep) in enumerate(zip(picks, episodes))], picks
+
+
+def _scored(out: Path, key: list, score: Callable[[], tuple[list[np.ndarray], list[str]]]
+            ) -> tuple[list[np.ndarray], float, bool, list[str]]:
+    """(per-query outcomes of each episode, seconds, whether read from the cache, the start each
+    episode adapted from when it was chosen) of one method on one episode set: read from
+    out/scores/<hash of `key`> if there, else computed and written whole. `key` holds everything
+    the outcomes depend on: the code, the model, the adaptation, the episodes and the starts' tensors."""
     path = out / "scores" / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
     try:
         saved = json.loads(path.read_text())
-        return [np.array(rows, dtype=np.float64) for rows in saved["outcomes"]], float(saved["seconds"]), True
+        return ([np.array(rows, dtype=np.float64) for rows in saved["outcomes"]], float(saved["seconds"]), True,
+                saved.get("chosen", []))
     except FileNotFoundError:
         pass
     except (ValueError, KeyError, TypeError) as err:  # unreadable: score again
         tqdm.write(f"warning: score cache {path} is unreadable ({err}); scoring again", file=sys.stderr)
     began = time.perf_counter()
-    values = score()
+    values, picks = score()
     took = time.perf_counter() - began
-    write_atomic(path, json.dumps({"outcomes": [v.tolist() for v in values], "seconds": took}))
-    return values, took, False
+    write_atomic(path, json.dumps({"outcomes": [v.tolist() for v in values], "seconds": took, "chosen": picks}))
+    return values, took, False, picks
 
 
 def _params_fingerprint(params: Params) -> str:
@@ -449,7 +491,7 @@ def _statistics(cfg: Config, settings: dict, outcomes: dict, primary: tuple | No
 
 
 def _report(cfg: Config, settings: dict, estimates: dict, contrasts: list[dict], trained: dict, seconds: dict,
-            cached: dict, by_seed: dict) -> str:
+            cached: dict, by_seed: dict, chosen: dict) -> str:
     primary = next((c for c in contrasts if c["primary"]), None)
     lines = ["# Benchmark report", "",
              f"Adaptation for every method: {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
@@ -468,13 +510,15 @@ def _report(cfg: Config, settings: dict, estimates: dict, contrasts: list[dict],
     if trained:
         # A start whose selected step is 0 *is* the untrained start: its rows then measure no training.
         lines += ["## Trained starts (selected on meta-validation)", "",
-                  "| start | steps trained | selected step | validation score (selected / step 0) |",
-                  "|---|---|---|---|"]
+                  "| start | steps trained | selected step | validation score (selected / step 0) | training wall time |",
+                  "|---|---|---|---|---|"]
         for name, t in trained.items():
-            kept = " (untrained start kept)" if t["selected_step"] == 0 else \
+            origin = "the untrained start" if not t.get("init") else f"its init, {Path(t['init']).parent.name}"
+            kept = f" ({origin} kept)" if t["selected_step"] == 0 else \
                 f" (α = {t['alpha']:g})" if t.get("alpha", 1.0) != 1.0 else ""
+            took = f"{t['train_seconds'] / 60:.1f} min" if t.get("train_seconds") else "-"
             lines.append(f"| {name} | {t['steps_trained']} | {t['selected_step']}{kept} | "
-                         f"{100 * t['validation_accuracy']:.1f} / {100 * t['step0_validation_accuracy']:.1f} |")
+                         f"{100 * t['validation_accuracy']:.1f} / {100 * t['step0_validation_accuracy']:.1f} | {took} |")
         lines.append("")
     seed_head, seed_rule = (" mean per meta-seed |", "---|") if len(cfg.meta_seeds) > 1 else ("", "")
     by_key = {(c["method"], c["reference"], c["setting"]): c for c in contrasts}
@@ -494,6 +538,13 @@ def _report(cfg: Config, settings: dict, estimates: dict, contrasts: list[dict],
             extra = f" {100 * estimates[method][f'{name}/episode_f1'].mean:.1f} |" if ner else ""
             timing = f"{seconds[method][name]:.2f}{' (cached)' if cached[method][name] else ''}"
             lines.append(f"| {method} | {estimates[method][name]} |{extra} {' | '.join(diffs)} | {timing} |{per_seed}")
+        lines.append("")
+    picked = [(m, s, counts) for m, per in chosen.items() for s, counts in per.items()]
+    if picked:
+        lines += ["## Starts chosen on each episode's support set (`+select`)", "",
+                  "Episodes (over meta-seeds) that adapted from each candidate, chosen by the leave-one-out fit "
+                  "of the support set before any step.", "", "| method | setting | episodes per start |", "|---|---|---|"]
+        lines += [f"| {m} | {s} | {', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))} |" for m, s, counts in picked]
         lines.append("")
     return "\n".join(lines)
 

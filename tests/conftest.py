@@ -36,5 +36,10 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_mpnet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model("mpnet", tmp_path_factory.mktemp("tiny_mpnet"))
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model("gpt2", tmp_path_factory.mktemp("tiny_gpt2"))

@@ -48,7 +48,7 @@ def bad_file(tmp: Path, name: str, content: str | bytes) -> str:
 def meta_train_args(ws: dict[str, Path], *extra: str) -> list[str]:
     """Resume the workspace's run (so a row that wrote anything would damage it)."""
     overrides = [o for o in tiny_overrides(ws["tiny"], ws["data"] / "train.csv", ws["run"], steps=4)]
-    return ["meta-train", "--config", "recipes/configs/base.yaml", "--resume", *overrides, *extra]
+    return ["meta-train", "--config", "recipes/configs/meta_train.yaml", "--resume", *overrides, *extra]
 
 
 def ner_args(ws: dict[str, Path], tmp: Path, conll: str, *extra: str) -> list[str]:
@@ -189,6 +189,9 @@ ROWS = {
     "missing_gguf_file": (
         lambda ws, tmp: adapt_args(ws, str(ws["data"]), f"model.name={tmp / 'nope.gguf'}"),
         r"GGUF file '.*nope.gguf' does not exist"),
+    "init_from_a_task_model": (
+        lambda ws, tmp: meta_train_args(ws, f"init={ws['taskmodel']}"),
+        r"init=.* is not a meta-trained adapter \(llm_meta.classifier/1\); give an adapter folder"),
     "missing_config_file": (
         lambda ws, tmp: ["meta-train", "--config", str(tmp / "nope.yaml")],
         r"config file not found: .*nope.yaml"),

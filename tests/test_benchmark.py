@@ -1,5 +1,6 @@
 """The benchmark machinery on a tiny budget: identical episodes for every method, reuse, outputs."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def test_untrained_start_is_the_training_runs_step_zero(tmp_path, tiny_bert_dir,
     from tests.test_meta_train import ROOT
 
     overrides = [*tiny_overrides(tiny_bert_dir, toy / "train.csv", tmp_path, steps=1), "outer.lr=0.0", "seed=3"]
-    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/base.yaml", overrides)
+    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
     meta_train.main(cfg)
     body, start = benchmark.untrained_start(cfg.model, seed=3)
     saved = load_adapter_params(body, tmp_path / "adapter")
@@ -131,7 +132,11 @@ def test_fresh_runs_with_the_same_config_give_the_same_numbers(results_dir, tmp_
     small = dataclasses.replace(cfg, methods=["finetune", "fomaml"], meta_seeds=[0])
     one = benchmark.main(dataclasses.replace(small, output_dir=str(tmp_path / "one")))
     two = benchmark.main(dataclasses.replace(small, output_dir=str(tmp_path / "two")))  # retrains from nothing
-    assert one["hashes"] == two["hashes"] and one["scores"] == two["scores"] and one["starts"] == two["starts"]
+    assert one["hashes"] == two["hashes"] and one["scores"] == two["scores"]
+
+    def untimed(starts):  # training wall time is a measurement, not a result
+        return {name: {k: v for k, v in s.items() if k != "train_seconds"} for name, s in starts.items()}
+    assert untimed(one["starts"]) == untimed(two["starts"])
 
 
 def test_method_variants_change_only_the_adaptation(results_dir, tmp_path):
@@ -192,3 +197,49 @@ def test_a_held_out_task_in_a_training_corpus_is_refused(results_dir, tmp_path):
     with pytest.raises(ValueError, match=r"held-out task '.*' \(the benchmark's tasks, start 'fomaml'\) is also read "
                                          r"by meta-training or selection \(smlmt.data\)"):
         benchmark.main(leaky)
+
+
+def test_a_start_trained_from_another_start(tmp_path, tiny_bert_dir, toy):  # noqa: F811
+    # `init: start:transfer`: FOMAML from the transfer start of the same meta-seed, trained first;
+    # its step 0 (selection candidate, proximal anchor) is exactly that start.
+    import torch
+
+    from llm_meta.checkpoint import load_adapter_params
+    from llm_meta.models import load_body
+
+    train = [o for o in tiny_overrides(tiny_bert_dir, toy / "train.csv", tmp_path / "unused", steps=2)
+             if not o.startswith("output_dir=")]
+    cfg = Config(output_dir=str(tmp_path / "b"), methods=["finetune", "transfer", "fomaml_tr"], meta_seeds=[0],
+                 train_configs={"transfer": "recipes/configs/transfer.yaml", "fomaml_tr": "recipes/configs/meta_train.yaml"},
+                 train_overrides=train, start_overrides={"fomaml_tr": ["init=start:transfer"]},
+                 model=ModelConfig(name=str(tiny_bert_dir), max_length=48), adapt=InnerConfig(steps=1),
+                 episodic=EpisodicConfig(tasks=[str(toy)], n_way=3, shots=[1], q_query=2, episodes=2),
+                 fullway=FullwayConfig(tasks=[]))
+    results = benchmark.main(cfg)
+    both, chained = results["starts"]["transfer/seed0"], results["starts"]["fomaml_tr/seed0"]
+    assert chained["step0_validation_accuracy"] == both["validation_accuracy"]
+    assert chained["init"].endswith("transfer-seed0/adapter") and chained["train_seconds"] > 0
+    body = load_body(cfg.model)
+    start = load_adapter_params(body, tmp_path / "b/starts/transfer-seed0/adapter")
+    if chained["selected_step"] == 0:  # kept its init: the very tensors of the transfer start
+        kept = load_adapter_params(body, tmp_path / "b/starts/fomaml_tr-seed0/adapter")
+        assert all(torch.equal(kept[k], start[k]) for k in start)
+    assert "training wall time" in (tmp_path / "b/report.md").read_text()
+    looped = dataclasses.replace(cfg, start_overrides={"fomaml_tr": ["init=start:transfer"],
+                                                       "transfer": ["init=start:fomaml_tr"]})
+    with pytest.raises(ValueError, match="without a loop"):
+        benchmark.main(looped)
+
+
+def test_select_methods_choose_a_start_per_episode(results_dir, tmp_path):
+    # `fomaml+select` adapts each episode from the start its support set chooses; the choices are
+    # counted in results.json and the report, and cached with the scores.
+    out, cfg, _ = results_dir
+    picky = dataclasses.replace(cfg, methods=["finetune", "fomaml", "fomaml+select"], references=["finetune"])
+    results = benchmark.main(picky)
+    counts = results["starts_chosen"]["fomaml+select"]
+    for setting, scores in results["scores"]["fomaml+select"].items():
+        assert sum(counts[setting].values()) == len(scores) * len(cfg.meta_seeds)
+        assert set(counts[setting]) <= {"untrained", "fomaml", "fomaml at α=0.5"}
+    assert "episodes per start" in (out / "report.md").read_text()
+    assert benchmark.main(picky)["starts_chosen"] == results["starts_chosen"]  # read back from the score cache

@@ -47,6 +47,24 @@ def test_support_set_draws_k_per_class_reproducibly(toy):
     assert support_set(task, 3, seed=1)[0].texts == support.texts != support_set(task, 3, seed=2)[0].texts
 
 
+def test_whole_split_episode_has_every_class_and_the_rest_of_the_split_as_query(toy):
+    from llm_meta.classifier import whole_split_episode
+    from recipes import meta_train
+    from recipes.meta_train import EvalConfig
+
+    task = load_task(str(toy))
+    ep = whole_split_episode(task, 2, "train", "train", seed=1)
+    assert ep.label_names == sorted(TOPICS) and len(ep.support) == 6 and len(ep.query) == 24 - 6
+    assert not set(ep.support.texts) & set(ep.query.texts)
+    assert sorted(ep.support.texts + ep.query.texts) == sorted(task.split("train")["text"])
+    assert [ep.label_names[y] for y in ep.query.labels] == [y for t, y in zip(task.split("train")["text"],
+                                                            task.split("train")["label"]) if t in ep.query.texts]
+    # q_query 0 in a validation/test section: one such episode per support draw, seeded
+    episodes = meta_train.eval_episodes(EvalConfig(tasks=[str(toy)], episodes=2, k_shot=2, q_query=0, split="test"))
+    assert len(episodes) == 2 and all(len(e.support) == 6 and len(e.query) == 6 for e in episodes)
+    assert episodes[0].support.texts != episodes[1].support.texts
+
+
 def test_k_larger_than_a_class_names_it(toy, caplog):
     support, _ = support_set(load_task(str(toy)), shots=9)
     assert "3 class(es) have fewer than K=9 examples and join with all they have: 'card_payment' has 8" in caplog.text
@@ -164,3 +182,50 @@ def test_round_trip_in_fresh_processes_on_real_model(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads(report.read_text())
     assert metrics["examples"] == 331 and metrics["accuracy"] > 0.5  # 16 classes: chance is 6%
+
+
+def test_leave_one_out_fit_matches_a_plain_loop_and_choose_start_prefers_the_first_on_ties(tiny_bert_dir, toy):
+    from llm_meta.adaptation import choose_start, leave_one_out_fit
+    from llm_meta.heads import head_logits, proto_head
+    from llm_meta.losses import labelled_embeddings
+    from llm_meta.models import load_body, lora_params
+
+    body = load_body(ModelConfig(name=str(tiny_bert_dir)), seed=0)
+    params = lora_params(body)
+    support, labels = support_set(load_task(str(toy)), 2, seed=0)
+    cfg = InnerConfig(label_examples=1)
+    extended = with_label_names(support, labels, 1)
+    emb, ys = labelled_embeddings(body, params, extended)
+    plain = []
+    for i in range(len(support)):  # the class of example i from the prototypes of every other example
+        rest = [j for j in range(len(extended)) if j != i]
+        head = proto_head(emb[rest], ys[rest], len(labels))
+        plain.append(torch.log_softmax(head_logits(head, emb[i : i + 1], cfg.scale), 1)[0, ys[i]].item())
+    assert leave_one_out_fit(body, params, support, len(labels), cfg, labels) == pytest.approx(sum(plain) / len(plain),
+                                                                                             abs=1e-5)
+    assert choose_start(body, {"a": params, "b": dict(params)}, support, len(labels), cfg, labels)[0] == "a"
+
+
+def test_adapt_chooses_its_start_on_the_support_set(tiny_bert_dir, toy, tmp_path, tiny_cfg):
+    # An adapter that moved far from the pretrained model: the untrained start fits the toy task
+    # better, and adapt says which it chose and why; select_start=off uses the adapter as given.
+    import dataclasses
+
+    from llm_meta.checkpoint import save_adapter
+    from llm_meta.models import load_body, lora_params
+
+    body = load_body(tiny_cfg.model, seed=0)
+    noise = torch.Generator().manual_seed(0)
+    wrecked = {k: v + (0.5 * torch.randn(v.shape, generator=noise) if "lora_B" in k else 0)
+               for k, v in lora_params(body).items()}
+    save_adapter(body, wrecked, tmp_path / "far", {"base_model": str(tiny_bert_dir), "config": {
+        "model": dataclasses.asdict(tiny_cfg.model)}, "algorithm": "fomaml"})
+    clf = llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "far", cfg=tiny_cfg)
+    chosen = clf.metadata["start_selection"]
+    assert set(chosen["leave_one_out_fit"]) == {"untrained", "adapter", "adapter at α=0.5"}
+    assert chosen["chosen"] == max(chosen["leave_one_out_fit"], key=chosen["leave_one_out_fit"].get)
+    clf.save(tmp_path / "m")
+    assert "start chosen on the support set" in (tmp_path / "m" / "README.md").read_text()
+    off = llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "far",
+                         cfg=dataclasses.replace(tiny_cfg, select_start="off"))
+    assert off.metadata["start_selection"] is None and off.metadata["start"] == str(tmp_path / "far")

@@ -2,6 +2,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llm_meta.config import ConfigError, load_config
 from llm_meta.models import ModelConfig
@@ -88,3 +89,47 @@ def test_default_job_selects_with_the_adaptation_users_get():
     assert cfg.adapt == default_adapt_config()
     assert set(cfg.validation.tasks).isdisjoint(cfg.tasks) and cfg.validation.class_role is None
     assert 1.0 in cfg.interpolation and min(cfg.interpolation) > 0
+
+
+def test_there_is_one_default_and_meta_train_yaml_writes_it_out():
+    # `llm-meta meta-train` with no --config, `make quickstart` and the base of every meta-train
+    # config are the same configuration.
+    from recipes import meta_train
+
+    root = Path(__file__).resolve().parent.parent
+    written = load_config(meta_train.Config, root / "recipes/configs/meta_train.yaml")
+    assert written == meta_train.Config()
+    for path in sorted((root / "recipes/configs").glob("*.yaml")):
+        if path.name != "meta_train.yaml" and path.read_text().startswith("# llm-meta meta-train"):
+            chain, at = [], path
+            while (base := yaml.safe_load(at.read_text()).get("base")) is not None:
+                chain.append(base)
+                at = at.parent / base
+            assert chain and chain[-1] == "meta_train.yaml", f"{path.name} does not start from the default"
+
+
+# What may define an algorithm's config beyond the default: the algorithm and its own knobs, the
+# budget that makes compute equal, and (ProtoNet, hypernetwork) the zero-step protocol it is scored by.
+ALGORITHM_KEYS = {"reptile": {"outer.optimizer", "outer.lr"}, "maml": set(),
+                  "metasgd": {"inner.optimizer", "inner.lr", "adapt.optimizer", "adapt.lr", "adapt.steps"},
+                  "protonet": {"outer.steps", "validate_every", "adapt.steps"},
+                  "transfer": {"outer.steps", "validate_every"},
+                  "hypernet": {"outer.steps", "outer.lr", "validate_every", "adapt.steps", "hypernet.hidden",
+                               "hypernet.write"},
+                  "hypernet_fomaml": {"hypernet.hidden", "hypernet.write"}}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHM_KEYS))
+def test_each_algorithm_config_differs_from_the_default_only_in_what_defines_it(name):
+    from llm_meta.config import to_dict
+    from recipes import meta_train
+
+    root = Path(__file__).resolve().parent.parent
+    default = to_dict(meta_train.Config())
+    variant = to_dict(load_config(meta_train.Config, root / f"recipes/configs/{name}.yaml"))
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        return {k: v for key, value in d.items()
+                for k, v in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}).items()}
+    changed = {k for k, v in flat(variant).items() if flat(default)[k] != v} - {"algorithm", "output_dir"}
+    assert changed <= ALGORITHM_KEYS[name], f"{name}.yaml also changes {sorted(changed - ALGORITHM_KEYS[name])}"

@@ -27,7 +27,7 @@ STEPS = 16
 
 
 def launch(overrides: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "llm_meta.cli", "meta-train", "--config", str(ROOT / "recipes/configs/base.yaml"),
+    cmd = [sys.executable, "-m", "llm_meta.cli", "meta-train", "--config", str(ROOT / "recipes/configs/meta_train.yaml"),
            "--resume", *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -32,7 +32,8 @@ def tiny_overrides(model_dir: Path, data: Path, out: Path, steps: int = 4, **ext
         "model.name": str(model_dir), "tasks": f"[{data}]", "output_dir": str(out),
         "episodes.n_way": 3, "episodes.k_shot": 2, "episodes.q_query": 2,
         "inner.steps": 2, "inner.lr": 0.01, "adapt.steps": 2, "outer.steps": steps, "outer.meta_batch": 2,
-        "outer.lr": 0.01, "validate_every": 2,
+        "outer.lr": 0.01, "outer.warmup": 0, "outer.schedule": "constant", "outer.proximal": 0.0,
+        "interpolation": "[1.0]", "adapt.label_examples": 0, "validate_every": 2,
         "validation.tasks": f"[{data}]", "validation.class_role": "null", "validation.episodes": 2,
         "validation.n_way": 3, "validation.k_shot": 2, "validation.q_query": 2,
         "test.tasks": f"[{data}]", "test.episodes": 0, "test.split": "train", "test.n_way": 3, "test.k_shot": 2, "test.q_query": 2, **extra,
@@ -41,7 +42,7 @@ def tiny_overrides(model_dir: Path, data: Path, out: Path, steps: int = 4, **ext
 
 
 def run(overrides: list[str], resume: bool = False) -> dict:
-    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/base.yaml", overrides)
+    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
     cfg.resume = resume
     return meta_train.main(cfg)
 
@@ -104,7 +105,7 @@ def test_two_processes_match_one(tiny_bert_dir, toy_csv, tmp_path):
         outs[procs] = tmp_path / f"p{procs}"
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs), "--cpu",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(ROOT / "recipes/meta_train.py"), "--config", str(ROOT / "recipes/configs/base.yaml"),
+               str(ROOT / "recipes/meta_train.py"), "--config", str(ROOT / "recipes/configs/meta_train.yaml"),
                *tiny_overrides(tiny_bert_dir, toy_csv, outs[procs], steps=2)]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]

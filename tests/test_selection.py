@@ -133,7 +133,7 @@ def test_way_shot_curriculum_changes_episode_shape_at_its_step(tiny_bert_dir, to
 
     overrides = [*tiny_overrides(tiny_bert_dir, toy_csv, tmp_path, steps=4),
                  "episodes.curriculum=[{from_step: 2, n_way: 5, k_shot: 3}]"]
-    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/base.yaml", overrides)
+    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
     sampler, _ = meta_train.training_sampler(cfg, load_body(ModelConfig(name=str(tiny_bert_dir))))
     shapes = [(e.n_way, len(e.support)) for e in sampler.episodes(8)]  # meta_batch 2: steps 0-1 then 2-3
     assert shapes == [(3, 6)] * 4 + [(5, 15)] * 4

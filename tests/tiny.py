@@ -1,6 +1,6 @@
 """Tiny randomly initialised models, saved as ordinary model folders, for fast tests.
 
-They go through the same loading code as a real local model folder. The BERT and Llama ones
+They go through the same loading code as a real local model folder. The BERT, MPNet and Llama ones
 reuse the bundled MiniLM WordPiece tokenizer; the GPT-2 one gets a byte-level BPE tokenizer
 trained here on a few sentences (no pad token, like the real GPT-2).
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, GPT2TokenizerFast,
-                          LlamaConfig, LlamaModel)
+                          LlamaConfig, LlamaModel, MPNetConfig, MPNetModel)
 
 from llm_meta.models import resolve_model_path
 
@@ -32,6 +32,9 @@ def make_tiny_model(kind: str, folder: Path) -> Path:
         if kind == "bert":
             model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
                                          num_attention_heads=4, intermediate_size=64), add_pooling_layer=False)
+        elif kind == "mpnet":  # relative position bias computed once by the encoder, then fed to each layer
+            model = MPNetModel(MPNetConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                           num_attention_heads=4, intermediate_size=64), add_pooling_layer=False)
         else:
             model = LlamaModel(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
