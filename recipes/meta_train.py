@@ -99,9 +99,9 @@ class EvalConfig:
     episodes: int = 6  # per task
     n_way: int = 10  # capped at the task's number of classes
     k_shot: int = 5
-    # Query texts per class; 0: every class of the task, K support texts per class drawn from the
-    # split and every other text of the split as the query (the real class balance, as a user's
-    # task is scored), one episode per support draw.
+    # Query texts per class; 0: every class of the task, K support texts per class drawn from its
+    # train split and every text of `split` as the query (the real class balance, as a user's task
+    # and the benchmark's full-way rows are scored), one episode per support draw.
     q_query: int = 10
     split: str = "train"
     seed: int = 1
@@ -395,7 +395,7 @@ def eval_episodes(ec: EvalConfig, ner: NerConfig | None = None, role: str = "val
     episodes = []
     for task in map(load_task, ec.tasks):
         if ec.q_query == 0:
-            episodes += [whole_split_episode(task, ec.k_shot, ec.split, ec.split, seed=ec.seed * 1000 + i)
+            episodes += [whole_split_episode(task, ec.k_shot, "train", ec.split, seed=ec.seed * 1000 + i)
                          for i in range(ec.episodes)]
             continue
         n_way = min(ec.n_way, len(task.classes(ec.class_role)))  # tweet sentiment has 3 classes

@@ -61,7 +61,8 @@ def test_whole_split_episode_has_every_class_and_the_rest_of_the_split_as_query(
                                                             task.split("train")["label"]) if t in ep.query.texts]
     # q_query 0 in a validation/test section: one such episode per support draw, seeded
     episodes = meta_train.eval_episodes(EvalConfig(tasks=[str(toy)], episodes=2, k_shot=2, q_query=0, split="test"))
-    assert len(episodes) == 2 and all(len(e.support) == 6 and len(e.query) == 6 for e in episodes)
+    assert len(episodes) == 2 and all(len(e.support) == 6 and e.query.texts == list(task.split("test")["text"])
+                                      for e in episodes)
     assert episodes[0].support.texts != episodes[1].support.texts
 
 

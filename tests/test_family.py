@@ -67,15 +67,33 @@ def test_a_held_out_domain_may_not_share_texts_with_training():
 
 def test_a_tiny_family_run_trains_on_some_domains_and_tests_on_held_out_ones(tiny_bert_dir, tmp_path):
     # The shipped family config end to end, on a tiny random model: domains in, a PEFT adapter and
-    # a held-out comparison (Claritin tweets, drug reviews) out.
+    # a held-out comparison (Apple tweets, drug reviews) out.
     from recipes import meta_train
     from llm_meta.config import load_config
 
     cfg = load_config(meta_train.Config, "recipes/configs/sentiment_family.yaml", [
         f"model.name={tiny_bert_dir}", f"output_dir={tmp_path / 'family'}", "outer.steps=2", "validate_every=2",
         "episodes.k_shot=2", "episodes.q_query=2", "inner.steps=1", "adapt.steps=1", "validation.episodes=1",
-        "validation.k_shot=2", "validation.q_query=2", "test.episodes=1", "test.k_shot=2", "test.q_query=2"])
+        "validation.k_shot=2", "test.episodes=1", "test.k_shot=2"])  # whole-split episodes, as shipped
     results = meta_train.main(cfg)
-    assert set(results["test"]) == {"tweets_claritin", "drug_reviews"}
+    assert set(results["test"]) == {"tweets_apple", "drug_reviews"}
     assert (tmp_path / "family" / "adapter" / "adapter_model.safetensors").is_file()
     assert [h["step"] for h in results["validation"]][:1] == [0]
+
+
+def test_the_family_benchmark_trains_its_fomaml_start_exactly_as_the_shipped_family_config():
+    # benchmark_family.yaml gives every algorithm the family through train_overrides; its FOMAML
+    # start must be sentiment_family.yaml itself, so the two cannot drift apart.
+    from pathlib import Path
+
+    from llm_meta.config import load_config, to_dict
+    from recipes import benchmark, meta_train
+
+    cfg = load_config(benchmark.Config, "recipes/configs/benchmark_family.yaml")
+    shipped = to_dict(load_config(meta_train.Config, "recipes/configs/sentiment_family.yaml", ["outer.steps=80",
+                                                                                                "validate_every=40"]))
+    started = to_dict(benchmark._start_config(cfg, "fomaml", 0, Path("x")))
+    assert {k: v for k, v in started.items() if k not in ("output_dir", "test", "model")} == \
+        {k: v for k, v in shipped.items() if k not in ("output_dir", "test", "model")}
+    assert started["model"]["max_length"] == shipped["model"]["max_length"] == 128
+    assert benchmark._start_config(cfg, "fomaml_from_transfer", 0, Path("x")).init == "start:transfer_half"
