@@ -240,7 +240,23 @@ def main(cfg: Config) -> dict:
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     if cfg.log_with:
         accelerator.end_training()
+    if main_process:
+        _closing_line(run_dir, state, run_log.start)
     return results
+
+
+def _closing_line(run_dir: Path, state: dict, began: float) -> None:
+    """Where the adapter is, what selection kept, and the command that uses it."""
+    import time
+
+    kept = next(h for h in reversed(state["history"]) if h["step"] == state["best_step"]
+                and h["accuracy"] == state["best_score"])
+    which = "the start it began from (step 0)" if kept["step"] == 0 else \
+        f"step {kept['step']}" + (f" at α={kept['alpha']:g}" if kept["alpha"] != 1.0 else "")
+    tqdm.write(f"done in {(time.time() - began) / 60:.1f} min: adapter in {run_dir / 'adapter'} = {which}, "
+               f"meta-validation {100 * kept['accuracy']:.1f} vs {100 * state['history'][0]['accuracy']:.1f} at step 0. "
+               f"Use it: llm-meta adapt --adapter {run_dir / 'adapter'} --support your_examples.csv --output my_model",
+               file=sys.stderr)
 
 
 def init_params(body, cfg: Config) -> dict[str, torch.Tensor]:

@@ -51,7 +51,7 @@ def final_params(out: Path, step: int) -> dict:
     return load_file(str(out / "checkpoints" / f"step-{step:07d}" / "params.safetensors"))
 
 
-def test_run_writes_peft_adapter_and_metadata(tiny_bert_dir, toy_csv, tmp_path):
+def test_run_writes_peft_adapter_and_metadata(tiny_bert_dir, toy_csv, tmp_path, capsys):
     out = tmp_path / "run"
     held_out = tmp_path / "held_out.csv"  # a test task must not be a training or validation task
     held_out.write_text(toy_csv.read_text())
@@ -60,6 +60,10 @@ def test_run_writes_peft_adapter_and_metadata(tiny_bert_dir, toy_csv, tmp_path):
     results = run(tiny_overrides(tiny_bert_dir, toy_csv, out, **{"test.episodes": 2, "test.tasks": f"[{held_out}]"}))
     assert [h["step"] for h in results["validation"]] == [0, 2, 4]
     assert set(results["test"]) == {"held_out"}
+    # the run ends by saying where the adapter is, what selection kept, and how to use it
+    closing = capsys.readouterr().err.strip().splitlines()[-1]
+    assert closing.startswith("done in ") and f"adapter in {out / 'adapter'}" in closing
+    assert f"llm-meta adapt --adapter {out / 'adapter'}" in closing and "at step 0" in closing
     verify_folder(out / "adapter")
     meta = json.loads((out / "adapter" / "llm_meta.json").read_text())
     assert meta["algorithm"] == "fomaml" and meta["step"] == results["best_step"]
