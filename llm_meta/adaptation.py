@@ -6,6 +6,8 @@ benchmark, so a start is always judged by the adaptation it will get in use.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -113,8 +115,8 @@ def choose_start(body: Body, candidates: dict[str, Params], support: Examples, n
     safe one (the untrained start) first."""
     fits = {name: leave_one_out_fit(body, params, support, n_way, cfg, label_names)
             for name, params in candidates.items()}
-    best = max(fits, key=lambda name: (fits[name] if fits[name] == fits[name] else float("-inf"),
-                                       -list(fits).index(name)))
+    order = list(fits)
+    best = max(order, key=lambda name: (float("-inf") if math.isnan(fits[name]) else fits[name], -order.index(name)))
     return best, fits
 
 

@@ -270,8 +270,8 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     warn_truncated(body, examples.texts, "support texts")
     chosen, selection = cfg.adapter or "untrained", None
     if cfg.adapter is not None and cfg.select_start == "auto" and set(params) == set(body.lora_names):
-        candidates = {"untrained": lora_params(body), "adapter": params,
-                      "adapter at α=0.5": interpolate(lora_params(body), params, 0.5)}
+        untrained = lora_params(body)  # the body's own fresh LoRA (drawn from seed): B = 0
+        candidates = {"untrained": untrained, "adapter": params, "adapter at α=0.5": interpolate(untrained, params, 0.5)}
         which, fits = choose_start(body, candidates, examples, len(labels), cfg.inner, labels)
         params = candidates[which]
         chosen = {"untrained": "untrained", "adapter": cfg.adapter}.get(which, f"{which} of {cfg.adapter}")

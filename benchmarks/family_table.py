@@ -1,0 +1,69 @@
+"""The task-family study's tables for BENCHMARKS.md, from a benchmark's results.json.
+
+    python benchmarks/family_table.py runs/benchmark_family/results.json [--k 8]
+
+Prints, per held-out domain, accuracy vs K for every method (mean with its crossed-bootstrap 95%
+interval, the unit the report states), then the paired differences at one K against every
+reference (the report's Holm-adjusted verdicts), and the trained starts with their selected steps
+and training wall times. Reads only what the benchmark wrote: no model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+
+def _fmt(e: dict) -> str:
+    return f"{100 * e['mean']:.1f} [{100 * e['low']:.1f}, {100 * e['high']:.1f}]"
+
+
+def tables(results: dict, k: int) -> str:
+    estimates, methods = results["estimates"], results["config"]["methods"]
+    settings = [s for s in results["hashes"] if s.startswith("fullway/")]
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for s in settings:
+        _, task, shots = s.split("/")
+        by_task[task].append(int(shots))
+    out = []
+    for task, shots in by_task.items():
+        shots = sorted(shots)
+        out += [f"**{task}** (accuracy %, all classes, whole test split)", "",
+                "| method | " + " | ".join(f"K = {s}" for s in shots) + " |", "|---|" + "---|" * len(shots)]
+        for m in methods:
+            out.append(f"| {m} | " + " | ".join(_fmt(estimates[m][f"fullway/{task}/{s}"]) for s in shots) + " |")
+        out.append("")
+    refs = results["config"]["references"]
+    contrasts = {(c["method"], c["reference"], c["setting"]): c for c in results["contrasts"]}
+    out += [f"Paired differences at K = {k} (points; Holm-adjusted verdicts, the primary contrast at 5% alone):", "",
+            "| method | " + " | ".join(f"{task} vs {r}" for task in by_task for r in refs) + " |",
+            "|---|" + "---|" * (len(by_task) * len(refs))]
+    for m in methods:
+        cells = []
+        for task in by_task:
+            for r in refs:
+                c = contrasts.get((m, r, f"fullway/{task}/{k}"))
+                cells.append("-" if c is None else f"{100 * c['mean']:+.1f} [{100 * c['low']:+.1f}, "
+                             f"{100 * c['high']:+.1f}] {'**' + c['verdict'] + '**' if c['primary'] else c['verdict']}")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    out += ["", "| start | selected step (α) | validation (selected / its step 0) | training wall time |",
+            "|---|---|---|---|"]
+    for name, s in results["starts"].items():
+        alpha = f" (α = {s['alpha']:g})" if s.get("alpha", 1.0) != 1.0 else ""
+        took = f"{s['train_seconds'] / 60:.1f} min" if s.get("train_seconds") else "-"
+        out.append(f"| {name} | {s['selected_step']}{alpha} | {100 * s['validation_accuracy']:.1f} / "
+                   f"{100 * s['step0_validation_accuracy']:.1f} | {took} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results")
+    parser.add_argument("--k", type=int, default=8, help="K of the paired-difference table")
+    args = parser.parse_args()
+    print(tables(json.loads(open(args.results).read()), args.k))
+
+
+if __name__ == "__main__":
+    main()
