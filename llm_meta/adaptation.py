@@ -45,9 +45,7 @@ def episode_start(body: Body, params: Params, support: Examples, n_way: int, cfg
     Raises ValueError for settings that are for sequence tasks only, given a token task."""
     if cfg.chunk and support.token_level:  # chunks are weighted by sentences, the loss by words
         raise ValueError("inner.chunk splits batches of texts: it is for sequence tasks, not NER (set it to 0)")
-    if cfg.label_examples:
-        if support.token_level:
-            raise ValueError("inner.label_examples adds label names as texts: it is for sequence tasks, not NER")
+    if cfg.label_examples:  # for NER: each entity-type name as a sentence of that type (heads.with_label_names)
         support = with_label_names(support, _need_names(label_names, cfg), cfg.label_examples)
     weights = {k: v.detach() for k, v in params.items() if not k.startswith(LR_PREFIX)}
     return support, head if head is not None else init_head(body, weights, support, n_way, cfg, label_names)

@@ -73,8 +73,14 @@ def with_label_names(support: Examples, label_names: list[str], times: int) -> E
     """The support set plus each label name, read as text, `times` times (labelled with its class).
 
     Label names carry the task's semantics for free: the design notes measured +4 points on
-    BANKING77 77-way 5-shot from adding each name twice before adaptation.
+    BANKING77 77-way 5-shot from adding each name twice before adaptation. For a token task (NER)
+    each entity-type name is a sentence of its words, every word of that type, so the name's words
+    join the type's prototype; class 0 is O, which has no name to add.
     """
+    if support.token_level:
+        named = [(label_name_text(n).split(), y) for y, n in enumerate(label_names) if y > 0 and label_name_text(n)]
+        return type(support)(support.texts + [words for words, _ in named for _ in range(times)],
+                             support.labels + [[y] * len(words) for words, y in named for _ in range(times)])
     names = [label_name_text(n) for n in label_names]
     return Examples(support.texts + [n for n in names for _ in range(times)],
                     support.labels + [y for y in range(len(names)) for _ in range(times)])

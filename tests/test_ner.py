@@ -196,8 +196,20 @@ def test_fomaml_reptile_protonet_and_adapt_run_on_token_episodes(tiny_bert_dir):
     assert 0 <= episode_accuracy(body, theta, ep, cfg) <= 1
     head_only = adapt(body, theta, ep.support, ep.n_way, InnerConfig(steps=2, lr=1e-2, train_lora=False))
     assert not torch.equal(head_only["head.weight"], head["head.weight"])
-    with pytest.raises(ValueError, match="for sequence tasks, not NER"):
-        adapt(body, theta, ep.support, ep.n_way, InnerConfig(label_examples=1), label_names=ep.label_names)
+    # entity-type names as extra examples: each name a sentence of its type's words; O gets none
+    from llm_meta.episodes import WordExamples
+    from llm_meta.heads import with_label_names
+
+    named = with_label_names(WordExamples([["Paris", "is", "nice"]], [[1, 0, 0]]), ["O", "geo-loc", "person"], 2)
+    assert named.texts[1:] == [["geo", "loc"]] * 2 + [["person"]] * 2
+    assert named.labels[1:] == [[1, 1]] * 2 + [[2]] * 2
+    from llm_meta.adaptation import episode_start
+
+    plain, aware = (episode_start(body, theta, ep.support, ep.n_way, InnerConfig(label_examples=n), ep.label_names)[1]
+                    for n in (0, 2))
+    assert torch.equal(plain["head.weight"][0], aware["head.weight"][0])  # O's prototype is untouched
+    assert not torch.equal(plain["head.weight"][1:], aware["head.weight"][1:])
+    assert 0 <= episode_accuracy(body, theta, ep, InnerConfig(steps=1, label_examples=2)) <= 1
 
 
 # --- loading and scoring ------------------------------------------------------------------------------
