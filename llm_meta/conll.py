@@ -153,12 +153,16 @@ def to_bio(sentences: list[Sentence], where: str) -> str:
 
 
 def load_ner(spec: str, tokens_column: str = "tokens", tags_column: str = "ner_tags") -> list[Sentence]:
-    """Tagged sentences from a bundled name (`wnut16`), a CoNLL file, or a dataset with token and
-    tag columns (a local .jsonl/.json/.parquet file or `hf:<id>[:<config>]`, e.g. `hf:wnut_17`):
+    """Tagged sentences from a bundled name (`wnut16`; `silver`: the spaCy-tagged corpus of
+    `llm_meta.silver`), a CoNLL file, or a dataset with token and tag columns (a local .jsonl/.json/.parquet file or `hf:<id>[:<config>]`, e.g. `hf:wnut_17`):
     the train split; integer tags are mapped through the column's ClassLabel names."""
     if spec in BUNDLED_NER:
         package, sub = BUNDLED_NER[spec]
         return read_conll(package_dir(package) / sub)
+    if spec == "silver":  # spaCy-tagged bundled sentences (llm_meta.silver), built once and cached
+        from llm_meta.silver import silver_corpus
+
+        return silver_corpus()
     if not spec.startswith("hf:") and Path(spec).suffix.lower() not in FILE_BUILDERS:
         return read_conll(spec)
     _, raw, source = load_raw(spec, f"not a bundled NER set ({', '.join(BUNDLED_NER)})")

@@ -36,6 +36,36 @@ class NerConfig:
     held_out_types: list[str] = field(default_factory=list)  # test types: never seen in meta-training
     validation_fraction: float = 0.15  # of the sentences without held-out types, kept for selection
     split_seed: int = 0
+    # More NER corpora for meta-training only (never validation or test), each sampled as a source
+    # of its own with its own types, e.g. [silver] (spaCy-tagged bundled sentences, llm_meta.silver).
+    extra_train: list[str] = field(default_factory=list)
+    extra_weight: float = 1.0  # each extra corpus's share of episodes, against 1 for data's train split
+    # Sentences of the extra corpora that mention these types are left out, e.g. the OntoNotes types
+    # whose meaning overlaps the held-out ones (silver.OVERLAPPING_WNUT_HELD_OUT), so those stay unseen.
+    drop_types: list[str] = field(default_factory=list)
+
+
+def extra_corpora(cfg: NerConfig) -> list[tuple[str, list[Sentence], list[str]]]:
+    """(name, sentences, types) of each `cfg.extra_train` corpus, without `cfg.drop_types`.
+
+    Raises:
+        TaskError: a corpus that names a held-out type (it would leak into meta-training), or one
+            left with fewer than two types.
+    """
+    from llm_meta.silver import without_types
+
+    out = []
+    for spec in cfg.extra_train:
+        sentences = without_types(load_ner(spec), cfg.drop_types)
+        types = entity_types(sentences)
+        leaked = sorted(set(types) & set(cfg.held_out_types))
+        if leaked:
+            raise TaskError(f"ner.extra_train corpus '{spec}' has held-out types {leaked}: meta-training may not see them")
+        if len(types) < 2:
+            raise TaskError(f"ner.extra_train corpus '{spec}' has {len(types)} entity type(s) after ner.drop_types; "
+                            f"NER episodes need at least 2")
+        out.append((spec, sentences, types))
+    return out
 
 
 def split_ner(cfg: NerConfig) -> tuple[dict[str, list[Sentence]], list[str]]:

@@ -38,7 +38,7 @@ from llm_meta.evaluation import mean_ci, paired_difference, score_episodes
 from llm_meta.heads import HEAD_KEYS
 from llm_meta.hypernet import HYPER_PREFIX, HypernetConfig, count_parameters, init_hypernet
 from llm_meta.models import ModelConfig, load_body, lora_params
-from llm_meta.ner import NerConfig, NerEpisodeSampler, sentences_fingerprint, split_ner
+from llm_meta.ner import NerConfig, NerEpisodeSampler, extra_corpora, sentences_fingerprint, split_ner
 from llm_meta.smlmt import MixtureSampler, SmlmtConfig, SmlmtSampler, corpus_key, load_corpus
 from llm_meta.tasks import load_task, shares_texts, task_fingerprint
 from llm_meta.training import RunLog, check_step, environment, meta_gradient, tracker_config
@@ -181,7 +181,9 @@ def main(cfg: Config) -> dict:
     val_episodes = eval_episodes(cfg.validation, cfg.ner if ner_only(cfg) else None, "validation")
     algorithm = ALGORITHMS[cfg.algorithm]
     if cfg.algorithm == "transfer":  # the baseline's persistent per-dataset heads train alongside LoRA
-        heads = [ner_transfer_heads(body, start, cfg.ner.data, sampler.sentences, sampler.types)] if ner_only(cfg) \
+        # NER: one head per corpus (the task's train split, each extra corpus), keyed by its name.
+        heads = [ner_transfer_heads(body, start, s.name, s.sentences, s.types)
+                 for s in getattr(sampler, "samplers", [sampler])] if ner_only(cfg) \
             else [transfer_heads(body, start, name, pool) for name, pool in sampler.pools]
         for head in heads:
             params.update({k: v.requires_grad_(True) for k, v in head.items()})
@@ -378,6 +380,10 @@ def source_sampler(cfg: Config, body, n_way: int, k_shot: int) -> tuple[Any, dic
                                     name=cfg.ner.data)
         sources.append((sampler, t.weight))
         hashes[cfg.ner.data] = sentences_fingerprint([s for part in ner_split.values() for s in part])
+        for name, sentences, types in extra_corpora(cfg.ner):  # e.g. the silver corpus: training only
+            sources.append((NerEpisodeSampler(sentences, types, min(n_way, len(types)), e.k_shot, e.q_query,
+                                              seed=cfg.seed, name=name), t.weight * cfg.ner.extra_weight))
+            hashes[name] = sentences_fingerprint(sentences)
     if not sources:
         raise ValueError("no meta-training tasks: set tasks, smlmt.data or ner.data")
     return (sources[0][0] if len(sources) == 1 else MixtureSampler(sources, seed=cfg.seed)), hashes

@@ -219,7 +219,21 @@ def _corrupt_run(ws: dict[str, Path], tmp: Path) -> Path:
 @pytest.mark.parametrize("row", list(ROWS))
 def test_bad_input_gives_a_clear_error_and_damages_nothing(row, ws, tmp_path, capsys):
     build, message = ROWS[row]
-    argv = build(ws, tmp_path)
+    one_line_error_and_nothing_damaged(build(ws, tmp_path), message, row, ws, capsys)
+
+
+def test_silver_corpus_without_spacy(ws, tmp_path, capsys, monkeypatch):
+    # The bad-input row for an installation without the `ner` extra (spaCy hidden here).
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "spacy" else real(name, *a))
+    argv = meta_train_args(ws, "ner.data=wnut16", "ner.held_out_types=[movie]", "ner.extra_train=[silver]")
+    one_line_error_and_nothing_damaged(argv, r"the silver NER corpus needs spaCy .*pip install \"llm_meta\[ner\]\"",
+                                       "silver_without_spacy", ws, capsys)
+
+
+def one_line_error_and_nothing_damaged(argv: list[str], message: str, row: str, ws: dict[str, Path], capsys) -> None:
     before = snapshot(ws["root"])
     with pytest.raises(SystemExit) as exit_info:
         cli_main(argv)

