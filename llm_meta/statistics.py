@@ -151,6 +151,17 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def replicates_for(comparisons: int, alpha: float = 0.05, margin: int = 4) -> int:
+    """Bootstrap replicates B that let `comparisons` Holm-adjusted verdicts reach level `alpha`.
+
+    A bootstrap p-value cannot be smaller than 2 / (B + 1), so after Holm the smallest adjusted
+    p-value is at least 2m / (B + 1): with B = 2000 and m = 111 comparisons that floor is 0.111 and
+    no verdict can ever be a win. This returns the smallest B whose floor is `margin` times below
+    `alpha` (B + 1 >= 2 m margin / alpha), so a clear difference shows as one.
+    """
+    return max(1, int(np.ceil(2 * comparisons * margin / alpha)) - 1)
+
+
 def verdict(estimate: Estimate, p_adjusted: float, alpha: float = 0.05) -> str:
     """win / loss when the (adjusted) p-value is below α, else tie."""
     if p_adjusted >= alpha:

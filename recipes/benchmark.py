@@ -45,7 +45,8 @@ from llm_meta.adaptation import choose_start
 from llm_meta.evaluation import episode_outcomes, episode_score, score_outcomes
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
-from llm_meta.statistics import UNIT, Estimate, Outcomes, crossed_bootstrap, holm, text_index, verdict
+from llm_meta.statistics import (UNIT, Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, text_index,
+                                 verdict)
 from llm_meta.tasks import Task, load_task
 from recipes import meta_train
 
@@ -467,6 +468,9 @@ def _statistics(cfg: Config, settings: dict, outcomes: dict, primary: tuple | No
     reference; verdicts Holm-adjusted over every contrast except the pre-declared primary one."""
     estimates: dict[str, dict[str, Estimate]] = {m: {} for m in cfg.methods}
     contrasts = []
+    # Enough replicates for the paired differences that Holm over all of them can say "win".
+    pairs = sum(r != m and r in outcomes for m in cfg.methods for r in cfg.references) * len(settings)
+    n_boot = max(cfg.bootstrap, replicates_for(pairs))
     for key in settings:
         name, statistic = "/".join(map(str, key)), _statistic_of(key[0])
         for method in cfg.methods:
@@ -478,9 +482,9 @@ def _statistics(cfg: Config, settings: dict, outcomes: dict, primary: tuple | No
             for reference in cfg.references:
                 if reference == method or reference not in outcomes:
                     continue
-                d = crossed_bootstrap(outcomes[method][name], outcomes[reference][name], statistic, cfg.bootstrap)
+                d = crossed_bootstrap(outcomes[method][name], outcomes[reference][name], statistic, n_boot)
                 contrasts.append({"method": method, "reference": reference, "setting": name, **dataclasses.asdict(d),
-                                  "primary": (method, reference, name) == primary})
+                                  "primary": (method, reference, name) == primary, "replicates": n_boot})
     secondary = [c for c in contrasts if not c["primary"]]
     for c, p in zip(secondary, holm([c["p"] for c in secondary])):
         c["p_adjusted"] = p
@@ -497,7 +501,9 @@ def _report(cfg: Config, settings: dict, estimates: dict, contrasts: list[dict],
              f"Adaptation for every method: {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
              f"head init {cfg.adapt.head_init}; methods that train LoRA are averaged over meta-seeds "
              f"{cfg.meta_seeds}.", "",
-             f"**Intervals**: every value is the mean with its {UNIT}; {cfg.bootstrap} replicates. A paired "
+             f"**Intervals**: every value is the mean with its {UNIT}; {cfg.bootstrap} replicates "
+             f"({contrasts[0]['replicates'] if contrasts else cfg.bootstrap} for the paired differences, enough "
+             f"that a Holm-adjusted p-value can fall below 5%). A paired "
              f"difference vs {', '.join(cfg.references)} shares the resampled episodes and texts of both sides. "
              f"NER rows report micro entity F1 over all query sentences of all episodes (Few-NERD), with the "
              f"per-episode mean beside it.", "",

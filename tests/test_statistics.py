@@ -3,13 +3,30 @@
 import numpy as np
 import pytest
 
-from llm_meta.statistics import Outcomes, crossed_bootstrap, holm, text_index, verdict
+from llm_meta.statistics import Outcomes, crossed_bootstrap, holm, replicates_for, text_index, verdict
 
 
 def test_holm_on_a_hand_example():
     # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> monotone: 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5]) == [0.5] and holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+def test_enough_replicates_that_holm_over_many_comparisons_can_say_win():
+    """A bootstrap p-value is at least 2 / (B + 1): with 2000 replicates and 111 comparisons the
+    smallest Holm-adjusted p-value is 0.111, so no verdict could ever be a win (a family-study
+    report found exactly that floor). replicates_for(m) lifts the floor well below 5%."""
+    rng = np.random.default_rng(0)
+    ids, n = text_index([[f"t{i}" for i in range(40)] for _ in range(5)])
+    worse = Outcomes([[(rng.random((40, 1)) < 0.4).astype(float) for _ in range(5)]], ids, n)
+    better = Outcomes([[np.ones((40, 1)) for _ in range(5)]], ids, n)  # right on every query: p at its floor
+    m = 111
+    few = crossed_bootstrap(better, worse, n_boot=2000)
+    assert holm([few.p] + [1.0] * (m - 1))[0] > 0.05  # the floor: a certain win reads "tie"
+    b = replicates_for(m)
+    assert 2 * m / (b + 1) <= 0.05 / 4 < 2 * m / b
+    enough = crossed_bootstrap(better, worse, n_boot=b)
+    assert verdict(enough, holm([enough.p] + [1.0] * (m - 1))[0]) == "win"
 
 
 def test_point_estimates_are_the_plain_means_and_micro_f1():
