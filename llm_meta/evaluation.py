@@ -26,6 +26,8 @@ class Interval:
     n: int
 
     def __str__(self) -> str:
+        if math.isinf(self.half_width):  # one value: no interval to give (not "± inf")
+            return f"{100 * self.mean:.1f} (one value, no interval)"
         return f"{100 * self.mean:.1f} ± {100 * self.half_width:.1f}"
 
 

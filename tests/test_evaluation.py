@@ -12,6 +12,7 @@ def test_mean_ci_on_known_numbers():
     assert ci.half_width == pytest.approx(1.9632, abs=1e-4)
     assert mean_ci([0.5] * 10).half_width == 0
     assert math.isinf(mean_ci([0.7]).half_width)
+    assert str(mean_ci([0.7])) == "70.0 (one value, no interval)"  # not "70.0 ± inf"
 
 
 def test_paired_difference():
