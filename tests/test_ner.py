@@ -343,6 +343,15 @@ def test_silver_corpus_builder_tags_real_sentences_and_caches_them(tmp_path, mon
         [s.tokens for s in built]
     kept = silver.without_types(built, sorted(tags)[:1])
     assert all(sorted(tags)[0] not in {t[2:] for t in s.tags} for s in kept) and len(kept) < len(built) + 1
+    # A source that runs short is made up by the next one (the bundled StackOverflow titles give
+    # fewer usable sentences than a fifth of 50,000): the corpus still has the size asked for.
+    monkeypatch.undo()
+    monkeypatch.setenv("LLM_META_CACHE", str(tmp_path))
+    tagged = silver._tagged
+    monkeypatch.setattr(silver, "_tagged", lambda nlp, texts, wanted, documents, n: tagged(
+        nlp, texts, 2 if documents else wanted, documents, n))  # DBpedia (documents) gives only 2
+    short = silver.silver_corpus(sentences=10, sources=("dbpedia", "stackoverflow"))
+    assert len(short) == 10
 
 
 def test_extra_ner_corpora_join_meta_training_only(tiny_bert_dir, tmp_path):
