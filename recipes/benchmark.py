@@ -468,9 +468,9 @@ def _statistics(cfg: Config, settings: dict, outcomes: dict, primary: tuple | No
     reference; verdicts Holm-adjusted over every contrast except the pre-declared primary one."""
     estimates: dict[str, dict[str, Estimate]] = {m: {} for m in cfg.methods}
     contrasts = []
+    pairs = {m: [r for r in cfg.references if r != m and r in outcomes] for m in cfg.methods}
     # Enough replicates for the paired differences that Holm over all of them can say "win".
-    pairs = sum(r != m and r in outcomes for m in cfg.methods for r in cfg.references) * len(settings)
-    n_boot = max(cfg.bootstrap, replicates_for(pairs))
+    n_boot = max(cfg.bootstrap, replicates_for(sum(map(len, pairs.values())) * len(settings)))
     for key in settings:
         name, statistic = "/".join(map(str, key)), _statistic_of(key[0])
         for method in cfg.methods:
@@ -479,9 +479,7 @@ def _statistics(cfg: Config, settings: dict, outcomes: dict, primary: tuple | No
             if key[0] == "ner":  # Few-NERD reports micro F1; the per-episode mean sits beside it
                 estimates[method][f"{name}/episode_f1"] = crossed_bootstrap(
                     outcomes[method][name], statistic="episode_f1", n_boot=cfg.bootstrap)
-            for reference in cfg.references:
-                if reference == method or reference not in outcomes:
-                    continue
+            for reference in pairs[method]:
                 d = crossed_bootstrap(outcomes[method][name], outcomes[reference][name], statistic, n_boot)
                 contrasts.append({"method": method, "reference": reference, "setting": name, **dataclasses.asdict(d),
                                   "primary": (method, reference, name) == primary, "replicates": n_boot})
