@@ -13,23 +13,35 @@ from torch import Tensor
 
 from llm_meta.core import LR_PREFIX, InnerConfig, inner_batches, inner_loop, split_rates
 from llm_meta.episodes import Episode, Examples
-from llm_meta.heads import HEAD_KEYS, head_logits, proto_head, prototype_head, soft_kmeans, with_label_names, zero_head
+from llm_meta.heads import head_logits, proto_head, prototype_head, soft_kmeans, with_label_names, zero_head
 from llm_meta.hypernet import generated_params, has_hypernet
 from llm_meta.losses import labelled_embeddings, support_loss_fn, text_lengths
 from llm_meta.models import Body, Params, embed_texts
+from llm_meta.ner import word_loss_and_accuracy
+from llm_meta.spans import decomposed_head
+
+NER_HEADS = ("io", "decomposed")
 
 
 def init_head(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig,
               label_names: list[str] | None = None) -> Params:
     """The episode's head at the start of the inner loop ("head.weight" [N, hidden], "head.bias"
-    [N]; a constant: no gradient flows into it). Raises ValueError for an unknown `cfg.head_init`."""
+    [N]; for a token task with `cfg.ner_head` = "decomposed" also the span detector "span.weight"
+    [2, hidden], "span.bias" [2]; constants: no gradient flows into them). Raises ValueError for an
+    unknown `cfg.head_init` or `cfg.ner_head`, or a decomposed head asked with another head_init."""
+    if cfg.ner_head == "decomposed" and cfg.head_init != "proto" and support.token_level:
+        raise ValueError("ner_head=decomposed builds both heads from support prototypes: use head_init=proto")
     if cfg.head_init == "zero":
         return zero_head(body.hidden_size, n_way, body.device)
     if cfg.head_init == "label_names":
         support = with_label_names(Examples([], []), _need_names(label_names, cfg), 1)
     elif cfg.head_init != "proto":
         raise ValueError(f"head_init must be 'proto', 'zero' or 'label_names', got {cfg.head_init!r}")
+    if cfg.ner_head not in NER_HEADS:
+        raise ValueError(f"ner_head must be one of {NER_HEADS}, got {cfg.ner_head!r}")
     emb, labels = labelled_embeddings(body, params, support)
+    if support.token_level and cfg.ner_head == "decomposed":
+        return decomposed_head(emb, labels, n_way)
     return proto_head(emb, labels, n_way)
 
 
@@ -71,7 +83,7 @@ def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerC
             params = generated_params(body, params, support, n_way, label_names)
     support, head = episode_start(body, params, support, n_way, cfg, label_names, head)
     weights, lrs = split_rates(params)
-    trainable = [k for k in weights if cfg.train_lora] + list(HEAD_KEYS)
+    trainable = [k for k in weights if cfg.train_lora] + list(head)
     fast = inner_loop({**weights, **head}, trainable, support_loss_fn(body, weights, support, cfg),
                       support_batches(support, cfg, seed), cfg, lrs=lrs)
     return {k: t.detach() for k, t in fast.items()}
@@ -131,7 +143,7 @@ def episode_accuracy(body: Body, params: Params, episode: Episode, cfg: InnerCon
     if episode.token_level:
         fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
         emb, labels = labelled_embeddings(body, fast, episode.query)
-        return (head_logits(fast, emb, cfg.scale).argmax(1) == labels).float().mean().item()
+        return word_loss_and_accuracy(fast, emb, labels, cfg.scale)[1].item()
     return query_correct(body, params, episode, cfg, seed).float().mean().item()
 
 

@@ -24,7 +24,7 @@ from llm_meta.adaptation import episode_start, support_batches
 from llm_meta.baselines import transfer
 from llm_meta.core import InnerConfig, StepStats, chunks, maml_gradient, reptile_gradient, split_rates
 from llm_meta.episodes import Episode
-from llm_meta.heads import HEAD_KEYS, prototypes
+from llm_meta.heads import prototypes
 from llm_meta.hypernet import generated_params
 from llm_meta.losses import loss_and_accuracy, support_loss_fn, text_lengths
 from llm_meta.models import Body, Params, embed, tokenize
@@ -40,7 +40,7 @@ def _maml(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: 
                          "wrong (iMAML differentiates it): use it with fomaml/reptile, or set inner.proximal: 0")
     support, head = episode_start(body, params, episode.support, episode.n_way, cfg, episode.label_names)
     weights, _ = split_rates(params)
-    trainable = [k for k in weights if cfg.train_lora] + list(HEAD_KEYS)
+    trainable = [k for k in weights if cfg.train_lora] + list(head)
     q = episode.query
 
     def query(fast: Params, idx: list[int] | None = None) -> tuple[Tensor, Tensor]:
@@ -83,7 +83,7 @@ def reptile(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed
     part after adaptation; Reptile trained on it, so they are optimistic, training-set figures.
     """
     both, head = episode_start(body, params, episode.support + episode.query, episode.n_way, cfg, episode.label_names)
-    trainable = [k for k in params if cfg.train_lora] + list(HEAD_KEYS)
+    trainable = [k for k in params if cfg.train_lora] + list(head)
     grads, fast = reptile_gradient(params, head, trainable, support_loss_fn(body, params, both, cfg),
                                    support_batches(both, cfg, seed), cfg)
     with torch.no_grad():
@@ -100,9 +100,25 @@ def protonet_loss(support_emb: Tensor, support_labels: Tensor, query_emb: Tensor
     return F.cross_entropy(logits, query_labels), (logits.argmax(1) == query_labels).float().mean()
 
 
+def decomposed_protonet_loss(support_emb: Tensor, support_labels: Tensor, query_emb: Tensor, query_labels: Tensor,
+                             n_way: int, scale: float) -> tuple[Tensor, Tensor]:
+    """ProtoNet over the two decisions of decomposed NER (`llm_meta.spans`): inside vs outside an
+    entity (prototypes of all entity words and of O words), plus the entity type of the query's
+    entity words (prototypes of each type's support words). Word embeddings [S, H] and [Q, H],
+    class ids [S] and [Q] (0 = O); the accuracy is the detection's."""
+    loss, acc = protonet_loss(support_emb, (support_labels > 0).long(), query_emb, (query_labels > 0).long(), 2, scale)
+    s_in, q_in = support_labels > 0, query_labels > 0
+    if q_in.any():
+        typing, _ = protonet_loss(support_emb[s_in], support_labels[s_in] - 1, query_emb[q_in], query_labels[q_in] - 1,
+                                  n_way - 1, scale)
+        loss = loss + typing
+    return loss, acc
+
+
 def protonet(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
     """ProtoNet meta-training: no inner loop; the gradient flows through the prototypes and the
-    queries. For NER every word is an example and O is a class with its own prototype."""
+    queries. For NER every word is an example and O is a class with its own prototype, or, with
+    `cfg.ner_head` = "decomposed", the detection and typing losses of `decomposed_protonet_loss`."""
     live = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     both = episode.support + episode.query  # one forward pass: the gradient flows through both sides
     if both.token_level:
@@ -112,7 +128,10 @@ def protonet(body: Body, params: Params, episode: Episode, cfg: InnerConfig, see
     else:
         emb = embed(body, live, tokenize(body, both.texts)).float()
         ys, s = torch.tensor(both.labels, device=emb.device), len(episode.support)
-    loss, acc = protonet_loss(emb[:s], ys[:s], emb[s:], ys[s:], episode.n_way, cfg.scale)
+    if both.token_level and cfg.ner_head == "decomposed":
+        loss, acc = decomposed_protonet_loss(emb[:s], ys[:s], emb[s:], ys[s:], episode.n_way, cfg.scale)
+    else:
+        loss, acc = protonet_loss(emb[:s], ys[:s], emb[s:], ys[s:], episode.n_way, cfg.scale)
     grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
     return grads, StepStats(loss.item(), acc.item())
 

@@ -35,6 +35,7 @@ from llm_meta.hub import HubMixin
 from llm_meta.metrics import classification_metrics
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, start_model_config, \
     warn_truncated
+from llm_meta.spans import SPAN_KEYS
 from llm_meta.tasks import Task, TaskError, load_task, task_fingerprint
 from llm_meta.training import environment
 
@@ -156,8 +157,9 @@ def read_support(path: Path, labels: list[str]) -> Examples:
 def save_task_model(body: Body, params: Params, labels: list[str], scale: float, metadata: dict[str, Any],
                     fmt: str, folder: str | Path, extra_files: dict[str, Any] | None = None) -> Path:
     """A task model folder (classifier or NER tagger): PEFT adapter, head, labels, metadata, checksums."""
-    lora = {k: v for k, v in params.items() if k not in HEAD_KEYS}
-    head = {k: params[k].detach().contiguous().cpu() for k in HEAD_KEYS}
+    heads = [k for k in (*HEAD_KEYS, *SPAN_KEYS) if k in params]  # a decomposed NER head has both
+    lora = {k: v for k, v in params.items() if k not in heads}
+    head = {k: params[k].detach().contiguous().cpu() for k in heads}
     meta = {**metadata, "format": fmt, "labels": labels, "scale": scale}
     return save_adapter(body, lora, folder, meta, extra_files={
         "head.safetensors": lambda path: save_file(head, str(path)),

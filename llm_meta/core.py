@@ -35,6 +35,9 @@ class InnerConfig:
     batch_size: int = 64  # support examples per inner step (the whole support set when smaller)
     head_init: str = "proto"  # proto (Proto-MAML) | zero | label_names (prototypes = embedded label names)
     label_examples: int = 0  # add each label name, as text, this many times to the support set
+    # NER only: io (one head over O and the types) | decomposed (class-agnostic span detection, then
+    # typing of each detected span by type prototypes; llm_meta.spans).
+    ner_head: str = "io"
     scale: float = 10.0  # inverse temperature of the head's logits
     train_lora: bool = True  # False: adapt the head only (a linear probe on the frozen body)
     proximal: float = 0.0  # λ of λ‖φ − θ‖² on the LoRA: keeps the adapted φ near its start θ (iMAML)

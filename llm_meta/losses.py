@@ -15,7 +15,8 @@ from llm_meta.core import InnerConfig, Loss
 from llm_meta.episodes import Examples
 from llm_meta.heads import head_logits
 from llm_meta.models import Body, Params, embed, embed_texts, tokenize
-from llm_meta.ner import align_words, embed_words, token_loss_and_accuracy, word_embeddings, word_labels
+from llm_meta.ner import (align_words, embed_words, token_loss_and_accuracy, word_embeddings, word_labels,
+                          word_loss_and_accuracy)
 
 
 @torch.no_grad()
@@ -69,7 +70,7 @@ def support_loss_fn(body: Body, params: Params, support: Examples, cfg: InnerCon
 
         def word_loss(fast: Params, idx: list[int]) -> Tensor:
             rows = torch.isin(sentence, torch.tensor(idx, device=body.device))
-            return F.cross_entropy(head_logits(fast, emb[rows], cfg.scale), labels[rows])
+            return word_loss_and_accuracy(fast, emb[rows], labels[rows], cfg.scale)[0]
         return word_loss
     emb = embed_texts(body, params, support.texts)
     labels = torch.tensor(support.labels, device=body.device)

@@ -23,6 +23,7 @@ from llm_meta.conll import (BUNDLED_NER, Sentence, entity_type, entity_types, lo
 from llm_meta.episodes import Episode, WordExamples
 from llm_meta.heads import head_logits
 from llm_meta.models import Body, Params, embed_tokens
+from llm_meta.spans import decomposed_loss, is_decomposed, word_classes
 from llm_meta.tasks import TaskError
 
 log = logging.getLogger(__name__)
@@ -225,9 +226,17 @@ def token_loss_and_accuracy(body: Body, params: Params, sentences: list[list[str
                             scale: float, aligned: AlignedBatch | None = None) -> tuple[Tensor, Tensor]:
     """Cross-entropy and accuracy over every kept word (O included), with the head in `params`."""
     aligned = aligned if aligned is not None else align_words(body, sentences)
-    logits = head_logits(params, word_embeddings(body, params, aligned), scale)
-    target = word_labels(aligned, labels, logits.device)
-    return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean()
+    emb = word_embeddings(body, params, aligned)
+    return word_loss_and_accuracy(params, emb, word_labels(aligned, labels, emb.device), scale)
+
+
+def word_loss_and_accuracy(params: Params, emb: Tensor, labels: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Loss and word accuracy of the head in `params` on word embeddings [M, hidden] with class ids
+    [M]: one cross-entropy over O and the types (IO head), or detection + typing (`llm_meta.spans`)."""
+    if is_decomposed(params):
+        return decomposed_loss(params, emb, labels, scale)
+    logits = head_logits(params, emb, scale)
+    return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean()
 
 
 @torch.no_grad()
@@ -262,14 +271,17 @@ def io_to_bio(labels: list[int], names: list[str]) -> list[str]:
 
 @torch.no_grad()
 def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: float, batch_size: int = 32) -> list[list[int]]:
-    """The head's class id for every word (0 = O); words past max_length get O (align_words warns)."""
+    """The head's class id for every word (0 = O); words past max_length get O (align_words warns).
+    A decomposed head (`llm_meta.spans`) tags detected spans, each with one type."""
     out = [[0] * len(words) for words in sentences]
     dropped = 0
     for start in range(0, len(sentences), batch_size):
         aligned = align_words(body, sentences[start : start + batch_size], warn=False)
         dropped += aligned.dropped
-        ys = head_logits(params, word_embeddings(body, params, aligned), scale).argmax(1)
-        for (s, w), y in zip(aligned.words, ys.tolist()):
+        emb = word_embeddings(body, params, aligned)
+        ys = word_classes(params, emb, aligned.words, scale) if is_decomposed(params) \
+            else head_logits(params, emb, scale).argmax(1).tolist()
+        for (s, w), y in zip(aligned.words, ys):
             out[start + s][w] = y
     _warn_dropped(dropped, len(sentences), body.max_length)
     return out

@@ -386,3 +386,73 @@ def test_extra_ner_corpora_join_meta_training_only(tiny_bert_dir, tmp_path):
     sources = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
                if '"sources"' in line][-1]["counts"]
     assert set(sources) == {"wnut16", str(extra)}
+
+
+# --- decomposed NER: span detection, then typing of each span ----------------------------------------
+
+def test_decomposed_head_types_each_detected_span_as_a_whole():
+    from llm_meta.spans import decomposed_head, decomposed_loss, word_classes
+
+    # 2-d embeddings: axis 0 says "inside an entity", axis 1 tells type 1 (+) from type 2 (-)
+    emb = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, 0.1]])
+    labels = torch.tensor([0, 1, 2, 0])
+    head = decomposed_head(emb, labels, 3)
+    assert head["head.weight"].shape == (3, 2) and head["span.weight"].shape == (2, 2)
+    assert torch.allclose(head["span.weight"][1], 2 * emb[1:3].mean(0))  # every mention feeds "inside"
+    # one sentence: O, a 3-word span whose words lean 1, 2, 1 (typed 1 as a whole), O, a 1-word span of
+    # type 2; then a second sentence starting with a type-1 word (a new sentence ends the span)
+    words = [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (1, 0)]
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.9], [1.0, -0.2], [1.0, 0.8], [0.0, 0.0], [1.0, -1.0], [1.0, 1.0]])
+    assert word_classes(head, x, words, 10.0) == [0, 1, 1, 1, 0, 2, 1]
+    # a gap in the word indices (a word the tokenizer dropped) ends a span too
+    assert word_classes(head, x[1:3], [(0, 0), (0, 2)], 10.0) == [1, 2]
+    loss, acc = decomposed_loss(head, emb, labels, 10.0)
+    assert loss.item() > 0 and acc.item() == 1.0
+    # typing is only asked of entity words: a wrong type on an O word costs nothing
+    shifted = {**head, "head.weight": head["head.weight"].clone()}
+    shifted["head.weight"][0] = 100.0
+    assert decomposed_loss(shifted, emb, labels, 10.0)[0].item() == pytest.approx(loss.item())
+
+
+def test_decomposed_ner_adapts_tags_saves_and_meta_trains_on_a_tiny_model(tiny_bert_dir, tmp_path):
+    from llm_meta.adaptation import adapt, init_head
+    from llm_meta.algorithms import fomaml, reptile
+    from llm_meta.core import InnerConfig
+    from llm_meta.evaluation import episode_outcomes
+    from llm_meta.models import ModelConfig, load_body, lora_params
+    from llm_meta.ner import NerEpisodeSampler, tag_words
+    from llm_meta.tagger import FewShotTagger
+    from tests.test_models import perturbed
+
+    body = load_body(ModelConfig(name=str(tiny_bert_dir)))
+    theta = perturbed(lora_params(body))
+    ep = NerEpisodeSampler(_corpus(), ["PER", "LOC", "ORG"], 2, 2, 2, seed=1).episode(0)
+    cfg = InnerConfig(steps=2, lr=1e-2, ner_head="decomposed")
+    head = init_head(body, theta, ep.support, ep.n_way, cfg)
+    assert set(head) == {"head.weight", "head.bias", "span.weight", "span.bias"}
+    fast = adapt(body, theta, ep.support, ep.n_way, cfg)
+    assert not torch.equal(fast["span.weight"], head["span.weight"])  # the detector is adapted too
+    assert not torch.equal(fast["head.weight"], head["head.weight"])
+    tags = tag_words(body, fast, ep.query.texts, cfg.scale)
+    for sentence in tags:  # a span never changes type inside (each run is typed as a whole)
+        assert all(y in (0, 1, 2) for y in sentence)
+    counts = episode_outcomes(body, theta, ep, cfg)
+    assert counts.shape == (len(ep.query), 3) and (counts >= 0).all()
+    for algorithm in (fomaml, reptile):
+        grads, stats = algorithm(body, theta, ep, cfg, 0)
+        assert set(grads) == set(theta) and sum(g.abs().sum() for g in grads.values()) > 0
+    # a tagger with a decomposed head saves both heads and tags the same after loading
+    FewShotTagger(body, fast, ep.label_names, cfg.scale, {"model": {"name": str(tiny_bert_dir)}}).save(tmp_path / "tagger")
+    loaded = FewShotTagger.load(tmp_path / "tagger")
+    assert set(loaded.params) >= {"span.weight", "span.bias"}
+    assert loaded.tag(ep.query.texts) == tags
+    with pytest.raises(ValueError, match="ner_head must be one of"):
+        init_head(body, theta, ep.support, ep.n_way, InnerConfig(ner_head="spans"))
+    with pytest.raises(ValueError, match="head_init=proto"):
+        init_head(body, theta, ep.support, ep.n_way, InnerConfig(ner_head="decomposed", head_init="zero"))
+    from llm_meta.algorithms import protonet
+
+    grads, stats = protonet(body, theta, ep, cfg, 0)  # ProtoNet of the two decisions (detection, typing)
+    plain, _ = protonet(body, theta, ep, InnerConfig(), 0)
+    assert sum(g.abs().sum() for g in grads.values()) > 0
+    assert any(not torch.allclose(grads[k], plain[k]) for k in grads)
