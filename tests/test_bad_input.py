@@ -99,6 +99,10 @@ ROWS = {
     "ner_k_zero": (
         lambda ws, tmp: ner_args(ws, tmp, "Paris\tB-LOC\n", "--adapter", "none", "--shots", "0"),
         r"K \(--shots\) must be at least 1 mention per entity type, got 0"),
+    "ner_head_unknown": (
+        lambda ws, tmp: ner_args(ws, tmp, "Paris\tB-LOC\n\nRome\tB-LOC\n\nBob\tB-PER\n\nAl\tB-PER\n", "--adapter", "none",
+                                 "--shots", "1") + ["inner.ner_head=spans"],
+        r"ner_head must be one of \('io', 'decomposed'\), got 'spans'"),
     "max_length_beyond_the_model": (
         lambda ws, tmp: adapt_args(ws, str(ws["data"]), "model.max_length=4096"),
         r"model.max_length=4096 is more than .* can read \(512 token positions\); set model.max_length to at most 512"),
