@@ -164,6 +164,7 @@ def main(cfg: Config) -> dict:
     missing = sorted({start for start, _ in specs.values()} - {"untrained"} - set(cfg.train_configs))
     if missing:
         raise ValueError(f"no training config for start(s) {missing}: add train_configs.<name>: <yaml file>")
+    _primary(cfg, None)  # a primary naming a method not run fails now, not after the training
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -445,14 +446,15 @@ def _hash(episodes: list[Episode]) -> str:
     return hashlib.sha256("".join(e.fingerprint() for e in episodes).encode()).hexdigest()[:16]
 
 
-def _primary(cfg: Config, settings: dict) -> tuple[str, str, str] | None:
-    """(method, reference, setting name) of the declared primary contrast, checked; None if none."""
+def _primary(cfg: Config, settings: dict | None) -> tuple[str, str, str] | None:
+    """(method, reference, setting name) of the declared primary contrast, checked; None if none.
+    `settings` None: only the method and reference are checked (before any training is spent)."""
     if not cfg.primary:
         return None
     method, _, rest = cfg.primary.partition(" vs ")
     reference, _, setting = rest.partition(" on ")
     method, reference, setting = method.strip(), reference.strip(), setting.strip()
-    names = ["/".join(map(str, k)) for k in settings]
+    names = ["/".join(map(str, k)) for k in settings] if settings is not None else [setting]
     if method not in cfg.methods or reference not in cfg.references or setting not in names:
         raise ValueError(f"primary '{cfg.primary}' must read 'METHOD vs REFERENCE on PROTOCOL/TASK/K' with a method of "
                          f"{cfg.methods}, a reference of {cfg.references} and a setting of {names}")

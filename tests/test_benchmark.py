@@ -170,6 +170,11 @@ def test_a_declared_primary_contrast_is_judged_alone(results_dir, tmp_path):
     assert "The primary contrast, declared before the run, is fomaml vs transfer" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="primary 'fomaml vs finetune on x' must read"):
         benchmark.main(dataclasses.replace(small, primary="fomaml vs finetune on x"))
+    # a primary naming a method that is not run fails before any start is trained
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="primary 'reptile vs transfer on x' must read"):
+        benchmark.main(dataclasses.replace(small, primary="reptile vs transfer on x", output_dir=str(fresh)))
+    assert not fresh.exists()
 
 
 def test_a_changed_training_config_retrains_and_says_why(results_dir, tmp_path, capsys):
