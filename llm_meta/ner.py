@@ -270,18 +270,21 @@ def io_to_bio(labels: list[int], names: list[str]) -> list[str]:
 
 
 @torch.no_grad()
-def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: float, batch_size: int = 32) -> list[list[int]]:
+def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: float, batch_size: int = 64) -> list[list[int]]:
     """The head's class id for every word (0 = O); words past max_length get O (align_words warns).
     A decomposed head (`llm_meta.spans`) tags detected spans, each with one type."""
     out = [[0] * len(words) for words in sentences]
     dropped = 0
-    for start in range(0, len(sentences), batch_size):
-        aligned = align_words(body, sentences[start : start + batch_size], warn=False)
+    # Batches of similar length (longest first): padding to a batch's longest sentence is the waste.
+    order = sorted(range(len(sentences)), key=lambda i: -sum(map(len, sentences[i])))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        aligned = align_words(body, [sentences[i] for i in idx], warn=False)
         dropped += aligned.dropped
         emb = word_embeddings(body, params, aligned)
         ys = word_classes(params, emb, aligned.words, scale) if is_decomposed(params) \
             else head_logits(params, emb, scale).argmax(1).tolist()
         for (s, w), y in zip(aligned.words, ys):
-            out[start + s][w] = y
+            out[idx[s]][w] = y
     _warn_dropped(dropped, len(sentences), body.max_length)
     return out

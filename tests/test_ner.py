@@ -456,3 +456,17 @@ def test_decomposed_ner_adapts_tags_saves_and_meta_trains_on_a_tiny_model(tiny_b
     plain, _ = protonet(body, theta, ep, InnerConfig(), 0)
     assert sum(g.abs().sum() for g in grads.values()) > 0
     assert any(not torch.allclose(grads[k], plain[k]) for k in grads)
+
+
+def test_tagging_in_length_sorted_batches_equals_one_sentence_at_a_time(tiny_bert_dir):
+    from llm_meta.adaptation import adapt
+    from llm_meta.core import InnerConfig
+    from llm_meta.models import ModelConfig, load_body, lora_params
+    from llm_meta.ner import NerEpisodeSampler, tag_words
+
+    body = load_body(ModelConfig(name=str(tiny_bert_dir)))
+    ep = NerEpisodeSampler(_corpus(), ["PER", "LOC"], 2, 2, 2, seed=0).episode(0)
+    sentences = [s.tokens for s in _corpus(40, seed=3)]
+    for head in ("io", "decomposed"):
+        fast = adapt(body, lora_params(body), ep.support, ep.n_way, InnerConfig(steps=2, lr=1e-2, ner_head=head))
+        assert tag_words(body, fast, sentences, 10.0) == tag_words(body, fast, sentences, 10.0, batch_size=1)
