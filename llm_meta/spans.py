@@ -59,11 +59,12 @@ def decomposed_loss(params: Params, emb: Tensor, labels: Tensor, scale: float) -
     """Detection cross-entropy over every word plus typing cross-entropy over the entity words
     (scalars), and the word accuracy of `word_classes` read per word (a progress figure)."""
     inside = labels > 0
-    loss = F.cross_entropy(detection_logits(params, emb, scale), inside.long())
+    detect = detection_logits(params, emb, scale)  # [M, 2], used by the loss and the accuracy
+    loss = F.cross_entropy(detect, inside.long())
     typing = typing_log_probs(params, emb, scale)
     if inside.any():
         loss = loss + F.nll_loss(typing[inside], labels[inside] - 1)
-    predicted = torch.where(detection_logits(params, emb, scale).argmax(1).bool(), typing.argmax(1) + 1, 0)
+    predicted = torch.where(detect.argmax(1).bool(), typing.argmax(1) + 1, 0)
     return loss, (predicted == labels).float().mean()
 
 
