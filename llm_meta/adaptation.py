@@ -131,9 +131,10 @@ def choose_start(body: Body, candidates: dict[str, Params], support: Examples, n
 
 
 @torch.no_grad()
-def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, batch_size: int = 128) -> Tensor:
-    """Logits [len(texts), N] of an adapted model (LoRA + head in `fast`)."""
-    emb = embed_texts(body, fast, texts, batch_size)
+def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, batch_size: int = 128,
+                   progress: str | None = None) -> Tensor:
+    """Logits [len(texts), N] of an adapted model (LoRA + head in `fast`); `progress`: a bar's title."""
+    emb = embed_texts(body, fast, texts, batch_size, progress)
     return head_logits(fast, emb, scale)
 
 

@@ -86,14 +86,11 @@ class FewShotClassifier(HubMixin):
     @torch.no_grad()
     def predict_proba(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         """Class probabilities [len(texts), n_labels]; columns follow `self.labels`."""
-        from tqdm import tqdm
-
-        chunk = 1024  # texts per progress-bar tick; embedding itself runs in length-sorted batches
+        if not texts:
+            return torch.empty(0, len(self.labels))
         warn_truncated(self.body, texts, "texts to label")
-        out = [predict_logits(self.body, self.params, texts[i : i + chunk], self.scale, batch_size)
-               for i in tqdm(range(0, len(texts), chunk), desc=f"predict ({len(texts)} texts)",
-                             disable=not progress or len(texts) <= chunk or None, leave=False)]
-        return torch.cat(out).softmax(-1).cpu() if out else torch.empty(0, len(self.labels))
+        desc = f"predict ({len(texts)} texts)" if progress else None
+        return predict_logits(self.body, self.params, texts, self.scale, batch_size, desc).softmax(-1).cpu()
 
     def predict(self, texts: list[str], progress: bool = False) -> list[tuple[str, float]]:
         """(label, probability) for each text."""

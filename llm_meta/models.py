@@ -62,7 +62,13 @@ class ModelConfig:
     name: str = DEFAULT_MODEL  # bundled name, local folder, or Hub id
     pooling: str = "auto"  # mean | last | auto (mean for encoders, last non-pad token for decoders)
     normalize: bool = True  # L2-normalise sentence embeddings (sentence encoders are trained that way)
-    max_length: int = 64  # tokens per text; longer texts are truncated
+    max_length: int = 64  # tokens per text (per window with long_texts=windows); longer texts are truncated
+    # Texts longer than max_length: truncate (read the first max_length tokens; a warning counts them) |
+    # windows (read whole as overlapping windows of max_length tokens, at most max_windows per text,
+    # whose pooled embeddings are averaged weighted by their token counts: one pass per window).
+    long_texts: str = "truncate"
+    window_overlap: int = 16  # tokens each window repeats from the previous one (context across the cut)
+    max_windows: int = 8  # windows per text; the rest of a longer text is cut (and counted in the warning)
     trust_remote_code: bool = False  # never run code from a model repo unless the user asks
     lora_r: int = 8
     lora_alpha: int = 16
@@ -91,6 +97,9 @@ class Body:
     is_decoder: bool
     lora_names: list[str] = field(default_factory=list)
     autocast: str = "auto"
+    long_texts: str = "truncate"  # ModelConfig.long_texts, window_overlap, max_windows
+    window_overlap: int = 0
+    max_windows: int = 1
     prefix: Any = None  # llm_meta.prefix.PrefixCache when model.lora_layers is set
     # The LoRA tensors of the forward pass in progress, read by gradient checkpointing's recompute.
     active: dict[str, Tensor] = field(default_factory=dict)
@@ -238,8 +247,14 @@ def load_body(cfg: ModelConfig, adapter: str | Path | None = None, seed: int | N
         raise ValueError(f"model.pooling must be mean, last or auto, got {cfg.pooling!r}")
     if cfg.autocast not in ("auto", "bf16", "no"):
         raise ValueError(f"model.autocast must be auto, bf16 or no, got {cfg.autocast!r}")
+    if cfg.long_texts not in LONG_TEXTS:
+        raise ValueError(f"model.long_texts must be one of {', '.join(LONG_TEXTS)}, got {cfg.long_texts!r}")
+    if cfg.long_texts == "windows" and not (0 <= cfg.window_overlap <= cfg.max_length // 2 and cfg.max_windows >= 1):
+        raise ValueError(f"model.window_overlap must be between 0 and max_length/2 = {cfg.max_length // 2} tokens "
+                         f"and model.max_windows at least 1, got {cfg.window_overlap} and {cfg.max_windows}")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    body = Body(model, tokenizer, pooling, cfg.normalize, cfg.max_length, cfg.name, decoder, names, cfg.autocast)
+    body = Body(model, tokenizer, pooling, cfg.normalize, cfg.max_length, cfg.name, decoder, names, cfg.autocast,
+                cfg.long_texts, cfg.window_overlap, cfg.max_windows)
     if cfg.gradient_checkpointing:
         enable_checkpointing(body)
     if cfg.prefix_cache not in ("memory", "disk"):
@@ -267,7 +282,10 @@ def position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 # Model settings that may change after meta-training: they decide how texts are read and computed,
 # not what the LoRA tensors mean. Everything else (base model, LoRA shape and placement, pooling)
 # is fixed by the adapter.
-RUNTIME_MODEL_KEYS = ("max_length", "autocast", "prefix_cache", "gradient_checkpointing", "trust_remote_code")
+RUNTIME_MODEL_KEYS = ("max_length", "long_texts", "window_overlap", "max_windows", "autocast", "prefix_cache",
+                      "gradient_checkpointing", "trust_remote_code")
+LONG_TEXTS = ("truncate", "windows")
+WINDOWS_KEY = "overflow_to_sample_mapping"  # in a tokenised batch of windows: the text each window belongs to
 
 
 def start_model_config(trained: ModelConfig, requested: ModelConfig, default: ModelConfig, adapter: str) -> ModelConfig:
@@ -347,32 +365,100 @@ def set_lora_params(body: Body, params: Params) -> None:
 
 
 def tokenize(body: Body, texts: list[str]) -> dict[str, Tensor]:
-    """Tokenise with dynamic padding: the batch is as long as its longest text, capped at max_length."""
-    enc = body.tokenizer(texts, padding=True, truncation=True, max_length=body.max_length, return_tensors="pt")
+    """Tokenise with dynamic padding: the batch is as long as its longest text, capped at max_length.
+    With `long_texts=windows` the rows are windows (`split_windows`) and `WINDOWS_KEY` maps each
+    window to its text; `embed` averages them back to one embedding per text."""
+    if body.long_texts == "windows":
+        enc = split_windows(body, texts, return_tensors="pt")
+    else:
+        enc = body.tokenizer(texts, padding=True, truncation=True, max_length=body.max_length, return_tensors="pt")
     return {k: v.to(body.device) for k, v in enc.items()}
+
+
+def split_windows(body: Body, texts: list[str], **kwargs: Any) -> dict[str, Any]:
+    """Every text as windows of at most max_length tokens, each repeating the last `window_overlap`
+    tokens of the one before (the tokenizer's own overflow, so every window has its special tokens),
+    at most `max_windows` per text: a padded batch [windows, tokens] plus `WINDOWS_KEY` [windows]."""
+    enc = body.tokenizer(list(texts), padding=True, truncation=True, max_length=body.max_length,
+                         stride=body.window_overlap, return_overflowing_tokens=True, **kwargs)
+    counts: dict[int, int] = {}
+    keep = []
+    for i in [int(i) for i in enc[WINDOWS_KEY]]:  # windows come in text order
+        counts[i] = counts.get(i, 0) + 1
+        keep.append(counts[i] <= body.max_windows)
+    if all(keep):
+        return dict(enc)
+    rows = [r for r, k in enumerate(keep) if k]
+    return {k: v[rows] if hasattr(v, "shape") else [v[r] for r in rows] for k, v in enc.items()}
 
 
 def warn_truncated(body: Body, texts: list[str], what: str = "texts") -> int:
     """Warn once when texts are longer than `body.max_length` tokens (they are read only up to it),
-    with their count; return the count. Truncation is a choice the user must see."""
+    or with `long_texts=windows` longer than `max_windows` windows, with their count; return the
+    count. Truncation is a choice the user must see."""
     if not texts:
         return 0
+    if body.long_texts == "windows":
+        mapping = body.tokenizer(list(texts), truncation=True, max_length=body.max_length, verbose=False,
+                                 stride=body.window_overlap, return_overflowing_tokens=True)[WINDOWS_KEY]
+        windows = torch.bincount(torch.tensor(mapping), minlength=len(texts))
+        cut = int((windows > body.max_windows).sum())
+        if cut:
+            log.warning("%d of %d %s need more than model.max_windows=%d windows of %d tokens (most: %d) and are read "
+                        "only up to them; set model.max_windows higher to read more", cut, len(texts), what,
+                        body.max_windows, body.max_length, int(windows.max()))
+        return cut
     lengths = body.tokenizer(list(texts), truncation=False, return_length=True, verbose=False)["length"]
     cut = sum(n > body.max_length for n in lengths)
     if cut:
         log.warning("%d of %d %s are longer than model.max_length=%d tokens (longest: %d) and are read only up to "
-                    "it; set model.max_length higher to read more", cut, len(texts), what, body.max_length,
-                    max(lengths))
+                    "it; set model.max_length higher or model.long_texts=windows to read more", cut, len(texts), what,
+                    body.max_length, max(lengths))
     return cut
 
 
-def hidden_states(body: Body, params: Params, batch: dict[str, Tensor]) -> Tensor:
-    """Last hidden states [batch, tokens, hidden] with the LoRA tensors in `params`."""
-    lora = {n: params[n] for n in body.lora_names}  # params may also carry an episode head
+@torch.no_grad()
+def folded_lora(body: Body, params: Params) -> Params | None:
+    """Each LoRA-wrapped layer's base weight with its update folded in, W + s·B·A (s = alpha / r,
+    transposed for GPT-2's Conv1D), keyed by the base weight's name: a forward with these weights and
+    the LoRA branches switched off (`hidden_states(..., folded=...)`) computes the same function with
+    no extra matmuls or activations per layer, which is what prediction pays for (the fold of a
+    22M-parameter body takes milliseconds). The same logits as the LoRA forward up to float rounding
+    (tests/test_speed.py). None where a layer cannot be folded this way (DoRA, non-Linear LoRA):
+    callers then run the LoRA forward.
+    """
+    from peft.tuners.lora import Linear as LoraLinear
+
+    modules = dict(body.model.named_modules())
+    out: Params = {}
+    for name in body.lora_names:
+        if ".lora_A." not in name:
+            continue
+        prefix, adapter = name.split(".lora_A.")[0], name.split(".lora_A.")[1].split(".")[0]
+        layer = modules[prefix]
+        if not isinstance(layer, LoraLinear) or layer.use_dora.get(adapter, False):
+            return None
+        a, b = params[name], params[name.replace(".lora_A.", ".lora_B.")]
+        delta = layer.scaling[adapter] * (b @ a)  # [out, in]
+        weight = layer.get_base_layer().weight
+        out[f"{prefix}.base_layer.weight"] = weight + (delta.T if layer.fan_in_fan_out else delta).to(weight.dtype)
+    return out
+
+
+def lora_branches_off(body: Body, folded: Params | None) -> contextlib.AbstractContextManager:
+    """peft's `disable_adapter` when running on folded weights (not entered twice: it costs ~8 ms)."""
+    already = getattr(body.model, "_adapters_disabled", False)
+    return body.model.disable_adapter() if folded is not None and not already else contextlib.nullcontext()
+
+
+def hidden_states(body: Body, params: Params, batch: dict[str, Tensor], folded: Params | None = None) -> Tensor:
+    """Last hidden states [batch, tokens, hidden] with the LoRA tensors in `params`, or (no
+    gradient) with the base weights `folded_lora(body, params)` and the LoRA branches off."""
+    lora = folded if folded is not None else {n: params[n] for n in body.lora_names}  # params may carry a head
     dtype = autocast_dtype(body)
     kwargs = {**batch, "use_cache": False} if body.is_decoder else batch  # no KV cache: one pass per text
     body.active = lora
-    with torch.autocast(body.device.type, dtype=dtype, enabled=dtype is not None):
+    with torch.autocast(body.device.type, dtype=dtype, enabled=dtype is not None), lora_branches_off(body, folded):
         if body.prefix is not None:  # top-layer LoRA: only the layers above the cached frozen ones run
             out = body.prefix.forward(body.model, lora, kwargs)
         else:
@@ -380,8 +466,10 @@ def hidden_states(body: Body, params: Params, batch: dict[str, Tensor]) -> Tenso
     return out.last_hidden_state.float()  # heads, losses and prototypes stay in fp32
 
 
-def pool(body: Body, states: Tensor, mask: Tensor) -> Tensor:
-    """[B, T, H] -> [B, H]: masked mean for encoders, last non-pad token for decoders."""
+def pool(body: Body, states: Tensor, mask: Tensor, windows: Tensor | None = None) -> Tensor:
+    """[B, T, H] -> [B, H]: masked mean for encoders, last non-pad token for decoders. With
+    `windows` ([B] text index of each row), rows of one text are averaged, weighted by their real
+    tokens, before normalising: [texts, H]; a text read as one window gets exactly its own row."""
     if body.pooling == "mean":
         m = mask.unsqueeze(-1).to(states.dtype)
         pooled = (states * m).sum(1) / m.sum(1).clamp_min(1.0)
@@ -390,12 +478,20 @@ def pool(body: Body, states: Tensor, mask: Tensor) -> Tensor:
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = (mask * positions).argmax(1)
         pooled = states[torch.arange(states.shape[0], device=states.device), last]
+    if windows is not None:
+        weight = mask.sum(1, keepdim=True).to(pooled.dtype)
+        texts = int(windows.max()) + 1
+        total = pooled.new_zeros(texts, pooled.shape[1]).index_add(0, windows, pooled * weight)
+        pooled = total / pooled.new_zeros(texts, 1).index_add(0, windows, weight)
     return torch.nn.functional.normalize(pooled, dim=-1) if body.normalize else pooled
 
 
-def embed(body: Body, params: Params, batch: dict[str, Tensor]) -> Tensor:
-    """One embedding per text, [batch, hidden], computed functionally from `params`."""
-    return pool(body, hidden_states(body, params, batch), batch["attention_mask"])
+def embed(body: Body, params: Params, batch: dict[str, Tensor], folded: Params | None = None) -> Tensor:
+    """One embedding per text, [texts, hidden], computed functionally from `params` (or `folded`);
+    a batch of windows (`tokenize` with long_texts=windows) gives one per text, not per window."""
+    windows = batch.get(WINDOWS_KEY)
+    inputs = {k: v for k, v in batch.items() if k != WINDOWS_KEY}
+    return pool(body, hidden_states(body, params, inputs, folded), inputs["attention_mask"], windows)
 
 
 def embed_tokens(body: Body, params: Params, batch: dict[str, Tensor]) -> Tensor:
@@ -405,11 +501,20 @@ def embed_tokens(body: Body, params: Params, batch: dict[str, Tensor]) -> Tensor
 
 
 @torch.no_grad()
-def embed_texts(body: Body, params: Params, texts: list[str], batch_size: int = 64) -> Tensor:
-    """Embed many texts without gradients, in batches sorted by length so padding stays small."""
+def embed_texts(body: Body, params: Params, texts: list[str], batch_size: int = 64, progress: str | None = None
+                ) -> Tensor:
+    """Embed many texts without gradients, [len(texts), hidden], in batches sorted by length so
+    padding stays small (all texts sorted together: sorting in slices pads more), on the LoRA folded
+    into the base weights (`folded_lora`). `progress`: a progress bar with this description."""
+    from tqdm import tqdm
+
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.empty(len(texts), body.hidden_size, device=body.device)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        out[idx] = embed(body, params, tokenize(body, [texts[i] for i in idx])).float()
+    folded = folded_lora(body, params) if texts else None  # no gradient here: the LoRA can be folded in
+    starts = tqdm(range(0, len(order), batch_size), desc=progress, unit="batch", leave=False,
+                  disable=progress is None or len(order) <= batch_size or None)
+    with lora_branches_off(body, folded):
+        for start in starts:
+            idx = order[start : start + batch_size]
+            out[idx] = embed(body, params, tokenize(body, [texts[i] for i in idx]), folded).float()
     return out

@@ -1,0 +1,100 @@
+"""The fast paths equal the slow ones, and long texts are read as the user chose (speed issue).
+
+Timings themselves are benchmarks (benchmarks/predict_speed.py, benchmarks/long_texts.py), not tests.
+"""
+
+import logging
+
+import pytest
+import torch
+
+from llm_meta.adaptation import predict_logits
+from llm_meta.heads import zero_head
+from llm_meta.models import (WINDOWS_KEY, ModelConfig, embed, embed_texts, folded_lora, hidden_states, load_body,
+                             lora_params, split_windows, tokenize, warn_truncated)
+
+TEXTS = ["a short text", "where is my card", "a somewhat longer text about a transfer that did not arrive on time",
+         "hi"]
+
+
+def trained_lora(body, seed: int = 0):
+    """LoRA tensors as after training: B != 0, so the LoRA branch changes every output."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in lora_params(body).items()}
+
+
+@pytest.mark.parametrize("kind,extra", [("bert", {}), ("gpt2", {}), ("llama", {"lora_layers": 1})])
+def test_folded_lora_gives_the_lora_forward_logits(kind, extra, request):
+    """Prediction folds W + s·B·A into the base weights and switches the LoRA branches off; the
+    embeddings and logits equal the LoRA forward's to float tolerance (GPT-2: transposed Conv1D
+    weights; llama: top-layer LoRA over the prefix cache)."""
+    body = load_body(ModelConfig(name=str(request.getfixturevalue(f"tiny_{kind}_dir")), max_length=32, **extra),
+                     seed=0)
+    params = {**trained_lora(body), **zero_head(body.hidden_size, 3, body.device)}
+    params["head.weight"] = torch.randn(3, body.hidden_size)
+    folded = folded_lora(body, params)
+    assert folded is not None and len(folded) == sum(".lora_A." in n for n in body.lora_names)
+    batch = tokenize(body, TEXTS)
+    with torch.no_grad():
+        slow = embed(body, params, batch)  # the LoRA forward the inner loop differentiates
+        fast = embed(body, params, batch, folded)
+        untrained = embed(body, lora_params(body), batch)
+    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
+    assert not torch.allclose(slow, untrained, atol=1e-3)  # the LoRA really changes the output
+    logits = predict_logits(body, params, TEXTS, 10.0, batch_size=3)  # folded, length-sorted batches
+    assert torch.allclose(logits, 10.0 * (slow @ params["head.weight"].T), atol=1e-4)
+    # Afterwards the LoRA branches are on again and the module's weights untouched (nothing written).
+    assert not body.model._adapters_disabled
+    with torch.no_grad():
+        assert torch.equal(embed(body, params, batch), slow)
+
+
+def test_windows_equal_truncation_when_every_text_fits_one_window(tiny_bert_dir):
+    truncate = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=32), seed=0)
+    windows = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=32, long_texts="windows",
+                                    window_overlap=8), seed=0)
+    params = trained_lora(truncate)
+    batch = tokenize(windows, TEXTS)
+    assert batch[WINDOWS_KEY].tolist() == [0, 1, 2, 3]  # one window per text
+    with torch.no_grad():
+        assert torch.allclose(embed(windows, params, batch), embed(truncate, params, tokenize(truncate, TEXTS)),
+                              atol=1e-6)
+    assert torch.allclose(embed_texts(windows, params, TEXTS), embed_texts(truncate, params, TEXTS), atol=1e-6)
+
+
+def test_windows_read_a_long_text_whole_and_count_what_they_cut(tiny_bert_dir, caplog):
+    cfg = dict(name=str(tiny_bert_dir), max_length=16, long_texts="windows", window_overlap=4)
+    body = load_body(ModelConfig(**cfg, max_windows=8), seed=0)
+    params = trained_lora(body)
+    long = " ".join(f"word{i}" for i in range(40))
+    enc = split_windows(body, ["short", long], return_tensors="pt")
+    windows = enc[WINDOWS_KEY].tolist()
+    assert windows[0] == 0 and windows.count(1) > 2 and windows == sorted(windows)
+    ids = enc["input_ids"][enc[WINDOWS_KEY] == 1]
+    assert (ids[:, 0] == body.tokenizer.cls_token_id).all()  # every window has its special tokens
+    with torch.no_grad():
+        got = embed(body, params, tokenize(body, ["short", long]))
+        # By hand: each window mean-pooled over its real tokens, the text = token-weighted mean, normalised.
+        inputs = {k: v for k, v in enc.items() if k != WINDOWS_KEY}
+        states, mask = hidden_states(body, params, inputs), inputs["attention_mask"].unsqueeze(-1).float()
+        rows = enc[WINDOWS_KEY] == 1
+        by_hand = torch.nn.functional.normalize((states * mask)[rows].sum((0, 1)) / mask[rows].sum(), dim=0)
+        truncate = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=16), seed=0)
+        first_window = embed(truncate, params, tokenize(truncate, [long]))[0]
+    assert got.shape == (2, body.hidden_size)
+    assert torch.allclose(got[1], by_hand, atol=1e-5)
+    assert not torch.allclose(got[1], first_window, atol=1e-3)  # the rest of the text counts
+    caplog.set_level(logging.WARNING)
+    assert warn_truncated(body, ["short", long]) == 0  # 8 windows are enough: nothing cut, no warning
+    assert "max_windows" not in caplog.text
+    capped = load_body(ModelConfig(**cfg, max_windows=2), seed=0)
+    assert split_windows(capped, ["short", long])[WINDOWS_KEY] == [0, 1, 1]
+    assert warn_truncated(capped, ["short", long, long]) == 2
+    assert "2 of 3 texts need more than model.max_windows=2 windows of 16 tokens" in caplog.text
+
+
+def test_long_text_settings_are_checked(tiny_bert_dir):
+    with pytest.raises(ValueError, match="long_texts must be one of truncate, windows"):
+        load_body(ModelConfig(name=str(tiny_bert_dir), long_texts="chunks"))
+    with pytest.raises(ValueError, match="window_overlap must be between 0 and max_length/2"):
+        load_body(ModelConfig(name=str(tiny_bert_dir), max_length=16, long_texts="windows", window_overlap=12))
