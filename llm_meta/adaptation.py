@@ -132,9 +132,10 @@ def choose_start(body: Body, candidates: dict[str, Params], support: Examples, n
 
 @torch.no_grad()
 def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, batch_size: int = 128,
-                   progress: str | None = None) -> Tensor:
-    """Logits [len(texts), N] of an adapted model (LoRA + head in `fast`); `progress`: a bar's title."""
-    emb = embed_texts(body, fast, texts, batch_size, progress)
+                   progress: str | None = None, cache: bool = True) -> Tensor:
+    """Logits [len(texts), N] of an adapted model (LoRA + head in `fast`); `progress`: a bar's title;
+    `cache`: keep the texts' frozen-layer states (top-layer LoRA) for a later pass over them."""
+    emb = embed_texts(body, fast, texts, batch_size, progress, cache)
     return head_logits(fast, emb, scale)
 
 

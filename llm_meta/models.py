@@ -451,15 +451,18 @@ def lora_branches_off(body: Body, folded: Params | None) -> contextlib.AbstractC
     return body.model.disable_adapter() if folded is not None and not already else contextlib.nullcontext()
 
 
-def hidden_states(body: Body, params: Params, batch: dict[str, Tensor], folded: Params | None = None) -> Tensor:
+def hidden_states(body: Body, params: Params, batch: dict[str, Tensor], folded: Params | None = None,
+                  cache: bool = True) -> Tensor:
     """Last hidden states [batch, tokens, hidden] with the LoRA tensors in `params`, or (no
-    gradient) with the base weights `folded_lora(body, params)` and the LoRA branches off."""
+    gradient) with the base weights `folded_lora(body, params)` and the LoRA branches off.
+    `cache` False: with top-layer LoRA, run every layer instead of storing the frozen layers' states
+    (for texts seen once, e.g. prediction)."""
     lora = folded if folded is not None else {n: params[n] for n in body.lora_names}  # params may carry a head
     dtype = autocast_dtype(body)
     kwargs = {**batch, "use_cache": False} if body.is_decoder else batch  # no KV cache: one pass per text
     body.active = lora
     with torch.autocast(body.device.type, dtype=dtype, enabled=dtype is not None), lora_branches_off(body, folded):
-        if body.prefix is not None:  # top-layer LoRA: only the layers above the cached frozen ones run
+        if body.prefix is not None and cache:  # top-layer LoRA: only the layers above the cached frozen ones run
             out = body.prefix.forward(body.model, lora, kwargs)
         else:
             out = torch.func.functional_call(body.model, lora, args=(), kwargs=kwargs, strict=False)
@@ -486,26 +489,28 @@ def pool(body: Body, states: Tensor, mask: Tensor, windows: Tensor | None = None
     return torch.nn.functional.normalize(pooled, dim=-1) if body.normalize else pooled
 
 
-def embed(body: Body, params: Params, batch: dict[str, Tensor], folded: Params | None = None) -> Tensor:
+def embed(body: Body, params: Params, batch: dict[str, Tensor], folded: Params | None = None, cache: bool = True
+          ) -> Tensor:
     """One embedding per text, [texts, hidden], computed functionally from `params` (or `folded`);
     a batch of windows (`tokenize` with long_texts=windows) gives one per text, not per window."""
     windows = batch.get(WINDOWS_KEY)
     inputs = {k: v for k, v in batch.items() if k != WINDOWS_KEY}
-    return pool(body, hidden_states(body, params, inputs, folded), inputs["attention_mask"], windows)
+    return pool(body, hidden_states(body, params, inputs, folded, cache), inputs["attention_mask"], windows)
 
 
-def embed_tokens(body: Body, params: Params, batch: dict[str, Tensor]) -> Tensor:
+def embed_tokens(body: Body, params: Params, batch: dict[str, Tensor], folded: Params | None = None) -> Tensor:
     """One embedding per token, [batch, tokens, hidden] (token tasks such as NER)."""
-    states = hidden_states(body, params, batch)
+    states = hidden_states(body, params, batch, folded)
     return torch.nn.functional.normalize(states, dim=-1) if body.normalize else states
 
 
 @torch.no_grad()
-def embed_texts(body: Body, params: Params, texts: list[str], batch_size: int = 64, progress: str | None = None
-                ) -> Tensor:
+def embed_texts(body: Body, params: Params, texts: list[str], batch_size: int = 64, progress: str | None = None,
+                cache: bool = True) -> Tensor:
     """Embed many texts without gradients, [len(texts), hidden], in batches sorted by length so
     padding stays small (all texts sorted together: sorting in slices pads more), on the LoRA folded
-    into the base weights (`folded_lora`). `progress`: a progress bar with this description."""
+    into the base weights (`folded_lora`). `progress`: a progress bar with this description;
+    `cache`: see `hidden_states`."""
     from tqdm import tqdm
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -516,5 +521,5 @@ def embed_texts(body: Body, params: Params, texts: list[str], batch_size: int = 
     with lora_branches_off(body, folded):
         for start in starts:
             idx = order[start : start + batch_size]
-            out[idx] = embed(body, params, tokenize(body, [texts[i] for i in idx]), folded).float()
+            out[idx] = embed(body, params, tokenize(body, [texts[i] for i in idx]), folded, cache).float()
     return out

@@ -22,7 +22,7 @@ from llm_meta.conll import (BUNDLED_NER, Sentence, entity_type, entity_types, lo
                             repair_bio, sentences_fingerprint, to_bio)
 from llm_meta.episodes import Episode, WordExamples
 from llm_meta.heads import head_logits
-from llm_meta.models import Body, Params, embed_tokens
+from llm_meta.models import Body, Params, embed_tokens, folded_lora, lora_branches_off
 from llm_meta.spans import decomposed_loss, is_decomposed, word_classes
 from llm_meta.tasks import TaskError
 
@@ -213,9 +213,10 @@ def align_words(body: Body, sentences: list[list[str]], warn: bool = True) -> Al
                         words, dropped)
 
 
-def word_embeddings(body: Body, params: Params, aligned: AlignedBatch) -> Tensor:
-    """[M, hidden]: the (normalised) embedding of each kept word's first sub-token."""
-    return embed_tokens(body, params, aligned.batch)[aligned.rows, aligned.positions].float()
+def word_embeddings(body: Body, params: Params, aligned: AlignedBatch, folded: Params | None = None) -> Tensor:
+    """[M, hidden]: the (normalised) embedding of each kept word's first sub-token (`folded`:
+    `models.folded_lora`, for passes without gradients)."""
+    return embed_tokens(body, params, aligned.batch, folded)[aligned.rows, aligned.positions].float()
 
 
 def word_labels(aligned: AlignedBatch, labels: list[list[int]], device: torch.device) -> Tensor:
@@ -244,12 +245,14 @@ def embed_words(body: Body, params: Params, sentences: list[list[str]], labels: 
                 batch_size: int = 32) -> tuple[Tensor, Tensor]:
     """(embeddings [M, hidden], class ids [M]) of every kept word, without gradients."""
     embs, ys, dropped = [], [], 0
-    for start in range(0, len(sentences), batch_size):
-        part = sentences[start : start + batch_size]
-        aligned = align_words(body, part, warn=False)
-        dropped += aligned.dropped
-        embs.append(word_embeddings(body, params, aligned))
-        ys.append(word_labels(aligned, labels[start : start + batch_size], body.device))
+    folded = folded_lora(body, params)
+    with lora_branches_off(body, folded):
+        for start in range(0, len(sentences), batch_size):
+            part = sentences[start : start + batch_size]
+            aligned = align_words(body, part, warn=False)
+            dropped += aligned.dropped
+            embs.append(word_embeddings(body, params, aligned, folded))
+            ys.append(word_labels(aligned, labels[start : start + batch_size], body.device))
     _warn_dropped(dropped, len(sentences), body.max_length)
     return torch.cat(embs), torch.cat(ys)
 
@@ -277,14 +280,16 @@ def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: flo
     dropped = 0
     # Batches of similar length (longest first): padding to a batch's longest sentence is the waste.
     order = sorted(range(len(sentences)), key=lambda i: -sum(map(len, sentences[i])))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        aligned = align_words(body, [sentences[i] for i in idx], warn=False)
-        dropped += aligned.dropped
-        emb = word_embeddings(body, params, aligned)
-        ys = word_classes(params, emb, aligned.words, scale) if is_decomposed(params) \
-            else head_logits(params, emb, scale).argmax(1).tolist()
-        for (s, w), y in zip(aligned.words, ys):
-            out[idx[s]][w] = y
+    folded = folded_lora(body, params)  # no gradient: the LoRA folded into the base weights (models.folded_lora)
+    with lora_branches_off(body, folded):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            aligned = align_words(body, [sentences[i] for i in idx], warn=False)
+            dropped += aligned.dropped
+            emb = word_embeddings(body, params, aligned, folded)
+            ys = word_classes(params, emb, aligned.words, scale) if is_decomposed(params) \
+                else head_logits(params, emb, scale).argmax(1).tolist()
+            for (s, w), y in zip(aligned.words, ys):
+                out[idx[s]][w] = y
     _warn_dropped(dropped, len(sentences), body.max_length)
     return out

@@ -98,3 +98,20 @@ def test_long_text_settings_are_checked(tiny_bert_dir):
         load_body(ModelConfig(name=str(tiny_bert_dir), long_texts="chunks"))
     with pytest.raises(ValueError, match="window_overlap must be between 0 and max_length/2"):
         load_body(ModelConfig(name=str(tiny_bert_dir), max_length=16, long_texts="windows", window_overlap=12))
+
+
+def test_ner_tagging_on_folded_lora_gives_the_lora_forward_tags(tiny_bert_dir):
+    from llm_meta.heads import head_logits
+    from llm_meta.ner import align_words, tag_words, word_embeddings
+
+    body = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=32), seed=0)
+    params = {**trained_lora(body), "head.weight": torch.randn(3, body.hidden_size), "head.bias": torch.zeros(3)}
+    sentences = [["Paris", "is", "in", "France"], ["the", "cat", "sat", "on", "the", "mat", "today"], ["hi"]]
+    aligned = align_words(body, sentences)
+    with torch.no_grad():
+        slow = head_logits(params, word_embeddings(body, params, aligned), 10.0).argmax(1).tolist()
+    expected = [[0] * len(s) for s in sentences]
+    for (s, w), y in zip(aligned.words, slow):
+        expected[s][w] = y
+    assert tag_words(body, params, sentences, 10.0, batch_size=2) == expected
+    assert len({y for row in expected for y in row}) > 1  # the head really tags more than one class
