@@ -34,7 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from llm_meta.algorithms import ALGORITHMS, InnerConfig, init_head  # noqa: E402
+from llm_meta.adaptation import init_head  # noqa: E402
+from llm_meta.algorithms import ALGORITHMS, InnerConfig  # noqa: E402
 from llm_meta.episodes import Episode, EpisodeSampler, Examples  # noqa: E402
 from llm_meta.heads import head_logits  # noqa: E402
 from llm_meta.models import Body, ModelConfig, default_targets, load_body, lora_params, pool, tokenize  # noqa: E402

@@ -5,16 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy import stats
-from tqdm import tqdm
-
 import numpy as np
+from scipy import stats
 
 from llm_meta.adaptation import adapt, episode_accuracy, query_correct
 from llm_meta.core import InnerConfig
 from llm_meta.episodes import Episode
 from llm_meta.models import Body, Params
 from llm_meta.ner import io_to_bio, tag_words
+from llm_meta.progress import progress_bar
 
 
 @dataclass
@@ -56,7 +55,7 @@ def score_episodes(body: Body, params: Params, episodes: list[Episode], cfg: Inn
 
     The inner-loop seed is the episode's position, so every start sees the same mini-batches.
     """
-    bar = tqdm(episodes, desc=desc, leave=False, disable=not progress or None)
+    bar = progress_bar(episodes, desc=desc, enabled=progress, leave=False)
     # NER episodes are scored by entity F1, everything else by query accuracy.
     return [(episode_entity_f1 if ep.token_level else episode_accuracy)(body, params, ep, cfg, seed=i)
             for i, ep in enumerate(bar)]

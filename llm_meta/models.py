@@ -511,13 +511,13 @@ def embed_texts(body: Body, params: Params, texts: list[str], batch_size: int = 
     padding stays small (all texts sorted together: sorting in slices pads more), on the LoRA folded
     into the base weights (`folded_lora`). `progress`: a progress bar with this description;
     `cache`: see `hidden_states`."""
-    from tqdm import tqdm
+    from llm_meta.progress import progress_bar
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.empty(len(texts), body.hidden_size, device=body.device)
     folded = folded_lora(body, params) if texts else None  # no gradient here: the LoRA can be folded in
-    starts = tqdm(range(0, len(order), batch_size), desc=progress, unit="batch", leave=False,
-                  disable=progress is None or len(order) <= batch_size or None)
+    starts = progress_bar(range(0, len(order), batch_size), desc=progress, unit="batch", leave=False,
+                          enabled=progress is not None and len(order) > batch_size)
     with lora_branches_off(body, folded):
         for start in starts:
             idx = order[start : start + batch_size]

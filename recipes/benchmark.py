@@ -45,6 +45,7 @@ from llm_meta.adaptation import choose_start
 from llm_meta.evaluation import episode_outcomes, episode_score, score_outcomes
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
+from llm_meta.progress import progress_bar
 from llm_meta.statistics import (UNIT, Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, text_index,
                                  verdict)
 from llm_meta.tasks import Task, load_task
@@ -209,7 +210,7 @@ def main(cfg: Config) -> dict:
     by_seed: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}  # mean score of each meta-seed
     chosen: dict[str, dict[str, dict[str, int]]] = {m: {} for m in cfg.methods}  # +select: episodes per start
     code = [_code_fingerprint(), _runtime(body)]
-    for done, (method, key) in enumerate(tqdm(units, desc="benchmark", disable=None), 1):
+    for done, (method, key) in enumerate(progress_bar(units, desc="benchmark"), 1):
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
         select = method.partition("@")[0].endswith(SELECT)
         # The untrained LoRA's random A matters only once LoRA trains (B = 0 until then).

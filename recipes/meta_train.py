@@ -39,6 +39,7 @@ from llm_meta.heads import HEAD_KEYS
 from llm_meta.hypernet import HYPER_PREFIX, HypernetConfig, count_parameters, init_hypernet
 from llm_meta.models import ModelConfig, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, extra_corpora, sentences_fingerprint, split_ner
+from llm_meta.progress import progress_bar
 from llm_meta.smlmt import MixtureSampler, SmlmtConfig, SmlmtSampler, corpus_key, load_corpus
 from llm_meta.tasks import load_task, shares_texts, task_fingerprint
 from llm_meta.training import RunLog, check_step, environment, meta_gradient, tracker_config
@@ -212,8 +213,8 @@ def main(cfg: Config) -> dict:
     if step == 0:
         state = validate(0, state)
 
-    bar = tqdm(range(step, cfg.outer.steps), initial=step, total=cfg.outer.steps, desc=f"meta-train {cfg.algorithm}",
-               disable=not main_process or None)
+    bar = progress_bar(range(step, cfg.outer.steps), initial=step, total=cfg.outer.steps,
+                       desc=f"meta-train {cfg.algorithm}", enabled=main_process)
     for step in bar:
         grads, stats = meta_gradient(algorithm, body, params, sampler, step, cfg.outer.meta_batch, cfg.inner,
                                      accelerator)

@@ -115,3 +115,20 @@ def test_ner_tagging_on_folded_lora_gives_the_lora_forward_tags(tiny_bert_dir):
         expected[s][w] = y
     assert tag_words(body, params, sentences, 10.0, batch_size=2) == expected
     assert len({y for row in expected for y in row}) > 1  # the head really tags more than one class
+
+
+def test_progress_is_a_line_per_interval_in_a_log(monkeypatch, capsys):
+    """Without a terminal (CI logs, pipes) a long phase still says how far it is and its ETA, one
+    plain line per interval (no carriage returns), and nothing when disabled."""
+    import llm_meta.progress as progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
+    for _ in progress.progress_bar(range(4), desc="held-out test"):
+        pass
+    for _ in progress.progress_bar(range(4), desc="quiet", enabled=False):
+        pass
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and "quiet" not in err
+    assert lines[-1].startswith("held-out test: 100%") and "4/4" in lines[-1] and len(lines) == len(set(lines)) >= 2
+    assert "<" in lines[1]  # elapsed<remaining: the ETA
