@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -63,15 +63,19 @@ class AdaptConfig:
     text_column: str = "text"
     label_column: str = "label"
     # When adapter is None (else the adapter's): LoRA on the top 2 layers, the 4 frozen layers below run
-    # once per support text (models.ModelConfig.lora_layers): 2.5x faster than LoRA on all 6 layers on
+    # once per support text (models.ModelConfig.lora_layers): 2.3x faster than LoRA on all 6 layers on
     # BANKING77 77-way 5-shot, accuracy -0.24 points (3 draws, BENCHMARKS.md "Adaptation latency").
     model: ModelConfig = field(default_factory=lambda: ModelConfig(lora_layers=2))
+    # ...and `model.*` keys given in a config or on the command line go on top of that default
+    # (config.from_dict); from Python, ModelConfig(...) is taken as written.
     inner: InnerConfig = field(default_factory=default_adapt_config)
     # With an adapter: choose the start on the support set itself, among the untrained start, the
     # adapter and the adapter's weight change halved (adaptation.choose_start), because a start
     # meta-trained on another task family can be worse than none. auto: on when an adapter is given
     # (LoRA-only adapters; Meta-SGD rates and hypernetworks keep their own procedure); off: use it as given.
     select_start: Literal["auto", "off"] = "auto"
+
+    MERGE_DEFAULTS: ClassVar[tuple[str, ...]] = ("model",)
 
 
 @dataclass

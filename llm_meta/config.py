@@ -98,6 +98,12 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint} (valid: {', '.join(fields)})")
+    # A class may name nested fields whose given keys go on top of its own default for them (a
+    # default_factory that differs from the nested class's defaults), not on top of the nested
+    # class's defaults: e.g. AdaptConfig.model, whose top-2-layer LoRA must survive `model.autocast=bf16`.
+    merged = getattr(cls, "MERGE_DEFAULTS", ())
+    data = {name: {**to_dict(fields[name].default_factory()), **value}
+            if name in merged and isinstance(value, dict) else value for name, value in data.items()}
     kwargs = {name: _coerce(hints[name], data[name], f"{prefix}{name}") for name in fields if name in data}
     return cls(**kwargs)
 

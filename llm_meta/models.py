@@ -252,6 +252,9 @@ def load_body(cfg: ModelConfig, adapter: str | Path | None = None, seed: int | N
     if cfg.long_texts == "windows" and not (0 <= cfg.window_overlap <= cfg.max_length // 2 and cfg.max_windows >= 1):
         raise ValueError(f"model.window_overlap must be between 0 and max_length/2 = {cfg.max_length // 2} tokens "
                          f"and model.max_windows at least 1, got {cfg.window_overlap} and {cfg.max_windows}")
+    if cfg.long_texts == "windows" and not tokenizer.is_fast:  # windows come from the fast tokenizers' overflow
+        raise ValueError(f"model.long_texts=windows needs a fast (Rust) tokenizer; {cfg.name} has a Python one: "
+                         f"use model.long_texts=truncate")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     body = Body(model, tokenizer, pooling, cfg.normalize, cfg.max_length, cfg.name, decoder, names, cfg.autocast,
                 cfg.long_texts, cfg.window_overlap, cfg.max_windows)

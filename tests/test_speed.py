@@ -132,3 +132,15 @@ def test_progress_is_a_line_per_interval_in_a_log(monkeypatch, capsys):
     assert "\r" not in err and "quiet" not in err
     assert lines[-1].startswith("held-out test: 100%") and "4/4" in lines[-1] and len(lines) == len(set(lines)) >= 2
     assert "<" in lines[1]  # elapsed<remaining: the ETA
+
+
+def test_model_overrides_keep_adapt_s_top_layer_default():
+    """`llm-meta adapt model.autocast=bf16` (or any model.* key) must not silently put the LoRA
+    back on every layer: the keys go on top of AdaptConfig's own model default."""
+    from llm_meta.classifier import AdaptConfig
+    from llm_meta.config import load_config
+
+    assert load_config(AdaptConfig, None, []).model.lora_layers == 2
+    cfg = load_config(AdaptConfig, None, ["model.long_texts=windows", "model.max_length=128"])
+    assert (cfg.model.lora_layers, cfg.model.long_texts, cfg.model.max_length) == (2, "windows", 128)
+    assert load_config(AdaptConfig, None, ["model.lora_layers=null"]).model.lora_layers is None
