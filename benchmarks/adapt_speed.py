@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from subsets import first_classes  # benchmarks/subsets.py, beside this script
+
 VARIANTS = {
     "top2": [],
     "all_layers": ["--all-layers"],
@@ -58,18 +60,6 @@ def child(args: argparse.Namespace) -> None:
                       "classes": len(clf.labels), "support": clf.metadata["support_size"]}))
 
 
-def five_way_folder(folder: Path) -> str:
-    """BANKING77's first 5 classes (alphabetical) as a local task folder of train.csv / test.csv."""
-    from llm_meta.tasks import load_task
-
-    task = load_task("banking77")
-    keep = sorted(task.label_names)[:5]
-    for split in ("train", "test"):
-        ds = task.split(split).filter(lambda row: row["label"] in keep)
-        ds.to_csv(folder / f"{split}.csv", index=False)
-    return str(folder)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--draws", type=int, default=3)
@@ -90,7 +80,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; seconds from a cold process, imports excluded")
     with tempfile.TemporaryDirectory() as tmp:
-        tasks = {"77-way 5-shot": "banking77", "5-way 5-shot": five_way_folder(Path(tmp))}
+        tasks = {"77-way 5-shot": "banking77", "5-way 5-shot": first_classes("banking77", 5, Path(tmp))}
         print("| task | variant | total s (mean [min, max]) | model load | data | adaptation | save | accuracy % | "
               "import s (excluded) |")
         print("|---|---|---|---|---|---|---|---|---|")

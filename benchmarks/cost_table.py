@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from subsets import first_classes  # benchmarks/subsets.py, beside this script
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 GRID = [(c, k) for c in (5, 20, 77, 150) for k in (5, 10)]
@@ -52,16 +54,6 @@ def child(args: argparse.Namespace) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"seconds": seconds, "extra_peak_mib": peak - before, "support": clf.metadata["support_size"],
                       **clf.metadata["adapt_timings"]}))
-
-
-def first_classes(name: str, classes: int, folder: Path) -> str:
-    from llm_meta.tasks import load_task
-
-    task = load_task(name)
-    keep = sorted(task.label_names)[:classes]
-    folder.mkdir(parents=True, exist_ok=True)
-    task.split("train").filter(lambda row: row["label"] in keep).to_csv(folder / "train.csv", index=False)
-    return str(folder)
 
 
 def run_child(task: str, shots: int, max_length: int) -> dict:
@@ -98,7 +90,7 @@ def adapt_tables() -> None:
         print("| classes x shots | support texts (+ label names) | adapt s | of which steps + encoding | extra peak MiB |")
         print("|---|---|---|---|---|")
         for classes, shots in GRID:
-            r = run_child(first_classes("clinc", classes, Path(tmp) / f"clinc{classes}"), shots, 64)
+            r = run_child(first_classes("clinc", classes, Path(tmp) / f"clinc{classes}", ("train",)), shots, 64)
             print(f"| {classes} x {shots} | {r['support']} (+{2 * classes}) | {r['seconds']:.1f} | "
                   f"{r['adaptation']:.1f} | {r['extra_peak_mib']:.0f} |", flush=True)
         print("\nAdaptation vs max_length (Yahoo, 10 topics x 5 shots)\n")

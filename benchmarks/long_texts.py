@@ -29,20 +29,13 @@ import llm_meta  # noqa: E402
 from llm_meta.classifier import AdaptConfig  # noqa: E402
 from llm_meta.models import ModelConfig, warn_truncated  # noqa: E402
 from llm_meta.tasks import load_task  # noqa: E402
+from subsets import first_classes  # noqa: E402 (benchmarks/subsets.py, beside this script)
 
 SETTINGS = {
     "truncate 64 (default)": {},
     "truncate 256": {"max_length": 256},
     "windows 8 x 64": {"long_texts": "windows", "window_overlap": 16, "max_windows": 8},
 }
-
-
-def first_classes_folder(name: str, classes: int, folder: Path) -> str:
-    task = load_task(name)
-    keep = sorted(task.label_names)[:classes]
-    for split in ("train", "test"):
-        task.split(split).filter(lambda row: row["label"] in keep).to_csv(folder / f"{split}.csv", index=False)
-    return str(folder)
 
 
 def main() -> None:
@@ -56,7 +49,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, task in {"yahoo (10 topics)": "yahoo",
-                           "dbpedia (10 classes)": first_classes_folder("dbpedia", 10, Path(tmp))}.items():
+                           "dbpedia (10 classes)": first_classes("dbpedia", 10, Path(tmp))}.items():
             data = load_task(task)
             test = data.split("test").select(range(min(args.test, len(data.split("test")))))
             for setting, model in SETTINGS.items():

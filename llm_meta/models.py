@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -454,6 +455,15 @@ def lora_branches_off(body: Body, folded: Params | None) -> contextlib.AbstractC
     return body.model.disable_adapter() if folded is not None and not already else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def folded_pass(body: Body, params: Params) -> Iterator[Params | None]:
+    """For a pass of many batches without gradients: `folded_lora(body, params)` (None: not
+    foldable), with the LoRA branches off for the whole pass; give it to `hidden_states`."""
+    folded = folded_lora(body, params)
+    with lora_branches_off(body, folded):
+        yield folded
+
+
 def hidden_states(body: Body, params: Params, batch: dict[str, Tensor], folded: Params | None = None,
                   cache: bool = True) -> Tensor:
     """Last hidden states [batch, tokens, hidden] with the LoRA tensors in `params`, or (no
@@ -518,10 +528,9 @@ def embed_texts(body: Body, params: Params, texts: list[str], batch_size: int = 
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.empty(len(texts), body.hidden_size, device=body.device)
-    folded = folded_lora(body, params) if texts else None  # no gradient here: the LoRA can be folded in
     starts = progress_bar(range(0, len(order), batch_size), desc=progress, unit="batch", leave=False,
                           enabled=progress is not None and len(order) > batch_size)
-    with lora_branches_off(body, folded):
+    with folded_pass(body, params) as folded:  # no gradient here: the LoRA can be folded in
         for start in starts:
             idx = order[start : start + batch_size]
             out[idx] = embed(body, params, tokenize(body, [texts[i] for i in idx]), folded, cache).float()

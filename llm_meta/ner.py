@@ -22,7 +22,7 @@ from llm_meta.conll import (BUNDLED_NER, Sentence, entity_type, entity_types, lo
                             repair_bio, sentences_fingerprint, to_bio)
 from llm_meta.episodes import Episode, WordExamples
 from llm_meta.heads import head_logits
-from llm_meta.models import Body, Params, embed_tokens, folded_lora, lora_branches_off
+from llm_meta.models import Body, Params, embed_tokens, folded_pass
 from llm_meta.spans import decomposed_loss, is_decomposed, word_classes
 from llm_meta.tasks import TaskError
 
@@ -245,8 +245,7 @@ def embed_words(body: Body, params: Params, sentences: list[list[str]], labels: 
                 batch_size: int = 32) -> tuple[Tensor, Tensor]:
     """(embeddings [M, hidden], class ids [M]) of every kept word, without gradients."""
     embs, ys, dropped = [], [], 0
-    folded = folded_lora(body, params)
-    with lora_branches_off(body, folded):
+    with folded_pass(body, params) as folded:
         for start in range(0, len(sentences), batch_size):
             part = sentences[start : start + batch_size]
             aligned = align_words(body, part, warn=False)
@@ -280,8 +279,7 @@ def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: flo
     dropped = 0
     # Batches of similar length (longest first): padding to a batch's longest sentence is the waste.
     order = sorted(range(len(sentences)), key=lambda i: -sum(map(len, sentences[i])))
-    folded = folded_lora(body, params)  # no gradient: the LoRA folded into the base weights (models.folded_lora)
-    with lora_branches_off(body, folded):
+    with folded_pass(body, params) as folded:  # no gradient: the LoRA folded into the base weights
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             aligned = align_words(body, [sentences[i] for i in idx], warn=False)

@@ -31,7 +31,7 @@ def test_folded_lora_gives_the_lora_forward_logits(kind, extra, request):
     body = load_body(ModelConfig(name=str(request.getfixturevalue(f"tiny_{kind}_dir")), max_length=32, **extra),
                      seed=0)
     params = {**trained_lora(body), **zero_head(body.hidden_size, 3, body.device)}
-    params["head.weight"] = torch.randn(3, body.hidden_size)
+    params["head.weight"] = torch.randn(3, body.hidden_size, generator=torch.Generator().manual_seed(1))
     folded = folded_lora(body, params)
     assert folded is not None and len(folded) == sum(".lora_A." in n for n in body.lora_names)
     batch = tokenize(body, TEXTS)
@@ -105,7 +105,8 @@ def test_ner_tagging_on_folded_lora_gives_the_lora_forward_tags(tiny_bert_dir):
     from llm_meta.ner import align_words, tag_words, word_embeddings
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=32), seed=0)
-    params = {**trained_lora(body), "head.weight": torch.randn(3, body.hidden_size), "head.bias": torch.zeros(3)}
+    head = torch.randn(3, body.hidden_size, generator=torch.Generator().manual_seed(0))  # not the global state
+    params = {**trained_lora(body), "head.weight": head, "head.bias": torch.zeros(3)}
     sentences = [["Paris", "is", "in", "France"], ["the", "cat", "sat", "on", "the", "mat", "today"], ["hi"]]
     aligned = align_words(body, sentences)
     with torch.no_grad():
