@@ -132,10 +132,11 @@ def choose_start(body: Body, candidates: dict[str, Params], support: Examples, n
 
 @torch.no_grad()
 def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, batch_size: int = 128,
-                   progress: str | None = None, cache: bool = True) -> Tensor:
+                   progress: str | None = None, cache: bool = True, what: str | None = None) -> Tensor:
     """Logits [len(texts), N] of an adapted model (LoRA + head in `fast`); `progress`: a bar's title;
-    `cache`: keep the texts' frozen-layer states (top-layer LoRA) for a later pass over them."""
-    emb = embed_texts(body, fast, texts, batch_size, progress, cache)
+    `cache`: keep the texts' frozen-layer states (top-layer LoRA) for a later pass over them; `what`:
+    name the texts to warn how many were truncated (`embed_texts`)."""
+    emb = embed_texts(body, fast, texts, batch_size, progress, cache, what)
     return head_logits(fast, emb, scale)
 
 

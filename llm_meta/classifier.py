@@ -95,11 +95,11 @@ class FewShotClassifier(HubMixin):
         """Class probabilities [len(texts), n_labels]; columns follow `self.labels`."""
         if not texts:
             return torch.empty(0, len(self.labels))
-        warn_truncated(self.body, texts, "texts to label")
         desc = f"predict ({len(texts)} texts)" if progress else None
         # cache=False: texts to label are seen once; keeping their frozen-layer states would only grow memory.
-        return predict_logits(self.body, self.params, texts, self.scale, batch_size, desc, cache=False
-                              ).softmax(-1).cpu()
+        # The truncation warning comes after the pass, counted from its own tokenisation.
+        return predict_logits(self.body, self.params, texts, self.scale, batch_size, desc, cache=False,
+                              what="texts to label").softmax(-1).cpu()
 
     def predict(self, texts: list[str], progress: bool = False) -> list[tuple[str, float]]:
         """(label, probability) for each text."""

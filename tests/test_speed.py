@@ -11,7 +11,7 @@ import torch
 from llm_meta.adaptation import predict_logits
 from llm_meta.heads import zero_head
 from llm_meta.models import (WINDOWS_KEY, ModelConfig, embed, embed_texts, folded_lora, hidden_states, load_body,
-                             lora_params, split_windows, tokenize, warn_truncated)
+                             lora_params, split_windows, tokenize, tokenize_counted, warn_truncated)
 
 TEXTS = ["a short text", "where is my card", "a somewhat longer text about a transfer that did not arrive on time",
          "hi"]
@@ -67,8 +67,9 @@ def test_windows_read_a_long_text_whole_and_count_what_they_cut(tiny_bert_dir, c
     body = load_body(ModelConfig(**cfg, max_windows=8), seed=0)
     params = trained_lora(body)
     long = " ".join(f"word{i}" for i in range(40))
-    enc = split_windows(body, ["short", long], return_tensors="pt")
+    enc, needed = split_windows(body, ["short", long], return_tensors="pt")
     windows = enc[WINDOWS_KEY].tolist()
+    assert needed.tolist() == [1, windows.count(1)]
     assert windows[0] == 0 and windows.count(1) > 2 and windows == sorted(windows)
     ids = enc["input_ids"][enc[WINDOWS_KEY] == 1]
     assert (ids[:, 0] == body.tokenizer.cls_token_id).all()  # every window has its special tokens
@@ -88,9 +89,25 @@ def test_windows_read_a_long_text_whole_and_count_what_they_cut(tiny_bert_dir, c
     assert warn_truncated(body, ["short", long]) == 0  # 8 windows are enough: nothing cut, no warning
     assert "max_windows" not in caplog.text
     capped = load_body(ModelConfig(**cfg, max_windows=2), seed=0)
-    assert split_windows(capped, ["short", long])[WINDOWS_KEY] == [0, 1, 1]
+    assert split_windows(capped, ["short", long])[0][WINDOWS_KEY] == [0, 1, 1]
     assert warn_truncated(capped, ["short", long, long]) == 2
     assert "2 of 3 texts need more than model.max_windows=2 windows of 16 tokens" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_one_tokenisation_both_truncates_and_counts_what_it_cut(kind, request):
+    """Prediction counts truncated texts from its own tokenisation (no second pass): the batch equals
+    the plainly truncated one, and the count and longest length equal the untruncated tokenizer's."""
+    body = load_body(ModelConfig(name=str(request.getfixturevalue(f"tiny_{kind}_dir")), max_length=12), seed=0)
+    texts = ["hi", " ".join(f"word{i}" for i in range(30)), "a text of a few words", " ".join(["x"] * 11)]
+    batch, cut = tokenize_counted(body, texts)
+    plain = body.tokenizer(texts, padding=True, truncation=True, max_length=12, return_tensors="pt")
+    assert set(batch) == set(plain) and all(torch.equal(batch[k], plain[k]) for k in plain)
+    lengths = [len(ids) for ids in body.tokenizer(texts, truncation=False)["input_ids"]]
+    assert (cut.cut, cut.total, cut.longest) == (sum(n > 12 for n in lengths), 4, max(lengths))
+    assert cut.cut >= 1  # the 30-word text is cut
+    short, none_cut = tokenize_counted(body, texts[:1])
+    assert none_cut.cut == 0 and none_cut.longest == short["attention_mask"].sum()
 
 
 def test_long_text_settings_are_checked(tiny_bert_dir):
