@@ -10,9 +10,11 @@ out of the total; model load is its own column. Phases come from the task model'
 `adapt_timings` (llm_meta/classifier.py): model_load, data (task read, support draw, truncation
 check), adaptation (support encoding for the prototype head + inner-loop steps); save is timed here.
 
-Variants: top2 = the default (LoRA on the top 2 layers, `AdaptConfig.model`); all_layers = LoRA
-on all 6 layers (the default before the speed issue); *_bf16 = model.autocast=bf16 (bf16 matmuls
-on CPUs with AVX512-BF16/AMX). Wall-clock seconds on this machine's CPU threads; run nothing else
+Variants: top2 = the default (LoRA on the top 2 layers, `AdaptConfig.model`; batches in
+length-sorted chunks of 8 texts); all_layers = LoRA on all 6 layers (the default before the speed
+issue); *_bf16 = model.autocast=bf16 (bf16 matmuls on CPUs with AVX512-BF16/AMX);
+top2_unchunked / top2_chunk16 = inner.chunk 0 (each batch in one padded pass, the default before)
+/ 16. Wall-clock seconds on this machine's CPU threads; run nothing else
 beside it.
 """
 
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import statistics
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -35,6 +38,8 @@ VARIANTS = {
     "all_layers": ["--all-layers"],
     "top2_bf16": ["--bf16"],
     "all_layers_bf16": ["--all-layers", "--bf16"],
+    "top2_unchunked": ["--chunk", "0"],  # each batch in one padded pass (the default before chunk=8)
+    "top2_chunk16": ["--chunk", "16"],
 }
 
 
@@ -47,7 +52,10 @@ def child(args: argparse.Namespace) -> None:
     imported = time.perf_counter() - began
     model = ModelConfig(lora_layers=None if args.all_layers else 2, autocast="bf16" if args.bf16 else "auto")
     began = time.perf_counter()
-    clf = llm_meta.adapt(task=args.task, shots=5, cfg=AdaptConfig(model=model, seed=args.draw))
+    cfg = AdaptConfig(model=model, seed=args.draw)
+    if args.chunk is not None:
+        cfg.inner = dataclasses.replace(cfg.inner, chunk=args.chunk)
+    clf = llm_meta.adapt(task=args.task, shots=5, cfg=cfg)
     total = time.perf_counter() - began
     with tempfile.TemporaryDirectory() as folder:
         began = time.perf_counter()
@@ -69,6 +77,7 @@ def main() -> None:
     parser.add_argument("--draw", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--all-layers", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--chunk", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)

@@ -46,8 +46,11 @@ CLASSIFIER_FORMAT = "llm_meta.classifier/1"
 
 def default_adapt_config() -> InnerConfig:
     """Adaptation defaults: 15 Adam steps at lr 1e-3 on batches of 64, prototype head plus each
-    label name twice as an extra example (design notes 5b: the best measured on BANKING77)."""
-    return InnerConfig(steps=15, lr=1e-3, batch_size=64, head_init="proto", label_examples=2)
+    label name twice as an extra example (design notes 5b: the best measured on BANKING77), each
+    batch run as length-sorted chunks of 8 texts: the same gradient, but a batch of short intents
+    with one long text in it was ~75% padding (2.1-2.6x faster adaptation, BENCHMARKS.md "Adaptation
+    latency"). Sequence tasks only: NER configs set chunk 0 (their loss is a mean over words)."""
+    return InnerConfig(steps=15, lr=1e-3, batch_size=64, head_init="proto", label_examples=2, chunk=8)
 
 
 @dataclass
