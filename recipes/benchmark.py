@@ -533,7 +533,9 @@ def _report(cfg: Config, settings: dict, estimates: dict, contrasts: list[dict],
         protocol, task, k = key
         episodes = setting["episodes"]
         ner = protocol == "ner"
-        lines += [f"## {task}, {protocol}, {episodes[0].n_way}-way {k}-shot "
+        # An NER episode's classes include O: say entity types, as the config (ner.n_way) does.
+        way = f"{episodes[0].n_way - 1} entity types + O, K={k}" if ner else f"{episodes[0].n_way}-way {k}-shot"
+        lines += [f"## {task}, {protocol}, {way} "
                   f"({len(episodes)} episodes, hash {setting['hash']})", "",
                   f"| method | {_metric(protocol)} |{' per-episode F1 |' if ner else ''} "
                   f"{' | '.join(f'vs {r}' for r in cfg.references)} | s/episode |{seed_head}",

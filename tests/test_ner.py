@@ -288,7 +288,9 @@ def test_ner_meta_training_and_benchmark_run_end_to_end(tiny_bert_dir, tmp_path)
     for method in cfg.methods:
         assert results["episodes_seen"][method] == results["hashes"]
         assert all(0 <= f1 <= 1 for f1 in results["scores"][method]["ner/toy/1"])
-    assert "entity F1" in (tmp_path / "bench" / "report.md").read_text()
+    report = (tmp_path / "bench" / "report.md").read_text()
+    assert "entity F1" in report
+    assert "2 entity types + O, K=1" in report and "3-way" not in report  # O is not counted as a type
     meta = json.loads((tmp_path / "bench" / "starts" / "fomaml-seed0" / "adapter" / "llm_meta.json").read_text())
     assert meta["config"]["ner"]["held_out_types"] == ["DATE", "MISC"] and str(conll) in meta["tasks"]
 
