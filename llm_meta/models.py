@@ -371,8 +371,12 @@ def set_lora_params(body: Body, params: Params) -> None:
 def tokenize(body: Body, texts: list[str]) -> dict[str, Tensor]:
     """Tokenise with dynamic padding: the batch is as long as its longest text, capped at max_length.
     With `long_texts=windows` the rows are windows (`split_windows`) and `WINDOWS_KEY` maps each
-    window to its text; `embed` averages them back to one embedding per text."""
-    return tokenize_counted(body, texts)[0]
+    window to its text; `embed` averages them back to one embedding per text. (Counting what is cut
+    is `tokenize_counted`'s: training batches do not pay for the overflow rows.)"""
+    if body.long_texts == "windows":
+        return tokenize_counted(body, texts)[0]
+    enc = body.tokenizer(texts, padding=True, truncation=True, max_length=body.max_length, return_tensors="pt")
+    return {k: v.to(body.device) for k, v in enc.items()}
 
 
 @dataclass
