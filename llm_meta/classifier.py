@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -77,8 +77,6 @@ class AdaptConfig:
     # meta-trained on another task family can be worse than none. auto: on when an adapter is given
     # (LoRA-only adapters; Meta-SGD rates and hypernetworks keep their own procedure); off: use it as given.
     select_start: Literal["auto", "off"] = "auto"
-
-    MERGE_DEFAULTS: ClassVar[tuple[str, ...]] = ("model",)
 
 
 @dataclass

@@ -98,14 +98,19 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint} (valid: {', '.join(fields)})")
-    # A class may name nested fields whose given keys go on top of its own default for them (a
-    # default_factory that differs from the nested class's defaults), not on top of the nested
-    # class's defaults: e.g. AdaptConfig.model, whose top-2-layer LoRA must survive `model.autocast=bf16`.
-    merged = getattr(cls, "MERGE_DEFAULTS", ())
+    # A nested section given as a mapping goes on top of its field's own default, not on top of the
+    # nested class's defaults: the field's default_factory may differ from them (the benchmark's
+    # `adapt` puts label names and chunks into InnerConfig), and `adapt.steps=10` must change the
+    # steps only, not silently drop the label names.
     data = {name: {**to_dict(fields[name].default_factory()), **value}
-            if name in merged and isinstance(value, dict) else value for name, value in data.items()}
+            if isinstance(value, dict) and _dataclass_default(fields[name]) else value for name, value in data.items()}
     kwargs = {name: _coerce(hints[name], data[name], f"{prefix}{name}") for name in fields if name in data}
     return cls(**kwargs)
+
+
+def _dataclass_default(f: dataclasses.Field) -> bool:
+    """Whether field `f` defaults to a dataclass instance made by its default_factory."""
+    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory())
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:

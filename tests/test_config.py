@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,3 +134,19 @@ def test_each_algorithm_config_differs_from_the_default_only_in_what_defines_it(
                 for k, v in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}).items()}
     changed = {k for k, v in flat(variant).items() if flat(default)[k] != v} - {"algorithm", "output_dir"}
     assert changed <= ALGORITHM_KEYS[name], f"{name}.yaml also changes {sorted(changed - ALGORITHM_KEYS[name])}"
+
+
+def test_a_partial_section_goes_on_top_of_its_field_s_own_default():
+    # The benchmark's `adapt` defaults to `llm-meta adapt`'s procedure (label names twice, chunks of
+    # 8), not to InnerConfig(): `adapt.steps=10` changed the steps *and* silently dropped the label
+    # names (worth ~17 points at 1-shot) until nested sections merged over their field's default.
+    from llm_meta.classifier import AdaptConfig, default_adapt_config
+    from recipes import benchmark
+
+    cfg = load_config(benchmark.Config, None, ["adapt.steps=10"])
+    assert (cfg.adapt.steps, cfg.adapt.label_examples, cfg.adapt.chunk) == (10, 2, 8)
+    assert dataclasses.replace(cfg.adapt, steps=15) == default_adapt_config()
+    inner = load_config(AdaptConfig, None, ["inner.lr=0.002"]).inner  # `llm-meta adapt inner.lr=...`
+    assert (inner.lr, inner.label_examples, inner.steps) == (0.002, 2, 15)
+    # A key given explicitly still wins, including a value equal to the nested class's default.
+    assert load_config(benchmark.Config, None, ["adapt.label_examples=0"]).adapt.label_examples == 0
