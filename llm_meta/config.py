@@ -102,15 +102,17 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     # nested class's defaults: the field's default_factory may differ from them (the benchmark's
     # `adapt` puts label names and chunks into InnerConfig), and `adapt.steps=10` must change the
     # steps only, not silently drop the label names.
-    data = {name: {**to_dict(fields[name].default_factory()), **value}
-            if isinstance(value, dict) and _dataclass_default(fields[name]) else value for name, value in data.items()}
+    data = {name: _on_default(fields[name], value) for name, value in data.items()}
     kwargs = {name: _coerce(hints[name], data[name], f"{prefix}{name}") for name in fields if name in data}
     return cls(**kwargs)
 
 
-def _dataclass_default(f: dataclasses.Field) -> bool:
-    """Whether field `f` defaults to a dataclass instance made by its default_factory."""
-    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory())
+def _on_default(f: dataclasses.Field, value: Any) -> Any:
+    """`value` with field `f`'s own default underneath, when both are sections (mapping, dataclass)."""
+    if not isinstance(value, dict) or f.default_factory is dataclasses.MISSING:
+        return value
+    default = f.default_factory()  # built once per given section
+    return {**to_dict(default), **value} if dataclasses.is_dataclass(default) else value
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
