@@ -22,7 +22,7 @@ from llm_meta.conll import (BUNDLED_NER, Sentence, entity_type, entity_types, lo
                             repair_bio, sentences_fingerprint, to_bio)
 from llm_meta.episodes import Episode, WordExamples
 from llm_meta.heads import head_logits
-from llm_meta.models import Body, Params, embed_tokens, folded_pass
+from llm_meta.models import Body, Params, by_tokens, embed_tokens, folded_pass
 from llm_meta.spans import decomposed_loss, is_decomposed, word_classes
 from llm_meta.tasks import TaskError
 
@@ -277,8 +277,8 @@ def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: flo
     A decomposed head (`llm_meta.spans`) tags detected spans, each with one type."""
     out = [[0] * len(words) for words in sentences]
     dropped = 0
-    # Batches of similar length (longest first): padding to a batch's longest sentence is the waste.
-    order = sorted(range(len(sentences)), key=lambda i: -sum(map(len, sentences[i])))
+    # Batches of similar token count: padding to a batch's longest sentence is the waste.
+    order = by_tokens(body, [" ".join(words) for words in sentences])
     with folded_pass(body, params) as folded:  # no gradient: the LoRA folded into the base weights
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]

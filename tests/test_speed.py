@@ -10,7 +10,7 @@ import torch
 
 from llm_meta.adaptation import predict_logits
 from llm_meta.heads import zero_head
-from llm_meta.models import (WINDOWS_KEY, ModelConfig, embed, embed_texts, folded_lora, hidden_states, load_body,
+from llm_meta.models import (WINDOWS_KEY, ModelConfig, by_tokens, embed, embed_texts, folded_lora, hidden_states, load_body,
                              lora_params, split_windows, tokenize, tokenize_counted, warn_truncated)
 
 TEXTS = ["a short text", "where is my card", "a somewhat longer text about a transfer that did not arrive on time",
@@ -108,6 +108,19 @@ def test_one_tokenisation_both_truncates_and_counts_what_it_cut(kind, request):
     assert cut.cut >= 1  # the 30-word text is cut
     short, none_cut = tokenize_counted(body, texts[:1])
     assert none_cut.cut == 0 and none_cut.longest == short["attention_mask"].sum()
+
+
+def test_batches_are_formed_by_token_count_not_characters(tiny_bert_dir):
+    """A short string of many tokens (a URL, digits) sorts after a long string of few: batches of
+    neighbours in `by_tokens` order pad little, which character order does not give."""
+    body = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=12), seed=0)
+    texts = ["where is my card", "hi", "#@!%&*()", " ".join(["word"] * 40)]  # 16 chars 4 tokens; 8 chars 8 tokens
+    lengths = [len(ids) for ids in body.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    assert sorted(lengths) != [lengths[i] for i in sorted(range(4), key=lambda i: len(texts[i]))]  # chars disagree
+    order = by_tokens(body, texts)
+    assert [lengths[i] for i in order] == sorted(lengths) and order[-1] == 3  # untruncated: the long text is last
+    emb = embed_texts(body, lora_params(body), texts, batch_size=2)  # rows come back in the texts' own order
+    assert torch.allclose(emb, torch.cat([embed_texts(body, lora_params(body), [t]) for t in texts]), atol=1e-5)
 
 
 def test_long_text_settings_are_checked(tiny_bert_dir):
