@@ -582,8 +582,8 @@ def by_tokens(body: Body, texts: list[str]) -> list[int]:
 def embed_texts(body: Body, params: Params, texts: list[str], batch_size: int = 64, progress: str | None = None,
                 cache: bool = True, what: str | None = None) -> Tensor:
     """Embed many texts without gradients, [len(texts), hidden], in batches sorted by token count
-    (`by_tokens`) so padding stays small (all texts sorted together: sorting in slices pads more), on the LoRA folded
-    into the base weights (`folded_lora`). `progress`: a progress bar with this description;
+    (`by_tokens`) so padding stays small (all texts sorted together: sorting in slices pads more), on
+    the LoRA folded into the base weights (`folded_lora`). `progress`: a progress bar with this description;
     `cache`: see `hidden_states`; `what`: name the texts to warn, after the pass, how many were cut
     (`warn_truncated`'s warning, counted from the pass's own tokenisation)."""
     from llm_meta.progress import progress_bar

@@ -10,8 +10,8 @@ import torch
 
 from llm_meta.adaptation import predict_logits
 from llm_meta.heads import zero_head
-from llm_meta.models import (WINDOWS_KEY, ModelConfig, by_tokens, embed, embed_texts, folded_lora, hidden_states, load_body,
-                             lora_params, split_windows, tokenize, tokenize_counted, warn_truncated)
+from llm_meta.models import (WINDOWS_KEY, ModelConfig, by_tokens, embed, embed_texts, folded_lora, hidden_states,
+                             load_body, lora_params, split_windows, tokenize, tokenize_counted, warn_truncated)
 
 TEXTS = ["a short text", "where is my card", "a somewhat longer text about a transfer that did not arrive on time",
          "hi"]
