@@ -1,8 +1,8 @@
 """Few-shot NER speed: adapting a tagger to new entity types, and tagging sentences with it.
 
-    .venv/bin/python benchmarks/ner_speed.py [--adapter DIR] [--shots 5] [--repeats 3] [--sentences 1000]
+    .venv/bin/python benchmarks/ner_speed.py [--adapter DIR] [--shots 5] [--repeats 3] [--sentences 1000] [--label-examples N]
 
-Adapts `llm-meta adapt --ner`'s default tagger (`llm_meta.tagger.TaggerConfig`: decomposed head,
+Adapts `llm-meta adapt --ner`'s default tagger (`llm_meta.tagger.TaggerConfig`: decomposed head, type names ×2,
 15 steps) to the four held-out WNUT-16 types (movie, musicartist, product, sportsteam) from a
 K~2K-mention support set drawn from their sentences, `--repeats` times with other support seeds,
 and reports: model load (once, in this process), adaptation (support encoding + steps; the model
@@ -37,8 +37,12 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--label-examples", type=int, default=None,
+                        help="entity-type names as support sentences, times each (default: the tagger's, 2)")
     args = parser.parse_args()
     cfg = TaggerConfig()
+    if args.label_examples is not None:
+        cfg.inner.label_examples = args.label_examples
     began = time.perf_counter()
     body = load_body(cfg.model, adapter=args.adapter)
     params = lora_params(body) if args.adapter is None else load_adapter_params(body, args.adapter)
@@ -59,7 +63,7 @@ def main() -> None:
     tag_s = time.perf_counter() - began
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; start: {args.adapter or 'untrained'}; head: {cfg.inner.ner_head}, "
-          f"{cfg.inner.steps} steps, max_length {cfg.model.max_length}")
+          f"{cfg.inner.steps} steps, type names x{cfg.inner.label_examples}, max_length {cfg.model.max_length}")
     print(f"model load: {load_s:.1f} s")
     print(f"adapt to {len(HELD_OUT)} types x {args.shots} shots ({len(support)} support sentences in the last draw): "
           + ", ".join(f"{t:.2f}" for t in adapt_s) + f" s (mean {sum(adapt_s) / len(adapt_s):.2f} s)")

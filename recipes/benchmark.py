@@ -499,8 +499,10 @@ def _report(cfg: Config, settings: dict, estimates: dict, contrasts: list[dict],
             cached: dict, by_seed: dict, chosen: dict) -> str:
     primary = next((c for c in contrasts if c["primary"]), None)
     lines = ["# Benchmark report", "",
-             f"Adaptation for every method: {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
-             f"head init {cfg.adapt.head_init}; methods that train LoRA are averaged over meta-seeds "
+             f"Adaptation (config `adapt`): {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
+             f"head init {cfg.adapt.head_init}, label names as examples ×{cfg.adapt.label_examples}; a method "
+             f"written `METHOD@key=value` changes that key, and prototype/protonet/hypernet rows take no steps; "
+             f"methods that train LoRA are averaged over meta-seeds "
              f"{cfg.meta_seeds}.", "",
              f"**Intervals**: every value is the mean with its {UNIT}; {cfg.bootstrap} replicates "
              f"({contrasts[0]['replicates'] if contrasts else cfg.bootstrap} for the paired differences, enough "

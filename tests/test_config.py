@@ -150,3 +150,14 @@ def test_a_partial_section_goes_on_top_of_its_field_s_own_default():
     assert (inner.lr, inner.label_examples, inner.steps) == (0.002, 2, 15)
     # A key given explicitly still wins, including a value equal to the nested class's default.
     assert load_config(benchmark.Config, None, ["adapt.label_examples=0"]).adapt.label_examples == 0
+
+
+def test_adapt_ner_defaults_to_the_measured_best_adaptation():
+    # `llm-meta adapt --ner` adapts as measured best on held-out WNUT-16 types: the decomposed head and
+    # entity-type names as support sentences (+5.2 micro F1 at K = 5, BENCHMARKS.md); a partial
+    # `inner` section from the command line keeps them.
+    from llm_meta.tagger import TaggerConfig
+
+    inner = load_config(TaggerConfig, None, ["inner.lr=0.002"]).inner
+    assert (inner.ner_head, inner.label_examples, inner.steps, inner.lr) == ("decomposed", 2, 15, 0.002)
+    assert load_config(TaggerConfig, None, ["inner.label_examples=0"]).inner.label_examples == 0
