@@ -15,7 +15,7 @@ from llm_meta.core import InnerConfig, Loss
 from llm_meta.episodes import Examples
 from llm_meta.heads import head_logits
 from llm_meta.models import Body, Params, embed, embed_texts, tokenize
-from llm_meta.ner import (align_words, embed_words, token_loss_and_accuracy, word_embeddings, word_labels,
+from llm_meta.ner import (align_groups, align_words, embed_words, token_loss_and_accuracy, word_embeddings, word_labels,
                           word_loss_and_accuracy)
 
 
@@ -56,7 +56,7 @@ def support_loss_fn(body: Body, params: Params, support: Examples, cfg: InnerCon
             batch = support.subset(idx)
             key = tuple(idx)
             if key not in tokenized:
-                tokenized[key] = align_words(body, batch.texts) if batch.token_level else tokenize(body, batch.texts)
+                tokenized[key] = align_groups(body, batch.texts) if batch.token_level else tokenize(body, batch.texts)
             value = loss_and_accuracy(body, fast, batch, cfg.scale, tokenized[key])[0]
             return value + cfg.proximal * sum(((fast[k] - a) ** 2).sum() for k, a in anchor.items()) if anchor \
                 else value

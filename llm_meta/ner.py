@@ -213,6 +213,31 @@ def align_words(body: Body, sentences: list[list[str]], warn: bool = True) -> Al
                         words, dropped)
 
 
+def align_groups(body: Body, sentences: list[list[str]]) -> list[tuple[list[int], AlignedBatch]]:
+    """`align_words` over at most two length groups: the sentences sorted by token count and cut
+    once where the padded tokens are fewest (no cut when none saves any). Each group is its own
+    forward pass; the words of all groups together are the same set, so a loss over them is the
+    same. Why: entity-type names as support sentences (1-3 tokens) were padded to the longest tweet
+    of the support set, ~1.5x the adaptation's compute (BENCHMARKS.md, "NER speed").
+
+    Returns:
+        (indices into `sentences`, their AlignedBatch) per group, shortest group first.
+    """
+    texts = [" ".join(words) for words in sentences]
+    lengths = [min(n, body.max_length) for n in
+               body.tokenizer(texts, add_special_tokens=False, return_length=True, verbose=False)["length"]]
+    order = sorted(range(len(sentences)), key=lengths.__getitem__)
+    n = len(order)
+    if n < 2:
+        return [(order, align_words(body, sentences))]
+    # Padded tokens when the first i sentences are one batch and the rest another (i = n: no cut).
+    cut = min(range(1, n + 1), key=lambda i: i * lengths[order[i - 1]] + (n - i) * lengths[order[-1]])
+    groups = [g for g in (order[:cut], order[cut:]) if g]
+    aligned = [align_words(body, [sentences[i] for i in g], warn=False) for g in groups]
+    _warn_dropped(sum(a.dropped for a in aligned), n, body.max_length)
+    return list(zip(groups, aligned))
+
+
 def word_embeddings(body: Body, params: Params, aligned: AlignedBatch, folded: Params | None = None) -> Tensor:
     """[M, hidden]: the (normalised) embedding of each kept word's first sub-token (`folded`:
     `models.folded_lora`, for passes without gradients)."""
@@ -224,11 +249,14 @@ def word_labels(aligned: AlignedBatch, labels: list[list[int]], device: torch.de
 
 
 def token_loss_and_accuracy(body: Body, params: Params, sentences: list[list[str]], labels: list[list[int]],
-                            scale: float, aligned: AlignedBatch | None = None) -> tuple[Tensor, Tensor]:
-    """Cross-entropy and accuracy over every kept word (O included), with the head in `params`."""
-    aligned = aligned if aligned is not None else align_words(body, sentences)
-    emb = word_embeddings(body, params, aligned)
-    return word_loss_and_accuracy(params, emb, word_labels(aligned, labels, emb.device), scale)
+                            scale: float, groups: list[tuple[list[int], AlignedBatch]] | None = None
+                            ) -> tuple[Tensor, Tensor]:
+    """Cross-entropy and accuracy over every kept word (O included), with the head in `params`
+    (`groups`: `align_groups(body, sentences)`, when the caller already has it)."""
+    groups = groups if groups is not None else align_groups(body, sentences)
+    emb = torch.cat([word_embeddings(body, params, aligned) for _, aligned in groups])
+    ys = torch.cat([word_labels(aligned, [labels[i] for i in idx], emb.device) for idx, aligned in groups])
+    return word_loss_and_accuracy(params, emb, ys, scale)
 
 
 def word_loss_and_accuracy(params: Params, emb: Tensor, labels: Tensor, scale: float) -> tuple[Tensor, Tensor]:

@@ -472,3 +472,33 @@ def test_tagging_in_length_sorted_batches_equals_one_sentence_at_a_time(tiny_ber
     for head in ("io", "decomposed"):
         fast = adapt(body, lora_params(body), ep.support, ep.n_way, InnerConfig(steps=2, lr=1e-2, ner_head=head))
         assert tag_words(body, fast, sentences, 10.0) == tag_words(body, fast, sentences, 10.0, batch_size=1)
+
+
+def test_short_sentences_get_their_own_pass_and_the_loss_is_unchanged(tiny_bert_dir):
+    # Entity-type names as support sentences (1-3 tokens) were padded to the longest tweet: ~1.5x the
+    # adaptation's compute. align_groups cuts the length-sorted batch once where padding is least;
+    # the loss over the same words, and its gradient, must not change.
+    from llm_meta.heads import HEAD_KEYS
+    from llm_meta.models import ModelConfig, load_body, lora_params
+    from llm_meta.ner import align_groups, align_words, token_loss_and_accuracy, word_embeddings, word_labels, \
+        word_loss_and_accuracy
+
+    body = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=64))
+    sentences = [["the", "big", "film", "was", "seen", "in", "paris"] * 4, ["movie"], ["sports", "team"],
+                 ["we", "met", "them"] * 6, ["movie"]]
+    labels = [[i % 3 for i in range(len(s))] for s in sentences]
+    groups = align_groups(body, sentences)
+    assert [sorted(idx) for idx, _ in groups] == [[1, 2, 4], [0, 3]]  # the short ones alone, shortest first
+    padded = sum(a.batch["input_ids"].numel() for _, a in groups)
+    assert padded < align_words(body, sentences).batch["input_ids"].numel()
+    torch.manual_seed(0)
+    head = {HEAD_KEYS[0]: torch.randn(3, body.hidden_size), HEAD_KEYS[1]: torch.zeros(3)}
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in {**lora_params(body), **head}.items()}
+    grouped, _ = token_loss_and_accuracy(body, params, sentences, labels, scale=5.0, groups=groups)
+    whole = align_words(body, sentences)
+    emb = word_embeddings(body, params, whole)
+    single, _ = word_loss_and_accuracy(params, emb, word_labels(whole, labels, emb.device), 5.0)
+    assert torch.allclose(grouped, single, atol=1e-5)
+    g1 = torch.autograd.grad(grouped, list(params.values()))
+    g2 = torch.autograd.grad(single, list(params.values()))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g2))
