@@ -568,13 +568,19 @@ def embed_tokens(body: Body, params: Params, batch: dict[str, Tensor], folded: P
     return torch.nn.functional.normalize(states, dim=-1) if body.normalize else states
 
 
+def token_counts(body: Body, texts: list[str]) -> list[int]:
+    """Tokens of each text, untruncated and without special tokens: the key that length-sorted
+    batching sorts by."""
+    return body.tokenizer(list(texts), add_special_tokens=False, return_length=True, verbose=False)["length"]
+
+
 def by_tokens(body: Body, texts: list[str]) -> list[int]:
     """Indices of `texts`, fewest tokens first (untruncated, so long texts sort by their windows):
     batches of neighbours in this order pad little. Characters are a poor key for it: in batches of
     64, a character-sorted pass pads BANKING77's test texts to 29% more tokens than it reads and
     WNUT-16 tweets (URLs, emoji, hashtags) to 42% more; token order, 4% and 3% (BENCHMARKS.md,
     "Prediction throughput"). The extra tokenisation costs ~3% of a pass."""
-    lengths = body.tokenizer(list(texts), add_special_tokens=False, return_length=True, verbose=False)["length"]
+    lengths = token_counts(body, texts)
     return sorted(range(len(texts)), key=lengths.__getitem__)
 
 

@@ -22,7 +22,7 @@ from llm_meta.conll import (BUNDLED_NER, Sentence, entity_type, entity_types, lo
                             repair_bio, sentences_fingerprint, to_bio)
 from llm_meta.episodes import Episode, WordExamples
 from llm_meta.heads import head_logits
-from llm_meta.models import Body, Params, by_tokens, embed_tokens, folded_pass
+from llm_meta.models import Body, Params, by_tokens, embed_tokens, folded_pass, token_counts
 from llm_meta.spans import decomposed_loss, is_decomposed, word_classes
 from llm_meta.tasks import TaskError
 
@@ -223,9 +223,8 @@ def align_groups(body: Body, sentences: list[list[str]]) -> list[tuple[list[int]
     Returns:
         (indices into `sentences`, their AlignedBatch) per group, shortest group first.
     """
-    texts = [" ".join(words) for words in sentences]
-    lengths = [min(n, body.max_length) for n in
-               body.tokenizer(texts, add_special_tokens=False, return_length=True, verbose=False)["length"]]
+    # Truncated counts: a batch pads to its longest row as cut at max_length.
+    lengths = [min(n, body.max_length) for n in token_counts(body, [" ".join(words) for words in sentences])]
     order = sorted(range(len(sentences)), key=lengths.__getitem__)
     n = len(order)
     if n < 2:
