@@ -7,8 +7,10 @@ Adapts `llm-meta adapt --ner`'s default tagger (`llm_meta.tagger.TaggerConfig`: 
 15 steps) to the four held-out WNUT-16 types (movie, musicartist, product, sportsteam) from a
 K~2K-mention support set drawn from their sentences, `--repeats` times with other support seeds,
 and reports: model load (once, in this process), adaptation (support encoding + steps; the model
-is loaded already), and tagging throughput over `--sentences` WNUT-16 sentences (every sentence of
-the corpus, repeated to that count) in sentences per second. Wall-clock seconds on this machine's
+is loaded already), tagging throughput over `--sentences` WNUT-16 sentences (every sentence of
+the corpus, repeated to that count) in sentences per second, and the body's forward pass alone on
+the same length-sorted batches, tokenised beforehand and with no head: the ceiling tagging could
+reach on this machine with this body, whatever the code around the model. Wall-clock seconds on this machine's
 CPU threads (torch.get_num_threads()); run nothing else beside it.
 """
 
@@ -25,7 +27,7 @@ import torch  # noqa: E402
 
 from llm_meta.adaptation import adapt  # noqa: E402
 from llm_meta.checkpoint import load_adapter_params  # noqa: E402
-from llm_meta.models import load_body, lora_params  # noqa: E402
+from llm_meta.models import by_tokens, folded_pass, hidden_states, load_body, lora_params  # noqa: E402
 from llm_meta.ner import NerEpisodeSampler, load_ner, tag_words  # noqa: E402
 from llm_meta.tagger import TaggerConfig  # noqa: E402
 
@@ -62,6 +64,29 @@ def main() -> None:
     began = time.perf_counter()
     tag_words(body, fast, sentences, cfg.inner.scale)
     tag_s = time.perf_counter() - began
+    # The same batches tag_words runs (64 sentences of similar token count), tokenised beforehand.
+    texts = [" ".join(words) for words in sentences]
+    order = by_tokens(body, texts)
+    batches = [body.tokenizer([texts[i] for i in order[s : s + 64]], padding=True, truncation=True,
+                              max_length=body.max_length, return_tensors="pt") for s in range(0, len(order), 64)]
+    began = time.perf_counter()
+    with torch.no_grad(), folded_pass(body, fast) as folded:
+        for batch in batches:
+            hidden_states(body, fast, dict(batch), folded)
+    forward_s = time.perf_counter() - began
+    tokens = sum(b["input_ids"].numel() for b in batches)  # padding included: the model computes it
+    # The transformer layers' matrix products (LoRA folded in, so base weights only): 2 FLOP per
+    # weight per token. Their time at this machine's own fp32 matrix-product rate is a lower bound.
+    weights = sum(m.weight.numel() for n, m in body.model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and ".layer." in n and "lora_" not in n)
+    linear_gflop = 2 * weights * tokens / 1e9
+    hidden = body.model.config.hidden_size
+    x, w = torch.randn(2048, hidden), torch.randn(4 * hidden, hidden)
+    torch.nn.functional.linear(x, w)  # warm-up
+    began = time.perf_counter()
+    for _ in range(20):
+        torch.nn.functional.linear(x, w)
+    gemm_rate = 20 * 2 * x.shape[0] * w.numel() / (time.perf_counter() - began) / 1e9
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; start: {args.adapter or 'untrained'}; head: {cfg.inner.ner_head}, "
           f"{cfg.inner.steps} steps, type names x{cfg.inner.label_examples}, max_length {cfg.model.max_length}")
@@ -69,6 +94,11 @@ def main() -> None:
     print(f"adapt to {len(HELD_OUT)} types x {args.shots} shots ({len(support)} support sentences in the last draw): "
           + ", ".join(f"{t:.2f}" for t in adapt_s) + f" s (mean {sum(adapt_s) / len(adapt_s):.2f} s)")
     print(f"tagging: {len(sentences)} sentences in {tag_s:.2f} s = {len(sentences) / tag_s:.0f} sentences/s")
+    print(f"the body's forward alone on the same batches ({tokens} tokens): {forward_s:.2f} s = "
+          f"{len(sentences) / forward_s:.0f} sentences/s (tagging's ceiling with this body here)")
+    print(f"its linear layers alone: {linear_gflop:.0f} GFLOP; at this machine's fp32 matrix-product rate "
+          f"({gemm_rate:.0f} GFLOP/s on [2048, {hidden}] x [{hidden}, {4 * hidden}]) that is "
+          f"{linear_gflop / gemm_rate:.2f} s = {len(sentences) * gemm_rate / linear_gflop:.0f} sentences/s at most")
 
 
 if __name__ == "__main__":
