@@ -9,9 +9,10 @@ K~2K-mention support set drawn from their sentences, `--repeats` times with othe
 and reports: model load (once, in this process), adaptation (support encoding + steps; the model
 is loaded already), tagging throughput over `--sentences` WNUT-16 sentences (every sentence of
 the corpus, repeated to that count) in sentences per second, and the body's forward pass alone on
-the same length-sorted batches, tokenised beforehand and with no head: the ceiling tagging could
-reach on this machine with this body, whatever the code around the model. Wall-clock seconds on this machine's
-CPU threads (torch.get_num_threads()); run nothing else beside it.
+the same length-sorted batches, tokenised beforehand and with no head (the ceiling tagging could
+reach here with this body, whatever the code around the model), and the linear layers' FLOPs at
+this machine's measured matrix-product rate (a bound below even that). Wall-clock seconds on this
+machine's CPU threads (torch.get_num_threads()); run nothing else beside it.
 """
 
 from __future__ import annotations
@@ -27,11 +28,46 @@ import torch  # noqa: E402
 
 from llm_meta.adaptation import adapt  # noqa: E402
 from llm_meta.checkpoint import load_adapter_params  # noqa: E402
-from llm_meta.models import by_tokens, folded_pass, hidden_states, load_body, lora_params  # noqa: E402
+from llm_meta.models import Body, Params, by_tokens, folded_pass, hidden_states, load_body, lora_params  # noqa: E402
 from llm_meta.ner import NerEpisodeSampler, load_ner, tag_words  # noqa: E402
 from llm_meta.tagger import TaggerConfig  # noqa: E402
 
 HELD_OUT = ["movie", "musicartist", "product", "sportsteam"]
+BATCH = 64  # sentences per tagging batch, for tag_words and the bare forward alike
+
+
+def forward_alone(body: Body, params: Params, sentences: list[list[str]], batch_size: int) -> tuple[float, int]:
+    """(seconds, padded tokens) of the body's forward pass over the batches tag_words runs (sorted
+    by token count, LoRA folded in), tokenised beforehand: no tokenizer, alignment or head timed."""
+    texts = [" ".join(words) for words in sentences]
+    order = by_tokens(body, texts)
+    batches = [dict(body.tokenizer([texts[i] for i in order[s : s + batch_size]], padding=True, truncation=True,
+                                   max_length=body.max_length, return_tensors="pt"))
+               for s in range(0, len(order), batch_size)]
+    began = time.perf_counter()
+    with torch.no_grad(), folded_pass(body, params) as folded:
+        for batch in batches:
+            hidden_states(body, params, batch, folded)
+    return time.perf_counter() - began, sum(b["input_ids"].numel() for b in batches)  # padding is computed too
+
+
+def linear_gflop_of(body: Body, tokens: int) -> float:
+    """GFLOP of the transformer layers' matrix products over `tokens`: 2 per base weight per token
+    (the LoRA is folded into the base weights, so its own small matrices do not run)."""
+    weights = sum(m.weight.numel() for n, m in body.model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and ".layer." in n and "lora_" not in n)
+    return 2 * weights * tokens / 1e9
+
+
+def gemm_rate(hidden: int, repeats: int = 20) -> float:
+    """This machine's fp32 matrix-product rate in GFLOP/s on a feed-forward shape, [2048, hidden] x
+    [hidden, 4 hidden]: the time of the linear layers at this rate bounds tagging from below."""
+    x, w = torch.randn(2048, hidden), torch.randn(4 * hidden, hidden)
+    torch.nn.functional.linear(x, w)  # warm-up
+    began = time.perf_counter()
+    for _ in range(repeats):
+        torch.nn.functional.linear(x, w)
+    return repeats * 2 * x.shape[0] * w.numel() / (time.perf_counter() - began) / 1e9
 
 
 def main() -> None:
@@ -62,31 +98,11 @@ def main() -> None:
     sentences = [s.tokens for s in corpus] * (args.sentences // len(corpus) + 1)
     sentences = sentences[: args.sentences]
     began = time.perf_counter()
-    tag_words(body, fast, sentences, cfg.inner.scale)
+    tag_words(body, fast, sentences, cfg.inner.scale, batch_size=BATCH)
     tag_s = time.perf_counter() - began
-    # The same batches tag_words runs (64 sentences of similar token count), tokenised beforehand.
-    texts = [" ".join(words) for words in sentences]
-    order = by_tokens(body, texts)
-    batches = [body.tokenizer([texts[i] for i in order[s : s + 64]], padding=True, truncation=True,
-                              max_length=body.max_length, return_tensors="pt") for s in range(0, len(order), 64)]
-    began = time.perf_counter()
-    with torch.no_grad(), folded_pass(body, fast) as folded:
-        for batch in batches:
-            hidden_states(body, fast, dict(batch), folded)
-    forward_s = time.perf_counter() - began
-    tokens = sum(b["input_ids"].numel() for b in batches)  # padding included: the model computes it
-    # The transformer layers' matrix products (LoRA folded in, so base weights only): 2 FLOP per
-    # weight per token. Their time at this machine's own fp32 matrix-product rate is a lower bound.
-    weights = sum(m.weight.numel() for n, m in body.model.named_modules()
-                  if isinstance(m, torch.nn.Linear) and ".layer." in n and "lora_" not in n)
-    linear_gflop = 2 * weights * tokens / 1e9
+    forward_s, tokens = forward_alone(body, fast, sentences, BATCH)
     hidden = body.model.config.hidden_size
-    x, w = torch.randn(2048, hidden), torch.randn(4 * hidden, hidden)
-    torch.nn.functional.linear(x, w)  # warm-up
-    began = time.perf_counter()
-    for _ in range(20):
-        torch.nn.functional.linear(x, w)
-    gemm_rate = 20 * 2 * x.shape[0] * w.numel() / (time.perf_counter() - began) / 1e9
+    linear_gflop, rate = linear_gflop_of(body, tokens), gemm_rate(hidden)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; start: {args.adapter or 'untrained'}; head: {cfg.inner.ner_head}, "
           f"{cfg.inner.steps} steps, type names x{cfg.inner.label_examples}, max_length {cfg.model.max_length}")
@@ -97,8 +113,8 @@ def main() -> None:
     print(f"the body's forward alone on the same batches ({tokens} tokens): {forward_s:.2f} s = "
           f"{len(sentences) / forward_s:.0f} sentences/s (tagging's ceiling with this body here)")
     print(f"its linear layers alone: {linear_gflop:.0f} GFLOP; at this machine's fp32 matrix-product rate "
-          f"({gemm_rate:.0f} GFLOP/s on [2048, {hidden}] x [{hidden}, {4 * hidden}]) that is "
-          f"{linear_gflop / gemm_rate:.2f} s = {len(sentences) * gemm_rate / linear_gflop:.0f} sentences/s at most")
+          f"({rate:.0f} GFLOP/s on [2048, {hidden}] x [{hidden}, {4 * hidden}]) that is "
+          f"{linear_gflop / rate:.2f} s = {len(sentences) * rate / linear_gflop:.0f} sentences/s at most")
 
 
 if __name__ == "__main__":
