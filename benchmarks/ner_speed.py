@@ -28,7 +28,9 @@ import torch  # noqa: E402
 
 from llm_meta.adaptation import adapt  # noqa: E402
 from llm_meta.checkpoint import load_adapter_params  # noqa: E402
-from llm_meta.models import Body, Params, by_tokens, folded_pass, hidden_states, load_body, lora_params  # noqa: E402
+from llm_meta.models import (Body, Params, by_tokens, folded_pass, hidden_states, load_body, lora_params,  # noqa: E402
+                             num_layers, tokenize)
+from llm_meta.prefix import find_layer_stack  # noqa: E402
 from llm_meta.ner import NerEpisodeSampler, load_ner, tag_words  # noqa: E402
 from llm_meta.tagger import TaggerConfig  # noqa: E402
 
@@ -41,9 +43,7 @@ def forward_alone(body: Body, params: Params, sentences: list[list[str]], batch_
     by token count, LoRA folded in), tokenised beforehand: no tokenizer, alignment or head timed."""
     texts = [" ".join(words) for words in sentences]
     order = by_tokens(body, texts)
-    batches = [dict(body.tokenizer([texts[i] for i in order[s : s + batch_size]], padding=True, truncation=True,
-                                   max_length=body.max_length, return_tensors="pt"))
-               for s in range(0, len(order), batch_size)]
+    batches = [tokenize(body, [texts[i] for i in order[s : s + batch_size]]) for s in range(0, len(order), batch_size)]
     began = time.perf_counter()
     with torch.no_grad(), folded_pass(body, params) as folded:
         for batch in batches:
@@ -54,8 +54,9 @@ def forward_alone(body: Body, params: Params, sentences: list[list[str]], batch_
 def linear_gflop_of(body: Body, tokens: int) -> float:
     """GFLOP of the transformer layers' matrix products over `tokens`: 2 per base weight per token
     (the LoRA is folded into the base weights, so its own small matrices do not run)."""
-    weights = sum(m.weight.numel() for n, m in body.model.named_modules()
-                  if isinstance(m, torch.nn.Linear) and ".layer." in n and "lora_" not in n)
+    _, _, layers = find_layer_stack(body.model, num_layers(body.model))  # any body's layer list, not a name
+    weights = sum(m.weight.numel() for n, m in layers.named_modules()
+                  if isinstance(m, torch.nn.Linear) and "lora_" not in n)
     return 2 * weights * tokens / 1e9
 
 
