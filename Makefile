@@ -36,9 +36,10 @@ benchmark: install
 	HF_HUB_OFFLINE=1 $(BIN)/llm-meta benchmark --config recipes/configs/benchmark_quick.yaml
 
 # Two workers (pytest-xdist): much of the suite is subprocesses that spend their time importing
-# torch/transformers/peft, which one core does while the other computes.
+# torch/transformers/peft, which one core does while the other computes. --durations lists the
+# slowest tests, to see which ones press on the 10-minute budget of the default run.
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --durations=15
 
 # Everything, slow real-data training runs included.
 test-all: install

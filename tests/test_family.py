@@ -2,6 +2,9 @@
 that a held-out domain could share with training."""
 
 import importlib.util
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,8 +87,6 @@ def test_a_tiny_family_run_trains_on_some_domains_and_tests_on_held_out_ones(tin
 def test_the_family_benchmark_trains_its_fomaml_start_exactly_as_the_shipped_family_config():
     # benchmark_family.yaml gives every algorithm the family through train_overrides; its FOMAML
     # start must be sentiment_family.yaml itself, so the two cannot drift apart.
-    from pathlib import Path
-
     from llm_meta.config import load_config, to_dict
     from recipes import benchmark, meta_train
 
@@ -97,3 +98,14 @@ def test_the_family_benchmark_trains_its_fomaml_start_exactly_as_the_shipped_fam
         {k: v for k, v in shipped.items() if k not in ("output_dir", "test", "model")}
     assert started["model"]["max_length"] == shipped["model"]["max_length"] == 128
     assert benchmark._start_config(cfg, "fomaml_from_transfer", 0, Path("x")).init == "start:transfer_half"
+
+
+def test_the_study_table_lists_each_methods_mean_per_meta_seed():
+    # benchmarks/family_table.py renders BENCHMARKS.md's family tables from a stored results.json
+    root = Path(__file__).resolve().parents[1]
+    table = subprocess.run([sys.executable, str(root / "benchmarks/family_table.py"),
+                            str(root / "benchmarks/results/family_seeds01_results.json"), "--k", "8"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "Mean per meta-seed at K = 8 (seed 0 / 1;" in table
+    assert "| protonet | 65.7 / 62.2 | 45.9 / 48.3 |" in table  # seed 0 / seed 1, Apple / drugs
+    assert "| prototype | 46.4 | 42.1 |" in table  # no trained start: one value
