@@ -69,7 +69,8 @@ def _per_seed(results: dict, tasks: list[str], k: int) -> list[str]:
     out = ["", f"Mean per meta-seed at K = {k} (seed {' / '.join(map(str, seeds))}; one value: the start does not "
            "depend on the meta-seed):", "", "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for m in results["config"]["methods"]:
-        cells = [" / ".join(f"{100 * v:.1f}" for v in by_seed[m][f"fullway/{t}/{k}"]) for t in tasks]
+        means = [by_seed[m].get(f"fullway/{t}/{k}") for t in tasks]  # None: K not run for this domain
+        cells = ["-" if v is None else " / ".join(f"{100 * x:.1f}" for x in v) for v in means]
         out.append(f"| {m} | " + " | ".join(cells) + " |")
     return out
 
