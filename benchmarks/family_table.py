@@ -20,6 +20,21 @@ def _fmt(e: dict) -> str:
     return f"{100 * e['mean']:.1f} [{100 * e['low']:.1f}, {100 * e['high']:.1f}]"
 
 
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines: the header, its rule, one line per row of cells."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    return [line(head), "|" + "---|" * len(head), *map(line, rows)]
+
+
+def _diff(c: dict | None) -> str:
+    if c is None:
+        return "-"
+    verdict = f"**{c['verdict']}**" if c["primary"] else c["verdict"]
+    return f"{100 * c['mean']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] {verdict}"
+
+
 def tables(results: dict, k: int) -> str:
     estimates, methods = results["estimates"], results["config"]["methods"]
     settings = [s for s in results["hashes"] if s.startswith("fullway/")]
@@ -30,49 +45,43 @@ def tables(results: dict, k: int) -> str:
     out = []
     for task, shots in by_task.items():
         shots = sorted(shots)
-        out += [f"**{task}** (accuracy %, all classes, whole test split)", "",
-                "| method | " + " | ".join(f"K = {s}" for s in shots) + " |", "|---|" + "---|" * len(shots)]
-        for m in methods:
-            out.append(f"| {m} | " + " | ".join(_fmt(estimates[m][f"fullway/{task}/{s}"]) for s in shots) + " |")
+        out += [f"**{task}** (accuracy %, all classes, whole test split)", ""]
+        out += _table(["method", *(f"K = {s}" for s in shots)],
+                      [[m, *(_fmt(estimates[m][f"fullway/{task}/{s}"]) for s in shots)] for m in methods])
         out.append("")
     refs = results["config"]["references"]
     contrasts = {(c["method"], c["reference"], c["setting"]): c for c in results["contrasts"]}
-    out += [f"Paired differences at K = {k} (points; Holm-adjusted verdicts, the primary contrast at 5% alone):", "",
-            "| method | " + " | ".join(f"{task} vs {r}" for task in by_task for r in refs) + " |",
-            "|---|" + "---|" * (len(by_task) * len(refs))]
-    for m in methods:
-        cells = []
-        for task in by_task:
-            for r in refs:
-                c = contrasts.get((m, r, f"fullway/{task}/{k}"))
-                cells.append("-" if c is None else f"{100 * c['mean']:+.1f} [{100 * c['low']:+.1f}, "
-                             f"{100 * c['high']:+.1f}] {'**' + c['verdict'] + '**' if c['primary'] else c['verdict']}")
-        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    out += [f"Paired differences at K = {k} (points; Holm-adjusted verdicts, the primary contrast at 5% alone):", ""]
+    out += _table(["method", *(f"{task} vs {r}" for task in by_task for r in refs)],
+                  [[m, *(_diff(contrasts.get((m, r, f"fullway/{task}/{k}"))) for task in by_task for r in refs)]
+                   for m in methods])
     out += _per_seed(results, list(by_task), k)
-    out += ["", "| start | selected step (α) | validation (selected / its step 0) | training wall time |",
-            "|---|---|---|---|"]
+    out.append("")
+    starts = []
     for name, s in results["starts"].items():
         alpha = f" (α = {s['alpha']:g})" if s.get("alpha", 1.0) != 1.0 else ""
         took = f"{s['train_seconds'] / 60:.1f} min" if s.get("train_seconds") else "-"
-        out.append(f"| {name} | {s['selected_step']}{alpha} | {100 * s['validation_accuracy']:.1f} / "
-                   f"{100 * s['step0_validation_accuracy']:.1f} | {took} |")
+        starts.append([name, f"{s['selected_step']}{alpha}", f"{100 * s['validation_accuracy']:.1f} / "
+                       f"{100 * s['step0_validation_accuracy']:.1f}", took])
+    out += _table(["start", "selected step (α)", "validation (selected / its step 0)", "training wall time"], starts)
     return "\n".join(out)
 
 
 def _per_seed(results: dict, tasks: list[str], k: int) -> list[str]:
-    """Rows of each method's mean accuracy per meta-seed at K, in the order of `meta_seeds`: the
+    """Lines of each method's mean accuracy per meta-seed at K, in the order of `meta_seeds`: the
     spread the pooled interval above folds in. Empty for a one-seed run."""
     seeds = results["config"]["meta_seeds"]
     if len(seeds) < 2:
         return []
     by_seed = results["mean_by_meta_seed"]
-    out = ["", f"Mean per meta-seed at K = {k} (seed {' / '.join(map(str, seeds))}; one value: the start does not "
-           "depend on the meta-seed):", "", "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for m in results["config"]["methods"]:
-        means = [by_seed[m].get(f"fullway/{t}/{k}") for t in tasks]  # None: K not run for this domain
-        cells = ["-" if v is None else " / ".join(f"{100 * x:.1f}" for x in v) for v in means]
-        out.append(f"| {m} | " + " | ".join(cells) + " |")
-    return out
+
+    def cell(means: list[float] | None) -> str:  # None: this K was not run for the domain
+        return "-" if means is None else " / ".join(f"{100 * x:.1f}" for x in means)
+
+    rows = [[m, *(cell(by_seed[m].get(f"fullway/{t}/{k}")) for t in tasks)] for m in results["config"]["methods"]]
+    caption = (f"Mean per meta-seed at K = {k} (seed {' / '.join(map(str, seeds))}; one value: the start does not "
+               "depend on the meta-seed):")
+    return ["", caption, "", *_table(["method", *tasks], rows)]
 
 
 def main() -> None:

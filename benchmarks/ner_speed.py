@@ -30,8 +30,8 @@ from llm_meta.adaptation import adapt  # noqa: E402
 from llm_meta.checkpoint import load_adapter_params  # noqa: E402
 from llm_meta.models import (Body, Params, by_tokens, folded_pass, hidden_states, load_body, lora_params,  # noqa: E402
                              num_layers, tokenize)
-from llm_meta.prefix import find_layer_stack  # noqa: E402
 from llm_meta.ner import NerEpisodeSampler, load_ner, tag_words  # noqa: E402
+from llm_meta.prefix import find_layer_stack  # noqa: E402
 from llm_meta.tagger import TaggerConfig  # noqa: E402
 
 HELD_OUT = ["movie", "musicartist", "product", "sportsteam"]
