@@ -5,7 +5,9 @@
 Reads top to bottom: train the starts (FOMAML, Reptile, transfer; one run per meta-seed, reused
 when already on disk), fix the evaluation episodes (generated once per task/protocol/K/seed,
 hashed, cached), score every method on exactly those episodes with the same adaptation budget
-and head initialisation (each run's scores cached, so an interrupted benchmark resumes), then write a markdown report, a JSON file with every number, and plots.
+and head initialisation (each run's scores cached, so an interrupted benchmark resumes), then write
+a markdown report, a JSON file with every number, plots, and `kept.tar.gz`: the scores and the
+starts' fingerprints, without their tensors, from which a run elsewhere resumes (`keep_run`).
 
 Methods: prototype (frozen, no steps), linear_probe (head only), finetune (LoRA + head from the
 untrained start), transfer / fomaml / maml / metasgd / reptile (LoRA + head from the trained
@@ -72,6 +74,10 @@ METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
 # `METHOD+select`: each episode's start is chosen on its own support set among the untrained start,
 # METHOD's start and its weight change halved (llm_meta.adaptation.choose_start), as `llm-meta adapt` does.
 SELECT = "+select"
+# What a trained start leaves beside its adapter: its tensors' fingerprint and what selection chose.
+START_RECORD = "start.json"
+KEPT = "kept.tar.gz"  # `keep_run`'s archive in every output folder
+NEEDS = ("key", "record", "tensors")  # what of a trained start a run needs, least first (`_train_start`)
 
 
 def method_spec(name: str, train_configs: dict[str, str]) -> tuple[str, Callable[[InnerConfig], InnerConfig]]:
@@ -170,15 +176,21 @@ def main(cfg: Config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     # Starts: one untrained LoRA and one trained adapter per (training method, meta-seed). The
-    # untrained start of meta-seed s is the exact step-0 start of that seed's training runs.
-    starts, trained = {}, {}
+    # untrained start of meta-seed s is the exact step-0 start of that seed's training runs. A start
+    # kept without its tensors (`keep_run`) is known by its fingerprint and selection only, and is
+    # loaded (trained again) below only if a score it enters is not in out/scores.
+    starts, fingerprints, trained = {}, {}, {}
     for seed in cfg.meta_seeds:
         body, starts[("untrained", seed)] = untrained_start(cfg.model, seed)
-    for name in sorted({start for start, _ in specs.values()} - {"untrained"}):
+        fingerprints[("untrained", seed)] = _params_fingerprint(starts[("untrained", seed)])
+    names = sorted({start for start, _ in specs.values()} - {"untrained"})
+
+    def load(name: str, seed: int, need: str = "record") -> None:
+        run_dir = _train_start(cfg, name, seed, out, need=need)
+        starts[(name, seed)], fingerprints[(name, seed)], trained[f"{name}/seed{seed}"] = _load_start(body, run_dir)
+    for name in names:
         for seed in cfg.meta_seeds:
-            adapter = _train_start(cfg, name, seed, out)
-            starts[(name, seed)] = load_adapter_params(body, adapter)
-            trained[f"{name}/seed{seed}"] = _selection(adapter)
+            load(name, seed)
 
     # Fixed evaluation settings: (protocol, task, K) -> episodes, hashed and cached on disk.
     settings = {}
@@ -210,15 +222,27 @@ def main(cfg: Config) -> dict:
     by_seed: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}  # mean score of each meta-seed
     chosen: dict[str, dict[str, dict[str, int]]] = {m: {} for m in cfg.methods}  # +select: episodes per start
     code = [_code_fingerprint(), _runtime(body)]
+
+    def score_path(method: str, key: tuple, seed: int) -> Path:
+        start, inner = specs[method][0], specs[method][1](cfg.adapt)
+        ids = _candidate_ids(fingerprints, start, seed, method.partition("@")[0].endswith(SELECT))
+        return _score_path(out, [*code, to_dict(cfg.model), to_dict(inner), settings[key]["hash"], *ids])
+
+    def seeds_of(method: str) -> list[int]:
+        # The untrained LoRA's random A matters only once LoRA trains (B = 0 until then).
+        start, inner = specs[method][0], specs[method][1](cfg.adapt)
+        return cfg.meta_seeds if start != "untrained" or (inner.train_lora and inner.steps > 0) else cfg.meta_seeds[:1]
+    # Kept starts whose tensors a missing score needs: train them again now, before any score is read,
+    # so that every score of the report comes from the tensors it is keyed by.
+    for name, seed in sorted({(specs[m][0], s) for m, key in units for s in seeds_of(m)
+                              if starts[(specs[m][0], s)] is None and _read_scores(score_path(m, key, s)) is None}):
+        load(name, seed, need="tensors")
     for done, (method, key) in enumerate(progress_bar(units, desc="benchmark"), 1):
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
         select = method.partition("@")[0].endswith(SELECT)
-        # The untrained LoRA's random A matters only once LoRA trains (B = 0 until then).
-        lora_moves = start != "untrained" or (inner.train_lora and inner.steps > 0)
-        seeds = cfg.meta_seeds if lora_moves else cfg.meta_seeds[:1]
+        seeds = seeds_of(method)
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
-        runs = [_scored(out, [*code, to_dict(cfg.model), to_dict(inner), settings[key]["hash"],
-                              *[_params_fingerprint(p) for p in _candidates(starts, start, s, select).values()]],
+        runs = [_scored(score_path(method, key, s),
                         lambda s=s: _score(body, _candidates(starts, start, s, select), episodes, inner))
                 for s in seeds]
         per_seed = [[episode_score(o) for o in run] for run, _, _, _ in runs]
@@ -246,6 +270,7 @@ def main(cfg: Config) -> dict:
                "estimates": {m: {k: dataclasses.asdict(e) for k, e in per.items()} for m, per in estimates.items()},
                "contrasts": contrasts}
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    keep_run(out, out / KEPT)  # small enough to carry to another machine (or commit) and resume from there
     _plot(cfg, settings, estimates, out / "accuracy_vs_k.png")
     print(report)
     return results
@@ -258,41 +283,85 @@ def untrained_start(model: ModelConfig, seed: int) -> tuple[Body, Params]:
     return body, lora_params(body)
 
 
-def _train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str, ...] = ()) -> Path:
-    """Meta-train (or reuse) the start `name` with meta-seed `seed`; return its adapter folder.
+def _train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str, ...] = (),
+                 need: str = "record") -> Path:
+    """Meta-train (or reuse) the start `name` with meta-seed `seed`; return its run folder.
 
     A start on disk is reused only when its DONE file holds the key of what would train it now:
     the training config after every override and the budget scale (adaptation included), the
     llm_meta sources, the device and dtype, the library versions, and the key of the start it
-    begins from (`init: start:NAME`, trained first). Otherwise it is moved aside (never deleted)
-    and trained again, with one line saying why. The training wall time goes to `timing.json`.
+    begins from (`init: start:NAME`, trained first). A start kept without its tensors (`keep_run`)
+    is reused as far as `need` asks: "key" (its DONE: the start another one begins from, already
+    trained), "record" (also start.json: fingerprint and selection) or "tensors" (the adapter).
+    Otherwise it is moved aside (never deleted) and trained again, with one line saying why. The
+    training wall time goes to `timing.json`.
     """
     run_dir = out / "starts" / f"{name}-seed{seed}"
     train_cfg = _start_config(cfg, name, seed, run_dir)
-    keyed, after = {k: v for k, v in to_dict(train_cfg).items() if k != "output_dir"}, ""
+    keyed, first, after = {k: v for k, v in to_dict(train_cfg).items() if k != "output_dir"}, "", ""
     if train_cfg.init and train_cfg.init.startswith("start:"):  # e.g. FOMAML from the transfer start
         first = train_cfg.init[len("start:"):]
         if first not in cfg.train_configs or first in (*chain, name):
             raise ValueError(f"start '{name}': init={train_cfg.init} must name another start of train_configs, "
                              f"without a loop ({' -> '.join((*chain, name, first))})")
-        train_cfg.init = str(_train_start(cfg, first, seed, out, (*chain, name)))
-        after = (Path(train_cfg.init).parent / "DONE").read_text().strip()
+        after = (_train_start(cfg, first, seed, out, (*chain, name), "key") / "DONE").read_text().strip()
     key = hashlib.sha256(json.dumps([keyed, _code_fingerprint(), _runtime(None, train_cfg.mixed_precision), after],
                                     sort_keys=True).encode()).hexdigest()[:20]
     done = run_dir / "DONE"
-    if (run_dir / "adapter" / "llm_meta.json").is_file() and done.is_file() and done.read_text().strip() == key:
-        return run_dir / "adapter"
+    have = ("tensors" if (run_dir / "adapter" / "llm_meta.json").is_file() else
+            "record" if (run_dir / START_RECORD).is_file() else "key")
+    if NEEDS.index(have) >= NEEDS.index(need) and done.is_file() and done.read_text().strip() == key:
+        return run_dir
     if run_dir.exists():
         stale = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}")
-        tqdm.write(f"start '{name}' (meta-seed {seed}) in {run_dir} was trained with another config, code, device or "
-                   f"library versions (or did not finish); moved to {stale.name}, training it again", file=sys.stderr)
+        why = (f"is kept without its {need}, which this run needs" if done.is_file() and
+               done.read_text().strip() == key else
+               "was trained with another config, code, device or library versions (or did not finish)")
+        tqdm.write(f"start '{name}' (meta-seed {seed}) in {run_dir} {why}; moved to {stale.name}, training it again",
+                   file=sys.stderr)
         run_dir.rename(stale)
+    if first:  # training needs the tensors of the start it begins from
+        train_cfg.init = str(_train_start(cfg, first, seed, out, (*chain, name), "tensors") / "adapter")
     tqdm.write(f"training start '{name}' (meta-seed {seed}) -> {run_dir}", file=sys.stderr)
     began = time.perf_counter()
     meta_train.main(train_cfg)
     write_atomic(run_dir / "timing.json", json.dumps({"train_seconds": round(time.perf_counter() - began, 1)}))
     write_atomic(done, key)
-    return run_dir / "adapter"
+    return run_dir
+
+
+def _load_start(body: Body, run_dir: Path) -> tuple[Params | None, str, dict]:
+    """(tensors, their fingerprint, what meta-validation selected) of a trained start. From the
+    adapter when it is on disk (recording fingerprint and selection in start.json), else from
+    start.json alone, with no tensors (a kept start)."""
+    adapter = run_dir / "adapter"
+    if not (adapter / "llm_meta.json").is_file():
+        record = json.loads((run_dir / START_RECORD).read_text())
+        return None, record["params_fingerprint"], record["selection"]
+    params = load_adapter_params(body, adapter)
+    record = {"params_fingerprint": _params_fingerprint(params), "selection": _selection(adapter)}
+    write_atomic(run_dir / START_RECORD, json.dumps(record, indent=1))
+    return params, record["params_fingerprint"], record["selection"]
+
+
+def keep_run(out: Path, archive: Path) -> list[str]:
+    """Write a gzipped tar of what lets a later run of the same benchmark, on another machine or
+    from a fresh clone, reuse this one without its tensors: every score (out/scores) and each
+    start's DONE key and its start.json (fingerprint, selection, training wall time). Extract it into
+    an output folder and run the benchmark there: cached scores are read, kept starts are not
+    trained again unless a score they enter is missing, and new meta-seeds or methods train as
+    usual. Returns the archived paths, relative to `out`."""
+    import tarfile
+
+    names = sorted([p.relative_to(out).as_posix() for p in (out / "scores").glob("*.json")] +
+                   [p.relative_to(out).as_posix() for p in (out / "starts").glob("*/DONE")
+                    if ".replaced-" not in p.parent.name] +
+                   [p.relative_to(out).as_posix() for p in (out / "starts").glob(f"*/{START_RECORD}")
+                    if (p.parent / "DONE").is_file()])
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in names:
+            tar.add(out / name, arcname=name)
+    return names
 
 
 def _start_config(cfg: Config, name: str, seed: int, run_dir: Path) -> meta_train.Config:
@@ -402,21 +471,42 @@ def _score(body: Body, candidates: dict[str, Params], episodes: list[Episode], i
             for i, (c, ep) in enumerate(zip(picks, episodes))], picks
 
 
-def _scored(out: Path, key: list, score: Callable[[], tuple[list[np.ndarray], list[str]]]
-            ) -> tuple[list[np.ndarray], float, bool, list[str]]:
-    """(per-query outcomes of each episode, seconds, whether read from the cache, the start each
-    episode adapted from when it was chosen) of one method on one episode set: read from
-    out/scores/<hash of `key`> if there, else computed and written whole. `key` holds everything
-    the outcomes depend on: the code, the model, the adaptation, the episodes and the starts' tensors."""
-    path = out / "scores" / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+def _candidate_ids(fingerprints: dict, start: str, seed: int, select: bool) -> list[str]:
+    """What identifies `_candidates(...)` in a score's key, known without the tensors."""
+    if not select:
+        return [fingerprints[(start, seed)]]
+    untrained, trained = fingerprints[("untrained", seed)], fingerprints[(start, seed)]
+    return [untrained, trained, f"α=0.5 between {untrained} and {trained}"]
+
+
+def _score_path(out: Path, key: list) -> Path:
+    """out/scores/<hash of `key`>: `key` holds everything the outcomes depend on, namely the code,
+    the model, the adaptation, the episodes and the fingerprints of the starts' tensors."""
+    return out / "scores" / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+
+
+def _read_scores(path: Path) -> tuple[list[np.ndarray], float, list[str]] | None:
+    """(per-query outcomes of each episode, seconds, starts chosen) cached at `path`, or None
+    when it is absent or unreadable (then it is scored again)."""
     try:
         saved = json.loads(path.read_text())
-        return ([np.array(rows, dtype=np.float64) for rows in saved["outcomes"]], float(saved["seconds"]), True,
+        return ([np.array(rows, dtype=np.float64) for rows in saved["outcomes"]], float(saved["seconds"]),
                 saved.get("chosen", []))
     except FileNotFoundError:
-        pass
-    except (ValueError, KeyError, TypeError) as err:  # unreadable: score again
+        return None
+    except (ValueError, KeyError, TypeError) as err:
         tqdm.write(f"warning: score cache {path} is unreadable ({err}); scoring again", file=sys.stderr)
+        return None
+
+
+def _scored(path: Path, score: Callable[[], tuple[list[np.ndarray], list[str]]]
+            ) -> tuple[list[np.ndarray], float, bool, list[str]]:
+    """(per-query outcomes of each episode, seconds, whether read from the cache, the start each
+    episode adapted from when it was chosen) of one method on one episode set: read from `path`
+    (`_score_path`) if there, else computed and written whole."""
+    saved = _read_scores(path)
+    if saved is not None:
+        return saved[0], saved[1], True, saved[2]
     began = time.perf_counter()
     values, picks = score()
     took = time.perf_counter() - began

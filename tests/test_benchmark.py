@@ -248,3 +248,41 @@ def test_select_methods_choose_a_start_per_episode(results_dir, tmp_path):
         assert set(counts[setting]) <= {"untrained", "fomaml", "fomaml at α=0.5"}
     assert "episodes per start" in (out / "report.md").read_text()
     assert benchmark.main(picky)["starts_chosen"] == results["starts_chosen"]  # read back from the score cache
+
+
+def test_a_run_resumes_from_its_kept_archive_without_the_tensors(results_dir, tmp_path, monkeypatch, capsys):
+    # kept.tar.gz (scores, each start's DONE key and start.json; no adapter) is what a later run on a
+    # fresh machine needs: it trains and scores nothing already done, and only what is new.
+    import tarfile
+
+    out, cfg, first = results_dir
+    with tarfile.open(out / benchmark.KEPT) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path, filter="data")
+    assert names and not [n for n in names if n.endswith(".safetensors")]
+    assert {n.split("/")[1] for n in names if n.startswith("starts/")} == {f"{m}-seed{s}" for m in TRAINED for s in (0, 1)}
+    trained, scored = [], []
+    real_train, real_score = benchmark.meta_train.main, benchmark.score_outcomes
+    monkeypatch.setattr(benchmark.meta_train, "main", lambda c: trained.append(c.seed) or real_train(c))
+    monkeypatch.setattr(benchmark, "score_outcomes",
+                        lambda *a, **k: scored.append(benchmark._params_fingerprint(a[1])) or real_score(*a, **k))
+    again = benchmark.main(dataclasses.replace(cfg, output_dir=str(tmp_path)))
+    assert (trained, scored) == ([], [])
+    assert again["scores"] == first["scores"] and again["starts"] == first["starts"]
+    assert again["contrasts"] == first["contrasts"]
+    # A new meta-seed: only its start is trained, only its scores computed.
+    two = dataclasses.replace(cfg, output_dir=str(tmp_path), methods=["finetune", "fomaml"], meta_seeds=[0, 2])
+    more = benchmark.main(two)
+    # Each setting scored once per new start; a start that kept its step 0 is the untrained one (one score).
+    new = {benchmark._params_fingerprint(benchmark.untrained_start(cfg.model, 2)[1]),
+           json.loads((tmp_path / "starts/fomaml-seed2" / benchmark.START_RECORD).read_text())["params_fingerprint"]}
+    assert trained == [2] and set(scored) == new and len(scored) == len(new) * len(first["hashes"])
+    assert [v[0] for v in more["mean_by_meta_seed"]["fomaml"].values()] == \
+        [v[0] for v in first["mean_by_meta_seed"]["fomaml"].values()]
+    # A kept start whose score is missing is trained again first (identical tensors on CPU), saying why.
+    for path in (tmp_path / "scores").glob("*.json"):
+        path.unlink()
+    trained.clear()
+    alone = benchmark.main(dataclasses.replace(two, methods=["fomaml"], meta_seeds=[0]))
+    assert trained == [0] and "kept without its tensors" in capsys.readouterr().err
+    assert alone["mean_by_meta_seed"]["fomaml"] == {k: v[:1] for k, v in first["mean_by_meta_seed"]["fomaml"].items()}
