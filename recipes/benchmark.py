@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -237,6 +238,11 @@ def main(cfg: Config) -> dict:
     for name, seed in sorted({(specs[m][0], s) for m, key in units for s in seeds_of(m)
                               if starts[(specs[m][0], s)] is None and _read_scores(score_path(m, key, s)) is None}):
         load(name, seed, need="tensors")
+    # A kept start trained again as the init of another (`init: start:NAME`) has new tensors on disk:
+    # read them, so its fingerprint (hence its scores' keys) and start.json are those of the new run.
+    for name, seed in [k for k, params in starts.items() if params is None]:
+        if (out / "starts" / f"{name}-seed{seed}" / "adapter" / "llm_meta.json").is_file():
+            load(name, seed)
     for done, (method, key) in enumerate(progress_bar(units, desc="benchmark"), 1):
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
         select = method.partition("@")[0].endswith(SELECT)
@@ -309,7 +315,7 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str,
                                     sort_keys=True).encode()).hexdigest()[:20]
     done = run_dir / "DONE"
     have = ("tensors" if (run_dir / "adapter" / "llm_meta.json").is_file() else
-            "record" if (run_dir / START_RECORD).is_file() else "key")
+            "record" if _read_record(run_dir) is not None else "key")
     if NEEDS.index(have) >= NEEDS.index(need) and done.is_file() and done.read_text().strip() == key:
         return run_dir
     if run_dir.exists():
@@ -336,7 +342,7 @@ def _load_start(body: Body, run_dir: Path) -> tuple[Params | None, str, dict]:
     start.json alone, with no tensors (a kept start)."""
     adapter = run_dir / "adapter"
     if not (adapter / "llm_meta.json").is_file():
-        record = json.loads((run_dir / START_RECORD).read_text())
+        record = _read_record(run_dir)
         return None, record["params_fingerprint"], record["selection"]
     params = load_adapter_params(body, adapter)
     record = {"params_fingerprint": _params_fingerprint(params), "selection": _selection(adapter)}
@@ -344,23 +350,38 @@ def _load_start(body: Body, run_dir: Path) -> tuple[Params | None, str, dict]:
     return params, record["params_fingerprint"], record["selection"]
 
 
+def _read_record(run_dir: Path) -> dict | None:
+    """A kept start's start.json, or None when it is absent or unreadable (the start is then
+    trained again, as a start without it would be)."""
+    try:
+        record = json.loads((run_dir / START_RECORD).read_text())
+        return record if isinstance(record.get("params_fingerprint"), str) and "selection" in record else None
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
+
+
 def keep_run(out: Path, archive: Path) -> list[str]:
     """Write a gzipped tar of what lets a later run of the same benchmark, on another machine or
-    from a fresh clone, reuse this one without its tensors: every score (out/scores) and each
-    start's DONE key and its start.json (fingerprint, selection, training wall time). Extract it into
-    an output folder and run the benchmark there: cached scores are read, kept starts are not
-    trained again unless a score they enter is missing, and new meta-seeds or methods train as
-    usual. Returns the archived paths, relative to `out`."""
+    from a fresh clone, reuse this one without its tensors: every score in out/scores (of every
+    run in this folder) and each start's DONE key and its start.json (fingerprint, selection,
+    training wall time). Extract it into an output folder and run the benchmark there with the same
+    llm_meta sources, device, dtype and library versions (they are in every key; with any other,
+    everything trains and scores again): cached scores are read, and a kept start is trained again
+    only when a score it enters is missing (e.g. a new `METHOD@...` or `+select` variant of it) or
+    when it is needed as a method's start but was kept only as another start's init (DONE alone).
+    New meta-seeds and methods train as usual. Returns the archived paths, relative to `out`."""
     import tarfile
 
     names = sorted([p.relative_to(out).as_posix() for p in (out / "scores").glob("*.json")] +
                    [p.relative_to(out).as_posix() for p in (out / "starts").glob("*/DONE")
                     if ".replaced-" not in p.parent.name] +
                    [p.relative_to(out).as_posix() for p in (out / "starts").glob(f"*/{START_RECORD}")
-                    if (p.parent / "DONE").is_file()])
-    with tarfile.open(archive, "w:gz") as tar:
+                    if (p.parent / "DONE").is_file() and ".replaced-" not in p.parent.name])
+    partial = archive.with_name(f"{archive.name}.tmp-{os.getpid()}")  # a crash never leaves half an archive
+    with tarfile.open(partial, "w:gz") as tar:
         for name in names:
             tar.add(out / name, arcname=name)
+    os.replace(partial, archive)
     return names
 
 
