@@ -234,23 +234,26 @@ def main(cfg: Config) -> dict:
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
         return cfg.meta_seeds if start != "untrained" or (inner.train_lora and inner.steps > 0) else cfg.meta_seeds[:1]
     # Kept starts whose tensors a missing score needs: train them again now, before any score is read,
-    # so that every score of the report comes from the tensors it is keyed by.
+    # so that every score of the report comes from the tensors it is keyed by. The scores read here
+    # are not read again below.
+    known = {path: _read_scores(path) for m, key in units for s in seeds_of(m) if starts[(specs[m][0], s)] is None
+             for path in [score_path(m, key, s)]}
     for name, seed in sorted({(specs[m][0], s) for m, key in units for s in seeds_of(m)
-                              if starts[(specs[m][0], s)] is None and _read_scores(score_path(m, key, s)) is None}):
+                              if starts[(specs[m][0], s)] is None and known[score_path(m, key, s)] is None}):
         load(name, seed, need="tensors")
     # A kept start trained again as the init of another (`init: start:NAME`) has new tensors on disk:
     # read them, so its fingerprint (hence its scores' keys) and start.json are those of the new run.
     for name, seed in [k for k, params in starts.items() if params is None]:
-        if (out / "starts" / f"{name}-seed{seed}" / "adapter" / "llm_meta.json").is_file():
+        if _has_tensors(_run_dir(out, name, seed)):
             load(name, seed)
     for done, (method, key) in enumerate(progress_bar(units, desc="benchmark"), 1):
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
         select = method.partition("@")[0].endswith(SELECT)
         seeds = seeds_of(method)
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
-        runs = [_scored(score_path(method, key, s),
-                        lambda s=s: _score(body, _candidates(starts, start, s, select), episodes, inner))
-                for s in seeds]
+        runs = [_scored(path, lambda s=s: _score(body, _candidates(starts, start, s, select), episodes, inner),
+                        known[path] if path in known else _read_scores(path))
+                for s in seeds for path in [score_path(method, key, s)]]
         per_seed = [[episode_score(o) for o in run] for run, _, _, _ in runs]
         outcomes[method][name] = Outcomes([run for run, _, _, _ in runs], *texts[key])
         if select:
@@ -302,7 +305,7 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str,
     Otherwise it is moved aside (never deleted) and trained again, with one line saying why. The
     training wall time goes to `timing.json`.
     """
-    run_dir = out / "starts" / f"{name}-seed{seed}"
+    run_dir = _run_dir(out, name, seed)
     train_cfg = _start_config(cfg, name, seed, run_dir)
     keyed, first, after = {k: v for k, v in to_dict(train_cfg).items() if k != "output_dir"}, "", ""
     if train_cfg.init and train_cfg.init.startswith("start:"):  # e.g. FOMAML from the transfer start
@@ -314,14 +317,13 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str,
     key = hashlib.sha256(json.dumps([keyed, _code_fingerprint(), _runtime(None, train_cfg.mixed_precision), after],
                                     sort_keys=True).encode()).hexdigest()[:20]
     done = run_dir / "DONE"
-    have = ("tensors" if (run_dir / "adapter" / "llm_meta.json").is_file() else
-            "record" if _read_record(run_dir) is not None else "key")
-    if NEEDS.index(have) >= NEEDS.index(need) and done.is_file() and done.read_text().strip() == key:
+    same = done.is_file() and done.read_text().strip() == key
+    have = "tensors" if _has_tensors(run_dir) else "record" if _read_record(run_dir) is not None else "key"
+    if same and NEEDS.index(have) >= NEEDS.index(need):
         return run_dir
     if run_dir.exists():
         stale = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}")
-        why = (f"is kept without its {need}, which this run needs" if done.is_file() and
-               done.read_text().strip() == key else
+        why = (f"is kept without its {need}, which this run needs" if same else
                "was trained with another config, code, device or library versions (or did not finish)")
         tqdm.write(f"start '{name}' (meta-seed {seed}) in {run_dir} {why}; moved to {stale.name}, training it again",
                    file=sys.stderr)
@@ -341,13 +343,22 @@ def _load_start(body: Body, run_dir: Path) -> tuple[Params | None, str, dict]:
     adapter when it is on disk (recording fingerprint and selection in start.json), else from
     start.json alone, with no tensors (a kept start)."""
     adapter = run_dir / "adapter"
-    if not (adapter / "llm_meta.json").is_file():
+    if not _has_tensors(run_dir):
         record = _read_record(run_dir)
         return None, record["params_fingerprint"], record["selection"]
     params = load_adapter_params(body, adapter)
     record = {"params_fingerprint": _params_fingerprint(params), "selection": _selection(adapter)}
     write_atomic(run_dir / START_RECORD, json.dumps(record, indent=1))
     return params, record["params_fingerprint"], record["selection"]
+
+
+def _run_dir(out: Path, name: str, seed: int) -> Path:
+    return out / "starts" / f"{name}-seed{seed}"
+
+
+def _has_tensors(run_dir: Path) -> bool:
+    """Whether a start's adapter is on disk (a kept start has only DONE and start.json)."""
+    return (run_dir / "adapter" / "llm_meta.json").is_file()
 
 
 def _read_record(run_dir: Path) -> dict | None:
@@ -372,11 +383,10 @@ def keep_run(out: Path, archive: Path) -> list[str]:
     New meta-seeds and methods train as usual. Returns the archived paths, relative to `out`."""
     import tarfile
 
-    names = sorted([p.relative_to(out).as_posix() for p in (out / "scores").glob("*.json")] +
-                   [p.relative_to(out).as_posix() for p in (out / "starts").glob("*/DONE")
-                    if ".replaced-" not in p.parent.name] +
-                   [p.relative_to(out).as_posix() for p in (out / "starts").glob(f"*/{START_RECORD}")
-                    if (p.parent / "DONE").is_file() and ".replaced-" not in p.parent.name])
+    kept = [d for d in (out / "starts").glob("*") if ".replaced-" not in d.name and (d / "DONE").is_file()]
+    files = [*(out / "scores").glob("*.json"), *(d / "DONE" for d in kept),
+             *(d / START_RECORD for d in kept if (d / START_RECORD).is_file())]
+    names = sorted(p.relative_to(out).as_posix() for p in files)
     partial = archive.with_name(f"{archive.name}.tmp-{os.getpid()}")  # a crash never leaves half an archive
     with tarfile.open(partial, "w:gz") as tar:
         for name in names:
@@ -520,12 +530,12 @@ def _read_scores(path: Path) -> tuple[list[np.ndarray], float, list[str]] | None
         return None
 
 
-def _scored(path: Path, score: Callable[[], tuple[list[np.ndarray], list[str]]]
+def _scored(path: Path, score: Callable[[], tuple[list[np.ndarray], list[str]]],
+            saved: tuple[list[np.ndarray], float, list[str]] | None
             ) -> tuple[list[np.ndarray], float, bool, list[str]]:
     """(per-query outcomes of each episode, seconds, whether read from the cache, the start each
-    episode adapted from when it was chosen) of one method on one episode set: read from `path`
-    (`_score_path`) if there, else computed and written whole."""
-    saved = _read_scores(path)
+    episode adapted from when it was chosen) of one method on one episode set: `saved`, what
+    `_read_scores(path)` read, if anything, else computed and written whole to `path`."""
     if saved is not None:
         return saved[0], saved[1], True, saved[2]
     began = time.perf_counter()
