@@ -84,19 +84,54 @@ def test_a_tiny_family_run_trains_on_some_domains_and_tests_on_held_out_ones(tin
     assert [h["step"] for h in results["validation"]][:1] == [0]
 
 
-def test_the_family_benchmark_trains_its_fomaml_start_exactly_as_the_shipped_family_config():
-    # benchmark_family.yaml gives every algorithm the family through train_overrides; its FOMAML
-    # start must be sentiment_family.yaml itself, so the two cannot drift apart.
+def test_the_protonet_family_recipe_gives_an_adapter_that_adapt_scores_by_nearest_prototype(tiny_bert_dir, tmp_path):
+    # sentiment_family_protonet.yaml end to end on a tiny random model, then the README's adapt
+    # command (inner.steps=0 select_start=off): the adapted model is the meta-trained LoRA with a
+    # prototype head, untouched by any step.
+    import dataclasses
+
+    import torch
+
+    from llm_meta.checkpoint import load_adapter_params, read_metadata
+    from llm_meta.classifier import AdaptConfig, adapt, default_adapt_config
+    from llm_meta.config import load_config
+    from recipes import meta_train
+
+    cfg = load_config(meta_train.Config, "recipes/configs/sentiment_family_protonet.yaml", [
+        f"model.name={tiny_bert_dir}", f"output_dir={tmp_path / 'family'}", "outer.steps=2", "validate_every=1",
+        "episodes.k_shot=2", "episodes.q_query=2", "validation.episodes=1", "validation.k_shot=2", "test.tasks=[]"])
+    meta_train.main(cfg)
+    adapter = tmp_path / "family" / "adapter"
+    assert read_metadata(str(adapter))["algorithm"] == "protonet"
+    clf = adapt(cfg=AdaptConfig(task="tweets_apple", shots=2, adapter=str(adapter), select_start="off",
+                                inner=dataclasses.replace(default_adapt_config(), steps=0)))
+    assert clf.metadata["start"] == str(adapter) and len(clf.labels) == 3
+    trained = load_adapter_params(clf.body, str(adapter))
+    assert trained and all(torch.equal(clf.params[name], value) for name, value in trained.items())
+
+
+@pytest.mark.parametrize("start, recipe", [("fomaml", "sentiment_family.yaml"),
+                                           ("protonet", "sentiment_family_protonet.yaml")])
+def test_the_family_benchmark_trains_its_start_exactly_as_the_shipped_family_recipe(start, recipe):
+    # benchmark_family.yaml gives every algorithm the family through train_overrides; its FOMAML and
+    # ProtoNet starts must be the shipped family recipes themselves, so the two cannot drift apart.
     from llm_meta.config import load_config, to_dict
     from recipes import benchmark, meta_train
 
     cfg = load_config(benchmark.Config, "recipes/configs/benchmark_family.yaml")
-    shipped = to_dict(load_config(meta_train.Config, "recipes/configs/sentiment_family.yaml", ["outer.steps=80",
-                                                                                                "validate_every=40"]))
-    started = to_dict(benchmark._start_config(cfg, "fomaml", 0, Path("x")))
+    shipped = to_dict(load_config(meta_train.Config, f"recipes/configs/{recipe}"))
+    started = to_dict(benchmark._start_config(cfg, start, 0, Path("x")))
     assert {k: v for k, v in started.items() if k not in ("output_dir", "test", "model")} == \
         {k: v for k, v in shipped.items() if k not in ("output_dir", "test", "model")}
     assert started["model"]["max_length"] == shipped["model"]["max_length"] == 128
+    assert started["algorithm"] == start
+
+
+def test_meta_learning_from_transfer_starts_at_the_transfer_start():
+    from llm_meta.config import load_config
+    from recipes import benchmark
+
+    cfg = load_config(benchmark.Config, "recipes/configs/benchmark_family.yaml")
     assert benchmark._start_config(cfg, "fomaml_from_transfer", 0, Path("x")).init == "start:transfer_half"
 
 
