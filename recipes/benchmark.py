@@ -35,13 +35,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from llm_meta.checkpoint import load_adapter_params, read_metadata, write_atomic
 from llm_meta.classifier import default_adapt_config, whole_split_episode
-from llm_meta.config import from_dict, load_config, to_dict
+from llm_meta.config import from_dict, load_config, parse_yaml, to_dict
 from llm_meta.core import InnerConfig, interpolate
 from llm_meta.episodes import Episode, EpisodeSampler, Examples, WordExamples
 from llm_meta.adaptation import choose_start
@@ -101,7 +100,7 @@ def method_spec(name: str, train_configs: dict[str, str]) -> tuple[str, Callable
     pairs = [item.partition("=") for item in changes.split(",")]
     if any(not sep or not key for key, sep, _ in pairs):
         raise ValueError(f"method '{name}': write adaptation changes as method@key=value,key=value")
-    update = {key.strip(): yaml.safe_load(raw) for key, _, raw in pairs}
+    update = {key.strip(): parse_yaml(raw) for key, _, raw in pairs}
 
     def changed(c: InnerConfig) -> InnerConfig:
         return from_dict(InnerConfig, {**to_dict(inner(c)), **update})

@@ -63,6 +63,21 @@ def test_base_file_is_merged_section_by_section(tmp_path):
         load_config(Outer, tmp_path / "orphan.yaml")
 
 
+def test_words_that_yaml_1_1_reads_as_booleans_stay_words(tmp_path):
+    # `llm-meta adapt ... select_start=off` (README) and `mixed_precision=no` are words of a choice;
+    # YAML 1.1 reads on/off/yes/no as booleans, which failed as a type error. Only true/false are.
+    from llm_meta.classifier import AdaptConfig
+    from recipes import meta_train
+
+    assert load_config(AdaptConfig, None, ["select_start=off"]).select_start == "off"
+    (tmp_path / "adapt.yaml").write_text("select_start: off\n")
+    assert load_config(AdaptConfig, tmp_path / "adapt.yaml").select_start == "off"
+    assert load_config(meta_train.Config, None, ["mixed_precision=no"]).mixed_precision == "no"
+    assert load_config(meta_train.Config, None, ["model.normalize=False"]).model.normalize is False
+    with pytest.raises(ConfigError, match="expects true/false, got 'yes'"):
+        load_config(meta_train.Config, None, ["model.normalize=yes"])
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "recipes/configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads_into_its_recipe(path):

@@ -84,16 +84,15 @@ def test_a_tiny_family_run_trains_on_some_domains_and_tests_on_held_out_ones(tin
     assert [h["step"] for h in results["validation"]][:1] == [0]
 
 
-def test_the_protonet_family_recipe_gives_an_adapter_that_adapt_scores_by_nearest_prototype(tiny_bert_dir, tmp_path):
-    # sentiment_family_protonet.yaml end to end on a tiny random model, then the README's adapt
-    # command (inner.steps=0 select_start=off): the adapted model is the meta-trained LoRA with a
-    # prototype head, untouched by any step.
-    import dataclasses
-
+def test_the_protonet_family_recipe_gives_an_adapter_that_the_readme_adapt_command_uses_without_steps(
+        tiny_bert_dir, tmp_path):
+    # sentiment_family_protonet.yaml end to end on a tiny random model, then adapt with the README's
+    # overrides (inner.steps=0 select_start=off, parsed as the command line parses them): the
+    # adapted model keeps the meta-trained LoRA untouched, as the study scored it.
     import torch
 
     from llm_meta.checkpoint import load_adapter_params, read_metadata
-    from llm_meta.classifier import AdaptConfig, adapt, default_adapt_config
+    from llm_meta.classifier import AdaptConfig, adapt
     from llm_meta.config import load_config
     from recipes import meta_train
 
@@ -103,23 +102,26 @@ def test_the_protonet_family_recipe_gives_an_adapter_that_adapt_scores_by_neares
     meta_train.main(cfg)
     adapter = tmp_path / "family" / "adapter"
     assert read_metadata(str(adapter))["algorithm"] == "protonet"
-    clf = adapt(cfg=AdaptConfig(task="tweets_apple", shots=2, adapter=str(adapter), select_start="off",
-                                inner=dataclasses.replace(default_adapt_config(), steps=0)))
-    assert clf.metadata["start"] == str(adapter) and len(clf.labels) == 3
+    clf = adapt(cfg=load_config(AdaptConfig, None, ["task=tweets_apple", "shots=2", f"adapter={adapter}",
+                                                    "inner.steps=0", "select_start=off"]))
+    assert clf.metadata["start"] == str(adapter) and clf.metadata["start_selection"] is None
     trained = load_adapter_params(clf.body, str(adapter))
     assert trained and all(torch.equal(clf.params[name], value) for name, value in trained.items())
 
 
-@pytest.mark.parametrize("start, recipe", [("fomaml", "sentiment_family.yaml"),
-                                           ("protonet", "sentiment_family_protonet.yaml")])
-def test_the_family_benchmark_trains_its_start_exactly_as_the_shipped_family_recipe(start, recipe):
+@pytest.mark.parametrize("start, recipe, overrides", [
+    ("fomaml", "sentiment_family.yaml", []),
+    ("protonet", "sentiment_family_protonet.yaml", []),
+    ("transfer", "sentiment_family.yaml", ["algorithm=transfer", "outer.steps=400", "validate_every=200"])])
+def test_the_family_benchmark_trains_its_start_exactly_as_the_shipped_family_recipe(start, recipe, overrides):
     # benchmark_family.yaml gives every algorithm the family through train_overrides; its FOMAML and
-    # ProtoNet starts must be the shipped family recipes themselves, so the two cannot drift apart.
+    # ProtoNet starts must be the shipped family recipes themselves, and its transfer start the
+    # README's command for it, so they cannot drift apart.
     from llm_meta.config import load_config, to_dict
     from recipes import benchmark, meta_train
 
     cfg = load_config(benchmark.Config, "recipes/configs/benchmark_family.yaml")
-    shipped = to_dict(load_config(meta_train.Config, f"recipes/configs/{recipe}"))
+    shipped = to_dict(load_config(meta_train.Config, f"recipes/configs/{recipe}", overrides))
     started = to_dict(benchmark._start_config(cfg, start, 0, Path("x")))
     assert {k: v for k, v in started.items() if k not in ("output_dir", "test", "model")} == \
         {k: v for k, v in shipped.items() if k not in ("output_dir", "test", "model")}
