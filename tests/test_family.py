@@ -68,6 +68,13 @@ def test_a_held_out_domain_may_not_share_texts_with_training():
     meta_train.check_held_out(cfg, ["tweets_claritin", "drug_reviews"], "test.tasks")  # disjoint domains: fine
 
 
+def tiny_family(tiny_bert_dir, out: Path) -> list[str]:
+    """Overrides that run a shipped family recipe on a tiny random model in seconds (whole-split
+    validation and test episodes, as shipped)."""
+    return [f"model.name={tiny_bert_dir}", f"output_dir={out}", "outer.steps=2", "episodes.k_shot=2",
+            "episodes.q_query=2", "validation.episodes=1", "validation.k_shot=2"]
+
+
 def test_a_tiny_family_run_trains_on_some_domains_and_tests_on_held_out_ones(tiny_bert_dir, tmp_path):
     # The shipped family config end to end, on a tiny random model: domains in, a PEFT adapter and
     # a held-out comparison (Apple tweets, drug reviews) out.
@@ -75,9 +82,8 @@ def test_a_tiny_family_run_trains_on_some_domains_and_tests_on_held_out_ones(tin
     from llm_meta.config import load_config
 
     cfg = load_config(meta_train.Config, "recipes/configs/sentiment_family.yaml", [
-        f"model.name={tiny_bert_dir}", f"output_dir={tmp_path / 'family'}", "outer.steps=2", "validate_every=2",
-        "episodes.k_shot=2", "episodes.q_query=2", "inner.steps=1", "adapt.steps=1", "validation.episodes=1",
-        "validation.k_shot=2", "test.episodes=1", "test.k_shot=2"])  # whole-split episodes, as shipped
+        *tiny_family(tiny_bert_dir, tmp_path / "family"), "validate_every=2", "inner.steps=1", "adapt.steps=1",
+        "test.episodes=1", "test.k_shot=2"])
     results = meta_train.main(cfg)
     assert set(results["test"]) == {"tweets_apple", "drug_reviews"}
     assert (tmp_path / "family" / "adapter" / "adapter_model.safetensors").is_file()
@@ -97,8 +103,7 @@ def test_the_protonet_family_recipe_gives_an_adapter_that_the_readme_adapt_comma
     from recipes import meta_train
 
     cfg = load_config(meta_train.Config, "recipes/configs/sentiment_family_protonet.yaml", [
-        f"model.name={tiny_bert_dir}", f"output_dir={tmp_path / 'family'}", "outer.steps=2", "validate_every=1",
-        "episodes.k_shot=2", "episodes.q_query=2", "validation.episodes=1", "validation.k_shot=2", "test.tasks=[]"])
+        *tiny_family(tiny_bert_dir, tmp_path / "family"), "validate_every=1", "test.tasks=[]"])
     meta_train.main(cfg)
     adapter = tmp_path / "family" / "adapter"
     assert read_metadata(str(adapter))["algorithm"] == "protonet"
