@@ -157,3 +157,33 @@ def test_the_study_table_lists_each_methods_mean_per_meta_seed():
     assert "| prototype | 46.4 | 42.1 |" in table  # no trained start: one value
     # a K the run did not score gives "-" cells, not an error
     assert "| protonet | - | - |" in family_table("family_seeds01_results.json", 4).splitlines()
+
+
+def test_start_shift_reads_zero_for_the_untrained_start_and_the_norm_of_b_a_for_a_moved_one(tiny_bert_dir, tmp_path):
+    # benchmarks/start_shift.py, the SmolLM2 family diagnosis: an adapter holding the untrained
+    # start itself moves nothing; one whose B was set moves the embedding, and its |B·A| is printed.
+    import torch
+
+    from llm_meta.checkpoint import save_adapter
+    from llm_meta.config import load_config
+    from recipes import benchmark
+
+    overrides = [f"model.name={tiny_bert_dir}"]
+    cfg = load_config(benchmark.Config, "recipes/configs/benchmark_family.yaml", overrides)
+    body, params = benchmark.untrained_start(cfg.model, 0)
+    save_adapter(body, params, tmp_path / "same" / "adapter", {})
+    moved = {k: (torch.full_like(v, 0.05) if "lora_B" in k else v) for k, v in params.items()}
+    save_adapter(body, moved, tmp_path / "moved" / "adapter", {})
+
+    def shift(start: str) -> list[str]:
+        root = Path(__file__).resolve().parents[1]
+        return subprocess.run([sys.executable, str(root / "benchmarks/start_shift.py"), str(tmp_path / start),
+                               "--config", "recipes/configs/benchmark_family.yaml", "--task", "tweets_apple",
+                               "--texts", "6", *overrides], capture_output=True, text=True, check=True,
+                              cwd=root).stdout.splitlines()
+    same, moved_lines = shift("same"), shift("moved")
+    assert "mean embedding shift 0.0000" in same[0] and "least cosine 1.00000" in same[0]
+    assert "|B·A| over" in same[1] and "0.0000 to 0.0000" in same[1]
+    assert "mean embedding shift 0.0000" not in moved_lines[0]
+    b_a = [(moved[k.replace("lora_A", "lora_B")] @ moved[k]).norm().item() for k in moved if "lora_A" in k]
+    assert f"{min(b_a):.4f} to {max(b_a):.4f}" in moved_lines[1]
