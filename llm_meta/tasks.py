@@ -27,16 +27,16 @@ import html
 import importlib.util
 import json
 import logging
-import os
 import random
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 import yaml
+
+from llm_meta.atomic import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -365,15 +365,9 @@ def _unzipped(archive: Path, members: dict[str, str]) -> Path:
     key = hashlib.sha256(f"{archive.name}:{archive.stat().st_size}:{sorted(members.items())}".encode()).hexdigest()[:12]
     folder = cache_dir() / "data" / f"{archive.stem}-{key}"
     if not all((folder / f"{split}{Path(member).suffix}").is_file() for split, member in members.items()):
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(archive) as zf:
+        with atomic_folder(folder) as tmp, zipfile.ZipFile(archive) as zf:  # or another process's, whole
             for split, member in members.items():
                 (tmp / f"{split}{Path(member).suffix}").write_bytes(zf.read(member))
-        try:
-            os.replace(tmp, folder)  # appears whole, or another process finished first
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -38,6 +37,7 @@ import torch
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
+from llm_meta.atomic import atomic_file
 from llm_meta.checkpoint import load_adapter_params, read_metadata, write_atomic
 from llm_meta.classifier import default_adapt_config, whole_split_episode
 from llm_meta.config import from_dict, load_config, parse_yaml, to_dict
@@ -386,11 +386,9 @@ def keep_run(out: Path, archive: Path) -> list[str]:
     files = [*(out / "scores").glob("*.json"), *(d / "DONE" for d in kept),
              *(d / START_RECORD for d in kept if (d / START_RECORD).is_file())]
     names = sorted(p.relative_to(out).as_posix() for p in files)
-    partial = archive.with_name(f"{archive.name}.tmp-{os.getpid()}")  # a crash never leaves half an archive
-    with tarfile.open(partial, "w:gz") as tar:
+    with atomic_file(archive) as partial, tarfile.open(partial, "w:gz") as tar:  # never half an archive
         for name in names:
             tar.add(out / name, arcname=name)
-    os.replace(partial, archive)
     return names
 
 

@@ -123,3 +123,34 @@ def test_adapter_replacement_cut_between_renames_is_recovered(tiny_bert_dir, tmp
     with caplog.at_level(logging.WARNING):
         assert read_metadata(tmp_path / "adapter")["step"] == 0
     assert "cut off while being replaced" in caplog.text and not (tmp_path / "adapter.old").exists()
+
+
+def test_an_atomic_file_or_folder_appears_whole_or_not_at_all(tmp_path):
+    # llm_meta.atomic: an error inside the block leaves the final name untouched and no temporary
+    # behind; a write-once folder that another process finished first is kept, ours dropped.
+    from llm_meta.atomic import atomic_file, atomic_folder
+
+    final = tmp_path / "scores" / "a.json"
+    with atomic_file(final) as tmp:
+        tmp.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(final) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert final.read_text() == "old" and [p.name for p in final.parent.iterdir()] == ["a.json"]
+    with atomic_file(final) as tmp:
+        tmp.write_text("new")
+    assert final.read_text() == "new"
+
+    folder = tmp_path / "cache" / "model"
+    with pytest.raises(RuntimeError), atomic_folder(folder) as tmp:
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("interrupted unpacking")
+    assert not folder.parent.exists() or list(folder.parent.iterdir()) == []
+    with atomic_folder(folder) as tmp:
+        (tmp / "config.json").write_text("theirs")
+    with atomic_folder(folder) as tmp:  # finished by another process meanwhile
+        (tmp / "config.json").write_text("ours")
+    assert (folder / "config.json").read_text() == "theirs" and list(folder.parent.iterdir()) == [folder]
+    (tmp_path / "blocked").write_text("a file in the way")
+    with pytest.raises(OSError), atomic_folder(tmp_path / "blocked") as tmp:
+        (tmp / "x").write_text("")
