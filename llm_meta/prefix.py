@@ -99,8 +99,7 @@ class PrefixCache:
         """Write the rows not yet on disk as one new shard."""
         if self.directory is None or not self.pending:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with atomic_file(self.directory / f"{uuid.uuid4().hex}.safetensors") as tmp:
+        with atomic_file(self.directory / f"{uuid.uuid4().hex}.safetensors") as tmp:  # makes the folder
             save_file(self.pending, str(tmp))
         self.pending = {}
 
