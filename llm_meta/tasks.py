@@ -364,13 +364,14 @@ def _unzipped(archive: Path, members: dict[str, str]) -> Path:
 
     key = hashlib.sha256(f"{archive.name}:{archive.stat().st_size}:{sorted(members.items())}".encode()).hexdigest()[:12]
     folder = cache_dir() / "data" / f"{archive.stem}-{key}"
+    names = {member: f"{split}{Path(member).suffix}" for split, member in members.items()}  # member -> file
 
     def whole(f: Path) -> bool:
-        return all((f / f"{split}{Path(member).suffix}").is_file() for split, member in members.items())
+        return all((f / name).is_file() for name in names.values())
     if not whole(folder):
         with atomic_folder(folder, whole) as tmp, zipfile.ZipFile(archive) as zf:  # or another process's
-            for split, member in members.items():
-                (tmp / f"{split}{Path(member).suffix}").write_bytes(zf.read(member))
+            for member, name in names.items():
+                (tmp / name).write_bytes(zf.read(member))
     return folder
 
 
