@@ -90,7 +90,7 @@ def test_a_tiny_family_run_trains_on_some_domains_and_tests_on_held_out_ones(tin
     assert [h["step"] for h in results["validation"]][:1] == [0]
 
 
-def test_the_protonet_family_recipe_gives_an_adapter_that_the_readme_adapt_command_uses_without_steps(
+def test_the_protonet_family_recipe_gives_an_adapter_that_both_readme_adapt_commands_use(
         tiny_bert_dir, tmp_path):
     # sentiment_family_protonet.yaml end to end on a tiny random model, then adapt with the README's
     # overrides (inner.steps=0 select_start=off, parsed as the command line parses them): the
@@ -112,6 +112,12 @@ def test_the_protonet_family_recipe_gives_an_adapter_that_the_readme_adapt_comma
     assert clf.metadata["start"] == str(adapter) and clf.metadata["start_selection"] is None
     trained = load_adapter_params(clf.body, str(adapter))
     assert trained and all(torch.equal(clf.params[name], value) for name, value in trained.items())
+    # The README's safer default for the same adapter: the start is chosen on the support set among
+    # the three candidates (a ProtoNet adapter is LoRA only), then adapted with the shared steps.
+    chosen = adapt(cfg=load_config(AdaptConfig, None, ["task=tweets_apple", "shots=2", f"adapter={adapter}"]))
+    selection = chosen.metadata["start_selection"]
+    assert set(selection["leave_one_out_fit"]) == {"untrained", "adapter", "adapter at α=0.5"}
+    assert selection["chosen"] in selection["leave_one_out_fit"]
 
 
 @pytest.mark.parametrize("start, recipe, overrides", [
