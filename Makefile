@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: install quickstart benchmark test test-all clean
+.PHONY: install quickstart benchmark test test-all field-cases clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,18 @@ test: install
 # Everything, slow real-data training runs included.
 test-all: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 -m ""
+
+# The real-world input files that once broke the tool (../shared/field-cases, beside the
+# repository): each run.sh runs in a temporary copy of its folder, so it gets llm-meta's absolute
+# path. Fails on a traceback or a changed input; the rest of each log is read against expect.txt.
+FIELD_CASES ?= ../shared/field-cases
+field-cases: install
+	mkdir -p runs/field-cases
+	@fail=0; for script in $(FIELD_CASES)/*/run.sh; do case=$$(basename $$(dirname $$script)); \
+	  log=runs/field-cases/$$case.log; LLM=$(abspath $(BIN))/llm-meta bash $$script > $$log 2>&1; \
+	  if grep -q "inputs unchanged: OK" $$log && ! grep -q Traceback $$log; then \
+	    echo "$$case: ran (read $$log against $$(dirname $$script)/expect.txt)"; \
+	  else echo "$$case: FAILED ($$log)"; fail=1; fi; done; exit $$fail
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
