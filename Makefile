@@ -50,6 +50,7 @@ test-all: install
 # path. Fails on a traceback or a changed input; the rest of each log is read against expect.txt.
 FIELD_CASES ?= ../shared/field-cases
 field-cases: install
+	@test -d $(FIELD_CASES) || { echo "no field cases at $(FIELD_CASES) (give FIELD_CASES=DIR)"; exit 1; }
 	mkdir -p runs/field-cases
 	@fail=0; for script in $(FIELD_CASES)/*/run.sh; do case=$$(basename $$(dirname $$script)); \
 	  log=runs/field-cases/$$case.log; LLM=$(abspath $(BIN))/llm-meta bash $$script > $$log 2>&1; \

@@ -118,6 +118,7 @@ def test_the_protonet_family_recipe_gives_an_adapter_that_both_readme_adapt_comm
     selection = chosen.metadata["start_selection"]
     assert set(selection["leave_one_out_fit"]) == {"untrained", "adapter", "adapter at α=0.5"}
     assert selection["chosen"] in selection["leave_one_out_fit"]
+    assert chosen.metadata["adapt_config"]["inner"]["steps"] == AdaptConfig().inner.steps > 0
 
 
 @pytest.mark.parametrize("start, recipe, overrides", [
