@@ -6,6 +6,7 @@ benchmark, so a start is always judged by the adaptation it will get in use.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -21,6 +22,11 @@ from llm_meta.ner import word_loss_and_accuracy
 from llm_meta.spans import decomposed_head
 
 NER_HEADS = ("io", "decomposed")
+# Inner steps of the adaptation an algorithm meta-trains its start for, where that is not the shared
+# one. ProtoNet learns the nearest-prototype classifier itself (Snell et al., 2017); 15 steps on top of
+# its start gave back a third of its held-out gain on Apple tweets (BENCHMARKS.md, "The ProtoNet
+# start, and FOMAML at a second meta-seed").
+OWN_STEPS = {"protonet": 0}
 
 
 def init_head(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig,
@@ -128,6 +134,14 @@ def choose_start(body: Body, candidates: dict[str, Params], support: Examples, n
     order = list(fits)
     best = max(order, key=lambda name: (float("-inf") if math.isnan(fits[name]) else fits[name], -order.index(name)))
     return best, fits
+
+
+def own_adaptation(cfg: InnerConfig, algorithm: str | None) -> InnerConfig:
+    """The adaptation of a meta-trained start used as itself: `cfg` with the inner steps its
+    `algorithm` meta-trained it for (`OWN_STEPS`: ProtoNet 0, the nearest-prototype head alone), or
+    `cfg` unchanged for any other algorithm (None included)."""
+    steps = OWN_STEPS.get(algorithm or "")
+    return cfg if steps is None else dataclasses.replace(cfg, steps=steps)
 
 
 @torch.no_grad()

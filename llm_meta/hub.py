@@ -59,7 +59,9 @@ def model_card(metadata: dict[str, Any], files: list[str]) -> ModelCard:
         if metadata.get("start_selection"):
             fits = metadata["start_selection"]["leave_one_out_fit"]
             lines.append(f"- start chosen on the support set: {metadata['start_selection']['chosen']} (leave-one-out "
-                         f"fit, higher is better: {', '.join(f'{k} {v:.3f}' for k, v in fits.items())})")
+                         f"fit, higher is better: {', '.join(f'{k} {v:.3f}' for k, v in fits.items())})"
+                         + (f", then {metadata['start_selection']['inner_steps']} inner steps"
+                            if "inner_steps" in metadata["start_selection"] else ""))
     else:
         step0, kept = metadata.get("step0_validation_accuracy"), metadata.get("validation_accuracy")
         lines += [f"- algorithm: `{metadata.get('algorithm', '?')}`; meta-training tasks: "

@@ -72,7 +72,9 @@ METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
 
 
 # `METHOD+select`: each episode's start is chosen on its own support set among the untrained start,
-# METHOD's start and its weight change halved (llm_meta.adaptation.choose_start), as `llm-meta adapt` does.
+# METHOD's start and its weight change halved (llm_meta.adaptation.choose_start), as `llm-meta adapt` does:
+# METHOD's start then adapts as METHOD does (`protonet+select`: no steps), the other two as `finetune`
+# does (the shared adaptation, with any `@key=value` changes of the method).
 SELECT = "+select"
 # What a trained start leaves beside its adapter: its tensors' fingerprint and what selection chose.
 START_RECORD = "start.json"
@@ -225,8 +227,10 @@ def main(cfg: Config) -> dict:
 
     def score_path(method: str, key: tuple, seed: int) -> Path:
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
-        ids = _candidate_ids(fingerprints, start, seed, method.partition("@")[0].endswith(SELECT))
-        return _score_path(out, [*code, to_dict(cfg.model), to_dict(inner), settings[key]["hash"], *ids])
+        select = method.partition("@")[0].endswith(SELECT)
+        ids = _candidate_ids(fingerprints, start, seed, select)
+        shared = [to_dict(_shared_inner(method, cfg))] if select else []
+        return _score_path(out, [*code, to_dict(cfg.model), to_dict(inner), *shared, settings[key]["hash"], *ids])
 
     def seeds_of(method: str) -> list[int]:
         # The untrained LoRA's random A matters only once LoRA trains (B = 0 until then).
@@ -250,7 +254,8 @@ def main(cfg: Config) -> dict:
         select = method.partition("@")[0].endswith(SELECT)
         seeds = seeds_of(method)
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
-        runs = [_scored(path, lambda s=s: _score(body, _candidates(starts, start, s, select), episodes, inner),
+        runs = [_scored(path, lambda s=s: _score(body, _candidates(starts, start, s, select), episodes, inner,
+                                                            _shared_inner(method, cfg)),
                         known[path] if path in known else _read_scores(path))
                 for s in seeds for path in [score_path(method, key, s)]]
         per_seed = [[episode_score(o) for o in run] for run, _, _, _ in runs]
@@ -488,14 +493,23 @@ def _candidates(starts: dict, start: str, seed: int, select: bool) -> dict[str, 
     return {"untrained": untrained, start: trained, f"{start} at α=0.5": interpolate(untrained, trained, 0.5)}
 
 
-def _score(body: Body, candidates: dict[str, Params], episodes: list[Episode], inner: InnerConfig
-           ) -> tuple[list[np.ndarray], list[str]]:
+def _shared_inner(method: str, cfg: Config) -> InnerConfig:
+    """The adaptation of a `+select` method's untrained and halfway candidates: `finetune`'s, with the
+    method's `@key=value` changes."""
+    changes = method.partition("@")[2]
+    return method_spec(f"finetune@{changes}" if changes else "finetune", cfg.train_configs)[1](cfg.adapt)
+
+
+def _score(body: Body, candidates: dict[str, Params], episodes: list[Episode], inner: InnerConfig,
+           shared: InnerConfig) -> tuple[list[np.ndarray], list[str]]:
     """Per-query outcomes of every episode and the start each one adapted from: the only
-    candidate, or the one `choose_start` picks on that episode's support set."""
+    candidate (adapted with `inner`), or the one `choose_start` picks on that episode's support set:
+    the method's own start (the second candidate) adapts with `inner`, the others with `shared`."""
     if len(candidates) == 1:
         return score_outcomes(body, next(iter(candidates.values())), episodes, inner), []
-    picks = [choose_start(body, candidates, ep.support, ep.n_way, inner, ep.label_names)[0] for ep in episodes]
-    return [episode_outcomes(body, candidates[c], ep, inner, seed=i)
+    own = list(candidates)[1]
+    picks = [choose_start(body, candidates, ep.support, ep.n_way, shared, ep.label_names)[0] for ep in episodes]
+    return [episode_outcomes(body, candidates[c], ep, inner if c == own else shared, seed=i)
             for i, (c, ep) in enumerate(zip(picks, episodes))], picks
 
 

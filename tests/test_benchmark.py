@@ -265,6 +265,32 @@ def test_select_methods_choose_a_start_per_episode(results_dir, tmp_path):
     assert benchmark.main(picky)["starts_chosen"] == results["starts_chosen"]  # read back from the score cache
 
 
+def test_a_select_method_adapts_its_own_start_as_the_method_does_and_the_others_as_finetune(
+        results_dir, toy, monkeypatch):
+    # `protonet+select` is `llm-meta adapt --adapter <ProtoNet adapter>`: ProtoNet's start, when
+    # chosen, takes no steps (its own protocol); the untrained start takes finetune's steps. The
+    # choice is forced (choose_start has its own tests); what is tested is the adaptation it gets.
+    from llm_meta.evaluation import episode_outcomes
+    from llm_meta.tasks import load_task
+
+    out, cfg, _ = results_dir
+    start, change = benchmark.method_spec("protonet+select", cfg.train_configs)
+    inner = change(cfg.adapt)
+    shared = benchmark._shared_inner("protonet+select", cfg)
+    assert (start, inner.steps, shared.steps) == ("protonet", 0, cfg.adapt.steps)
+    assert benchmark._shared_inner("protonet+select@steps=5", cfg).steps == 5
+    body, untrained = benchmark.untrained_start(cfg.model, 0)
+    trained = benchmark._load_start(body, benchmark._run_dir(out, "protonet", 0))[0]
+    candidates = benchmark._candidates({("untrained", 0): untrained, ("protonet", 0): trained}, "protonet", 0, True)
+    episodes = benchmark._fullway(cfg.fullway, load_task(str(toy)), 1)
+    for pick, params, used in [("protonet", trained, inner), ("untrained", untrained, shared)]:
+        monkeypatch.setattr(benchmark, "choose_start", lambda *a, p=pick, **k: (p, {}))
+        outcomes, picks = benchmark._score(body, candidates, episodes, inner, shared)
+        assert picks == [pick] * len(episodes)
+        for i, (got, ep) in enumerate(zip(outcomes, episodes)):
+            assert (got == episode_outcomes(body, params, ep, used, seed=i)).all()
+
+
 def test_a_run_resumes_from_its_kept_archive_without_the_tensors(results_dir, tmp_path, monkeypatch, capsys):
     # kept.tar.gz (scores, each start's DONE key and start.json; no adapter) is what a later run on a
     # fresh machine needs: it trains and scores nothing already done, and only what is new.

@@ -230,3 +230,38 @@ def test_adapt_chooses_its_start_on_the_support_set(tiny_bert_dir, toy, tmp_path
     off = llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "far",
                          cfg=dataclasses.replace(tiny_cfg, select_start="off"))
     assert off.metadata["start_selection"] is None and off.metadata["start"] == str(tmp_path / "far")
+
+
+@pytest.mark.parametrize("algorithm, pick, steps", [("protonet", "adapter", 0), ("protonet", "untrained", 3),
+                                                    ("fomaml", "adapter", 3)])
+def test_a_chosen_protonet_adapter_adapts_as_protonet_does_without_steps(tiny_bert_dir, toy, tmp_path, tiny_cfg,
+                                                                          monkeypatch, algorithm, pick, steps):
+    # ProtoNet meta-trains the nearest-prototype classifier itself: chosen as itself, its LoRA is used
+    # untouched (0 steps); the untrained start, or any other algorithm's adapter, takes the configured
+    # steps. The choice is forced here (the leave-one-out fit has its own tests): what is tested is what
+    # adapt does with it.
+    import dataclasses
+
+    from llm_meta import classifier
+    from llm_meta.adaptation import OWN_STEPS, own_adaptation
+    from llm_meta.checkpoint import load_adapter_params, save_adapter
+    from llm_meta.models import load_body, lora_params
+
+    assert own_adaptation(tiny_cfg.inner, "protonet").steps == OWN_STEPS["protonet"] == 0
+    assert own_adaptation(tiny_cfg.inner, None) is tiny_cfg.inner
+    body = load_body(tiny_cfg.model, seed=0)
+    noise = torch.Generator().manual_seed(1)
+    trained = {k: v + (0.1 * torch.randn(v.shape, generator=noise) if "lora_B" in k else 0)
+               for k, v in lora_params(body).items()}
+    save_adapter(body, trained, tmp_path / "start", {"base_model": str(tiny_bert_dir), "config": {
+        "model": dataclasses.asdict(tiny_cfg.model)}, "algorithm": algorithm})
+    real = classifier.choose_start
+    monkeypatch.setattr(classifier, "choose_start", lambda *a, **k: (pick, real(*a, **k)[1]))
+    clf = llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "start", cfg=tiny_cfg)
+    assert clf.metadata["start_selection"]["chosen"] == pick
+    assert clf.metadata["start_selection"]["inner_steps"] == steps
+    saved = load_adapter_params(clf.body, str(tmp_path / "start"))
+    untouched = all(torch.equal(clf.params[name], value) for name, value in saved.items())
+    assert untouched == (steps == 0)
+    clf.save(tmp_path / "m")
+    assert f"then {steps} inner steps" in (tmp_path / "m" / "README.md").read_text()

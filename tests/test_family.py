@@ -112,12 +112,14 @@ def test_the_protonet_family_recipe_gives_an_adapter_that_both_readme_adapt_comm
     assert clf.metadata["start"] == str(adapter) and clf.metadata["start_selection"] is None
     trained = load_adapter_params(clf.body, str(adapter))
     assert trained and all(torch.equal(clf.params[name], value) for name, value in trained.items())
-    # The README's safer default for the same adapter: the start is chosen on the support set among
-    # the three candidates (a ProtoNet adapter is LoRA only), then adapted with the shared steps.
+    # The README's default for the same adapter: the start is chosen on the support set among the
+    # three candidates (a ProtoNet adapter is LoRA only); the adapter itself, if chosen, takes no steps
+    # (ProtoNet's own protocol), the other two the shared steps.
     chosen = adapt(cfg=load_config(AdaptConfig, None, ["task=tweets_apple", "shots=2", f"adapter={adapter}"]))
     selection = chosen.metadata["start_selection"]
     assert set(selection["leave_one_out_fit"]) == {"untrained", "adapter", "adapter at α=0.5"}
     assert selection["chosen"] in selection["leave_one_out_fit"]
+    assert selection["inner_steps"] == (0 if selection["chosen"] == "adapter" else AdaptConfig().inner.steps)
     assert chosen.metadata["adapt_config"]["inner"]["steps"] == AdaptConfig().inner.steps > 0
 
 
