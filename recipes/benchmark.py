@@ -43,7 +43,7 @@ from llm_meta.classifier import default_adapt_config, whole_split_episode
 from llm_meta.config import from_dict, load_config, parse_yaml, to_dict
 from llm_meta.core import InnerConfig, interpolate
 from llm_meta.episodes import Episode, EpisodeSampler, Examples, WordExamples
-from llm_meta.adaptation import choose_start
+from llm_meta.adaptation import choose_start, own_adaptation
 from llm_meta.evaluation import episode_outcomes, episode_score, score_outcomes
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
@@ -63,7 +63,7 @@ METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
     "maml": ("maml", lambda c: c),
     "metasgd": ("metasgd", lambda c: c),  # its learned per-tensor rates replace adapt.lr
     "reptile": ("reptile", lambda c: c),
-    "protonet": ("protonet", lambda c: dataclasses.replace(c, steps=0)),  # ProtoNet's own protocol
+    "protonet": ("protonet", lambda c: own_adaptation(c, "protonet")),  # ProtoNet's own protocol: no steps
     # The hypernetwork's adapter for the episode, written in one forward pass (0 steps), then adapted.
     "hypernet": ("hypernet", lambda c: dataclasses.replace(c, steps=0)),
     "hypernet_adapt": ("hypernet", lambda c: c),
@@ -89,14 +89,19 @@ def method_spec(name: str, train_configs: dict[str, str]) -> tuple[str, Callable
     how the ablation rows of one adaptation option sit next to the others in one report.
     `method+select` (before any `@`) is that method with its start chosen per episode (`SELECT`)."""
     base, _, changes = name.partition("@")
-    base = base.removesuffix(SELECT)
+    select, base = base.endswith(SELECT), base.removesuffix(SELECT)
     if base in METHODS:
         start, inner = METHODS[base]
     elif base in train_configs:
-        start, inner = base, lambda c: c
+        # Adapted as `llm-meta adapt` adapts it: by its training algorithm's own protocol.
+        algorithm = load_config(meta_train.Config, train_configs[base]).algorithm
+        start, inner = base, lambda c: own_adaptation(c, algorithm)
     else:
         raise ValueError(f"unknown benchmark method '{base}' (valid: {', '.join(METHODS)}, or a start named in "
                          f"train_configs)")
+    if select and start == "untrained":
+        raise ValueError(f"benchmark method '{name}': {SELECT} chooses between the untrained start and a trained "
+                         f"one, and '{base}' adapts from the untrained start (use a trained start's method)")
     if not changes:
         return start, inner
     pairs = [item.partition("=") for item in changes.split(",")]
@@ -254,8 +259,9 @@ def main(cfg: Config) -> dict:
         select = method.partition("@")[0].endswith(SELECT)
         seeds = seeds_of(method)
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
-        runs = [_scored(path, lambda s=s: _score(body, _candidates(starts, start, s, select), episodes, inner,
-                                                            _shared_inner(method, cfg)),
+        shared = _shared_inner(method, cfg)
+        runs = [_scored(path, lambda s=s: _score(body, _candidates(starts, start, s, select), start, episodes,
+                                                            inner, shared),
                         known[path] if path in known else _read_scores(path))
                 for s in seeds for path in [score_path(method, key, s)]]
         per_seed = [[episode_score(o) for o in run] for run, _, _, _ in runs]
@@ -500,14 +506,13 @@ def _shared_inner(method: str, cfg: Config) -> InnerConfig:
     return method_spec(f"finetune@{changes}" if changes else "finetune", cfg.train_configs)[1](cfg.adapt)
 
 
-def _score(body: Body, candidates: dict[str, Params], episodes: list[Episode], inner: InnerConfig,
+def _score(body: Body, candidates: dict[str, Params], own: str, episodes: list[Episode], inner: InnerConfig,
            shared: InnerConfig) -> tuple[list[np.ndarray], list[str]]:
     """Per-query outcomes of every episode and the start each one adapted from: the only
     candidate (adapted with `inner`), or the one `choose_start` picks on that episode's support set:
-    the method's own start (the second candidate) adapts with `inner`, the others with `shared`."""
+    the method's own start (candidate `own`) adapts with `inner`, the others with `shared`."""
     if len(candidates) == 1:
         return score_outcomes(body, next(iter(candidates.values())), episodes, inner), []
-    own = list(candidates)[1]
     picks = [choose_start(body, candidates, ep.support, ep.n_way, shared, ep.label_names)[0] for ep in episodes]
     return [episode_outcomes(body, candidates[c], ep, inner if c == own else shared, seed=i)
             for i, (c, ep) in enumerate(zip(picks, episodes))], picks

@@ -156,6 +156,14 @@ def test_method_variants_change_only_the_adaptation(results_dir, tmp_path):
         benchmark.method_spec("finetune@stepz=1", {})
     with pytest.raises(ValueError, match="key=value"):
         benchmark.method_spec("finetune@steps", {})
+    # A start named in train_configs adapts by its algorithm's own protocol, as `llm-meta adapt` does it.
+    protonet_named = {"proto_long": "recipes/configs/protonet.yaml", "fomaml_long": "recipes/configs/meta_train.yaml"}
+    assert benchmark.method_spec("proto_long", protonet_named)[1](InnerConfig(steps=7)).steps == 0
+    assert benchmark.method_spec("fomaml_long", protonet_named)[1](InnerConfig(steps=7)).steps == 7
+    # `+select` needs a trained start to choose against the untrained one.
+    for untrained in ("finetune+select", "prototype+select@steps=2", "linear_probe+select"):
+        with pytest.raises(ValueError, match="adapts from the untrained start"):
+            benchmark.method_spec(untrained, {})
 
 
 def test_a_declared_primary_contrast_is_judged_alone(results_dir, tmp_path):
@@ -285,7 +293,7 @@ def test_a_select_method_adapts_its_own_start_as_the_method_does_and_the_others_
     episodes = benchmark._fullway(cfg.fullway, load_task(str(toy)), 1)
     for pick, params, used in [("protonet", trained, inner), ("untrained", untrained, shared)]:
         monkeypatch.setattr(benchmark, "choose_start", lambda *a, p=pick, **k: (p, {}))
-        outcomes, picks = benchmark._score(body, candidates, episodes, inner, shared)
+        outcomes, picks = benchmark._score(body, candidates, "protonet", episodes, inner, shared)
         assert picks == [pick] * len(episodes)
         for i, (got, ep) in enumerate(zip(outcomes, episodes)):
             assert (got == episode_outcomes(body, params, ep, used, seed=i)).all()
