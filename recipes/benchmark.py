@@ -82,23 +82,27 @@ KEPT = "kept.tar.gz"  # `keep_run`'s archive in every output folder
 NEEDS = ("key", "record", "tensors")  # what of a trained start a run needs, least first (`_train_start`)
 
 
-def method_spec(name: str, train_configs: dict[str, str]) -> tuple[str, Callable[[InnerConfig], InnerConfig]]:
-    """(start, inner-loop change) of a method: a built-in one, or any start named in train_configs
-    (e.g. `fomaml_smlmt: recipes/configs/smlmt.yaml`), adapted like fomaml. `method@key=value,...`
-    is that method with its adaptation changed (e.g. `finetune@transductive=5`, `fomaml@label_examples=0`):
-    how the ablation rows of one adaptation option sit next to the others in one report.
-    `method+select` (before any `@`) is that method with its start chosen per episode (`SELECT`)."""
+def method_spec(name: str, algorithms: dict[str, str]) -> tuple[str, Callable[[InnerConfig], InnerConfig]]:
+    """(start, inner-loop change) of a method: a built-in one, or any start named in `algorithms`
+    (trained start -> the algorithm its training config runs, `start_algorithms`; e.g. `fomaml_smlmt`).
+    A trained start adapts by its algorithm's own protocol, as `llm-meta adapt` adapts an adapter it
+    keeps (`llm_meta.adaptation.own_adaptation`: a ProtoNet-trained start takes no steps, under any
+    name). `method@key=value,...` is that method with its adaptation changed (e.g.
+    `finetune@transductive=5`, `protonet@steps=15`): how the ablation rows of one adaptation option
+    sit next to the others in one report. `method+select` (before any `@`) is that method with its
+    start chosen per episode (`SELECT`). Raises ValueError for an unknown method or adaptation key,
+    or `+select` on a method of the untrained start."""
     base, _, changes = name.partition("@")
     select, base = base.endswith(SELECT), base.removesuffix(SELECT)
     if base in METHODS:
-        start, inner = METHODS[base]
-    elif base in train_configs:
-        # Adapted as `llm-meta adapt` adapts it: by its training algorithm's own protocol.
-        algorithm = load_config(meta_train.Config, train_configs[base]).algorithm
-        start, inner = base, lambda c: own_adaptation(c, algorithm)
+        start, change = METHODS[base]
+    elif base in algorithms:
+        start, change = base, lambda c: c
     else:
         raise ValueError(f"unknown benchmark method '{base}' (valid: {', '.join(METHODS)}, or a start named in "
                          f"train_configs)")
+    algorithm = algorithms.get(start)
+    inner = change if algorithm is None else lambda c: own_adaptation(change(c), algorithm)
     if select and start == "untrained":
         raise ValueError(f"benchmark method '{name}': {SELECT} chooses between the untrained start and a trained "
                          f"one, and '{base}' adapts from the untrained start (use a trained start's method)")
@@ -173,8 +177,18 @@ class Config:
     ner: NerProtocolConfig = field(default_factory=NerProtocolConfig)
 
 
+def start_algorithms(cfg: Config) -> dict[str, str]:
+    """The algorithm each start of `cfg.train_configs` trains with, overrides applied (as `_start_config`
+    reads them). Raises ValueError for a start named `untrained` (the name of the start without training)."""
+    if "untrained" in cfg.train_configs:
+        raise ValueError("train_configs: 'untrained' names the start without training; give the trained start "
+                         "another name")
+    return {name: load_config(meta_train.Config, path, [*cfg.train_overrides, *cfg.start_overrides.get(name, [])]
+                              ).algorithm for name, path in cfg.train_configs.items()}
+
+
 def main(cfg: Config) -> dict:
-    specs = {m: method_spec(m, cfg.train_configs) for m in cfg.methods}
+    specs = {m: method_spec(m, start_algorithms(cfg)) for m in cfg.methods}
     missing = sorted({start for start, _ in specs.values()} - {"untrained"} - set(cfg.train_configs))
     if missing:
         raise ValueError(f"no training config for start(s) {missing}: add train_configs.<name>: <yaml file>")
@@ -420,7 +434,7 @@ def _start_config(cfg: Config, name: str, seed: int, run_dir: Path) -> meta_trai
     train_cfg.model = cfg.model
     # Selection must score checkpoints with the adaptation the benchmark then applies to them
     # (the start's own method: ProtoNet's is 0 steps).
-    train_cfg.adapt = method_spec(name, cfg.train_configs)[1](cfg.adapt)
+    train_cfg.adapt = method_spec(name, {name: train_cfg.algorithm})[1](cfg.adapt)
     return train_cfg
 
 
@@ -503,7 +517,7 @@ def _shared_inner(method: str, cfg: Config) -> InnerConfig:
     """The adaptation of a `+select` method's untrained and halfway candidates: `finetune`'s, with the
     method's `@key=value` changes."""
     changes = method.partition("@")[2]
-    return method_spec(f"finetune@{changes}" if changes else "finetune", cfg.train_configs)[1](cfg.adapt)
+    return method_spec(f"finetune@{changes}" if changes else "finetune", {})[1](cfg.adapt)
 
 
 def _score(body: Body, candidates: dict[str, Params], own: str, episodes: list[Episode], inner: InnerConfig,
@@ -638,9 +652,8 @@ def _report(cfg: Config, settings: dict, estimates: dict, contrasts: list[dict],
     lines = ["# Benchmark report", "",
              f"Adaptation (config `adapt`): {cfg.adapt.steps} {cfg.adapt.optimizer} steps at lr {cfg.adapt.lr}, "
              f"head init {cfg.adapt.head_init}, label names as examples ×{cfg.adapt.label_examples}; a method "
-             f"written `METHOD@key=value` changes that key, and prototype/protonet/hypernet rows take no steps; "
-             f"methods that train LoRA are averaged over meta-seeds "
-             f"{cfg.meta_seeds}.", "",
+             f"written `METHOD@key=value` changes that key, and prototype, hypernet and ProtoNet-trained rows "
+             f"take no steps; methods that train LoRA are averaged over meta-seeds {cfg.meta_seeds}.", "",
              f"**Intervals**: every value is the mean with its {UNIT}; {cfg.bootstrap} replicates "
              f"({contrasts[0]['replicates'] if contrasts else cfg.bootstrap} for the paired differences, enough "
              f"that a Holm-adjusted p-value can fall below 5%). A paired "

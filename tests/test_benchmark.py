@@ -12,6 +12,8 @@ from llm_meta.models import ModelConfig
 from recipes import benchmark
 from recipes.benchmark import Config, EpisodicConfig, FullwayConfig
 from tests.test_classifier import toy  # noqa: F401  (fixture: a folder with train/test csv files)
+
+ROOT = Path(__file__).resolve().parent.parent
 from tests.test_meta_train import tiny_overrides
 
 TRAINED = ("fomaml", "hypernet", "hypernet_fomaml", "maml", "metasgd", "protonet", "reptile", "transfer")  # default methods
@@ -114,7 +116,6 @@ def test_untrained_start_is_the_training_runs_step_zero(tmp_path, tiny_bert_dir,
     from llm_meta.checkpoint import load_adapter_params
     from llm_meta.config import load_config
     from recipes import meta_train
-    from tests.test_meta_train import ROOT
 
     overrides = [*tiny_overrides(tiny_bert_dir, toy / "train.csv", tmp_path, steps=1), "outer.lr=0.0", "seed=3"]
     cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
@@ -156,10 +157,22 @@ def test_method_variants_change_only_the_adaptation(results_dir, tmp_path):
         benchmark.method_spec("finetune@stepz=1", {})
     with pytest.raises(ValueError, match="key=value"):
         benchmark.method_spec("finetune@steps", {})
-    # A start named in train_configs adapts by its algorithm's own protocol, as `llm-meta adapt` does it.
-    protonet_named = {"proto_long": "recipes/configs/protonet.yaml", "fomaml_long": "recipes/configs/meta_train.yaml"}
-    assert benchmark.method_spec("proto_long", protonet_named)[1](InnerConfig(steps=7)).steps == 0
-    assert benchmark.method_spec("fomaml_long", protonet_named)[1](InnerConfig(steps=7)).steps == 7
+    # A trained start adapts by its algorithm's own protocol (overrides applied), as `llm-meta adapt`
+    # adapts an adapter it keeps: a ProtoNet-trained start takes no steps under any name.
+    named = Config(train_configs={"proto_long": str(ROOT / "recipes/configs/protonet.yaml"),
+                                  "fomaml_long": str(ROOT / "recipes/configs/meta_train.yaml"),
+                                  "switched": str(ROOT / "recipes/configs/meta_train.yaml"),
+                                  "fomaml": str(ROOT / "recipes/configs/protonet.yaml")},
+                   start_overrides={"switched": ["algorithm=protonet"]})
+    algorithms = benchmark.start_algorithms(named)
+    assert algorithms == {"proto_long": "protonet", "fomaml_long": "fomaml", "switched": "protonet",
+                          "fomaml": "protonet"}
+    steps = {m: benchmark.method_spec(m, algorithms)[1](InnerConfig(steps=7)).steps
+             for m in ("proto_long", "fomaml_long", "switched", "fomaml", "switched@steps=15", "hypernet")}
+    assert steps == {"proto_long": 0, "fomaml_long": 7, "switched": 0, "fomaml": 0, "switched@steps=15": 15,
+                     "hypernet": 0}
+    with pytest.raises(ValueError, match="'untrained' names the start without training"):
+        benchmark.start_algorithms(Config(train_configs={"untrained": str(ROOT / "recipes/configs/meta_train.yaml")}))
     # `+select` needs a trained start to choose against the untrained one.
     for untrained in ("finetune+select", "prototype+select@steps=2", "linear_probe+select"):
         with pytest.raises(ValueError, match="adapts from the untrained start"):
@@ -282,7 +295,7 @@ def test_a_select_method_adapts_its_own_start_as_the_method_does_and_the_others_
     from llm_meta.tasks import load_task
 
     out, cfg, _ = results_dir
-    start, change = benchmark.method_spec("protonet+select", cfg.train_configs)
+    start, change = benchmark.method_spec("protonet+select", benchmark.start_algorithms(cfg))
     inner = change(cfg.adapt)
     shared = benchmark._shared_inner("protonet+select", cfg)
     assert (start, inner.steps, shared.steps) == ("protonet", 0, cfg.adapt.steps)
@@ -290,6 +303,7 @@ def test_a_select_method_adapts_its_own_start_as_the_method_does_and_the_others_
     body, untrained = benchmark.untrained_start(cfg.model, 0)
     trained = benchmark._load_start(body, benchmark._run_dir(out, "protonet", 0))[0]
     candidates = benchmark._candidates({("untrained", 0): untrained, ("protonet", 0): trained}, "protonet", 0, True)
+    candidates = {"protonet": candidates["protonet"], **candidates}  # own start first: found by name, not place
     episodes = benchmark._fullway(cfg.fullway, load_task(str(toy)), 1)
     for pick, params, used in [("protonet", trained, inner), ("untrained", untrained, shared)]:
         monkeypatch.setattr(benchmark, "choose_start", lambda *a, p=pick, **k: (p, {}))
