@@ -188,7 +188,8 @@ def start_algorithms(cfg: Config) -> dict[str, str]:
 
 
 def main(cfg: Config) -> dict:
-    specs = {m: method_spec(m, start_algorithms(cfg)) for m in cfg.methods}
+    algorithms = start_algorithms(cfg)  # reads every training config once
+    specs = {m: method_spec(m, algorithms) for m in cfg.methods}
     missing = sorted({start for start, _ in specs.values()} - {"untrained"} - set(cfg.train_configs))
     if missing:
         raise ValueError(f"no training config for start(s) {missing}: add train_configs.<name>: <yaml file>")

@@ -12,9 +12,7 @@ from llm_meta.models import ModelConfig
 from recipes import benchmark
 from recipes.benchmark import Config, EpisodicConfig, FullwayConfig
 from tests.test_classifier import toy  # noqa: F401  (fixture: a folder with train/test csv files)
-
-ROOT = Path(__file__).resolve().parent.parent
-from tests.test_meta_train import tiny_overrides
+from tests.test_meta_train import ROOT, tiny_overrides
 
 TRAINED = ("fomaml", "hypernet", "hypernet_fomaml", "maml", "metasgd", "protonet", "reptile", "transfer")  # default methods
 
