@@ -242,7 +242,9 @@ def main(cfg: Config) -> dict:
     seen: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}  # hash of the episodes each method scored
     seconds: dict[str, dict[str, float]] = {m: {} for m in cfg.methods}  # wall time per episode
     by_seed: dict[str, dict[str, list[float]]] = {m: {} for m in cfg.methods}  # mean score of each meta-seed
+    per_draw: dict[str, dict[str, dict[int, list[float]]]] = {m: {} for m in cfg.methods}  # meta-seed -> episodes
     chosen: dict[str, dict[str, dict[str, int]]] = {m: {} for m in cfg.methods}  # +select: episodes per start
+    picked: dict[str, dict[str, dict[int, list[str]]]] = {m: {} for m in cfg.methods}  # +select: per episode
     code = [_code_fingerprint(), _runtime(body)]
 
     def score_path(method: str, key: tuple, seed: int) -> Path:
@@ -283,10 +285,12 @@ def main(cfg: Config) -> dict:
         outcomes[method][name] = Outcomes([run for run, _, _, _ in runs], *texts[key])
         if select:
             chosen[method][name] = dict(Counter(c for _, _, _, picks in runs for c in picks))
+            picked[method][name] = {s: picks for s, (_, _, _, picks) in zip(seeds, runs)}
         cached[method][name] = all(hit for _, _, hit, _ in runs)
         seconds[method][name] = sum(t for _, t, _, _ in runs) / (len(seeds) * len(episodes))
         scores[method][name] = [sum(r[i] for r in per_seed) / len(per_seed) for i in range(len(episodes))]
         by_seed[method][name] = [sum(r) / len(r) for r in per_seed]
+        per_draw[method][name] = dict(zip(seeds, per_seed))
         seen[method][name] = _hash(episodes)
         # One line per unit even without a terminal (tqdm draws no bar in a log file).
         tqdm.write(f"[{done}/{len(units)}] {method} on {name}: {100 * sum(by_seed[method][name]) / len(seeds):.1f} "
@@ -298,9 +302,10 @@ def main(cfg: Config) -> dict:
     (out / "report.md").write_text(report)
     results = {"config": to_dict(cfg), "starts": trained,
                "hashes": {"/".join(map(str, k)): v["hash"] for k, v in settings.items()},
-               "episodes_seen": seen, "scores": scores, "seconds_per_episode": seconds,
+               "episodes_seen": seen, "scores": scores, "scores_by_meta_seed": per_draw, "seconds_per_episode": seconds,
                "seconds_cached": cached, "mean_by_meta_seed": by_seed, "interval_unit": UNIT,
                "starts_chosen": {m: per for m, per in chosen.items() if per},
+               "starts_chosen_by_meta_seed": {m: per for m, per in picked.items() if per},
                "estimates": {m: {k: dataclasses.asdict(e) for k, e in per.items()} for m, per in estimates.items()},
                "contrasts": contrasts}
     (out / "results.json").write_text(json.dumps(results, indent=1))

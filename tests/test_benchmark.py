@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,9 @@ def test_outputs(results_dir):
         per_seed = results["mean_by_meta_seed"]["fomaml"][setting]
         assert len(per_seed) == 2 and sum(per_seed) / 2 == pytest.approx(sum(values) / len(values))
         assert len(results["mean_by_meta_seed"]["prototype"][setting]) == 1
+        # ...and every episode's score at each meta-seed, whose mean over seeds is the episode's score
+        draws = results["scores_by_meta_seed"]["fomaml"][setting]
+        assert sorted(draws) == [0, 1] and [(a + b) / 2 for a, b in zip(draws[0], draws[1])] == pytest.approx(values)
     assert (out / "accuracy_vs_k.png").stat().st_size > 1000
     # every interval is a crossed bootstrap, said so in the header; the verdicts are Holm-adjusted
     from llm_meta.statistics import UNIT
@@ -281,6 +285,10 @@ def test_select_methods_choose_a_start_per_episode(results_dir, tmp_path):
         assert sum(counts[setting].values()) == len(scores) * len(cfg.meta_seeds)
         assert set(counts[setting]) <= {"untrained", "fomaml", "fomaml at α=0.5"}
     assert "episodes per start" in (out / "report.md").read_text()
+    for setting, by_seed in results["starts_chosen_by_meta_seed"]["fomaml+select"].items():  # the picks, in order
+        assert Counter(c for picks in by_seed.values() for c in picks) == counts[setting]
+        assert all(len(picks) == len(results["scores_by_meta_seed"]["fomaml+select"][setting][s])
+                   for s, picks in by_seed.items())
     assert benchmark.main(picky)["starts_chosen"] == results["starts_chosen"]  # read back from the score cache
 
 
