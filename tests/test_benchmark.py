@@ -285,10 +285,21 @@ def test_select_methods_choose_a_start_per_episode(results_dir, tmp_path):
         assert sum(counts[setting].values()) == len(scores) * len(cfg.meta_seeds)
         assert set(counts[setting]) <= {"untrained", "fomaml", "fomaml at α=0.5"}
     assert "episodes per start" in (out / "report.md").read_text()
-    for setting, by_seed in results["starts_chosen_by_meta_seed"]["fomaml+select"].items():  # the picks, in order
+    # Each episode's pick at each meta-seed, beside its score: an episode that picked the untrained
+    # start (or FOMAML's) scores exactly what finetune (or fomaml) scores on it at that seed. (On this
+    # tiny task every pick is the untrained start, so a shuffled order of picks would go unseen.)
+    per_seed, matched = results["scores_by_meta_seed"], 0
+    for setting, by_seed in results["starts_chosen_by_meta_seed"]["fomaml+select"].items():
+        assert sorted(by_seed) == sorted(cfg.meta_seeds)
         assert Counter(c for picks in by_seed.values() for c in picks) == counts[setting]
-        assert all(len(picks) == len(results["scores_by_meta_seed"]["fomaml+select"][setting][s])
-                   for s, picks in by_seed.items())
+        for seed, picks in by_seed.items():
+            assert len(picks) == len(per_seed["fomaml+select"][setting][seed])
+            for i, pick in enumerate(picks):
+                same = {"untrained": "finetune", "fomaml": "fomaml"}.get(pick)
+                if same:
+                    assert per_seed["fomaml+select"][setting][seed][i] == per_seed[same][setting][seed][i]
+                    matched += 1
+    assert matched > 0
     assert benchmark.main(picky)["starts_chosen"] == results["starts_chosen"]  # read back from the score cache
 
 

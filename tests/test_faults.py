@@ -67,8 +67,9 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tiny_b
         assert launches < 30, "the killed run never finished"
         # Kill after a random number of new meta-steps plus a random delay, so kills land in
         # compute, validation and checkpoint writes alike; the last launch runs to the end. The
-        # target stays in the first half of the run: a tiny step takes milliseconds, so a launch
-        # aimed near the end could finish within the delay and never be killed.
+        # target stays in the first half of the log (which replays steps after a resume, so it runs
+        # ahead of the real progress): a launch aimed near the end could finish its last steps within
+        # the delay and never be killed. Once the log is half full, the kills land at start-up.
         if kills < 5:
             target = min(before + rng.randint(1, 2), STEPS // 2)
             while proc.poll() is None and steps_logged(out) < target:
