@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from llm_meta.adaptation import adapt, choose_start, predict_logits
 from llm_meta.config import load_config
@@ -62,21 +63,27 @@ def fold_of(labels: list[int], folds: int, seed: int) -> list[int]:
     return fold
 
 
-def kfold_fit(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int) -> dict[str, float]:
-    """Mean held-out log-probability of the true class and held-out accuracy (a fraction) of `params`
-    adapted on each fold's complement of the support set (`cfg`, the shared adaptation)."""
+def held_out_logits(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int) -> tuple[Tensor, Tensor]:
+    """(logits [S, N], true classes [S]) of every support example, predicted by `params` adapted with
+    `cfg` on the other folds (`fold_of`, FOLDS, `seed`); rows in fold order (fold 0's examples first)."""
     s, fold = episode.support, fold_of(episode.support.labels, FOLDS, seed)
-    logp, hits = [], []
+    logits, truth = [], []
     for f in range(FOLDS):
         train = [i for i in range(len(s.texts)) if fold[i] != f]
         held = [i for i in range(len(s.texts)) if fold[i] == f]
         fast = adapt(body, params, Examples([s.texts[i] for i in train], [s.labels[i] for i in train]),
                      episode.n_way, cfg, seed, label_names=episode.label_names)
-        logits = predict_logits(body, fast, [s.texts[i] for i in held], cfg.scale, cache=False)
-        y = torch.tensor([s.labels[i] for i in held], device=logits.device)
-        logp += torch.log_softmax(logits.float(), 1)[torch.arange(len(held)), y].tolist()
-        hits += (logits.argmax(1) == y).tolist()
-    return {"log_prob": sum(logp) / len(logp), "accuracy": sum(hits) / len(hits)}
+        logits.append(predict_logits(body, fast, [s.texts[i] for i in held], cfg.scale, cache=False).float().cpu())
+        truth.append(torch.tensor([s.labels[i] for i in held]))
+    return torch.cat(logits), torch.cat(truth)
+
+
+def kfold_fit(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int) -> dict[str, float]:
+    """Mean held-out log-probability of the true class and held-out accuracy (a fraction) of `params`
+    adapted on each fold's complement of the support set (`cfg`, the shared adaptation)."""
+    logits, y = held_out_logits(body, params, episode, cfg, seed)
+    return {"log_prob": torch.log_softmax(logits, 1)[torch.arange(len(y)), y].mean().item(),
+            "accuracy": (logits.argmax(1) == y).float().mean().item()}
 
 
 def main() -> None:

@@ -38,14 +38,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import stats
-from select_kfold import FOLDS, fold_of
+from select_kfold import held_out_logits
 
-from llm_meta.adaptation import adapt, choose_start, predict_logits
+from llm_meta.adaptation import adapt, choose_start
 from llm_meta.config import load_config
 from llm_meta.core import InnerConfig
-from llm_meta.episodes import Episode, Examples
+from llm_meta.episodes import Episode
 from llm_meta.evaluation import episode_outcomes, episode_score
 from llm_meta.models import Body, Params
 from llm_meta.tasks import load_task
@@ -58,28 +57,22 @@ ALPHA = 0.05  # one-sided level of the sign test: replace the no-step pick only 
 def protocol_check(body: Body, pick: Params, rival: Params, ep: Episode, pick_cfg: InnerConfig,
                    rival_cfg: InnerConfig, seed: int) -> dict:
     """Each start adapted by its own protocol on one fold of the support set classifies the other
-    (`select_kfold.fold_of`, 2 folds stratified by class, `seed`), both ways round, so every support
-    example is predicted once by each; a one-sided exact sign test (`scipy.stats.binomtest`) on the
-    examples only one of them gets right asks whether `rival` is more accurate.
+    (`select_kfold.held_out_logits`: 2 folds stratified by class, `seed`), both ways round, so every
+    support example is predicted once by each; a one-sided exact sign test (`scipy.stats.binomtest`)
+    on the examples only one of them gets right asks whether `rival` is more accurate.
 
     Returns {"held_out", "pick_correct", "rival_correct", "p_value"} (counts of support examples).
     """
-    s, fold = ep.support, fold_of(ep.support.labels, FOLDS, seed)
-    right: dict[str, list[bool]] = {"pick": [], "rival": []}
-    for f in range(FOLDS):
-        train = Examples([t for t, g in zip(s.texts, fold) if g != f], [y for y, g in zip(s.labels, fold) if g != f])
-        held = [i for i, g in enumerate(fold) if g == f]
-        truth = torch.tensor([s.labels[i] for i in held])
-        for name, params, cfg in (("pick", pick, pick_cfg), ("rival", rival, rival_cfg)):
-            fast = adapt(body, params, train, ep.n_way, cfg, seed, label_names=ep.label_names)
-            logits = predict_logits(body, fast, [s.texts[i] for i in held], cfg.scale, cache=False)
-            right[name] += (logits.argmax(1).cpu() == truth).tolist()
-    rival_only = sum(r and not p for p, r in zip(right["pick"], right["rival"]))
-    pick_only = sum(p and not r for p, r in zip(right["pick"], right["rival"]))
+    right = {}
+    for name, params, cfg in (("pick", pick, pick_cfg), ("rival", rival, rival_cfg)):
+        logits, truth = held_out_logits(body, params, ep, cfg, seed)
+        right[name] = logits.argmax(1) == truth  # [S] bool, the same example order for both
+    rival_only = int((right["rival"] & ~right["pick"]).sum())
+    pick_only = int((right["pick"] & ~right["rival"]).sum())
     p_value = float(stats.binomtest(rival_only, rival_only + pick_only, 0.5, alternative="greater").pvalue) \
         if rival_only + pick_only else 1.0
-    return {"held_out": len(s.texts), "pick_correct": sum(right["pick"]), "rival_correct": sum(right["rival"]),
-            "p_value": p_value}
+    return {"held_out": len(right["pick"]), "pick_correct": int(right["pick"].sum()),
+            "rival_correct": int(right["rival"].sum()), "p_value": p_value}
 
 
 def kept_fingerprint(archive: Path, seed: int) -> str:

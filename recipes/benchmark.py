@@ -284,8 +284,8 @@ def main(cfg: Config) -> dict:
         per_seed = [[episode_score(o) for o in run] for run, _, _, _ in runs]
         outcomes[method][name] = Outcomes([run for run, _, _, _ in runs], *texts[key])
         if select:
-            chosen[method][name] = dict(Counter(c for _, _, _, picks in runs for c in picks))
             picked[method][name] = {s: picks for s, (_, _, _, picks) in zip(seeds, runs)}
+            chosen[method][name] = dict(Counter(c for picks in picked[method][name].values() for c in picks))
         cached[method][name] = all(hit for _, _, hit, _ in runs)
         seconds[method][name] = sum(t for _, t, _, _ in runs) / (len(seeds) * len(episodes))
         scores[method][name] = [sum(r[i] for r in per_seed) / len(per_seed) for i in range(len(episodes))]
