@@ -81,6 +81,34 @@ def kept_fingerprint(archive: Path, seed: int) -> str:
         return json.load(tar.extractfile(f"starts/{START}-seed{seed}/start.json"))["params_fingerprint"]
 
 
+def protonet_candidates(cfg: benchmark.Config, seed: int, kept: Path) -> tuple[Body, dict[str, Params]]:
+    """The body and the candidates `protonet+select` chooses among at meta-seed `seed` (the untrained
+    start, the ProtoNet start, their halfway point), the ProtoNet start loaded from
+    `cfg.output_dir` (trained first, as the benchmark would, where its folder has no tensors).
+
+    Raises AssertionError when its tensors' fingerprint differs from the kept archive's."""
+    start = START
+    body, untrained = benchmark.untrained_start(cfg.model, seed)
+    run_dir = benchmark._run_dir(Path(cfg.output_dir), start, seed)
+    if not benchmark._has_tensors(run_dir):
+        benchmark._train_start(cfg, start, seed, Path(cfg.output_dir), need="tensors")
+    trained, fingerprint, _ = benchmark._load_start(body, run_dir)
+    assert fingerprint == kept_fingerprint(kept, seed), f"seed {seed}: not the reference's start"
+    return body, benchmark._candidates({("untrained", seed): untrained, (start, seed): trained}, start, seed,
+                                       select=True)
+
+
+def diff_cell(values: list[float], base: np.ndarray, gain: float) -> str:
+    """'mean (difference from `base` [95% percentile bootstrap interval over episodes], share of
+    `gain` kept)' in accuracy points, for per-episode accuracies `values` [E] and `base` [E]
+    (fractions); the share only where `gain` (a fraction) is positive."""
+    diff = np.array(values) - base
+    lo, hi = (diff.min(), diff.max()) if np.ptp(diff) == 0 else stats.bootstrap(
+        (diff,), np.mean, n_resamples=10_000, method="percentile", random_state=0).confidence_interval
+    share = f", {100 * diff.mean() / gain:.0f}%" if gain > 0 else ""
+    return f"{100 * np.mean(values):.1f} ({100 * diff.mean():+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{share})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="recipes/configs/benchmark_family_select.yaml")
@@ -104,14 +132,7 @@ def main() -> None:
     for name, eps in episodes.items():
         assert benchmark._hash(eps) == ref["hashes"][f"fullway/{name}/8"], f"{name}: not the reference's episodes"
     for seed in map(int, args.seeds.split(",")):
-        body, untrained = benchmark.untrained_start(cfg.model, seed)
-        run_dir = benchmark._run_dir(Path(cfg.output_dir), start, seed)
-        if not benchmark._has_tensors(run_dir):
-            benchmark._train_start(cfg, start, seed, Path(cfg.output_dir), need="tensors")
-        trained, fingerprint, _ = benchmark._load_start(body, run_dir)
-        assert fingerprint == kept_fingerprint(Path(args.kept), seed), f"seed {seed}: not the reference's start"
-        candidates = benchmark._candidates({("untrained", seed): untrained, (start, seed): trained}, start, seed,
-                                           select=True)
+        body, candidates = protonet_candidates(cfg, seed, Path(args.kept))
         for name, eps in episodes.items():
             key = f"fullway/{name}/8"
             for draw, ep in enumerate(eps):
@@ -174,11 +195,7 @@ def summarise(rows: list[dict]) -> None:
         gain = np.mean([r["scores"][START] for r in rs]) - base.mean()
 
         def cell(values: list[float]) -> str:
-            diff = np.array(values) - base
-            lo, hi = (diff.min(), diff.max()) if np.ptp(diff) == 0 else stats.bootstrap(
-                (diff,), np.mean, n_resamples=10_000, method="percentile", random_state=0).confidence_interval
-            share = f", {100 * diff.mean() / gain:.0f}%" if gain > 0 else ""
-            return f"{100 * np.mean(values):.1f} ({100 * diff.mean():+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{share})"
+            return diff_cell(values, base, gain)
         checked = [r for r in rs if r["check"]]
         cost = (sum(r["choose_seconds"] for r in checked) / sum(r["adapt_seconds"] for r in checked)
                 if checked else float("nan"))
