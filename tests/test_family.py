@@ -2,6 +2,7 @@
 that a held-out domain could share with training."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,27 @@ def test_the_drug_reviews_zip_is_unpacked_once_into_a_fresh_cache_without_tempor
     assert folder.name.startswith("drugsCom-") and sorted(p.name for p in folder.iterdir()) == ["test.tsv", "train.tsv"]
     stamp = folder.stat().st_mtime_ns
     assert len(load_task("drug_reviews").split("train")) == 600 and folder.stat().st_mtime_ns == stamp
+
+
+def test_the_pooled_table_pools_one_seed_runs_and_refuses_runs_that_do_not_pair(tmp_path):
+    # benchmarks/family_pooled.py: the study's K table over meta-seeds from one-seed results files
+    root = Path(__file__).resolve().parents[1]
+    seed0, seed2 = (root / "benchmarks/results" / f for f in ("family_results.json", "family_seed2_results.json"))
+
+    def pooled(*files: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(root / "benchmarks/family_pooled.py"), *map(str, files)],
+                              capture_output=True, text=True, cwd=root)
+    out = pooled(seed2, seed0)
+    assert out.returncode == 0, out.stderr
+    assert "meta-seeds [0, 2]" in out.stdout  # sorted by meta-seed whatever the order given
+    assert "not in every run: fomaml_from_transfer, protonet@steps=15" in out.stdout
+    # per meta-seed: Apple tweets K = 1, 4, 8, 16 (seed 0 / seed 2); the pooled mean is their mean
+    assert "| protonet | 52.4 / 54.4 | 64.3 / 64.1 | 65.7 / 64.4 | 71.5 / 70.2 |" in out.stdout
+    assert "| protonet | 53.4 [" in out.stdout
+    # the same meta-seed twice, or another set of episodes, is refused
+    assert pooled(seed0, seed0).returncode != 0
+    other = json.loads(seed2.read_text())
+    other["hashes"]["fullway/tweets_apple/8"] = "0" * 16
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    refused = pooled(seed0, tmp_path / "other.json")
+    assert refused.returncode != 0 and "scored different episodes" in refused.stderr
