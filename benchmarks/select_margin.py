@@ -46,12 +46,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
-from select_protocol import METHOD, START, diff_cell, protonet_candidates
+from select_protocol import METHOD, START, best_other, diff_cell, protonet_candidates
 
 from llm_meta.adaptation import choose_start
 from llm_meta.classifier import whole_split_episode
@@ -63,16 +62,6 @@ from recipes import benchmark
 IN_FAMILY, OFF_FAMILY = ["tweets_coachella"], ["stackoverflow", "hwu"]
 BOUND = -0.005  # the off-family target: never more than 0.5 points below the untrained start, on average
 K, DRAWS = 8, 5
-
-
-def margin(fits: dict[str, float]) -> tuple[float, str]:
-    """(d, rival): ProtoNet's leave-one-out fit minus the best fit of the other candidates (nats per
-    support example; NaN fits count as -inf), and that best other candidate (ties: the first listed,
-    as in `choose_start`)."""
-    others = [n for n in fits if n != START]
-    value = {n: float("-inf") if math.isnan(fits[n]) else fits[n] for n in fits}
-    rival = max(others, key=lambda n: (value[n], -others.index(n)))
-    return value[START] - value[rival], rival
 
 
 def rule_pick(row: dict, m: float) -> str:
@@ -107,7 +96,7 @@ def validation_rows(cfg: benchmark.Config, kept: Path, seeds: list[int], record:
                 began = time.perf_counter()
                 loo_pick, fits = choose_start(body, candidates, ep.support, ep.n_way, shared, ep.label_names)
                 choose_s = time.perf_counter() - began
-                d, rival = margin(fits)
+                d, rival = best_other(fits)
                 scores, seconds = {}, {}
                 for c in dict.fromkeys(["untrained", START, loo_pick, rival]):
                     began = time.perf_counter()
@@ -153,7 +142,7 @@ def fill_test_scores(cfg: benchmark.Config, kept: Path, reference: dict, test: l
     own_key = lambda r: f"{r['seed']}/{r['task']}/{r['draw']}"  # noqa: E731
     shared = benchmark._shared_inner(METHOD, cfg)
     for r in test:
-        r["margin"], r["rival"] = margin(r["fits"])
+        r["margin"], r["rival"] = best_other(r["fits"])
         if own_key(r) in extra:
             r["scores"].update(extra[own_key(r)])
     missing = [r for r in test if rule_pick(r, m) not in r["scores"] and rule_pick(r, m) != r["reference_pick"]]

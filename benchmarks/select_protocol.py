@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tarfile
 import time
 from pathlib import Path
@@ -98,6 +99,16 @@ def protonet_candidates(cfg: benchmark.Config, seed: int, kept: Path) -> tuple[B
                                        select=True)
 
 
+def best_other(fits: dict[str, float]) -> tuple[float, str]:
+    """(d, rival): the ProtoNet start's leave-one-out fit minus the best fit of the other candidates
+    (nats per support example; a NaN fit counts as -inf), and that best other candidate (ties: the
+    first listed, as in `choose_start`)."""
+    others = [n for n in fits if n != START]
+    value = {n: float("-inf") if math.isnan(fits[n]) else fits[n] for n in fits}
+    rival = max(others, key=lambda n: (value[n], -others.index(n)))
+    return value[START] - value[rival], rival
+
+
 def diff_cell(values: list[float], base: np.ndarray, gain: float) -> str:
     """'mean (difference from `base` [95% percentile bootstrap interval over episodes], share of
     `gain` kept)' in accuracy points, for per-episode accuracies `values` [E] and `base` [E]
@@ -143,9 +154,7 @@ def main() -> None:
                 pick = plain = loo_pick
                 check = None
                 if loo_pick == start:  # no steps: check it against the best-fitting candidate that takes them
-                    others = [n for n in candidates if n != start]
-                    rival = max(others, key=lambda n: (float("-inf") if np.isnan(fits[n]) else fits[n],
-                                                       -others.index(n)))
+                    rival = best_other(fits)[1]
                     check = {"pick": start, "rival": rival,
                              **protocol_check(body, candidates[start], candidates[rival], ep, own, shared, draw)}
                     pick = rival if check["p_value"] < ALPHA else start
