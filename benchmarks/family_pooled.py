@@ -4,15 +4,19 @@
         benchmarks/results/family_seed1_results.json benchmarks/results/family_seed2_results.json \\
         --plot benchmarks/results/family_pooled_accuracy_vs_k.png
 
-Each results.json holds one meta-seed of benchmark_family.yaml (their trained starts differ only
-by meta-seed; the episodes must be the same: their hashes are checked). The benchmark itself pools
+Each results.json holds one meta-seed of benchmark_family.yaml. The episodes must be the same
+(their hashes are checked); the settings that make a start and its adaptation (`model`, `adapt`,
+`train_configs`, `train_overrides`, `start_overrides`, `budget_scale`) are compared and every
+difference is printed (keys added to the config after a run read as absent there), so a reader can
+judge whether it matters. The benchmark itself pools
 meta-seeds only within one run, and the three seeds' runs were made at different commits (their
 scores are keyed on the llm_meta sources, so one run would score all of them again, about 3 h on
 2 cores). A results.json keeps each episode's accuracy, not its per-text outcomes, so the
 intervals here resample meta-seeds and support draws (crossed, as `llm_meta.statistics`
 does: seeds separately for each side of a difference, draws shared) but **not test texts**: they
-are narrower than the single runs' intervals, which also resample texts. Paired differences
-against each reference; Holm over all of them (`llm_meta.statistics.holm`), with enough bootstrap
+are narrower than the single runs' intervals, which also resample texts. Paired differences of
+every method against each of the runs' `references` (finetune vs transfer once, as transfer vs
+finetune, as the benchmark does); no primary contrast: Holm over all of them (`llm_meta.statistics.holm`), with enough bootstrap
 replicates for Holm to reach 5% (`replicates_for`). Only the methods present in every file are
 pooled. Reads only what the benchmarks wrote: no model is loaded.
 """
@@ -29,10 +33,23 @@ import numpy as np
 from llm_meta.statistics import Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, verdict
 from recipes import benchmark
 
-REFERENCES = ("finetune", "transfer")
+COMPARED = ("model", "adapt", "train_configs", "train_overrides", "start_overrides", "budget_scale")
 
 
-def episode_outcomes(runs: list[dict], method: str, setting: str) -> Outcomes:
+def config_differences(runs: list[dict], seeds: list[int]) -> list[str]:
+    """One line per config entry of `COMPARED` (flattened to dotted keys) whose value differs
+    between the runs: 'key: seed s = value / ...'."""
+    def flat(d: object, prefix: str) -> dict[str, object]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}.{key}").items()}
+    views = [{k: v for name in COMPARED for k, v in flat(r["config"].get(name), name).items()} for r in runs]
+    keys = sorted(set().union(*views))
+    return [f"{k}: " + " / ".join(f"seed {s} = {v.get(k, 'absent')!r}" for s, v in zip(seeds, views))
+            for k in keys if len({json.dumps(v.get(k, "absent"), sort_keys=True) for v in views}) > 1]
+
+
+def accuracy_outcomes(runs: list[dict], method: str, setting: str) -> Outcomes:
     """Outcomes [meta-seed][support draw] -> [[accuracy]] of `method` on `setting`, one pseudo-query
     per episode with the same id everywhere, so the bootstrap resamples seeds and draws, not texts."""
     values = [[np.array([[a]]) for a in run["scores"][method][setting]] for run in runs]
@@ -64,19 +81,25 @@ def main() -> None:
     ap.add_argument("results", nargs="+", help="one-meta-seed results.json files of benchmark_family.yaml")
     ap.add_argument("--plot", help="write accuracy vs K (pooled means and intervals) to this PNG")
     ap.add_argument("--json", help="write every estimate and contrast to this file")
+    ap.add_argument("--bootstrap", type=int, default=2000, help="replicates for each method's interval (the "
+                    "paired differences take enough for Holm to reach 5%%, `replicates_for`)")
     args = ap.parse_args()
     runs, seeds, methods, settings = load_runs(args.results)
     left = sorted({m for r in runs for m in r["scores"]} - set(methods))
-    contrasts = [(m, ref, s) for s in settings for ref in REFERENCES if ref in methods
-                 for m in methods if m not in (ref, "finetune")]
+    references = [r for r in runs[0]["config"]["references"] if r in methods]
+    contrasts = [(m, ref, s) for s in settings for ref in references
+                 for m in methods if m != ref and not (m in references and references.index(m) < references.index(ref))]
     n_boot = replicates_for(len(contrasts))
-    outcomes = {(m, s): episode_outcomes(runs, m, s) for m in methods for s in settings}
-    estimates = {(m, s): crossed_bootstrap(outcomes[m, s], n_boot=2000) for m in methods for s in settings}
+    outcomes = {(m, s): accuracy_outcomes(runs, m, s) for m in methods for s in settings}
+    estimates = {(m, s): crossed_bootstrap(outcomes[m, s], n_boot=args.bootstrap) for m in methods for s in settings}
     diffs = [crossed_bootstrap(outcomes[m, s], outcomes[ref, s], n_boot=n_boot) for m, ref, s in contrasts]
     adjusted = holm([d.p for d in diffs])
     print(f"meta-seeds {seeds}; methods pooled: {', '.join(methods)}"
           + (f"; not in every run: {', '.join(left)}" if left else ""))
-    print(f"{len(contrasts)} paired differences, Holm-adjusted, {n_boot} replicates; texts not resampled\n")
+    print(f"{len(contrasts)} paired differences, Holm-adjusted, {n_boot} replicates; texts not resampled")
+    for line in config_differences(runs, seeds):
+        print("config differs:", line)
+    print()
     tasks = list(dict.fromkeys(s.split("/")[1] for s in settings))
     for task in tasks:
         ks = [s for s in settings if s.split("/")[1] == task]
@@ -98,7 +121,7 @@ def main() -> None:
         print(f"**{task}**, paired differences (points [95% interval]; Holm verdict where not a tie)\n")
         print("| method | vs | " + " | ".join(f"K = {s.split('/')[2]}" for s in ks) + " |")
         print("|---|---|" + "---|" * len(ks))
-        for ref in REFERENCES:
+        for ref in references:
             for m in methods:
                 if (m, ref, ks[0]) not in cell:
                     continue

@@ -15,14 +15,15 @@ script was run): the no-step ProtoNet start must win the leave-one-out fit by mo
     keep ProtoNet (no steps) iff the leave-one-out choice picks it and d > m; otherwise adapt the
     best-fitting other candidate with the shared 15 steps.
 
-m = 0 is the shipped choice. m is tuned on validation tasks only, never on the study's held-out
+m = 0 is the shipped choice (up to exact ties, d = 0). m is tuned on validation tasks only, never on the study's held-out
 domains or its off-family test tasks (Apple tweets, drug reviews, MCID, Yahoo):
 
 - in family: Coachella tweets (the family's validation domain), off family: StackOverflow titles
   (20 topics) and HWU64 intents (64 classes); K = 8 per class from each task's train split, its whole
   validation split as the query, 5 support draws, the three ProtoNet starts of meta-seeds 0-2 (the
   `protonet+select` benchmark's; their fingerprints must equal its kept archive's);
-- m is the smallest value in {0} and the validation episodes' own margins d for which *every*
+- m is the smallest value in {0} and the positive margins d of the validation episodes that keep
+  ProtoNet for which *every*
   off-family validation task's mean accuracy under the rule is at most 0.5 points below the
   untrained start + 15 steps (the target's bound, as a constraint); the largest margin seen (ProtoNet
   never kept) when none meets it. The in-family share kept on Coachella is reported beside it,
@@ -40,6 +41,9 @@ ProtoNet's gain).
         --kept benchmarks/results/family_select_protonet3_kept.tar.gz \\
         --test-rows benchmarks/results/select_protocol_rows.json --out runs/select_margin/rows.json \\
         output_dir=runs/select_protocol     # the folder holding (or to train) the three ProtoNet starts
+
+With the stored rows (`--out benchmarks/results/select_margin_rows.json --test-scores
+benchmarks/results/select_margin_test_scores.json`) it reprints the tables without loading a start.
 """
 
 from __future__ import annotations
@@ -83,9 +87,10 @@ def validation_rows(cfg: benchmark.Config, kept: Path, seeds: list[int], record:
     row."""
     rows = json.loads(record.read_text())["rows"] if record.exists() else []
     done = {(r["seed"], r["task"], r["draw"]) for r in rows}
+    seeds = [s for s in seeds if any((s, t, d) not in done for t in IN_FAMILY + OFF_FAMILY for d in range(DRAWS))]
     own = benchmark.method_spec(METHOD, benchmark.start_algorithms(cfg))[1](cfg.adapt)  # ProtoNet: no steps
     shared = benchmark._shared_inner(METHOD, cfg)
-    tasks = {name: load_task(name) for name in IN_FAMILY + OFF_FAMILY}
+    tasks = {name: load_task(name) for name in IN_FAMILY + OFF_FAMILY} if seeds else {}
     for seed in seeds:
         body, candidates = protonet_candidates(cfg, seed, kept)
         for name, task in tasks.items():
@@ -122,7 +127,7 @@ def task_mean_diff(rows: list[dict], m: float) -> dict[str, float]:
 def tune(rows: list[dict]) -> float:
     """The declared choice of m (module docstring), with the validation table of every m tried."""
     grid = sorted({0.0} | {r["margin"] for r in rows if r["loo_pick"] == START and r["margin"] > 0})
-    print("| m | " + " | ".join(f"{t} (vs untrained)" for t in IN_FAMILY + OFF_FAMILY) + " | ProtoNet kept |")
+    print("| m | " + " | ".join(f"{t} (vs untrained)" for t in IN_FAMILY + OFF_FAMILY) + " | ProtoNet kept (all tasks) |")
     print("|---|" + "---|" * (len(IN_FAMILY + OFF_FAMILY) + 1))
     chosen = None
     for m in grid:
@@ -137,7 +142,10 @@ def tune(rows: list[dict]) -> float:
 def fill_test_scores(cfg: benchmark.Config, kept: Path, reference: dict, test: list[dict], m: float,
                      record: Path) -> None:
     """Score (as the benchmark does) the halfway picks of the rule with margin `m` that the test rows
-    never scored, in place; the scores are kept in `record` for a rerun."""
+    never scored, in place; the scores are kept in `record` for a rerun. Raises AssertionError when
+    a test row's leave-one-out pick is not its reference pick (`score_of` relies on it) or the test
+    episodes are not the reference's."""
+    assert all(r["loo_pick"] == r["reference_pick"] for r in test), "test rows: leave-one-out picks differ"
     extra = json.loads(record.read_text()) if record.exists() else {}
     own_key = lambda r: f"{r['seed']}/{r['task']}/{r['draw']}"  # noqa: E731
     shared = benchmark._shared_inner(METHOD, cfg)
@@ -146,13 +154,16 @@ def fill_test_scores(cfg: benchmark.Config, kept: Path, reference: dict, test: l
         if own_key(r) in extra:
             r["scores"].update(extra[own_key(r)])
     missing = [r for r in test if rule_pick(r, m) not in r["scores"] and rule_pick(r, m) != r["reference_pick"]]
+    episodes = {}
+    for task in {r["task"] for r in missing}:
+        episodes[task] = benchmark._fullway(cfg.fullway, load_task(task), K)
+        assert benchmark._hash(episodes[task]) == reference["hashes"][f"fullway/{task}/{K}"], "not the reference's episodes"
     for seed in sorted({r["seed"] for r in missing}):
         body, candidates = protonet_candidates(cfg, seed, kept)
         for r in [r for r in missing if r["seed"] == seed]:
-            eps = benchmark._fullway(cfg.fullway, load_task(r["task"]), K)
-            assert benchmark._hash(eps) == reference["hashes"][f"fullway/{r['task']}/{K}"], "not the reference's episodes"
             c = rule_pick(r, m)
-            r["scores"][c] = episode_score(episode_outcomes(body, candidates[c], eps[r["draw"]], shared, seed=r["draw"]))
+            r["scores"][c] = episode_score(episode_outcomes(body, candidates[c], episodes[r["task"]][r["draw"]], shared,
+                                                            seed=r["draw"]))
             extra.setdefault(own_key(r), {})[c] = r["scores"][c]
             record.write_text(json.dumps(extra, indent=1))
             print("scored", own_key(r), c, round(100 * r["scores"][c], 1), flush=True)
@@ -182,7 +193,8 @@ def main() -> None:
     ap.add_argument("--kept", required=True, help="the reference's kept archive (start fingerprints)")
     ap.add_argument("--test-rows", required=True, help="select_protocol.py's rows (the test episodes)")
     ap.add_argument("--seeds", default="0,1,2", help="meta-seeds, comma-separated")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="the validation rows (resumed, rewritten after each)")
+    ap.add_argument("--test-scores", help="the test picks scored here (default: test_scores.json beside --out)")
     ap.add_argument("--post-hoc-margin", type=float, action="append", default=[],
                     help="also report the test tasks at this margin (chosen after seeing them: not a result)")
     ap.add_argument("overrides", nargs="*")
@@ -195,7 +207,8 @@ def main() -> None:
     test = json.loads(Path(args.test_rows).read_text())["rows"]
     reference = json.loads(Path(args.reference).read_text())
     for margin_m, heading in [(m, "tuned on validation"), *((x, "post hoc") for x in args.post_hoc_margin)]:
-        fill_test_scores(cfg, Path(args.kept), reference, test, margin_m, out.with_name("test_scores.json"))
+        fill_test_scores(cfg, Path(args.kept), reference, test, margin_m,
+                         Path(args.test_scores) if args.test_scores else out.with_name("test_scores.json"))
         print(f"\n{heading}:", end="")
         report(test, margin_m)
 

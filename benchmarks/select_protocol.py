@@ -88,14 +88,13 @@ def protonet_candidates(cfg: benchmark.Config, seed: int, kept: Path) -> tuple[B
     `cfg.output_dir` (trained first, as the benchmark would, where its folder has no tensors).
 
     Raises AssertionError when its tensors' fingerprint differs from the kept archive's."""
-    start = START
     body, untrained = benchmark.untrained_start(cfg.model, seed)
-    run_dir = benchmark._run_dir(Path(cfg.output_dir), start, seed)
+    run_dir = benchmark._run_dir(Path(cfg.output_dir), START, seed)
     if not benchmark._has_tensors(run_dir):
-        benchmark._train_start(cfg, start, seed, Path(cfg.output_dir), need="tensors")
+        benchmark._train_start(cfg, START, seed, Path(cfg.output_dir), need="tensors")
     trained, fingerprint, _ = benchmark._load_start(body, run_dir)
     assert fingerprint == kept_fingerprint(kept, seed), f"seed {seed}: not the reference's start"
-    return body, benchmark._candidates({("untrained", seed): untrained, (start, seed): trained}, start, seed,
+    return body, benchmark._candidates({("untrained", seed): untrained, (START, seed): trained}, START, seed,
                                        select=True)
 
 
