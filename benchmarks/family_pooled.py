@@ -76,6 +76,12 @@ def load_runs(paths: list[str]) -> tuple[list[dict], list[int], list[str], list[
     return list(runs), list(seeds), methods, settings
 
 
+def k_header(lead: list[str], settings: list[str]) -> str:
+    """A markdown table's header and rule: the `lead` columns, then one column per setting's K."""
+    cols = [*lead, *(f"K = {s.split('/')[2]}" for s in settings)]
+    return "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="+", help="one-meta-seed results.json files of benchmark_family.yaml")
@@ -104,13 +110,11 @@ def main() -> None:
     for task in tasks:
         ks = [s for s in settings if s.split("/")[1] == task]
         print(f"**{task}** (accuracy %, mean over meta-seeds x support draws [95% interval])\n")
-        print("| method | " + " | ".join(f"K = {s.split('/')[2]}" for s in ks) + " |")
-        print("|---|" + "---|" * len(ks))
+        print(k_header(["method"], ks))
         for m in methods:
             print(f"| {m} | " + " | ".join(str(estimates[m, s]) for s in ks) + " |")
         print("\nper meta-seed (" + " / ".join(map(str, seeds)) + ")\n")
-        print("| method | " + " | ".join(f"K = {s.split('/')[2]}" for s in ks) + " |")
-        print("|---|" + "---|" * len(ks))
+        print(k_header(["method"], ks))
         for m in methods:
             print(f"| {m} | " + " | ".join(" / ".join(f"{100 * np.mean(r['scores'][m][s]):.1f}" for r in runs)
                                            for s in ks) + " |")
@@ -119,8 +123,7 @@ def main() -> None:
     for task in tasks:
         ks = [s for s in settings if s.split("/")[1] == task]
         print(f"**{task}**, paired differences (points [95% interval]; Holm verdict where not a tie)\n")
-        print("| method | vs | " + " | ".join(f"K = {s.split('/')[2]}" for s in ks) + " |")
-        print("|---|---|" + "---|" * len(ks))
+        print(k_header(["method", "vs"], ks))
         for ref in references:
             for m in methods:
                 if (m, ref, ks[0]) not in cell:
