@@ -48,13 +48,12 @@ benchmarks/results/select_margin_test_scores.json`) it reprints the tables witho
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-from select_protocol import METHOD, START, best_other, diff_cell, protonet_candidates
+from select_protocol import START, best_other, diff_cell, parser, protocols, protonet_candidates, reference_episodes
 
 from llm_meta.adaptation import choose_start
 from llm_meta.classifier import whole_split_episode
@@ -88,8 +87,7 @@ def validation_rows(cfg: benchmark.Config, kept: Path, seeds: list[int], record:
     rows = json.loads(record.read_text())["rows"] if record.exists() else []
     done = {(r["seed"], r["task"], r["draw"]) for r in rows}
     seeds = [s for s in seeds if any((s, t, d) not in done for t in IN_FAMILY + OFF_FAMILY for d in range(DRAWS))]
-    own = benchmark.method_spec(METHOD, benchmark.start_algorithms(cfg))[1](cfg.adapt)  # ProtoNet: no steps
-    shared = benchmark._shared_inner(METHOD, cfg)
+    own, shared = protocols(cfg)  # ProtoNet: no steps; the other candidates: the shared 15
     tasks = {name: load_task(name) for name in IN_FAMILY + OFF_FAMILY} if seeds else {}
     for seed in seeds:
         body, candidates = protonet_candidates(cfg, seed, kept)
@@ -148,16 +146,13 @@ def fill_test_scores(cfg: benchmark.Config, kept: Path, reference: dict, test: l
     assert all(r["loo_pick"] == r["reference_pick"] for r in test), "test rows: leave-one-out picks differ"
     extra = json.loads(record.read_text()) if record.exists() else {}
     own_key = lambda r: f"{r['seed']}/{r['task']}/{r['draw']}"  # noqa: E731
-    shared = benchmark._shared_inner(METHOD, cfg)
+    shared = protocols(cfg)[1]
     for r in test:
         r["margin"], r["rival"] = best_other(r["fits"])
         if own_key(r) in extra:
             r["scores"].update(extra[own_key(r)])
     missing = [r for r in test if rule_pick(r, m) not in r["scores"] and rule_pick(r, m) != r["reference_pick"]]
-    episodes = {}
-    for task in {r["task"] for r in missing}:
-        episodes[task] = benchmark._fullway(cfg.fullway, load_task(task), K)
-        assert benchmark._hash(episodes[task]) == reference["hashes"][f"fullway/{task}/{K}"], "not the reference's episodes"
+    episodes = reference_episodes(cfg, sorted({r["task"] for r in missing}), reference, K)
     for seed in sorted({r["seed"] for r in missing}):
         body, candidates = protonet_candidates(cfg, seed, kept)
         for r in [r for r in missing if r["seed"] == seed]:
@@ -187,17 +182,11 @@ def report(test: list[dict], m: float) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="recipes/configs/benchmark_family_select.yaml")
-    ap.add_argument("--reference", required=True, help="results.json of the protonet+select benchmark")
-    ap.add_argument("--kept", required=True, help="the reference's kept archive (start fingerprints)")
+    ap = parser(__doc__.split("\n\n")[0])  # --out: the validation rows
     ap.add_argument("--test-rows", required=True, help="select_protocol.py's rows (the test episodes)")
-    ap.add_argument("--seeds", default="0,1,2", help="meta-seeds, comma-separated")
-    ap.add_argument("--out", required=True, help="the validation rows (resumed, rewritten after each)")
     ap.add_argument("--test-scores", help="the test picks scored here (default: test_scores.json beside --out)")
     ap.add_argument("--post-hoc-margin", type=float, action="append", default=[],
                     help="also report the test tasks at this margin (chosen after seeing them: not a result)")
-    ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = load_config(benchmark.Config, args.config, args.overrides)
     out = Path(args.out)

@@ -119,28 +119,46 @@ def diff_cell(values: list[float], base: np.ndarray, gain: float) -> str:
     return f"{100 * np.mean(values):.1f} ({100 * diff.mean():+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{share})"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def protocols(cfg: benchmark.Config) -> tuple[InnerConfig, InnerConfig]:
+    """(own, shared): the adaptation of a kept ProtoNet start (its own protocol: no steps) and of the
+    other candidates (the shared 15 steps), as the `protonet+select` benchmark adapts them."""
+    own = benchmark.method_spec(METHOD, benchmark.start_algorithms(cfg))[1](cfg.adapt)
+    return own, benchmark._shared_inner(METHOD, cfg)
+
+
+def reference_episodes(cfg: benchmark.Config, tasks: list[str], reference: dict, k: int = 8) -> dict[str, list[Episode]]:
+    """The full-way episodes (K = `k`) of each test task, as the benchmark draws them. Raises
+    AssertionError when their hash is not the `reference` results' (other draws, data or config)."""
+    episodes = {name: benchmark._fullway(cfg.fullway, load_task(name), k) for name in tasks}
+    for name, eps in episodes.items():
+        assert benchmark._hash(eps) == reference["hashes"][f"fullway/{name}/{k}"], f"{name}: not the reference's episodes"
+    return episodes
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The arguments both ProtoNet-choice scripts take: the benchmark config and its overrides, the
+    reference results and kept archive, the meta-seeds and the rows file."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--config", default="recipes/configs/benchmark_family_select.yaml")
     ap.add_argument("--reference", required=True, help="results.json of the protonet+select benchmark")
     ap.add_argument("--kept", required=True, help="the reference's kept archive (start fingerprints)")
     ap.add_argument("--seeds", default="0,1,2", help="meta-seeds, comma-separated")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="the rows (resumed, rewritten after each)")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n\n")[0]).parse_args()
     cfg = load_config(benchmark.Config, args.config, args.overrides)
     ref = json.loads(Path(args.reference).read_text())
     by_seed, picks = ref["scores_by_meta_seed"], ref["starts_chosen_by_meta_seed"][METHOD]
-    start, change = benchmark.method_spec(METHOD, benchmark.start_algorithms(cfg))
-    own, shared = change(cfg.adapt), benchmark._shared_inner(METHOD, cfg)
+    own, shared = protocols(cfg)
     record = Path(args.out)
     record.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(record.read_text())["rows"] if record.exists() else []
     done = {(r["seed"], r["task"], r["draw"]) for r in rows}
-    tasks = {name: load_task(name) for name in cfg.fullway.tasks}
-    episodes = {name: benchmark._fullway(cfg.fullway, task, 8) for name, task in tasks.items()}
-    for name, eps in episodes.items():
-        assert benchmark._hash(eps) == ref["hashes"][f"fullway/{name}/8"], f"{name}: not the reference's episodes"
+    episodes = reference_episodes(cfg, cfg.fullway.tasks, ref)
     for seed in map(int, args.seeds.split(",")):
         body, candidates = protonet_candidates(cfg, seed, Path(args.kept))
         for name, eps in episodes.items():
@@ -152,18 +170,18 @@ def main() -> None:
                 loo_pick, fits = choose_start(body, candidates, ep.support, ep.n_way, shared, ep.label_names)
                 pick = plain = loo_pick
                 check = None
-                if loo_pick == start:  # no steps: check it against the best-fitting candidate that takes them
+                if loo_pick == START:  # no steps: check it against the best-fitting candidate that takes them
                     rival = best_other(fits)[1]
-                    check = {"pick": start, "rival": rival,
-                             **protocol_check(body, candidates[start], candidates[rival], ep, own, shared, draw)}
-                    pick = rival if check["p_value"] < ALPHA else start
-                    plain = rival if check["rival_correct"] > check["pick_correct"] else start
+                    check = {"pick": START, "rival": rival,
+                             **protocol_check(body, candidates[START], candidates[rival], ep, own, shared, draw)}
+                    pick = rival if check["p_value"] < ALPHA else START
+                    plain = rival if check["rival_correct"] > check["pick_correct"] else START
                 choose_s = time.perf_counter() - began
                 row = {"seed": seed, "task": name, "draw": draw, "fits": fits, "check": check,
                        "loo_pick": loo_pick, "reference_pick": picks[key][str(seed)][draw], "pick": pick,
                        "plain_pick": plain, "choose_seconds": choose_s,
                        "scores": {"untrained": by_seed["finetune"][key][str(seed)][draw],
-                                  start: by_seed[start][key][str(seed)][draw],
+                                  START: by_seed[START][key][str(seed)][draw],
                                   "reference": by_seed[METHOD][key][str(seed)][draw]}}
                 # a pick the reference never scored: the halfway point where it kept ProtoNet
                 for c in {pick, plain} - set(row["scores"]) - {row["reference_pick"]}:
