@@ -136,6 +136,21 @@ def choose_start(body: Body, candidates: dict[str, Params], support: Examples, n
     return best, fits
 
 
+def in_family(label_names: list[str], family: list[str] | None) -> bool:
+    """Whether a task is one of its start's family by its class names: every name in `label_names`
+    (stripped, case-folded) is among `family`, the class names of the tasks the start was
+    meta-trained on (its llm_meta.json's "label_names"). False when `family` is None or empty (an
+    adapter from before they were recorded, or tasks without names).
+
+    Why: in a family that shares one label set (sentiment across sources, the issue's user story), a
+    new domain with those labels is what the start was trained for, and the support-set choice there
+    cost a third of a small gain on one draw in five (drug reviews, BENCHMARKS.md "A start for tasks
+    with the family's labels"); a task with other labels gets the choice (`choose_start`).
+    """
+    names = {str(n).strip().casefold() for n in family or []}
+    return bool(names) and {str(n).strip().casefold() for n in label_names} <= names
+
+
 def own_adaptation(cfg: InnerConfig, algorithm: str | None) -> InnerConfig:
     """The adaptation of a meta-trained start used as itself: `cfg` with the inner steps its
     `algorithm` meta-trained it for (`OWN_STEPS`: ProtoNet 0, the nearest-prototype head alone), or

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm_meta.adaptation import adapt as adapt_params, choose_start, own_adaptation, predict_logits
+from llm_meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation, predict_logits
 from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata, save_adapter
 from llm_meta.config import from_dict, to_dict
 from llm_meta.core import InnerConfig, interpolate
@@ -72,12 +72,15 @@ class AdaptConfig:
     # ...and `model.*` keys given in a config or on the command line go on top of that default
     # (config.from_dict); from Python, ModelConfig(...) is taken as written.
     inner: InnerConfig = field(default_factory=default_adapt_config)
-    # With an adapter: choose the start on the support set itself, among the untrained start, the
-    # adapter and the adapter's weight change halved (adaptation.choose_start), because a start
-    # meta-trained on another task family can be worse than none. auto: on when an adapter is given
-    # (LoRA-only adapters; Meta-SGD rates and hypernetworks keep their own procedure); a ProtoNet adapter
-    # chosen as itself then takes no steps (adaptation.own_adaptation); off: use it as given, with `inner`.
-    select_start: Literal["auto", "off"] = "auto"
+    # With an adapter (LoRA-only adapters; Meta-SGD rates and hypernetworks keep their own procedure):
+    # auto: a task whose class names are all among those the adapter was meta-trained on is of its
+    #   family (adaptation.in_family): the adapter is used as its algorithm trained it (a ProtoNet
+    #   adapter: no steps, adaptation.own_adaptation); any other task gets `support`'s choice, because
+    #   a start meta-trained on another task family can be worse than none;
+    # support: choose the start on the support set itself, among the untrained start, the adapter and
+    #   the adapter's weight change halved (adaptation.choose_start), then adapt it with `inner`;
+    # off: use the adapter as given, with `inner`.
+    select_start: Literal["auto", "support", "off"] = "auto"
 
 
 @dataclass
@@ -289,20 +292,26 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     warn_truncated(body, examples.texts, "support texts")
     lap("data")
     chosen, selection, inner = cfg.adapter or "untrained", None, cfg.inner
-    if cfg.adapter is not None and cfg.select_start == "auto" and set(params) == set(body.lora_names):
-        untrained = lora_params(body)  # the body's own fresh LoRA (drawn from seed): B = 0
-        candidates = {"untrained": untrained, "adapter": params, "adapter at α=0.5": interpolate(untrained, params, 0.5)}
-        which, fits = choose_start(body, candidates, examples, len(labels), cfg.inner, labels)
-        params = candidates[which]
-        # The adapter itself, once chosen, adapts as its algorithm trained it to (a ProtoNet start: no
-        # steps); the untrained start and the halfway point take the configured steps.
-        inner = own_adaptation(cfg.inner, meta.get("algorithm")) if which == "adapter" else cfg.inner
+    if cfg.adapter is not None and cfg.select_start != "off" and set(params) == set(body.lora_names):
+        if cfg.select_start == "auto" and in_family(labels, meta.get("label_names")):
+            # The family's own labels: the adapter as its algorithm trained it (a ProtoNet start: no steps).
+            which, fits, inner = "adapter", None, own_adaptation(cfg.inner, meta.get("algorithm"))
+            how = "the support set's class names are all among the adapter's meta-training class names"
+        else:
+            untrained = lora_params(body)  # the body's own fresh LoRA (drawn from seed): B = 0
+            candidates = {"untrained": untrained, "adapter": params,
+                          "adapter at α=0.5": interpolate(untrained, params, 0.5)}
+            which, fits = choose_start(body, candidates, examples, len(labels), cfg.inner, labels)
+            params = candidates[which]
+            # Every candidate then takes the configured steps: the fit judges them before any step,
+            # so a no-step adapter it keeps would be compared unfairly with a start the steps lift
+            # (a ProtoNet adapter kept with no steps lost 16 points on 10-way topics).
+            how = ("mean leave-one-out log-probability of each support example's class under the prototype "
+                   "head of the others, before any step (adaptation.leave_one_out_fit)")
         chosen = {"untrained": "untrained", "adapter": cfg.adapter}.get(which, f"{which} of {cfg.adapter}")
-        selection = {"chosen": which, "leave_one_out_fit": fits, "inner_steps": inner.steps,
-                     "method": "mean leave-one-out log-probability of each support example's class under the "
-                               "prototype head of the others, before any step (adaptation.leave_one_out_fit)"}
-        log.info("start chosen on the support set: %s (leave-one-out fit: %s); %d inner steps", which,
-                 ", ".join(f"{k} {v:.3f}" for k, v in fits.items()), inner.steps)
+        selection = {"chosen": which, "leave_one_out_fit": fits, "inner_steps": inner.steps, "method": how}
+        log.info("start chosen: %s (%s); %d inner steps", which, "class names of the adapter's family" if fits is None
+                 else "leave-one-out fit: " + ", ".join(f"{k} {v:.3f}" for k, v in fits.items()), inner.steps)
         lap("start_selection")
     fast = adapt_params(body, params, examples, len(labels), inner, seed=cfg.seed, label_names=labels)
     lap("adaptation")  # support encoding for the prototype head, then the inner-loop steps

@@ -56,12 +56,12 @@ def model_card(metadata: dict[str, Any], files: list[str]) -> ModelCard:
                   f"{'sentences' if token_level else 'examples'}, labels: {', '.join(map(str, metadata['labels'][:20]))}"
                   f"{' ...' if len(metadata['labels']) > 20 else ''}",
                   f"- adaptation: {_inner(metadata.get('adapt_config', {}).get('inner', {}))}"]
-        if metadata.get("start_selection"):
-            fits = metadata["start_selection"]["leave_one_out_fit"]
-            lines.append(f"- start chosen on the support set: {metadata['start_selection']['chosen']} (leave-one-out "
-                         f"fit, higher is better: {', '.join(f'{k} {v:.3f}' for k, v in fits.items())})"
-                         + (f", then {metadata['start_selection']['inner_steps']} inner steps"
-                            if "inner_steps" in metadata["start_selection"] else ""))
+        if selection := metadata.get("start_selection"):
+            fits = selection["leave_one_out_fit"]
+            lines.append((f"- start chosen on the support set: {selection['chosen']} (leave-one-out fit, higher is "
+                          f"better: {', '.join(f'{k} {v:.3f}' for k, v in fits.items())})" if fits else
+                          f"- start: {selection['chosen']}, the task's class names being the adapter's family's")
+                         + (f", then {selection['inner_steps']} inner steps" if "inner_steps" in selection else ""))
     else:
         step0, kept = metadata.get("step0_validation_accuracy"), metadata.get("validation_accuracy")
         lines += [f"- algorithm: `{metadata.get('algorithm', '?')}`; meta-training tasks: "

@@ -43,7 +43,7 @@ from llm_meta.classifier import default_adapt_config, whole_split_episode
 from llm_meta.config import from_dict, load_config, parse_yaml, to_dict
 from llm_meta.core import InnerConfig, interpolate
 from llm_meta.episodes import Episode, EpisodeSampler, Examples, WordExamples
-from llm_meta.adaptation import choose_start, own_adaptation
+from llm_meta.adaptation import choose_start, in_family, own_adaptation
 from llm_meta.evaluation import episode_outcomes, episode_score, score_outcomes
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
@@ -71,10 +71,11 @@ METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
 }
 
 
-# `METHOD+select`: each episode's start is chosen on its own support set among the untrained start,
-# METHOD's start and its weight change halved (llm_meta.adaptation.choose_start), as `llm-meta adapt` does:
-# METHOD's start then adapts as METHOD does (`protonet+select`: no steps), the other two as `finetune`
-# does (the shared adaptation, with any `@key=value` changes of the method).
+# `METHOD+select`: each episode's start is chosen as `llm-meta adapt` chooses it (`select_start=auto`):
+# on an episode whose class names are all among those METHOD's start was meta-trained with, that start,
+# adapted as METHOD does (`protonet+select`: no steps); on any other, the candidate `choose_start` picks
+# on the support set among the untrained start, METHOD's start and its weight change halved, adapted
+# as `finetune` does (the shared adaptation, with any `@key=value` changes of the method).
 SELECT = "+select"
 # What a trained start leaves beside its adapter: its tensors' fingerprint and what selection chose.
 START_RECORD = "start.json"
@@ -247,11 +248,16 @@ def main(cfg: Config) -> dict:
     picked: dict[str, dict[str, dict[int, list[str]]]] = {m: {} for m in cfg.methods}  # +select: per episode
     code = [_code_fingerprint(), _runtime(body)]
 
+    # +select: the class names each trained start's family was meta-trained with (`llm-meta adapt`
+    # reads them from the adapter; the same for every meta-seed of a start).
+    family = {name: meta_train.family_labels(_start_config(cfg, name, cfg.meta_seeds[0], _run_dir(out, name, cfg.meta_seeds[0])))
+              for name in sorted({specs[m][0] for m in cfg.methods if m.partition("@")[0].endswith(SELECT)})}
+
     def score_path(method: str, key: tuple, seed: int) -> Path:
         start, inner = specs[method][0], specs[method][1](cfg.adapt)
         select = method.partition("@")[0].endswith(SELECT)
         ids = _candidate_ids(fingerprints, start, seed, select)
-        shared = [to_dict(_shared_inner(method, cfg))] if select else []
+        shared = [to_dict(_shared_inner(method, cfg)), family[start]] if select else []
         return _score_path(out, [*code, to_dict(cfg.model), to_dict(inner), *shared, settings[key]["hash"], *ids])
 
     def seeds_of(method: str) -> list[int]:
@@ -278,7 +284,7 @@ def main(cfg: Config) -> dict:
         episodes, name = settings[key]["episodes"], "/".join(map(str, key))
         shared = _shared_inner(method, cfg)
         runs = [_scored(path, lambda s=s: _score(body, _candidates(starts, start, s, select), start, episodes,
-                                                            inner, shared),
+                                                            inner, shared, family.get(start)),
                         known[path] if path in known else _read_scores(path))
                 for s in seeds for path in [score_path(method, key, s)]]
         per_seed = [[episode_score(o) for o in run] for run, _, _, _ in runs]
@@ -527,15 +533,19 @@ def _shared_inner(method: str, cfg: Config) -> InnerConfig:
 
 
 def _score(body: Body, candidates: dict[str, Params], own: str, episodes: list[Episode], inner: InnerConfig,
-           shared: InnerConfig) -> tuple[list[np.ndarray], list[str]]:
+           shared: InnerConfig, family: list[str] | None = None) -> tuple[list[np.ndarray], list[str]]:
     """Per-query outcomes of every episode and the start each one adapted from: the only
-    candidate (adapted with `inner`), or the one `choose_start` picks on that episode's support set:
-    the method's own start (candidate `own`) adapts with `inner`, the others with `shared`."""
+    candidate (adapted with `inner`), or, as `llm-meta adapt` chooses (`select_start=auto`): the
+    method's own start (candidate `own`) adapted with `inner` on an episode whose class names are
+    among its `family`'s (`in_family`), else the candidate `choose_start` picks on the episode's
+    support set, adapted with `shared`."""
     if len(candidates) == 1:
         return score_outcomes(body, next(iter(candidates.values())), episodes, inner), []
-    picks = [choose_start(body, candidates, ep.support, ep.n_way, shared, ep.label_names)[0] for ep in episodes]
-    return [episode_outcomes(body, candidates[c], ep, inner if c == own else shared, seed=i)
-            for i, (c, ep) in enumerate(zip(picks, episodes))], picks
+    fam = [in_family(ep.label_names, family) for ep in episodes]
+    picks = [own if f else choose_start(body, candidates, ep.support, ep.n_way, shared, ep.label_names)[0]
+             for f, ep in zip(fam, episodes)]
+    return [episode_outcomes(body, candidates[c], ep, inner if f else shared, seed=i)
+            for i, (c, f, ep) in enumerate(zip(picks, fam, episodes))], picks
 
 
 def _candidate_ids(fingerprints: dict, start: str, seed: int, select: bool) -> list[str]:

@@ -204,7 +204,7 @@ def main(cfg: Config) -> dict:
         step, state = restored.pop("step"), restored
     # What every saved adapter records, computed once (hashing the task data is not free).
     provenance = {"base_model": cfg.model.name, "algorithm": cfg.algorithm, "config": to_dict(cfg),
-                  "tasks": task_hashes, "environment": environment()}
+                  "tasks": task_hashes, "label_names": family_labels(cfg), "environment": environment()}
 
     def validate(at: int, state: dict) -> dict:  # selection runs on the main process only
         return _validate(cfg, body, params, start, val_episodes, at, state, run_dir, provenance, run_log) \
@@ -292,6 +292,14 @@ def training_sampler(cfg: Config, body) -> tuple[Any, dict[str, str]]:
     for stage in sorted(e.curriculum, key=lambda st: st.from_step):  # episode indices: step × meta_batch
         stages.append((stage.from_step * cfg.outer.meta_batch, source_sampler(cfg, body, stage.n_way, stage.k_shot)[0]))
     return StagedSampler(stages), hashes
+
+
+def family_labels(cfg: Config) -> list[str]:
+    """The class names the labelled meta-training tasks are drawn with (their `meta_train` classes),
+    sorted: recorded in every saved adapter, so that `llm-meta adapt` can tell a task of the family
+    by its labels (`llm_meta.adaptation.in_family`). Empty for SMLMT and NER sources (no fixed names)."""
+    names = [] if ner_only(cfg) else [t if isinstance(t, str) else t.name for t in cfg.tasks]
+    return sorted({label for name in names if name for label in load_task(name).classes("meta_train")})
 
 
 def training_sources(cfg: Config) -> dict[str, str]:
