@@ -303,11 +303,12 @@ def test_select_methods_choose_a_start_per_episode(results_dir, tmp_path):
     assert benchmark.main(picky)["starts_chosen"] == results["starts_chosen"]  # read back from the score cache
 
 
-def test_a_select_method_adapts_its_own_start_as_the_method_does_and_the_others_as_finetune(
+def test_a_select_method_adapts_its_own_start_as_the_method_does_on_its_family_and_else_as_finetune(
         results_dir, toy, monkeypatch):
-    # `protonet+select` is `llm-meta adapt --adapter <ProtoNet adapter>`: ProtoNet's start, when
-    # chosen, takes no steps (its own protocol); the untrained start takes finetune's steps. The
-    # choice is forced (choose_start has its own tests); what is tested is the adaptation it gets.
+    # `protonet+select` is `llm-meta adapt --adapter <ProtoNet adapter>`: on an episode whose class
+    # names are the start's family's, ProtoNet's start with no steps (its own protocol), nothing
+    # chosen; on any other, the start the support set chooses, with finetune's steps whichever it is.
+    # The choice is forced (choose_start has its own tests); what is tested is the adaptation it gets.
     from llm_meta.evaluation import episode_outcomes
     from llm_meta.tasks import load_task
 
@@ -322,9 +323,14 @@ def test_a_select_method_adapts_its_own_start_as_the_method_does_and_the_others_
     candidates = benchmark._candidates({("untrained", 0): untrained, ("protonet", 0): trained}, "protonet", 0, True)
     candidates = {"protonet": candidates["protonet"], **candidates}  # own start first: found by name, not place
     episodes = benchmark._fullway(cfg.fullway, load_task(str(toy)), 1)
-    for pick, params, used in [("protonet", trained, inner), ("untrained", untrained, shared)]:
-        monkeypatch.setattr(benchmark, "choose_start", lambda *a, p=pick, **k: (p, {}))
-        outcomes, picks = benchmark._score(body, candidates, "protonet", episodes, inner, shared)
+    labels = episodes[0].label_names
+    for family, pick, params, used in [([*labels, "other"], "protonet", trained, inner),
+                                       (["other"], "protonet", trained, shared), (None, "untrained", untrained, shared)]:
+        def forced(*a, p=pick, f=family, **k):
+            assert f is None or not set(labels) <= set(f), "chose on a task of the family's labels"
+            return p, {}
+        monkeypatch.setattr(benchmark, "choose_start", forced)
+        outcomes, picks = benchmark._score(body, candidates, "protonet", episodes, inner, shared, family)
         assert picks == [pick] * len(episodes)
         for i, (got, ep) in enumerate(zip(outcomes, episodes)):
             assert (got == episode_outcomes(body, params, ep, used, seed=i)).all()

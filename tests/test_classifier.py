@@ -232,20 +232,34 @@ def test_adapt_chooses_its_start_on_the_support_set(tiny_bert_dir, toy, tmp_path
     assert off.metadata["start_selection"] is None and off.metadata["start"] == str(tmp_path / "far")
 
 
-@pytest.mark.parametrize("algorithm, pick, steps", [("protonet", "adapter", 0), ("protonet", "untrained", 3),
-                                                    ("fomaml", "adapter", 3)])
-def test_a_chosen_protonet_adapter_adapts_as_protonet_does_without_steps(tiny_bert_dir, toy, tmp_path, tiny_cfg,
-                                                                          monkeypatch, algorithm, pick, steps):
-    # ProtoNet meta-trains the nearest-prototype classifier itself: chosen as itself, its LoRA is used
-    # untouched (0 steps); the untrained start, or any other algorithm's adapter, takes the configured
-    # steps. The choice is forced here (the leave-one-out fit has its own tests): what is tested is what
-    # adapt does with it.
+def test_in_family_compares_class_names_stripped_and_case_folded_and_needs_a_recorded_family():
+    from llm_meta.adaptation import in_family
+
+    family = ["negative", "neutral", "positive"]
+    assert in_family(["Positive ", "negative"], family) and in_family(family, family)
+    assert not in_family(["positive", "mixed"], family)
+    assert not in_family(["positive"], None) and not in_family(["positive"], [])
+
+
+@pytest.mark.parametrize("algorithm, family, select, pick, steps", [
+    ("protonet", "toy", "auto", "adapter", 0),  # the family's labels: the adapter as trained, nothing chosen
+    ("fomaml", "toy", "auto", "adapter", 3),
+    ("protonet", "toy", "support", "adapter", 3),  # the choice forced: every pick takes the configured steps
+    ("protonet", "other", "auto", "adapter", 3), ("protonet", None, "auto", "untrained", 3)])
+def test_a_protonet_adapter_takes_no_steps_on_its_familys_labels_and_the_steps_when_chosen(
+        tiny_bert_dir, toy, tmp_path, tiny_cfg, monkeypatch, algorithm, family, select, pick, steps):
+    # ProtoNet meta-trains the nearest-prototype classifier itself: on a task whose class names are
+    # all among its meta-training class names, its LoRA is used untouched (0 steps). On any other
+    # task the start is chosen on the support set and takes the configured steps, whichever it is:
+    # the fit judges the candidates before any step. The choice is forced here (the leave-one-out
+    # fit has its own tests): what is tested is what adapt does with it.
     import dataclasses
 
     from llm_meta import classifier
     from llm_meta.adaptation import OWN_STEPS, own_adaptation
     from llm_meta.checkpoint import load_adapter_params, save_adapter
     from llm_meta.models import load_body, lora_params
+    from llm_meta.tasks import load_task
 
     assert own_adaptation(tiny_cfg.inner, "protonet").steps == OWN_STEPS["protonet"] == 0
     assert own_adaptation(tiny_cfg.inner, None) is tiny_cfg.inner
@@ -253,15 +267,23 @@ def test_a_chosen_protonet_adapter_adapts_as_protonet_does_without_steps(tiny_be
     noise = torch.Generator().manual_seed(1)
     trained = {k: v + (0.1 * torch.randn(v.shape, generator=noise) if "lora_B" in k else 0)
                for k, v in lora_params(body).items()}
+    labels = load_task(str(toy)).label_names
     save_adapter(body, trained, tmp_path / "start", {"base_model": str(tiny_bert_dir), "config": {
-        "model": dataclasses.asdict(tiny_cfg.model)}, "algorithm": algorithm})
+        "model": dataclasses.asdict(tiny_cfg.model)}, "algorithm": algorithm,
+        **({} if family is None else {"label_names": [x.upper() for x in labels] + ["spare"] if family == "toy"
+                                      else ["something else"]})})
     real = classifier.choose_start
     monkeypatch.setattr(classifier, "choose_start", lambda *a, **k: (pick, real(*a, **k)[1]))
-    clf = llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "start", cfg=tiny_cfg)
+    clf = llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "start",
+                         cfg=dataclasses.replace(tiny_cfg, select_start=select))
     assert clf.metadata["start_selection"]["chosen"] == pick
+    chose = family != "toy" or select == "support"
+    assert (clf.metadata["start_selection"]["leave_one_out_fit"] is not None) == chose
     assert clf.metadata["start_selection"]["inner_steps"] == steps
     saved = load_adapter_params(clf.body, str(tmp_path / "start"))
     untouched = all(torch.equal(clf.params[name], value) for name, value in saved.items())
     assert untouched == (steps == 0)
     clf.save(tmp_path / "m")
-    assert f"then {steps} inner steps" in (tmp_path / "m" / "README.md").read_text()
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert f"then {steps} inner steps" in card
+    assert ("start chosen on the support set" in card) == chose

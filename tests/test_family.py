@@ -113,15 +113,20 @@ def test_the_protonet_family_recipe_gives_an_adapter_that_both_readme_adapt_comm
     assert clf.metadata["start"] == str(adapter) and clf.metadata["start_selection"] is None
     trained = load_adapter_params(clf.body, str(adapter))
     assert trained and all(torch.equal(clf.params[name], value) for name, value in trained.items())
-    # The README's default for the same adapter: the start is chosen on the support set among the
-    # three candidates (a ProtoNet adapter is LoRA only); the adapter itself, if chosen, takes no steps
-    # (ProtoNet's own protocol), the other two the shared steps.
-    chosen = adapt(cfg=load_config(AdaptConfig, None, ["task=tweets_apple", "shots=2", f"adapter={adapter}"]))
+    # The README's default for the same adapter: Apple tweets have the family's class names (recorded
+    # in the adapter), so the adapter is used as ProtoNet trained it, no steps and nothing chosen; a
+    # task with other labels gets the choice among the three candidates, then the shared steps.
+    assert read_metadata(str(adapter))["label_names"] == ["negative", "neutral", "positive"]
+    default = adapt(cfg=load_config(AdaptConfig, None, ["task=tweets_apple", "shots=2", f"adapter={adapter}"]))
+    assert default.metadata["start_selection"] == {
+        "chosen": "adapter", "leave_one_out_fit": None, "inner_steps": 0,
+        "method": "the support set's class names are all among the adapter's meta-training class names"}
+    assert all(torch.equal(default.params[name], value) for name, value in trained.items())
+    chosen = adapt(cfg=load_config(AdaptConfig, None, ["task=mcid", "shots=2", f"adapter={adapter}"]))
     selection = chosen.metadata["start_selection"]
     assert set(selection["leave_one_out_fit"]) == {"untrained", "adapter", "adapter at α=0.5"}
     assert selection["chosen"] in selection["leave_one_out_fit"]
-    assert selection["inner_steps"] == (0 if selection["chosen"] == "adapter" else AdaptConfig().inner.steps)
-    assert chosen.metadata["adapt_config"]["inner"]["steps"] == AdaptConfig().inner.steps > 0
+    assert selection["inner_steps"] == chosen.metadata["adapt_config"]["inner"]["steps"] == AdaptConfig().inner.steps > 0
 
 
 @pytest.mark.parametrize("start, recipe, overrides", [
@@ -232,3 +237,40 @@ def test_the_pooled_table_pools_one_seed_runs_and_refuses_runs_that_do_not_pair(
     (tmp_path / "other.json").write_text(json.dumps(other))
     refused = pooled(seed0, tmp_path / "other.json")
     assert refused.returncode != 0 and "scored different episodes" in refused.stderr
+
+
+def test_family_labels_are_the_class_names_meta_training_draws_from():
+    # What a saved adapter records as its family's labels (llm_meta.adaptation.in_family reads them):
+    # the sentiment family's three, and for a registry task with class roles only its meta_train classes.
+    from llm_meta.config import load_config
+    from recipes import meta_train
+
+    family = load_config(meta_train.Config, "recipes/configs/sentiment_family.yaml")
+    assert meta_train.family_labels(family) == ["negative", "neutral", "positive"]
+    intents = load_config(meta_train.Config, None, ["tasks=[clinc]"])
+    assert meta_train.family_labels(intents) == sorted(load_task("clinc").classes("meta_train"))
+    assert len(meta_train.family_labels(intents)) == 120
+
+
+def test_the_label_rule_table_reprints_from_stored_rows_and_routes_by_class_names(monkeypatch):
+    # benchmarks/select_family.py: the family's labels take ProtoNet's own (no-step) scores, other
+    # labels the support-set choice with the shared steps; with the stored rows nothing is scored.
+    root = Path(__file__).resolve().parents[1]
+    results = root / "benchmarks/results"
+    out = subprocess.run([sys.executable, str(root / "benchmarks/select_family.py"), "--reference",
+                          str(results / "family_select_protonet3_results.json"), "--kept",
+                          str(results / "family_select_protonet3_kept.tar.gz"), "--out",
+                          str(results / "select_family_rows.json"), "output_dir=runs/none"],
+                         capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert "| tweets_apple (15 episodes) | 53.9 | 64.1 (+10.2 [+7.6, +13.4]) | 64.1 (+10.2 [+7.6, +13.4], 100%) " \
+           "| protonet 15 | in family" in out.stdout
+    assert "| yahoo (15 episodes) | 63.9 | 48.8 (-15.1 [-16.5, -13.5]) | 63.4 (-0.4 [-1.3, +0.0]) " in out.stdout
+    assert "| banking77 (15 episodes) | 83.3 |" in out.stdout and "| clinc (15 episodes) | 92.2 |" in out.stdout
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    import select_family
+
+    reference = json.loads((results / "family_select_protonet3_results.json").read_text())
+    apple = [r for r in select_family.derived(reference, ["other"]) if r["task"] == "tweets_apple"]
+    shared = reference["scores_by_meta_seed"][select_family.SHARED]["fullway/tweets_apple/8"]
+    assert [r["scores"]["rule"] for r in apple] == [x for seed in sorted(shared) for x in shared[seed]]
