@@ -38,10 +38,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from select_protocol import START, diff_cell, parser, protocols, protonet_candidates
+from select_protocol import START, diff_cell, parser, pending_episodes, protocols
 
 from llm_meta.adaptation import choose_start, in_family
-from llm_meta.classifier import whole_split_episode
 from llm_meta.config import load_config
 from llm_meta.evaluation import episode_outcomes, episode_score
 from llm_meta.tasks import load_task
@@ -49,7 +48,6 @@ from recipes import benchmark, meta_train
 
 FRESH = ["banking77", "clinc"]  # off family, never used to choose or tune a selection rule
 BOUND = -0.005  # the off-family target: never more than 0.5 points below the untrained start, on average
-K, DRAWS = 8, 5
 SHARED = "protonet+select@steps=15"  # the benchmark method whose picks and adaptation the rule makes off family
 
 
@@ -82,39 +80,30 @@ def fresh_rows(cfg: benchmark.Config, kept: Path, seeds: list[int], family: list
     untrained start + 15 steps, ProtoNet without steps and the rule. Resumes from `record`,
     rewritten after each row."""
     rows = json.loads(record.read_text())["rows"] if record.exists() else []
-    done = {(r["seed"], r["task"], r["draw"]) for r in rows}
-    seeds = [s for s in seeds if any((s, t, d) not in done for t in FRESH for d in range(DRAWS))]
     own, shared = protocols(cfg)
-    tasks = {name: load_task(name) for name in FRESH} if seeds else {}
-    for seed in seeds:
-        body, candidates = protonet_candidates(cfg, seed, kept)
-        for name, task in tasks.items():
-            for draw in range(DRAWS):
-                if (seed, name, draw) in done:
-                    continue
-                ep = whole_split_episode(task, K, "train", "test", draw)
-                fam = in_family(ep.label_names, family)
-                began = time.perf_counter()
-                pick, fits = (START, None) if fam else choose_start(body, candidates, ep.support, ep.n_way, shared,
-                                                                     ep.label_names)
-                choose_s = time.perf_counter() - began
-                # ProtoNet as its own protocol scores it (no steps), and the rule's start as the rule adapts it
-                runs = {"untrained": ("untrained", shared), START: (START, own),
-                        "rule": (pick, own if fam else shared)}
-                scores, seconds = {}, {}
-                for what, (c, cfg_c) in runs.items():
-                    same = next((w for w in scores if runs[w] == (c, cfg_c)), None)
-                    began = time.perf_counter()
-                    scores[what] = scores[same] if same else episode_score(
-                        episode_outcomes(body, candidates[c], ep, cfg_c, seed=draw))
-                    seconds[what] = time.perf_counter() - began
-                rows.append({"seed": seed, "task": name, "draw": draw, "n_way": ep.n_way,
-                             "query": len(ep.query.texts), "in_family": fam, "fits": fits, "pick": pick,
-                             "scores": scores, "choose_seconds": choose_s, "score_seconds": seconds})
-                record.parent.mkdir(parents=True, exist_ok=True)
-                record.write_text(json.dumps({"rows": rows}, indent=1))
-                print(seed, name, draw, "pick:", pick, {c: round(100 * v, 1) for c, v in scores.items()},
-                      f"choice {choose_s:.1f}s", flush=True)
+    for seed, name, draw, body, candidates, ep in pending_episodes(cfg, kept, seeds, FRESH, "test", rows):
+        fam = in_family(ep.label_names, family)
+        began = time.perf_counter()
+        pick, fits = (START, None) if fam else choose_start(body, candidates, ep.support, ep.n_way, shared,
+                                                             ep.label_names)
+        choose_s = time.perf_counter() - began
+        # ProtoNet as its own protocol scores it (no steps), and the rule's start as the rule adapts it
+        runs = {"untrained": ("untrained", shared), START: (START, own),
+                "rule": (pick, own if fam else shared)}
+        scores, seconds = {}, {}
+        for what, (c, cfg_c) in runs.items():
+            same = next((w for w in scores if runs[w] == (c, cfg_c)), None)
+            began = time.perf_counter()
+            scores[what] = scores[same] if same else episode_score(
+                episode_outcomes(body, candidates[c], ep, cfg_c, seed=draw))
+            seconds[what] = time.perf_counter() - began
+        rows.append({"seed": seed, "task": name, "draw": draw, "n_way": ep.n_way,
+                     "query": len(ep.query.texts), "in_family": fam, "fits": fits, "pick": pick,
+                     "scores": scores, "choose_seconds": choose_s, "score_seconds": seconds})
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"rows": rows}, indent=1))
+        print(seed, name, draw, "pick:", pick, {c: round(100 * v, 1) for c, v in scores.items()},
+              f"choice {choose_s:.1f}s", flush=True)
     return rows
 
 

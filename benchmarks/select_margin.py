@@ -53,18 +53,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from select_protocol import START, best_other, diff_cell, parser, protocols, protonet_candidates, reference_episodes
+from select_protocol import (K, START, best_other, diff_cell, parser, pending_episodes, protocols,
+                             reference_episodes)
 
 from llm_meta.adaptation import choose_start
-from llm_meta.classifier import whole_split_episode
 from llm_meta.config import load_config
 from llm_meta.evaluation import episode_outcomes, episode_score
-from llm_meta.tasks import load_task
 from recipes import benchmark
 
 IN_FAMILY, OFF_FAMILY = ["tweets_coachella"], ["stackoverflow", "hwu"]
 BOUND = -0.005  # the off-family target: never more than 0.5 points below the untrained start, on average
-K, DRAWS = 8, 5
 
 
 def rule_pick(row: dict, m: float) -> str:
@@ -85,34 +83,26 @@ def validation_rows(cfg: benchmark.Config, kept: Path, seeds: list[int], record:
     point + 15 steps where it is the pick or the rival). Resumes from `record`, rewritten after each
     row."""
     rows = json.loads(record.read_text())["rows"] if record.exists() else []
-    done = {(r["seed"], r["task"], r["draw"]) for r in rows}
-    seeds = [s for s in seeds if any((s, t, d) not in done for t in IN_FAMILY + OFF_FAMILY for d in range(DRAWS))]
     own, shared = protocols(cfg)  # ProtoNet: no steps; the other candidates: the shared 15
-    tasks = {name: load_task(name) for name in IN_FAMILY + OFF_FAMILY} if seeds else {}
-    for seed in seeds:
-        body, candidates = protonet_candidates(cfg, seed, kept)
-        for name, task in tasks.items():
-            for draw in range(DRAWS):
-                if (seed, name, draw) in done:
-                    continue
-                ep = whole_split_episode(task, K, "train", "validation", draw)
-                began = time.perf_counter()
-                loo_pick, fits = choose_start(body, candidates, ep.support, ep.n_way, shared, ep.label_names)
-                choose_s = time.perf_counter() - began
-                d, rival = best_other(fits)
-                scores, seconds = {}, {}
-                for c in dict.fromkeys(["untrained", START, loo_pick, rival]):
-                    began = time.perf_counter()
-                    scores[c] = episode_score(episode_outcomes(body, candidates[c], ep, own if c == START else shared,
-                                                               seed=draw))
-                    seconds[c] = time.perf_counter() - began
-                rows.append({"seed": seed, "task": name, "draw": draw, "n_way": ep.n_way, "query": len(ep.query.texts),
-                             "fits": fits, "margin": d, "rival": rival, "loo_pick": loo_pick, "scores": scores,
-                             "choose_seconds": choose_s, "score_seconds": seconds})
-                record.parent.mkdir(parents=True, exist_ok=True)
-                record.write_text(json.dumps({"rows": rows}, indent=1))
-                print(seed, name, draw, "leave-one-out:", loo_pick, f"d={d:+.3f}",
-                      {c: round(100 * v, 1) for c, v in scores.items()}, flush=True)
+    for seed, name, draw, body, candidates, ep in pending_episodes(cfg, kept, seeds, IN_FAMILY + OFF_FAMILY,
+                                                                   "validation", rows):
+        began = time.perf_counter()
+        loo_pick, fits = choose_start(body, candidates, ep.support, ep.n_way, shared, ep.label_names)
+        choose_s = time.perf_counter() - began
+        d, rival = best_other(fits)
+        scores, seconds = {}, {}
+        for c in dict.fromkeys(["untrained", START, loo_pick, rival]):
+            began = time.perf_counter()
+            scores[c] = episode_score(episode_outcomes(body, candidates[c], ep, own if c == START else shared,
+                                                       seed=draw))
+            seconds[c] = time.perf_counter() - began
+        rows.append({"seed": seed, "task": name, "draw": draw, "n_way": ep.n_way, "query": len(ep.query.texts),
+                     "fits": fits, "margin": d, "rival": rival, "loo_pick": loo_pick, "scores": scores,
+                     "choose_seconds": choose_s, "score_seconds": seconds})
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"rows": rows}, indent=1))
+        print(seed, name, draw, "leave-one-out:", loo_pick, f"d={d:+.3f}",
+              {c: round(100 * v, 1) for c, v in scores.items()}, flush=True)
     return rows
 
 

@@ -36,6 +36,7 @@ import json
 import math
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ from scipy import stats
 from select_kfold import held_out_logits
 
 from llm_meta.adaptation import adapt, choose_start
+from llm_meta.classifier import whole_split_episode
 from llm_meta.config import load_config
 from llm_meta.core import InnerConfig
 from llm_meta.episodes import Episode
@@ -52,6 +54,7 @@ from llm_meta.tasks import load_task
 from recipes import benchmark
 
 START, METHOD = "protonet", "protonet+select"
+K, DRAWS = 8, 5  # support texts per class, support draws per task and meta-seed
 ALPHA = 0.05  # one-sided level of the sign test: replace the no-step pick only on clear evidence
 
 
@@ -133,6 +136,23 @@ def reference_episodes(cfg: benchmark.Config, tasks: list[str], reference: dict,
     for name, eps in episodes.items():
         assert benchmark._hash(eps) == reference["hashes"][f"fullway/{name}/{k}"], f"{name}: not the reference's episodes"
     return episodes
+
+
+def pending_episodes(cfg: benchmark.Config, kept: Path, seeds: list[int], tasks: list[str], split: str,
+                     rows: list[dict]) -> Iterator[tuple[int, str, int, Body, dict[str, Params], Episode]]:
+    """(meta-seed, task, draw, body, the `protonet+select` candidates, episode) for every full-way
+    episode of `tasks` (K = 8 per class from train, 5 draws, the whole `split` as the query) at
+    `seeds` that `rows` (resumed rows with "seed", "task", "draw") do not hold yet. The candidates
+    are loaded once per meta-seed that has such an episode (`protonet_candidates`)."""
+    done = {(r["seed"], r["task"], r["draw"]) for r in rows}
+    seeds = [s for s in seeds if any((s, t, d) not in done for t in tasks for d in range(DRAWS))]
+    loaded = {name: load_task(name) for name in tasks} if seeds else {}
+    for seed in seeds:
+        body, candidates = protonet_candidates(cfg, seed, kept)
+        for name, task in loaded.items():
+            for draw in range(DRAWS):
+                if (seed, name, draw) not in done:
+                    yield seed, name, draw, body, candidates, whole_split_episode(task, K, "train", split, draw)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
