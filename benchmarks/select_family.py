@@ -44,17 +44,11 @@ from llm_meta.adaptation import choose_start, in_family
 from llm_meta.config import load_config
 from llm_meta.evaluation import episode_outcomes, episode_score
 from llm_meta.tasks import load_task
-from recipes import benchmark, meta_train
+from recipes import benchmark
 
 FRESH = ["banking77", "clinc"]  # off family, never used to choose or tune a selection rule
 BOUND = -0.005  # the off-family target: never more than 0.5 points below the untrained start, on average
 SHARED = "protonet+select@steps=15"  # the benchmark method whose picks and adaptation the rule makes off family
-
-
-def family_of(cfg: benchmark.Config) -> list[str]:
-    """The class names the ProtoNet start was meta-trained with (as its adapter records them)."""
-    return meta_train.family_labels(benchmark._start_config(cfg, START, 0, benchmark._run_dir(
-        Path(cfg.output_dir), START, 0)))
 
 
 def derived(reference: dict, family: list[str]) -> list[dict]:
@@ -133,7 +127,7 @@ def main() -> None:
     ap = parser(__doc__.split("\n\n")[0])
     args = ap.parse_args()
     cfg = load_config(benchmark.Config, args.config, args.overrides)
-    family = family_of(cfg)
+    family = benchmark.start_family(cfg, START)
     print("the ProtoNet start's family class names:", family)
     reference = json.loads(Path(args.reference).read_text())
     table(derived(reference, family), "Post hoc: the rule on the four test tasks, from the benchmark's stored scores "

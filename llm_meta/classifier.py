@@ -244,7 +244,8 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
 
     Give `task` (K = `shots` examples per class are drawn from its train split) or `support`
     (a labelled file used whole). Arguments given here override the same fields of `cfg`
-    (see `AdaptConfig`); `cfg` itself is not modified.
+    (see `AdaptConfig`); `cfg` itself is not modified. Raises ValueError for both or neither of a
+    task and a support file, or an unknown `select_start`.
     """
     cfg = dataclasses.replace(cfg or AdaptConfig())
     if task is not None:
@@ -257,6 +258,8 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         cfg.support = support
     if (cfg.task is None) == (cfg.support is None):
         raise ValueError("give either a task (K examples per class are drawn from it) or a support file, not both")
+    if cfg.select_start not in ("auto", "support", "off"):  # a config file or the command line checks it already
+        raise ValueError(f"select_start must be auto, support or off, not {cfg.select_start!r}")
     start_time = time.perf_counter()
     timings: dict[str, float] = {}  # seconds per phase, in llm_meta.json (benchmarks/adapt_speed.py reads them)
 
@@ -293,25 +296,9 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     lap("data")
     chosen, selection, inner = cfg.adapter or "untrained", None, cfg.inner
     if cfg.adapter is not None and cfg.select_start != "off" and set(params) == set(body.lora_names):
-        if cfg.select_start == "auto" and in_family(labels, meta.get("label_names")):
-            # The family's own labels: the adapter as its algorithm trained it (a ProtoNet start: no steps).
-            which, fits, inner = "adapter", None, own_adaptation(cfg.inner, meta.get("algorithm"))
-            how = "the support set's class names are all among the adapter's meta-training class names"
-        else:
-            untrained = lora_params(body)  # the body's own fresh LoRA (drawn from seed): B = 0
-            candidates = {"untrained": untrained, "adapter": params,
-                          "adapter at α=0.5": interpolate(untrained, params, 0.5)}
-            which, fits = choose_start(body, candidates, examples, len(labels), cfg.inner, labels)
-            params = candidates[which]
-            # Every candidate then takes the configured steps: the fit judges them before any step,
-            # so a no-step adapter it keeps would be compared unfairly with a start the steps lift
-            # (a ProtoNet adapter kept with no steps lost 16 points on 10-way topics).
-            how = ("mean leave-one-out log-probability of each support example's class under the prototype "
-                   "head of the others, before any step (adaptation.leave_one_out_fit)")
-        chosen = {"untrained": "untrained", "adapter": cfg.adapter}.get(which, f"{which} of {cfg.adapter}")
-        selection = {"chosen": which, "leave_one_out_fit": fits, "inner_steps": inner.steps, "method": how}
-        log.info("start chosen: %s (%s); %d inner steps", which, "class names of the adapter's family" if fits is None
-                 else "leave-one-out fit: " + ", ".join(f"{k} {v:.3f}" for k, v in fits.items()), inner.steps)
+        params, inner, selection = _select_start(body, params, examples, labels, cfg, meta)
+        chosen = {"untrained": "untrained", "adapter": cfg.adapter}.get(selection["chosen"],
+                                                                          f"{selection['chosen']} of {cfg.adapter}")
         lap("start_selection")
     fast = adapt_params(body, params, examples, len(labels), inner, seed=cfg.seed, label_names=labels)
     lap("adaptation")  # support encoding for the prototype head, then the inner-loop steps
@@ -325,3 +312,33 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     log.info("adapted to %s (%d labels, %d support examples) in %.1f s", data.name, len(labels), len(examples),
              meta["adapt_seconds"])
     return FewShotClassifier(body, fast, labels, cfg.inner.scale, meta, support=examples)
+
+
+def _select_start(body: Body, params: Params, examples: Examples, labels: list[str], cfg: AdaptConfig,
+                  meta: dict[str, Any]) -> tuple[Params, InnerConfig, dict[str, Any]]:
+    """(start, its adaptation, what was chosen and why) for an adapter's LoRA `params` and the
+    support set (`cfg.select_start`, "auto" or "support"; `meta`: the adapter's llm_meta.json).
+
+    "auto" on a task whose class names are all among the adapter's meta-training class names
+    (`in_family`): the adapter, adapted as its algorithm trained it (`own_adaptation`: ProtoNet, no
+    steps). Otherwise the candidate `choose_start` picks among the untrained start, the adapter and
+    its weight change halved, adapted with `cfg.inner` whichever it is: the fit judges the candidates
+    before any step, so a no-step adapter it kept was compared unfairly with a start the steps lift
+    (a ProtoNet adapter kept with no steps lost 16 points on one 10-way topic support set,
+    BENCHMARKS.md "ProtoNet's own protocol under the choice").
+    """
+    if cfg.select_start == "auto" and in_family(labels, meta.get("label_names")):
+        inner = own_adaptation(cfg.inner, meta.get("algorithm"))
+        log.info("start: the adapter, the task's class names being its family's; %d inner steps", inner.steps)
+        return params, inner, {"chosen": "adapter", "leave_one_out_fit": None, "inner_steps": inner.steps,
+                               "method": "the support set's class names are all among the adapter's "
+                                         "meta-training class names"}
+    untrained = lora_params(body)  # the body's own fresh LoRA (drawn from seed): B = 0
+    candidates = {"untrained": untrained, "adapter": params, "adapter at α=0.5": interpolate(untrained, params, 0.5)}
+    which, fits = choose_start(body, candidates, examples, len(labels), cfg.inner, labels)
+    log.info("start chosen on the support set: %s (leave-one-out fit: %s); %d inner steps", which,
+             ", ".join(f"{k} {v:.3f}" for k, v in fits.items()), cfg.inner.steps)
+    return candidates[which], cfg.inner, {
+        "chosen": which, "leave_one_out_fit": fits, "inner_steps": cfg.inner.steps,
+        "method": "mean leave-one-out log-probability of each support example's class under the prototype head "
+                  "of the others, before any step (adaptation.leave_one_out_fit)"}

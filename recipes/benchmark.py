@@ -86,9 +86,9 @@ NEEDS = ("key", "record", "tensors")  # what of a trained start a run needs, lea
 def method_spec(name: str, algorithms: dict[str, str]) -> tuple[str, Callable[[InnerConfig], InnerConfig]]:
     """(start, inner-loop change) of a method: a built-in one, or any start named in `algorithms`
     (trained start -> the algorithm its training config runs, `start_algorithms`; e.g. `fomaml_smlmt`).
-    A trained start adapts by its algorithm's own protocol, as `llm-meta adapt` adapts an adapter it
-    keeps (`llm_meta.adaptation.own_adaptation`: a ProtoNet-trained start takes no steps, under any
-    name). `method@key=value,...` is that method with its adaptation changed (e.g.
+    A trained start adapts by its algorithm's own protocol, as `llm-meta adapt` adapts an adapter on
+    a task of its family's labels (`llm_meta.adaptation.own_adaptation`: a ProtoNet-trained start
+    takes no steps, under any name). `method@key=value,...` is that method with its adaptation changed (e.g.
     `finetune@transductive=5`, `protonet@steps=15`): how the ablation rows of one adaptation option
     sit next to the others in one report. `method+select` (before any `@`) is that method with its
     start chosen per episode (`SELECT`). Raises ValueError for an unknown method or adaptation key,
@@ -188,6 +188,15 @@ def start_algorithms(cfg: Config) -> dict[str, str]:
                               ).algorithm for name, path in cfg.train_configs.items()}
 
 
+def start_family(cfg: Config, name: str) -> list[str]:
+    """The class names trained start `name` is meta-trained with (`meta_train.family_labels` of its
+    training config), which `+select` routes by as `llm-meta adapt` does. Read from the config, not
+    from the adapter: an adapter meta-trained before eca2924 records none, so `llm-meta adapt` gives
+    it the support-set choice on every task while the benchmark applies the label rule to it."""
+    seed = cfg.meta_seeds[0]
+    return meta_train.family_labels(_start_config(cfg, name, seed, _run_dir(Path(cfg.output_dir), name, seed)))
+
+
 def main(cfg: Config) -> dict:
     algorithms = start_algorithms(cfg)  # reads every training config once
     specs = {m: method_spec(m, algorithms) for m in cfg.methods}
@@ -248,9 +257,9 @@ def main(cfg: Config) -> dict:
     picked: dict[str, dict[str, dict[int, list[str]]]] = {m: {} for m in cfg.methods}  # +select: per episode
     code = [_code_fingerprint(), _runtime(body)]
 
-    # +select: the class names each trained start's family was meta-trained with (`llm-meta adapt`
-    # reads them from the adapter; the same for every meta-seed of a start).
-    family = {name: meta_train.family_labels(_start_config(cfg, name, cfg.meta_seeds[0], _run_dir(out, name, cfg.meta_seeds[0])))
+    # +select: the class names each trained start's family was meta-trained with (the same for every
+    # meta-seed of a start).
+    family = {name: start_family(cfg, name)
               for name in sorted({specs[m][0] for m in cfg.methods if m.partition("@")[0].endswith(SELECT)})}
 
     def score_path(method: str, key: tuple, seed: int) -> Path:

@@ -295,9 +295,10 @@ def training_sampler(cfg: Config, body) -> tuple[Any, dict[str, str]]:
 
 
 def family_labels(cfg: Config) -> list[str]:
-    """The class names the labelled meta-training tasks are drawn with (their `meta_train` classes),
-    sorted: recorded in every saved adapter, so that `llm-meta adapt` can tell a task of the family
-    by its labels (`llm_meta.adaptation.in_family`). Empty for SMLMT and NER sources (no fixed names)."""
+    """The class names the labelled meta-training tasks are drawn with (their `meta_train` classes;
+    every label of a user's file), sorted: recorded in every saved adapter, so that `llm-meta adapt`
+    can tell a task of the family by its labels (`llm_meta.adaptation.in_family`). SMLMT corpora and
+    NER sources contribute none (no fixed names). Raises TaskError for a task that cannot be loaded."""
     names = [] if ner_only(cfg) else [t if isinstance(t, str) else t.name for t in cfg.tasks]
     return sorted({label for name in names if name for label in load_task(name).classes("meta_train")})
 

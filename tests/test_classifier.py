@@ -239,6 +239,7 @@ def test_in_family_compares_class_names_stripped_and_case_folded_and_needs_a_rec
     assert in_family(["Positive ", "negative"], family) and in_family(family, family)
     assert not in_family(["positive", "mixed"], family)
     assert not in_family(["positive"], None) and not in_family(["positive"], [])
+    assert not in_family(["p"], "positive")  # malformed metadata (a string, not a list of names)
 
 
 @pytest.mark.parametrize("algorithm, family, select, pick, steps", [
@@ -274,6 +275,14 @@ def test_a_protonet_adapter_takes_no_steps_on_its_familys_labels_and_the_steps_w
                                       else ["something else"]})})
     real = classifier.choose_start
     monkeypatch.setattr(classifier, "choose_start", lambda *a, **k: (pick, real(*a, **k)[1]))
+    # select_start=off: the adapter as given with the configured steps, even on the family's labels
+    off = llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "start",
+                         cfg=dataclasses.replace(tiny_cfg, select_start="off"))
+    assert off.metadata["start_selection"] is None and off.metadata["start"] == str(tmp_path / "start")
+    assert not all(torch.equal(off.params[name], value) for name, value in trained.items())
+    with pytest.raises(ValueError, match="select_start must be auto, support or off"):
+        llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "start",
+                       cfg=dataclasses.replace(tiny_cfg, select_start="yes"))
     clf = llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "start",
                          cfg=dataclasses.replace(tiny_cfg, select_start=select))
     assert clf.metadata["start_selection"]["chosen"] == pick
