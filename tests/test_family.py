@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llm_meta.tasks import load_families, load_task, shares_texts
 
@@ -274,3 +275,44 @@ def test_the_label_rule_table_reprints_from_stored_rows_and_routes_by_class_name
     apple = [r for r in select_family.derived(reference, ["other"]) if r["task"] == "tweets_apple"]
     shared = reference["scores_by_meta_seed"][select_family.SHARED]["fullway/tweets_apple/8"]
     assert [r["scores"]["rule"] for r in apple] == [x for seed in sorted(shared) for x in shared[seed]]
+
+
+def test_the_readme_walkthrough_with_your_own_domain_files(tiny_bert_dir, tmp_path):
+    # README "Meta-train a start for your own task family": one labelled CSV per domain, ProtoNet's
+    # recipe, selection on a file never trained on; the adapter records the files' class names, so
+    # step 2 on a new domain with those labels uses it as trained (no steps), and on a file with
+    # other labels chooses on the support set.
+    import csv
+
+    from llm_meta.checkpoint import load_adapter_params, read_metadata
+    from llm_meta.classifier import AdaptConfig, adapt
+    from llm_meta.config import load_config
+    from recipes import meta_train
+
+    def write(name: str, task: str, per_class: int, labels=None) -> str:
+        rows = load_task(task).split("train")
+        names = load_task(task).label_names
+        path = tmp_path / f"{name}.csv"
+        with path.open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["text", "label"])
+            for c, label in enumerate(names):
+                texts = [r["text"] for r in rows if r["label"] == label][:per_class]
+                out.writerows([t, (labels or names)[c]] for t in texts)
+        return str(path)
+    shops = [write(d, f"tweets_{d}", 6) for d in ("airline", "deflategate", "self_driving")]
+    forum = write("forum", "tweets_coachella", 6)
+    cfg = load_config(meta_train.Config, "recipes/configs/sentiment_family_protonet.yaml", [
+        *tiny_family(tiny_bert_dir, tmp_path / "my_family"), "validate_every=1", f"tasks=[{', '.join(shops)}]",
+        f"validation.tasks=[{forum}]", "validation.split=train", "test.tasks=[]"])
+    meta_train.main(cfg)
+    adapter = tmp_path / "my_family" / "adapter"
+    assert read_metadata(str(adapter))["label_names"] == ["negative", "neutral", "positive"]
+    new = adapt(cfg=load_config(AdaptConfig, None, [f"support={write('new', 'tweets_apple', 2)}",
+                                                    f"adapter={adapter}"]))
+    assert new.metadata["start_selection"]["leave_one_out_fit"] is None and new.metadata["start"] == str(adapter)
+    trained = load_adapter_params(new.body, str(adapter))
+    assert all(torch.equal(new.params[name], value) for name, value in trained.items())
+    other = adapt(cfg=load_config(AdaptConfig, None, [
+        f"support={write('stars', 'tweets_apple', 2, ['1 star', '3 stars', '5 stars'])}", f"adapter={adapter}"]))
+    assert set(other.metadata["start_selection"]["leave_one_out_fit"]) == {"untrained", "adapter", "adapter at α=0.5"}
