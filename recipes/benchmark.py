@@ -553,8 +553,15 @@ def _score(body: Body, candidates: dict[str, Params], own: str, episodes: list[E
     fam = [in_family(ep.label_names, family) for ep in episodes]
     picks = [own if f else choose_start(body, candidates, ep.support, ep.n_way, shared, ep.label_names)[0]
              for f, ep in zip(fam, episodes)]
+    # Recorded apart from a chosen `own`, so that a report tells the label rule from the choice.
     return [episode_outcomes(body, candidates[c], ep, inner if f else shared, seed=i)
-            for i, (c, f, ep) in enumerate(zip(picks, fam, episodes))], picks
+            for i, (c, f, ep) in enumerate(zip(picks, fam, episodes))], \
+        [family_pick(c) if f else c for c, f in zip(picks, fam)]
+
+
+def family_pick(own: str) -> str:
+    """How a `+select` episode routed to its start by the family's class names is recorded."""
+    return f"{own} (family labels)"
 
 
 def _candidate_ids(fingerprints: dict, start: str, seed: int, select: bool) -> list[str]:
@@ -727,9 +734,11 @@ def _report(cfg: Config, settings: dict, estimates: dict, contrasts: list[dict],
         lines.append("")
     picked = [(m, s, counts) for m, per in chosen.items() for s, counts in per.items()]
     if picked:
-        lines += ["## Starts chosen on each episode's support set (`+select`)", "",
-                  "Episodes (over meta-seeds) that adapted from each candidate, chosen by the leave-one-out fit "
-                  "of the support set before any step.", "", "| method | setting | episodes per start |", "|---|---|---|"]
+        lines += ["## Starts of the `+select` episodes", "",
+                  "Episodes (over meta-seeds) that adapted from each candidate: chosen by the leave-one-out fit "
+                  "of the support set before any step, or, marked '(family labels)', the method's start on an "
+                  "episode whose class names are its family's.", "",
+                  "| method | setting | episodes per start |", "|---|---|---|"]
         lines += [f"| {m} | {s} | {', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))} |" for m, s, counts in picked]
         lines.append("")
     return "\n".join(lines)
