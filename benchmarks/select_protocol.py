@@ -129,7 +129,7 @@ def protocols(cfg: benchmark.Config) -> tuple[InnerConfig, InnerConfig]:
     return own, benchmark._shared_inner(METHOD, cfg)
 
 
-def reference_episodes(cfg: benchmark.Config, tasks: list[str], reference: dict, k: int = 8) -> dict[str, list[Episode]]:
+def reference_episodes(cfg: benchmark.Config, tasks: list[str], reference: dict, k: int = K) -> dict[str, list[Episode]]:
     """The full-way episodes (K = `k`) of each test task, as the benchmark draws them. Raises
     AssertionError when their hash is not the `reference` results' (other draws, data or config)."""
     episodes = {name: benchmark._fullway(cfg.fullway, load_task(name), k) for name in tasks}

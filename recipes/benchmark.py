@@ -184,8 +184,14 @@ def start_algorithms(cfg: Config) -> dict[str, str]:
     if "untrained" in cfg.train_configs:
         raise ValueError("train_configs: 'untrained' names the start without training; give the trained start "
                          "another name")
-    return {name: load_config(meta_train.Config, path, [*cfg.train_overrides, *cfg.start_overrides.get(name, [])]
-                              ).algorithm for name, path in cfg.train_configs.items()}
+    return {name: _train_config(cfg, name).algorithm for name in cfg.train_configs}
+
+
+def _train_config(cfg: Config, name: str, extra: tuple[str, ...] = ()) -> meta_train.Config:
+    """Start `name`'s training config with the benchmark's overrides (every start's, then its own),
+    then `extra`."""
+    return load_config(meta_train.Config, cfg.train_configs[name],
+                       [*cfg.train_overrides, *cfg.start_overrides.get(name, []), *extra])
 
 
 def start_family(cfg: Config, name: str) -> list[str]:
@@ -193,8 +199,7 @@ def start_family(cfg: Config, name: str) -> list[str]:
     training config), which `+select` routes by as `llm-meta adapt` does. Read from the config, not
     from the adapter: an adapter meta-trained before eca2924 records none, so `llm-meta adapt` gives
     it the support-set choice on every task while the benchmark applies the label rule to it."""
-    seed = cfg.meta_seeds[0]
-    return meta_train.family_labels(_start_config(cfg, name, seed, _run_dir(Path(cfg.output_dir), name, seed)))
+    return meta_train.family_labels(_train_config(cfg, name))
 
 
 def main(cfg: Config) -> dict:
@@ -440,9 +445,7 @@ def keep_run(out: Path, archive: Path) -> list[str]:
 
 def _start_config(cfg: Config, name: str, seed: int, run_dir: Path) -> meta_train.Config:
     """The full training config of start `name` at meta-seed `seed`, as the benchmark runs it."""
-    train_cfg = load_config(meta_train.Config, cfg.train_configs[name],
-                            [*cfg.train_overrides, *cfg.start_overrides.get(name, []), f"seed={seed}",
-                             f"output_dir={run_dir}", "test.episodes=0"])
+    train_cfg = _train_config(cfg, name, (f"seed={seed}", f"output_dir={run_dir}", "test.episodes=0"))
     train_cfg.outer.steps = max(1, round(train_cfg.outer.steps * cfg.budget_scale))
     train_cfg.validate_every = max(1, round(train_cfg.validate_every * cfg.budget_scale))
     meta_train.check_held_out(train_cfg, [*cfg.episodic.tasks, *cfg.fullway.tasks], f"the benchmark's tasks, "
