@@ -26,10 +26,11 @@ $(VENV)/.installed: pyproject.toml
 # Main job on the bundled offline default: meta-train a LoRA adapter for MiniLM (FOMAML),
 # then score it against the untrained start on held-out 5-way 5-shot episodes. To stay within
 # 10 minutes on 2 cores it validates on 1 episode (the config: 2) and tests on 5 episodes per task
-# (the config: 20); the full run is `make quickstart QUICK=`.
+# (the config: 20); the full run is `make quickstart QUICK=`. Each `make quickstart` starts its run
+# folder (runs/meta_train) again (--overwrite); `llm-meta meta-train` alone refuses a folder holding a run.
 QUICK ?= validation.episodes=1 test.episodes=5
 quickstart: install
-	HF_HUB_OFFLINE=1 $(BIN)/llm-meta meta-train --config recipes/configs/meta_train.yaml $(QUICK)
+	HF_HUB_OFFLINE=1 $(BIN)/llm-meta meta-train --config recipes/configs/meta_train.yaml --overwrite $(QUICK)
 
 # The quick benchmark: meta-learned starts vs transfer fine-tuning and baselines (under 15 min).
 benchmark: install

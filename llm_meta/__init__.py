@@ -8,13 +8,29 @@ The three everyday verbs:
     llm_meta.FewShotClassifier.load("my_model").predict(["where is my card?"])
     clf.evaluate("my_intents_test.csv", split="train")
     clf = llm_meta.continue_adapt(clf, ["cancel my order"], ["cancel"], new_classes=["cancel"])  # online
+
+The names below are imported when first used (PEP 562), so `import llm_meta.outputs` or the
+`llm-meta` command's argument checks do not wait for torch and transformers to load.
 """
 
-from llm_meta.classifier import AdaptConfig, FewShotClassifier, adapt
-from llm_meta.episodes import Episode, EpisodeSampler, Examples
-from llm_meta.online import ContinueConfig, continue_adapt
-from llm_meta.tasks import Task, load_task
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["AdaptConfig", "ContinueConfig", "Episode", "EpisodeSampler", "Examples", "FewShotClassifier", "Task",
-           "adapt", "continue_adapt", "load_task"]
+_EXPORTS = {
+    "AdaptConfig": "llm_meta.classifier", "FewShotClassifier": "llm_meta.classifier", "adapt": "llm_meta.classifier",
+    "Episode": "llm_meta.episodes", "EpisodeSampler": "llm_meta.episodes", "Examples": "llm_meta.episodes",
+    "ContinueConfig": "llm_meta.online", "continue_adapt": "llm_meta.online",
+    "Task": "llm_meta.tasks", "load_task": "llm_meta.tasks",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'llm_meta' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -19,6 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def cache_dir() -> Path:
+    """Where llm_meta keeps what it can rebuild (converted models, unpacked data, indexes) and its
+    write locks: $LLM_META_CACHE, else $XDG_CACHE_HOME/llm_meta, else ~/.cache/llm_meta."""
+    if os.environ.get("LLM_META_CACHE"):
+        return Path(os.environ["LLM_META_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm_meta"
+
+
 def _tmp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
@@ -59,3 +67,36 @@ def atomic_folder(final: Path, finished: Callable[[Path], bool] = Path.is_dir) -
                 raise OSError(f"{final} is in the way and is not a finished folder: remove it and run again") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def content_key(files: list[Path]) -> str:
+    """A key for a cache entry built from `files`: the sha256 of their contents (in order), so a
+    file replaced by another of the same name and size gets its own entry, never a stale one.
+    Each file's digest is remembered in the cache (`content-keys.json`) against its size and
+    modification time, so a large file is read once, not on every use."""
+    import hashlib
+    import json
+
+    memo_path = cache_dir() / "content-keys.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    memo = memo if isinstance(memo, dict) else {}
+    digests, changed = [], False
+    for path in files:
+        path = Path(path).resolve()
+        stat = path.stat()
+        seen = memo.get(str(path))
+        if not (isinstance(seen, dict) and seen.get("size") == stat.st_size and seen.get("mtime_ns") == stat.st_mtime_ns):
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+            seen = memo[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": h.hexdigest()}
+            changed = True
+        digests.append(seen["sha256"])
+    if changed:
+        with atomic_file(memo_path) as tmp:
+            tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
+    return hashlib.sha256(":".join(digests).encode()).hexdigest()

@@ -23,18 +23,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from llm_meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation, predict_logits
-from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata, save_adapter
-from llm_meta.config import from_dict, to_dict
+from llm_meta.checkpoint import (ADAPTER_FILES, METADATA_FILE as METADATA, CheckpointError, load_adapter_params,
+                                 read_metadata, read_start, read_tensors, readable_folder, save_adapter, verify_folder)
+from llm_meta.config import to_dict
 from llm_meta.core import InnerConfig, interpolate
 from llm_meta.episodes import Episode, Examples
 from llm_meta.heads import HEAD_KEYS
 from llm_meta.hub import HubMixin
 from llm_meta.metrics import classification_metrics
-from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, start_model_config, \
-    warn_truncated
+from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, recorded_model_config, \
+    start_model_config, warn_truncated
+from llm_meta.outputs import claim
 from llm_meta.spans import SPAN_KEYS
 from llm_meta.tasks import Task, TaskError, load_task, task_fingerprint
 from llm_meta.training import environment
@@ -131,18 +133,26 @@ class FewShotClassifier(HubMixin):
         }
 
     # ---- disk ----
-    def save(self, folder: str | Path) -> Path:
-        """Write the task model folder atomically (PEFT adapter + head + labels + metadata)."""
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write the task model folder atomically (PEFT adapter + head + labels + metadata).
+
+        Raises:
+            OutputError: `folder` exists and was not written by llm_meta, or was and `overwrite`
+                is False; or another process is writing it (`llm_meta.outputs`).
+        """
         extra = {} if self.support is None else {SUPPORT_FILE: lambda path: write_support(path, self.support, self.labels)}
         return save_task_model(self.body, self.params, self.labels, self.scale, self.metadata, CLASSIFIER_FORMAT,
-                               folder, extra)
+                               folder, extra, overwrite)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "FewShotClassifier":
-        """Load a task model folder written by `save` (checksums verified)."""
-        clf = cls(*load_task_model(folder, CLASSIFIER_FORMAT, "a task model (make one with `llm-meta adapt`)"))
-        if (Path(folder) / SUPPORT_FILE).is_file():
-            clf.support = read_support(Path(folder) / SUPPORT_FILE, clf.labels)
+    def load(cls, folder: str | Path, trust_remote_code: bool = False) -> "FewShotClassifier":
+        """Load a task model folder written by `save` (checksums, file list and tensors verified).
+        `trust_remote_code`: the caller's choice only (the folder's metadata is never asked)."""
+        body, params, labels, scale, meta, folder = load_task_model(
+            folder, CLASSIFIER_FORMAT, "a task model (make one with `llm-meta adapt`)", trust_remote_code)
+        clf = cls(body, params, labels, scale, meta)
+        if (folder / SUPPORT_FILE).is_file():
+            clf.support = read_support(folder / SUPPORT_FILE, clf.labels)
         return clf
 
 
@@ -158,7 +168,15 @@ def write_support(path: Path, support: Examples, labels: list[str]) -> None:
 
 def read_support(path: Path, labels: list[str]) -> Examples:
     index = {name: i for i, name in enumerate(labels)}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # Split at "\n" only: str.splitlines would also split at U+2028, U+2029 and U+0085, which
+    # json.dumps(ensure_ascii=False) leaves raw inside a text.
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not JSON lines ({err})") from err
+    if not all(isinstance(r, dict) and isinstance(r.get("text"), str) and isinstance(r.get("label"), str)
+               for r in rows):
+        raise CheckpointError(f"{path}: every line must be an object with a string text and label")
     unknown = sorted({r["label"] for r in rows} - set(index))
     if unknown:
         raise CheckpointError(f"{path} has labels the model does not know: {', '.join(unknown[:10])}")
@@ -166,34 +184,75 @@ def read_support(path: Path, labels: list[str]) -> Examples:
 
 
 def save_task_model(body: Body, params: Params, labels: list[str], scale: float, metadata: dict[str, Any],
-                    fmt: str, folder: str | Path, extra_files: dict[str, Any] | None = None) -> Path:
-    """A task model folder (classifier or NER tagger): PEFT adapter, head, labels, metadata, checksums."""
+                    fmt: str, folder: str | Path, extra_files: dict[str, Any] | None = None,
+                    overwrite: bool = False) -> Path:
+    """A task model folder (classifier or NER tagger): PEFT adapter, head, labels, metadata,
+    checksums; claimed first (`llm_meta.outputs.claim`: never over a folder llm_meta did not write,
+    over one of ours only with `overwrite`)."""
     heads = [k for k in (*HEAD_KEYS, *SPAN_KEYS) if k in params]  # a decomposed NER head has both
     lora = {k: v for k, v in params.items() if k not in heads}
     head = {k: params[k].detach().contiguous().cpu() for k in heads}
     meta = {**metadata, "format": fmt, "labels": labels, "scale": scale}
-    return save_adapter(body, lora, folder, meta, extra_files={
-        "head.safetensors": lambda path: save_file(head, str(path)),
-        "labels.json": lambda path: path.write_text(json.dumps(labels, ensure_ascii=False, indent=1)),
-        **(extra_files or {}),
-    })
+    with claim(folder, overwrite=overwrite):
+        return save_adapter(body, lora, folder, meta, extra_files={
+            "head.safetensors": lambda path: save_file(head, str(path)),
+            "labels.json": lambda path: path.write_text(json.dumps(labels, ensure_ascii=False, indent=1)),
+            **(extra_files or {}),
+        })
 
 
-def load_task_model(folder: str | Path, fmt: str, what: str) -> tuple[Body, Params, list[str], float, dict[str, Any]]:
-    """(body, params, labels, scale, metadata) of a folder written by `save_task_model` with format `fmt`."""
+TASK_MODEL_FILES = ("head.safetensors", "labels.json")  # beside the adapter's own files
+
+
+def load_task_model(folder: str | Path, fmt: str, what: str, trust_remote_code: bool = False
+                    ) -> tuple[Body, Params, list[str], float, dict[str, Any], Path]:
+    """(body, params, labels, scale, metadata, the folder read) of a folder written by
+    `save_task_model` with format `fmt`. The manifest must list every file a task model needs, the
+    labels must agree with the metadata, and the head must have one finite row per label.
+
+    Raises:
+        CheckpointError: a missing, foreign, corrupt or inconsistent folder, or one of another format.
+    """
+    folder = readable_folder(folder)
     meta = read_metadata(folder)
     if meta.get("format") != fmt:
         raise CheckpointError(f"{folder} is an llm_meta {meta.get('format', 'folder')}, not {what}")
-    body = load_body(from_dict(ModelConfig, meta["model"]), adapter=folder)
-    head = load_file(str(Path(folder) / "head.safetensors"))
+    verify_folder(folder, (*ADAPTER_FILES, *TASK_MODEL_FILES))
+    try:
+        labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{folder}: labels.json is not JSON ({err})") from err
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)
+            and labels == meta.get("labels") and len(set(labels)) == len(labels)):
+        raise CheckpointError(f"{folder}: labels.json is not the list of distinct label names that {METADATA} records")
+    head = read_tensors(folder / "head.safetensors")
+    _check_head(folder, head, len(labels))
+    read_tensors(folder / "adapter_model.safetensors")  # readable and finite before peft is handed it
+    body = load_body(recorded_model_config(meta["model"]), adapter=folder, trust_remote_code=trust_remote_code)
     params = {**lora_params(body), **{k: v.to(body.device) for k, v in head.items()}}
-    return body, params, list(meta["labels"]), float(meta["scale"]), meta
+    return body, params, list(labels), float(meta["scale"]), meta, folder
+
+
+def _check_head(folder: Path, head: dict[str, torch.Tensor], n_labels: int) -> None:
+    """head.weight [labels, hidden] and head.bias [labels] (and a decomposed NER head's detection
+    rows, span.weight [2, hidden] and span.bias [2]), nothing else."""
+    rows = {"head.weight": n_labels, "head.bias": n_labels, "span.weight": 2, "span.bias": 2}
+    wrong = sorted(set(head) - set(rows)) or [k for k in HEAD_KEYS if k not in head]
+    if wrong:
+        raise CheckpointError(f"{folder}: head.safetensors has tensors {sorted(head)}, expected {list(HEAD_KEYS)} "
+                              f"(and {list(SPAN_KEYS)} for a decomposed NER head)")
+    for key, tensor in head.items():
+        expected_dims = 2 if key.endswith("weight") else 1
+        if tensor.dim() != expected_dims or tensor.shape[0] != rows[key]:
+            raise CheckpointError(f"{folder}: {key} has shape {list(tensor.shape)}, but labels.json has {n_labels} "
+                                  f"labels: the head and the labels do not belong together")
 
 
 def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> tuple[Examples, list[str]]:
-    """K examples of every class of `task` (seeded, distinct texts where the class has them).
+    """K examples of every class of `task` (seeded): K distinct texts, so a row repeated in the
+    file is never a second shot.
 
-    A class with fewer than K examples joins with all it has, and a warning names it: dropping
+    A class with fewer than K distinct texts joins with all it has, and a warning names it: dropping
     it would silently remove a class, and failing would refuse the imbalanced data users have.
 
     Raises:
@@ -202,19 +261,19 @@ def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> 
     if shots < 1:
         raise TaskError(f"K (--shots) must be at least 1 example per class, got {shots}")
     ds = task.split(split)
-    by_class: dict[str, list[str]] = {}
+    by_class: dict[str, dict[str, None]] = {}
     for text, label in zip(ds["text"], ds["label"]):
-        by_class.setdefault(label, []).append(text)
+        by_class.setdefault(label, {})[text] = None  # distinct texts, in file order
     small = {c: len(t) for c, t in sorted(by_class.items()) if len(t) < shots}
     if small:
         listed = ", ".join(f"'{c}' has {n}" for c, n in list(small.items())[:10])
-        log.warning("task '%s' (%s): %d class(es) have fewer than K=%d examples and join with all they have: %s%s",
-                    task.name, split, len(small), shots, listed, " ..." if len(small) > 10 else "")
+        log.warning("task '%s' (%s): %d class(es) have fewer than K=%d distinct texts and join with all they have: "
+                    "%s%s", task.name, split, len(small), shots, listed, " ..." if len(small) > 10 else "")
     rng = random.Random(f"support:{seed}")
     labels = sorted(by_class)
     support = Examples([], [])
     for y, label in enumerate(labels):
-        picked = rng.sample(by_class[label], min(shots, len(by_class[label])))
+        picked = rng.sample(list(by_class[label]), min(shots, len(by_class[label])))
         support.texts += picked
         support.labels += [y] * len(picked)
     return support, labels
@@ -239,13 +298,15 @@ def whole_split_episode(task: Task, shots: int, support_split: str, query_split:
 
 
 def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str | Path | None = None,
-          support: str | None = None, cfg: AdaptConfig | None = None) -> FewShotClassifier:
+          support: str | None = None, cfg: AdaptConfig | None = None, trust_remote_code: bool = False
+          ) -> FewShotClassifier:
     """Adapt a start (an llm_meta adapter folder, or the untrained LoRA) to a new task.
 
     Give `task` (K = `shots` examples per class are drawn from its train split) or `support`
     (a labelled file used whole). Arguments given here override the same fields of `cfg`
-    (see `AdaptConfig`); `cfg` itself is not modified. Raises ValueError for both or neither of a
-    task and a support file, or an unknown `select_start`.
+    (see `AdaptConfig`); `cfg` itself is not modified. `trust_remote_code`: let the base model's
+    repo run its own code (the caller's choice only; no config or adapter folder can set it).
+    Raises ValueError for both or neither of a task and a support file, or an unknown `select_start`.
     """
     cfg = dataclasses.replace(cfg or AdaptConfig())
     if task is not None:
@@ -271,17 +332,15 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         timings[phase], last = round(now - last, 3), now
 
     if cfg.adapter is not None:
-        meta = read_metadata(cfg.adapter)
-        if meta.get("format") == CLASSIFIER_FORMAT:
-            raise CheckpointError(f"{cfg.adapter} is an adapted task model; start from a meta-trained adapter or none")
-        cfg.model = start_model_config(from_dict(ModelConfig, meta["config"]["model"]), cfg.model,
+        meta = read_start(cfg.adapter)
+        cfg.model = start_model_config(recorded_model_config(meta["config"]["model"]), cfg.model,
                                        AdaptConfig().model, cfg.adapter)
         trained_steps = meta["config"].get("inner", {}).get("steps")
         if meta.get("algorithm") == "metasgd" and trained_steps != cfg.inner.steps:
             log.warning("this Meta-SGD adapter's learned rates were meta-trained for %s inner steps; adapting with "
                         "%d (set inner.steps=%s to match; more steps with learned rates can diverge)",
                         trained_steps, cfg.inner.steps, trained_steps)
-    body = load_body(cfg.model, seed=cfg.seed)
+    body = load_body(cfg.model, seed=cfg.seed, trust_remote_code=trust_remote_code)
     params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
     lap("model_load")
     if cfg.support is not None:

@@ -7,28 +7,33 @@ parser in one place, so `llm-meta --help` and this file read the same; no logic 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
 
-from llm_meta.checkpoint import CheckpointError
-from llm_meta.config import ConfigError
-from llm_meta.models import ModelLoadError
-from llm_meta.tasks import TaskError
+# Only light modules at the top: an output refused, or a bad flag, answers before torch and
+# transformers are imported (seconds); each command imports what it needs after its checks.
+from llm_meta.errors import CheckpointError, ConfigError, ModelLoadError, OutputError, TaskError
+from llm_meta.outputs import claim
 
 
 def _quiet_libraries() -> None:
-    """Keep the user's terminal for our own progress bars and messages."""
-    import datasets
-    import transformers
-
+    """Keep the user's terminal for our own progress bars and messages: the libraries' own
+    verbosity and bars are switched off through their environment variables, read when they are
+    first imported (a variable the user set is kept)."""
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not ours
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    for key, value in (("DATASETS_VERBOSITY", "error"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                       ("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(key, value)
+    if "datasets" in sys.modules:  # already imported (llm-meta called from Python): tell them directly
+        sys.modules["datasets"].disable_progress_bars()
+        sys.modules["datasets"].logging.set_verbosity_error()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+        sys.modules["transformers"].utils.logging.set_verbosity_error()
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
@@ -75,9 +80,15 @@ def cmd_recipe(args: argparse.Namespace) -> None:
 
     module = importlib.import_module(f"recipes.{args.recipe}")
     cfg = load_config(module.Config, args.config, args.overrides)
-    if getattr(args, "resume", False):
-        cfg.resume = True
-    module.main(cfg)
+    for flag in ("resume", "overwrite", "force"):  # the command's flags, over the config's keys
+        if getattr(args, flag, False):
+            setattr(cfg, flag, True)
+    if getattr(args, "force", False) and not getattr(args, "resume", False):
+        raise ValueError("--force accepts a changed config when resuming: use it with --resume")
+    if "trust_remote_code" in args:
+        module.main(cfg, trust_remote_code=args.trust_remote_code)
+    else:
+        module.main(cfg)
 
 
 RECIPES = ("meta_train", "benchmark", "sinusoid")
@@ -108,15 +119,19 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
+    if args.new_class and not args.continue_from:
+        raise ValueError("--new-class declares classes added to an adapted model: use it with --continue")
+    with claim(args.output, overwrite=args.overwrite):  # refused before anything is loaded, not after the work
+        if args.ner:
+            return _adapt_tagger(args)
+        if args.continue_from:
+            return _continue(args)
+        return _adapt(args)
+
+
+def _adapt(args: argparse.Namespace) -> None:
     from llm_meta.classifier import AdaptConfig, adapt
     from llm_meta.config import load_config
-
-    if args.ner:
-        return _adapt_tagger(args)
-    if args.continue_from:
-        return _continue(args)
-    if args.new_class:
-        raise ValueError("--new-class declares classes added to an adapted model: use it with --continue")
 
     cfg = load_config(AdaptConfig, args.config, args.overrides)
     if args.init is not None:  # hypernet:DIR — the start is the adapter a hypernetwork writes for this task
@@ -128,8 +143,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         cfg.adapter = None if args.adapter.lower() == "none" else args.adapter
     cfg.task, cfg.support = args.task or cfg.task, args.support or cfg.support
     cfg.shots = args.shots if args.shots is not None else cfg.shots
-    clf = adapt(cfg=cfg)
-    clf.save(args.output)
+    clf = adapt(cfg=cfg, trust_remote_code=args.trust_remote_code)
+    clf.save(args.output, overwrite=args.overwrite)
     print(f"adapted {clf.metadata['start']} to '{clf.metadata['task']}': {len(clf.labels)} labels, "
           f"{clf.metadata['support_size']} support examples, {clf.metadata['adapt_seconds']} s -> {args.output}")
 
@@ -148,12 +163,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     """A task's adapter from its support set in one forward pass of a hypernetwork: no gradient steps."""
     import dataclasses
 
-    from llm_meta.classifier import AdaptConfig, adapt, default_adapt_config
+    with claim(args.output, overwrite=args.overwrite):
+        from llm_meta.classifier import AdaptConfig, adapt, default_adapt_config
 
-    cfg = AdaptConfig(support=args.support, adapter=_hypernet_folder(args.hypernet), text_column=args.text_column,
-                      label_column=args.label_column, inner=dataclasses.replace(default_adapt_config(), steps=0))
-    clf = adapt(cfg=cfg)
-    clf.save(args.output)
+        cfg = AdaptConfig(support=args.support, adapter=_hypernet_folder(args.hypernet), text_column=args.text_column,
+                          label_column=args.label_column, inner=dataclasses.replace(default_adapt_config(), steps=0))
+        clf = adapt(cfg=cfg, trust_remote_code=args.trust_remote_code)
+        clf.save(args.output, overwrite=args.overwrite)
     print(f"generated an adapter for '{clf.metadata['task']}' ({len(clf.labels)} labels, "
           f"{clf.metadata['support_size']} support examples) in {clf.metadata['adapt_seconds']} s -> {args.output}")
 
@@ -168,10 +184,13 @@ def _continue(args: argparse.Namespace) -> None:
     if args.support is None or args.task or args.adapter:
         raise ValueError("--continue takes --support NEW_FILE (the new labelled examples), not --task or --adapter")
     texts, labels = load_rows(args.support, cfg.text_column, cfg.label_column)
-    clf = FewShotClassifier.load(args.continue_from)
-    new_classes = [c.strip() for value in args.new_class for c in value.split(",") if c.strip()]
+    clf = FewShotClassifier.load(args.continue_from, trust_remote_code=args.trust_remote_code)
+    # A value that is itself a label of the new file is one class ("shipping, delays"); any other
+    # value is a comma-separated list of classes.
+    new_classes = [c for value in args.new_class for c in
+                   ([value] if value in labels else [v.strip() for v in value.split(",") if v.strip()])]
     clf = continue_adapt(clf, texts, labels, new_classes, cfg)
-    clf.save(args.output)
+    clf.save(args.output, overwrite=args.overwrite)
     step = clf.metadata["continued"][-1]
     print(f"continued {args.continue_from} with {step['examples']} examples ({len(new_classes)} new classes, "
           f"{step['steps']} steps, {step['seconds']} s): {len(clf.labels)} labels, {len(clf.support)} stored "
@@ -187,8 +206,8 @@ def _adapt_tagger(args: argparse.Namespace) -> None:
         cfg.adapter = None if args.adapter.lower() == "none" else args.adapter
     cfg.data = args.task or cfg.data
     cfg.shots = args.shots if args.shots is not None else cfg.shots
-    tagger = adapt_tagger(cfg)
-    tagger.save(args.output)
+    tagger = adapt_tagger(cfg, trust_remote_code=args.trust_remote_code)
+    tagger.save(args.output, overwrite=args.overwrite)
     print(f"adapted {tagger.metadata['start']} to {len(tagger.labels) - 1} entity types of '{cfg.data}' "
           f"({tagger.metadata['support_size']} support sentences, {tagger.metadata['adapt_seconds']} s) -> {args.output}")
 
@@ -200,96 +219,136 @@ def _is_tagger(folder: str) -> bool:
     return read_metadata(folder).get("format") == TAGGER_FORMAT
 
 
-def _read_to_predict(args: argparse.Namespace) -> tuple[list[str | None], list[int]]:
-    """The input texts (None where a row has no text) and the rows to predict: empty or missing
-    texts are skipped with a warning, or refused with `--empty error`."""
-    from llm_meta.tasks import read_inputs
+def _load_model(args: argparse.Namespace):
+    """The task model of --model: a FewShotTagger or a FewShotClassifier, by what its folder says."""
+    from llm_meta.classifier import FewShotClassifier
+    from llm_meta.tagger import FewShotTagger
 
-    texts = read_inputs(args.input, args.text_column)
-    empty = [i for i, t in enumerate(texts) if t is None or not t.strip()]
-    if empty and args.empty == "error":
-        raise ValueError(f"{len(empty)} empty or whitespace-only text(s) in {args.input} (first at line/row "
-                         f"{empty[0] + 1}; a missing text counts as empty)")
-    if empty:
-        logging.getLogger("llm_meta").warning("skipped %d empty or whitespace-only text(s) in %s (first at line/row "
-                                              "%d; a missing text counts as empty): their label is null", len(empty),
-                                              args.input, empty[0] + 1)
-    return texts, [i for i, t in enumerate(texts) if t is not None and t.strip()]
+    cls = FewShotTagger if _is_tagger(args.model) else FewShotClassifier
+    return cls.load(args.model, trust_remote_code=args.trust_remote_code)
+
+
+def _output_file(args: argparse.Namespace, path: str | None, inputs: list) -> contextlib.AbstractContextManager:
+    """The claim on an output file (checked and locked before the work: `llm_meta.outputs`), or
+    nothing for stdout."""
+    return claim(path, "file", args.overwrite, inputs) if path else contextlib.nullcontext()
+
+
+SPREADSHEET_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A CSV cell a spreadsheet will not run as a formula: one that starts with =, +, -, @, a tab
+    or a carriage return gets a leading apostrophe (OWASP's advice against CSV injection). JSON
+    lines outputs keep every string exactly as it is."""
+    return "'" + cell if cell.startswith(SPREADSHEET_FORMULA) else cell
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    """Label --input chunk by chunk as it is read (bounded memory whatever its length), writing the
+    rows as they come: to stdout, or to a temporary file renamed to --output at the end."""
     import csv
     import json
 
-    from llm_meta.classifier import FewShotClassifier
+    from llm_meta.atomic import atomic_file
+    from llm_meta.progress import progress_bar
 
-    if _is_tagger(args.model):
+    folder = Path(args.model)
+    model_files = list(folder.iterdir()) if folder.is_dir() else []
+    with _output_file(args, args.output, [args.input, *model_files]), contextlib.ExitStack() as stack:
         from llm_meta.tagger import FewShotTagger
+        from llm_meta.tasks import iter_inputs
 
-        return _predict_entities(FewShotTagger.load(args.model), args)
-    clf = FewShotClassifier.load(args.model)
-    texts, keep = _read_to_predict(args)
-    predictions = dict(zip(keep, clf.predict([texts[i] for i in keep], progress=True)))
-    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
-    try:
-        if args.output and args.output.endswith(".csv"):
-            writer = csv.writer(out)
-            writer.writerow(["text", "label", "probability"])
+        model = _load_model(args)
+        tagger = isinstance(model, FewShotTagger)
+        columns = ["text", "entities"] if tagger else ["text", "label", "probability"]
+        out = sys.stdout
+        if args.output:
+            out = stack.enter_context(stack.enter_context(atomic_file(Path(args.output))).open(
+                "w", encoding="utf-8", newline=""))
+        writer = csv.writer(out) if args.output and args.output.lower().endswith(".csv") else None
+        if writer:
+            writer.writerow(columns)
+        row, empty, first_empty = 0, 0, 0
+        bar = stack.enter_context(progress_bar(desc="predict", unit="text", enabled=bool(args.output), delay=2.0))
+        for texts in iter_inputs(args.input, args.text_column):
+            keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
+            if len(keep) < len(texts):
+                empty += len(texts) - len(keep)
+                first_empty = first_empty or row + next(i for i, t in enumerate(texts) if t is None or not t.strip()) + 1
+                if args.empty == "error":
+                    raise ValueError(f"an empty or whitespace-only text in {args.input} at line/row {first_empty} (a "
+                                     f"missing text counts as empty; --empty skip labels it null)")
+            found = model.predict([texts[i] for i in keep], first_row=row + 1) if tagger else \
+                model.predict([texts[i] for i in keep])
+            answers = dict(zip(keep, found))
             for i, text in enumerate(texts):
-                label, prob = predictions.get(i, ("", float("nan")))
-                writer.writerow([text or "", label, f"{prob:.4f}"])
-        else:
-            for i, text in enumerate(texts):
-                label, prob = predictions.get(i, (None, None))
-                out.write(json.dumps({"text": text, "label": label, "probability": prob}, ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
-
-
-def _predict_entities(tagger, args: argparse.Namespace) -> None:
-    """NER predictions: one JSON line per text with its entity spans (word offsets, type, text)."""
-    import json
-
-    texts, keep = _read_to_predict(args)
-    # An empty line has no entities; a missing text (JSON null, no field) gets null, as in `predict`.
-    entities = {i: [] for i, t in enumerate(texts) if t is not None} | dict(zip(keep, tagger.predict([texts[i] for i in keep])))
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        for i, text in enumerate(texts):
-            out.write(json.dumps({"text": text, "entities": entities.get(i)}, ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+                # An empty line has no entities; a missing text gets null, as a classifier's label does.
+                values = [text, answers.get(i, [] if text is not None else None)] if tagger else \
+                    [text, *answers.get(i, (None, None))]
+                if writer is None:
+                    out.write(json.dumps(dict(zip(columns, values)), ensure_ascii=False) + "\n")
+                elif tagger:
+                    writer.writerow([spreadsheet_safe(text or ""),
+                                     "" if values[1] is None else json.dumps(values[1], ensure_ascii=False)])
+                else:
+                    writer.writerow([spreadsheet_safe(text or ""), spreadsheet_safe(values[1] or ""),
+                                     "" if values[2] is None else f"{values[2]:.4f}"])
+            row += len(texts)
+            bar.update(len(texts))
+    if empty:
+        logging.getLogger("llm_meta").warning(
+            "skipped %d empty or whitespace-only text(s) in %s (first at line/row %d; a missing text counts as empty): "
+            "%s", empty, args.input, first_empty, "they have no entities (a missing text: null)" if tagger else
+            "their label is null")
+    if args.output:
+        print(f"labelled {row} rows of {args.input} -> {args.output}", file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import json
-    from pathlib import Path
+    """Score a task model on a labelled file; the report goes to --output (checked before anything
+    is loaded) or, by default, to eval-<task>-<split>.json (checked once the task is read)."""
+    with _output_file(args, args.output, [args.task]):
+        from llm_meta.tasks import load_task
 
-    from llm_meta.classifier import FewShotClassifier
-    from llm_meta.tasks import load_task
-
-    if _is_tagger(args.model):
-        from llm_meta.tagger import FewShotTagger
-
-        report = FewShotTagger.load(args.model).evaluate(args.task)
-        output = Path(args.output or f"eval-{Path(args.task).stem}-ner.json")
-        output.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        tagger = _is_tagger(args.model)
+        task = None if tagger else load_task(args.task, args.text_column, args.label_column)
+        output = args.output or (f"eval-{Path(args.task).stem}-ner.json" if tagger else
+                                 f"eval-{task.name}-{args.split}.json")
+        with _output_file(args, output, [args.task]):
+            report = _load_model(args).evaluate(args.task) if tagger else \
+                _load_model(args).evaluate(task, args.split, progress=True)
+            _write_json(Path(output), report)
+    if tagger:
         print(f"{args.task} [{report['sentences']} sentences]: entity precision {100 * report['precision']:.2f}, "
               f"recall {100 * report['recall']:.2f}, F1 {100 * report['f1']:.2f}  (written to {output})")
         return
-    clf = FewShotClassifier.load(args.model)
-    task = load_task(args.task, args.text_column, args.label_column)
-    report = clf.evaluate(task, args.split, progress=True)
-    output = Path(args.output or f"eval-{task.name}-{args.split}.json")
-    output.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     print(f"{task.name} [{args.split}, {report['examples']} examples]: accuracy {100 * report['accuracy']:.2f}, "
           f"macro-F1 {100 * report['macro_f1']:.2f}  (written to {output})")
     if report["most_confused"]:
         print("most confused (true -> predicted: count):")
         for row in report["most_confused"][:5]:
             print(f"  {row['true']} -> {row['predicted']}: {row['count']}")
+
+
+def _write_json(path: Path, data: object) -> None:
+    import json
+
+    from llm_meta.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def _trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-remote-code", action="store_true", help="let the base model's repository run its own "
+                   "Python code (read it first); never taken from a config or a model folder")
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output that llm-meta wrote "
+                   "(a folder or file it did not write is never replaced)")
+    _trust_flag(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,12 +373,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("meta-train", help="meta-train a LoRA adapter (FOMAML, MAML, Meta-SGD, Reptile, ProtoNet) or a LoRA hypernetwork over episodes")
     p.add_argument("--config", default=None, help="YAML config (recipes/configs/meta_train.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
+    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint "
+                   "(refused if the checkpoint was trained with another config)")
+    p.add_argument("--force", action="store_true", help="with --resume: continue even though the config differs "
+                   "from the checkpoint's (the differences are written to log.jsonl)")
+    p.add_argument("--overwrite", action="store_true", help="start again in an output_dir that holds a run "
+                   "(its checkpoints, adapter and log are removed first)")
+    _trust_flag(p)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_recipe, recipe="meta_train")
 
     p = sub.add_parser("benchmark", help="meta-learned starts vs transfer fine-tuning and baselines on held-out tasks")
     p.add_argument("--config", default=None, help="YAML config (recipes/configs/benchmark_quick.yaml)")
+    p.add_argument("--overwrite", action="store_true", help="clear a benchmark output_dir first (by default its "
+                   "trained starts and cached scores are reused)")
+    _trust_flag(p)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_recipe, recipe="benchmark")
 
@@ -348,10 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue", dest="continue_from", default=None, metavar="MODEL_DIR",
                    help="online: add the --support examples (and --new-class classes) to this adapted task model")
     p.add_argument("--new-class", action="append", default=[], metavar="NAME",
-                   help="with --continue: a label of --support that is a new class (repeat, or comma-separated)")
+                   help="with --continue: a label of --support that is a new class (repeat, or comma-separated; a "
+                        "label that holds a comma is taken whole)")
     p.add_argument("--ner", action="store_true", help="an NER task: --task is wnut16, a CoNLL file or a "
                    "tokens/ner_tags dataset; --shots counts mentions per entity type")
     p.add_argument("--config", default=None, help="optional YAML AdaptConfig")
+    _output_flags(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. inner.steps=20 seed=1 text_column=utterance "
                    "(with --continue: steps=5 lr=... text_column=...)")
     p.set_defaults(func=cmd_adapt)
@@ -363,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "--out", required=True, help="folder for the task model (a standard PEFT adapter + head)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    _output_flags(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("predict", help="label texts with an adapted task model")
@@ -371,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help=".jsonl or .csv (default: JSON lines on stdout)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--empty", choices=["skip", "error"], default="skip", help="what to do with empty texts")
+    _output_flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="accuracy and macro-F1 of a task model on a labelled split")
@@ -380,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="JSON report path (default eval-<task>-<split>.json)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    _output_flags(p)
     p.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -391,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     try:
         args.func(args)
-    except (ConfigError, TaskError, ModelLoadError, CheckpointError, ValueError, FileNotFoundError,
+    except (ConfigError, TaskError, ModelLoadError, CheckpointError, OutputError, ValueError, OSError,
             FloatingPointError) as err:
         if args.verbose or os.environ.get("LLM_META_DEBUG"):
             raise

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from llm_meta.errors import ConfigError  # noqa: F401 (raised here; importable from here too)
+
 T = TypeVar("T")
 
 
@@ -38,8 +40,10 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the recipe's dataclass."""
+# Settings that only the person running the command can give, never a file (a config someone sent,
+# or a folder's recorded config): they decide whether code runs.
+CALLER_ONLY = {"trust_remote_code": "running a model repo's own code is allowed only by the person running the "
+                                    "command: pass --trust-remote-code (Python: trust_remote_code=True)"}
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
@@ -113,6 +117,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in data:
+        if key in CALLER_ONLY:
+            raise ConfigError(f"'{prefix}{key}' cannot be set in a config: {CALLER_ONLY[key]}")
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_meta.tasks import FILE_BUILDERS, TaskError, bom_codec, load_raw, not_decodable, package_dir
+from llm_meta.tasks import FILE_BUILDERS, TaskError, load_raw, package_dir, text_codec
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,11 @@ def read_conll(path: str | Path, encoding: str = "utf-8") -> list[Sentence]:
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"CoNLL file {path} does not exist")
-    try:
-        text = path.read_text(encoding=bom_codec(encoding))
-    except UnicodeDecodeError as err:
-        raise not_decodable(path, encoding, err) from err
+    text = path.read_text(encoding=text_codec(path, encoding))
     # Only \n, \r\n and \r end a line (str.splitlines would also split at form feeds and U+2028).
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     rows = _conll_rows(lines)  # sentences of (line number, fields)
+    upper_prefixes(rows, str(path))
     if not rows:
         raise TaskError(f"{path}: no sentences (an empty file, or only -DOCSTART- and comment lines)")
     widths = Counter(len(fields) for sentence in rows for _, fields in sentence)
@@ -95,6 +93,7 @@ def read_conll(path: str | Path, encoding: str = "utf-8") -> list[Sentence]:
     if indexed:
         log.info("%s: the first column counts tokens; the tokens are read from the second", path)
     to_bio(sentences, str(path))
+    merge_type_spellings(sentences, str(path))
     repaired = [(starts[i], j) for i, s in enumerate(sentences) for j in repair_bio(s.tags)]
     if repaired:
         log.warning("%s: repaired %d I- tag(s) that did not continue an entity of their type to B- "
@@ -121,6 +120,27 @@ def _conll_rows(lines: list[str]) -> list[list[tuple[int, list[str]]]]:
     if current:
         sentences.append(current)
     return sentences
+
+
+def _upper_prefix(tag: str) -> str:
+    """`b-per` -> `B-per`, `i-Loc` -> `I-Loc`, `o` -> `O` (likewise S-/E-/U-/L-); other tags as written."""
+    if tag == "o":
+        return "O"
+    return tag[0].upper() + tag[1:] if len(tag) > 2 and tag[1] == "-" and tag[0] in "bieslu" else tag
+
+
+def upper_prefixes(rows: list[list[tuple[int, list[str]]]], where: str) -> None:
+    """Read tag prefixes whatever their case, in place (the tag is each row's last field), with a
+    one-line note: annotation tools that write `b-per` / `I-Loc` mean BIO, and read as written they
+    became entity types of their own ("b-per", "i-per")."""
+    changed = 0
+    for sentence in rows:
+        for _, fields in sentence:
+            tag = _upper_prefix(fields[-1]) if fields else ""
+            if fields and tag != fields[-1]:
+                fields[-1], changed = tag, changed + 1
+    if changed:
+        log.info("%s: %d tag(s) with a lower-case prefix (b-/i-/o) read as BIO (B-/I-/O)", where, changed)
 
 
 def _counts_up(column: list[str]) -> bool:
@@ -181,16 +201,38 @@ def load_ner(spec: str, tokens_column: str = "tokens", tags_column: str = "ner_t
             if names is None:
                 raise TaskError(f"{source}: '{tags_column}' holds integers without tag names (no ClassLabel)")
             tags = [names[t] for t in tags]
+        tags = [_upper_prefix(str(t)) for t in tags]
         bad = [t for t in tags if not TAG.match(str(t))]
         if bad:
             raise TaskError(f"{source} row {i}: {bad[0]!r} is not a BIO/IO tag (expected O, B-TYPE, I-TYPE or TYPE)")
         if tokens:
             sentences.append(Sentence([str(t) for t in tokens], list(tags)))
     to_bio(sentences, source)
+    merge_type_spellings(sentences, source)
     repaired = sum(len(repair_bio(s.tags)) for s in sentences)
     if repaired:
         log.warning("%s: repaired %d I- tag(s) that did not continue an entity of their type to B-", source, repaired)
     return sentences
+
+
+def merge_type_spellings(sentences: list[Sentence], where: str) -> None:
+    """Read entity types that differ only by case ("loc" / "Loc") as one type, in place, spelled as
+    most of the file spells it, with a warning naming the spellings. Unlike class labels, which are
+    kept as written, a type's spelling inside one entity decides nothing: annotation tools write
+    `B-loc I-Loc` for one location, and two types would cut it in two."""
+    counts = Counter(entity_type(t) for s in sentences for t in s.tags if t != "O")
+    spellings: dict[str, list[str]] = {}
+    for kind, _ in counts.most_common():
+        spellings.setdefault(kind.casefold(), []).append(kind)
+    merged = {kind: group[0] for group in spellings.values() if len(group) > 1 for kind in group}
+    if not merged:
+        return
+    for s in sentences:
+        s.tags = [t if entity_type(t) not in merged else t[:2] + merged[t[2:]] if t[:2] in ("B-", "I-")
+                  else merged[t] for t in s.tags]
+    log.warning("%s: entity types that differ only by case read as one type: %s (as most of the file spells it)",
+                where, "; ".join(f"{' / '.join(repr(k) for k in group)} -> {group[0]!r}"
+                                 for group in spellings.values() if len(group) > 1))
 
 
 def repair_bio(tags: list[str]) -> list[int]:

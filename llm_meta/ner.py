@@ -22,7 +22,7 @@ from llm_meta.conll import (BUNDLED_NER, Sentence, entity_type, entity_types, lo
                             repair_bio, sentences_fingerprint, to_bio)
 from llm_meta.episodes import Episode, WordExamples
 from llm_meta.heads import head_logits
-from llm_meta.models import Body, Params, by_tokens, embed_tokens, folded_pass, token_counts
+from llm_meta.models import Body, Params, by_tokens, embed_tokens, folded_pass, position_limit, token_counts
 from llm_meta.spans import decomposed_loss, is_decomposed, word_classes
 from llm_meta.tasks import TaskError
 
@@ -206,8 +206,7 @@ def align_words(body: Body, sentences: list[list[str]], warn: bool = True) -> Al
             positions.append(first[w])
             words.append((row, w))
     if dropped and warn:
-        log.warning("%d word(s) got no token (sentences longer than max_length=%d tokens are cut); they are left "
-                    "out of training and scoring", dropped, body.max_length)
+        _warn_dropped(dropped, len(sentences), body.max_length)
     batch = {k: v.to(body.device) for k, v in enc.items()}
     return AlignedBatch(batch, torch.tensor(rows, device=body.device), torch.tensor(positions, device=body.device),
                         words, dropped)
@@ -284,10 +283,74 @@ def embed_words(body: Body, params: Params, sentences: list[list[str]], labels: 
 
 
 def _warn_dropped(dropped: int, sentences: int, max_length: int) -> None:
-    """One warning for a whole pass over many batches (align_words would warn once per batch)."""
+    """A debug line for a pass over many batches: what was cut is reported to the user once per
+    command, in entity terms, by `report_cut` (the passes of one command would repeat it)."""
     if dropped:
-        log.warning("%d word(s) of %d sentence(s) got no token (sentences longer than max_length=%d tokens are cut); "
-                    "they are left out of training and scoring", dropped, sentences, max_length)
+        log.debug("%d word(s) of %d sentence(s) got no token (cut at max_length=%d tokens)", dropped, sentences,
+                  max_length)
+
+
+def words_read(body: Body, sentences: list[list[str]]) -> list[int]:
+    """How many leading words of each sentence fall within `body.max_length` tokens (the words
+    after them get no token: they are neither trained on, nor scored as found, nor tagged)."""
+    read = []
+    for start in range(0, len(sentences), 256):
+        part = sentences[start : start + 256]
+        enc = body.tokenizer([" ".join(words) for words in part], truncation=True, max_length=body.max_length,
+                             return_offsets_mapping=True)
+        for words, offsets in zip(part, enc["offset_mapping"]):
+            reach = max((end for _, end in offsets), default=0)  # characters the kept tokens cover
+            first, n = 0, 0
+            for word in words:
+                if first >= reach:
+                    break
+                n, first = n + 1, first + len(word) + 1
+            read.append(n)
+    return read
+
+
+def _mention_starts(labels: list[int]) -> list[tuple[int, int]]:
+    """(start word, class id) of each entity mention in per-word class ids (IO: a run of one id)."""
+    return [(i, y) for i, y in enumerate(labels) if y and (i == 0 or labels[i - 1] != y)]
+
+
+def report_cut(body: Body, sentences: list[list[str]], labels: list[list[int]] | None = None,
+               names: list[str] | None = None, role: str = "tag", first_row: int = 1) -> int:
+    """Warn, in entity terms, about sentences longer than `body.max_length` tokens; return how many.
+
+    `role` says what the cut costs: "train" (support sentences: the mentions past the cut are not
+    trained on, and a type left with none is named), "score" (gold mentions past the cut count as
+    missed) or "tag" (texts to tag: which words of which row were not tagged; rows count from
+    `first_row`). `labels` (per-word class ids, 0 = O) and `names` (class id -> type) give the
+    mentions for "train" and "score".
+    """
+    read = words_read(body, sentences)
+    cut = [i for i, (words, n) in enumerate(zip(sentences, read)) if n < len(words)]
+    if not cut:
+        return 0
+    longer = f"{len(cut)} of {len(sentences)} sentence(s) are longer than model.max_length={body.max_length} tokens"
+    limit = _position_limit(body)
+    fix = f"set model.max_length higher (this model reads up to {limit} tokens)" if limit and limit > body.max_length \
+        else "split the long sentences"
+    if role == "tag":
+        where = ", ".join(f"words {read[i]}-{len(sentences[i]) - 1} of row {first_row + i}" for i in cut[:3])
+        log.warning("%s: %s%s were not tagged; %s", longer, where, " ..." if len(cut) > 3 else "", fix)
+        return len(cut)
+    lost = [(y, i) for i in cut for start, y in _mention_starts(labels[i]) if start >= read[i]]
+    kept = {y for i, ys in enumerate(labels) for start, y in _mention_starts(ys) if start < read[i]}
+    types = sorted({names[y] for y, _ in lost})
+    if role == "train":
+        gone = sorted({names[y] for y, _ in lost if y not in kept})
+        log.warning("%s: %d entity mention(s) past the cut (%s) are not trained on%s; %s", longer, len(lost),
+                    ", ".join(types) or "none", f"; {', '.join(gone)} has no mention left" if gone else "", fix)
+    else:
+        log.warning("%s: %d gold entity mention(s) past the cut (%s) cannot be found and count as missed; %s",
+                    longer, len(lost), ", ".join(types) or "none", fix)
+    return len(cut)
+
+
+def _position_limit(body: Body) -> int | None:
+    return position_limit(body.model.get_base_model(), body.tokenizer)
 
 
 def io_to_bio(labels: list[int], names: list[str]) -> list[str]:
@@ -303,6 +366,8 @@ def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: flo
     """The head's class id for every word (0 = O); words past max_length get O (align_words warns).
     A decomposed head (`llm_meta.spans`) tags detected spans, each with one type."""
     out = [[0] * len(words) for words in sentences]
+    if not sentences:
+        return out
     dropped = 0
     # Batches of similar token count: padding to a batch's longest sentence is the waste.
     order = by_tokens(body, [" ".join(words) for words in sentences])

@@ -25,7 +25,7 @@ from typing import Any
 
 from llm_meta.checkpoint import write_atomic
 from llm_meta.episodes import Episode, Examples
-from llm_meta.tasks import TaskError, load_raw, load_registry, load_task
+from llm_meta.tasks import TaskError, load_raw, load_registry, load_task, text_codec
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ def load_corpus(spec: str, text_column: str = "text", split: str = "train", clas
 def _load_one(spec: str, text_column: str, split: str, class_role: str | None) -> list[str]:
     path = Path(spec)
     if path.suffix.lower() == ".txt" and path.is_file():
-        return path.read_text(encoding="utf-8-sig", errors="replace").splitlines()  # a byte-order mark dropped
+        # The readers' rules (llm_meta.tasks): encoding checked, BOM dropped, universal newlines only.
+        with path.open(encoding=text_codec(path)) as f:
+            return [line.removesuffix("\n") for line in f]
     if spec == "wnut16":
         from llm_meta.ner import load_ner
 

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from llm_meta.adaptation import adapt as adapt_params
-from llm_meta.checkpoint import CheckpointError, load_adapter_params, read_metadata
-from llm_meta.classifier import CLASSIFIER_FORMAT, load_task_model, save_task_model
-from llm_meta.config import from_dict, to_dict
+from llm_meta.checkpoint import load_adapter_params, read_start
+from llm_meta.classifier import load_task_model, save_task_model
+from llm_meta.config import to_dict
 from llm_meta.core import InnerConfig
 from llm_meta.hub import HubMixin
 from llm_meta.metrics import entity_metrics
-from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, start_model_config
-from llm_meta.ner import NerEpisodeSampler, Sentence, entity_type, entity_types, io_to_bio, load_ner, \
+from llm_meta.models import Body, ModelConfig, Params, capped, load_body, lora_params, recorded_model_config, \
+    start_model_config
+from llm_meta.ner import NerEpisodeSampler, Sentence, entity_type, entity_types, io_to_bio, load_ner, report_cut, \
     sentences_fingerprint, tag_words
 from llm_meta.tasks import TaskError
 from llm_meta.training import environment
@@ -68,9 +69,12 @@ class FewShotTagger(HubMixin):
         """Class id per word (0 = O); words past max_length are tagged O (align_words warns)."""
         return tag_words(self.body, self.params, sentences, self.scale)
 
-    def predict(self, texts: list[str]) -> list[list[dict[str, Any]]]:
-        """Entity spans of each text (split into words on whitespace): word start/end (exclusive), type, text."""
-        sentences = [t.split() for t in texts]
+    def predict(self, texts: list[str], first_row: int = 1) -> list[list[dict[str, Any]]]:
+        """Entity spans of each text (split into words on whitespace): word start/end (exclusive), type,
+        text. Words past `model.max_length` tokens are not tagged, and a warning names them (by row,
+        counted from `first_row`)."""
+        sentences = [t.split() for t in capped(self.body, texts)[0]]  # characters past the window never read
+        report_cut(self.body, sentences, role="tag", first_row=first_row)
         spans = []
         for words, ys in zip(sentences, self.tag(sentences)):
             found, i = [], 0
@@ -90,29 +94,33 @@ class FewShotTagger(HubMixin):
         sentences = load_ner(data) if isinstance(data, str) else data
         index = {t: y for y, t in enumerate(self.labels)}
         refs = [[index.get(entity_type(t), 0) for t in s.tags] for s in sentences]
+        report_cut(self.body, [s.tokens for s in sentences], refs, self.labels, role="score")
         preds = self.tag([s.tokens for s in sentences])
         unknown = sorted(set(entity_types(sentences)) - set(self.labels))
         metrics = entity_metrics([io_to_bio(p, self.labels) for p in preds], [io_to_bio(r, self.labels) for r in refs])
         return {"sentences": len(sentences), **metrics, "types_ignored": unknown}
 
-    def save(self, folder: str | Path) -> Path:
-        return save_task_model(self.body, self.params, self.labels, self.scale, self.metadata, TAGGER_FORMAT, folder)
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write the tagger folder atomically; see `FewShotClassifier.save` for what is refused."""
+        return save_task_model(self.body, self.params, self.labels, self.scale, self.metadata, TAGGER_FORMAT, folder,
+                               overwrite=overwrite)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "FewShotTagger":
-        return cls(*load_task_model(folder, TAGGER_FORMAT, "an NER task model (make one with `llm-meta adapt --ner`)"))
+    def load(cls, folder: str | Path, trust_remote_code: bool = False) -> "FewShotTagger":
+        """Load a tagger folder (verified as `FewShotClassifier.load` verifies a classifier's)."""
+        return cls(*load_task_model(folder, TAGGER_FORMAT, "an NER task model (make one with `llm-meta adapt --ner`)",
+                                    trust_remote_code)[:5])
 
 
-def adapt_tagger(cfg: TaggerConfig) -> FewShotTagger:
-    """Adapt a start to the entity types of `cfg.data` from a K~2K-mention support set."""
+def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False) -> FewShotTagger:
+    """Adapt a start to the entity types of `cfg.data` from a K~2K-mention support set.
+    `trust_remote_code`: as for `llm_meta.adapt` (the caller's choice only)."""
     start_time = time.perf_counter()
     if cfg.data is None:
         raise ValueError("give the NER data to draw the support set from (--task or data=)")
     if cfg.adapter is not None:
-        meta = read_metadata(cfg.adapter)
-        if meta.get("format") in (TAGGER_FORMAT, CLASSIFIER_FORMAT):
-            raise CheckpointError(f"{cfg.adapter} is an adapted task model; start from a meta-trained adapter or none")
-        cfg.model = start_model_config(from_dict(ModelConfig, meta["config"]["model"]), cfg.model,
+        meta = read_start(cfg.adapter)
+        cfg.model = start_model_config(recorded_model_config(meta["config"]["model"]), cfg.model,
                                        TaggerConfig().model, cfg.adapter)
     if cfg.shots < 1:
         raise TaskError(f"K (--shots) must be at least 1 mention per entity type, got {cfg.shots}")
@@ -123,8 +131,9 @@ def adapt_tagger(cfg: TaggerConfig) -> FewShotTagger:
     labels = ["O", *sorted(types)]
     if support.texts == []:
         raise TaskError(f"{cfg.data}: no support sentences for types {types}")
-    body = load_body(cfg.model, seed=cfg.seed)
+    body = load_body(cfg.model, seed=cfg.seed, trust_remote_code=trust_remote_code)
     params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
+    report_cut(body, support.texts, support.labels, labels, role="train")
     fast = adapt_params(body, params, support, len(labels), cfg.inner, seed=cfg.seed, label_names=labels)
     meta = {"base_model": cfg.model.name, "model": to_dict(cfg.model), "start": cfg.adapter or "untrained",
             "task": str(cfg.data), "task_hash": sentences_fingerprint(sentences), "support_size": len(support),

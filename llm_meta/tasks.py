@@ -22,6 +22,8 @@ so no command can read a user's file by other rules (the fault this module was m
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
 import html
 import importlib.util
@@ -29,6 +31,7 @@ import json
 import logging
 import random
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,8 @@ from typing import Any
 import datasets
 import yaml
 
-from llm_meta.atomic import atomic_folder
+from llm_meta.atomic import atomic_folder, cache_dir, content_key
+from llm_meta.errors import TaskError  # noqa: F401 (raised here; importable from here too)
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +53,52 @@ SPLIT_ALIASES = {"train": "train", "dev": "validation", "validation": "validatio
 CLASS_ROLES = ("meta_train", "meta_val", "meta_test")
 
 
-class TaskError(ValueError):
-    """A task that cannot be used: names the file or dataset and what is wrong with it."""
-
-
 def bom_codec(encoding: str) -> str:
     """The codec to read a file declared as `encoding` with: utf-8-sig for UTF-8, so a byte-order
     mark (what spreadsheet programs write first) is dropped rather than glued to the first field."""
     return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig") else encoding
 
 
+def text_codec(path: Path, encoding: str = "utf-8") -> str:
+    """The codec every reader opens the text file `path` with, after checking that the whole file
+    decodes with it (in blocks: any file size).
+
+    A UTF-16 byte-order mark (FF FE or FE FF: Excel's "Unicode Text" export) says the file is
+    UTF-16, and it is read as such; otherwise `encoding` (UTF-8 by default, a UTF-8 byte-order mark
+    dropped: `bom_codec`).
+
+    Raises:
+        TaskError: one line naming the file, the first byte that does not decode (its offset in
+            the whole file and its line) and what to do.
+    """
+    with path.open("rb") as f:
+        head = f.read(2)
+    codec = "utf-16" if head in (b"\xff\xfe", b"\xfe\xff") else bom_codec(encoding)
+    decoder, offset = codecs.getincrementaldecoder(codec)(), 0
+    with path.open("rb") as f:
+        while True:
+            block = f.read(1 << 20)
+            held = len(decoder.getstate()[0])  # bytes of a character cut by the previous block
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                at = offset - held + err.start
+                with path.open("rb") as again:
+                    before = again.read(at + 1)
+                line = before.count(b"\n") + 1
+                what = "UTF-16 (it starts with a UTF-16 byte-order mark)" if codec == "utf-16" else \
+                    encoding.removesuffix("-sig").upper().replace("UTF8", "UTF-8")
+                raise TaskError(f"{path}: not valid {what} text: byte 0x{before[at]:02x} at byte offset {at} (line "
+                                f"{line}) does not decode ({err.reason}); the file may be in Windows-1252 or "
+                                f"Latin-1: re-save it as UTF-8 (e.g. Excel: Save As > CSV UTF-8)") from err
+            if not block:
+                return codec
+            offset += len(block)
+
+
 def not_decodable(path: Any, encoding: str, err: UnicodeDecodeError) -> TaskError:
-    """The one-line error for a file that is not valid text in `encoding`."""
+    """The one-line error for a file that is not valid text in `encoding` (when `text_codec` could
+    not run first, e.g. inside a parser)."""
     return TaskError(f"{path}: not valid {encoding.removesuffix('-sig')} text ({err.reason} at byte {err.start}); "
                      f"re-save it as UTF-8")
 
@@ -146,15 +184,11 @@ def _load_files(path: Path, encoding: str = "utf-8") -> datasets.DatasetDict:
         if f.stat().st_size == 0:
             raise TaskError(f"{f}: the file is empty")
     if FILE_BUILDERS[suffix] == "json":
-        return datasets.DatasetDict({split: _read_json(f) for split, f in files.items()})
+        return datasets.DatasetDict({split: _read_json(f, text_codec(f, encoding)) for split, f in files.items()})
     kwargs: dict[str, Any] = {}
     if FILE_BUILDERS[suffix] == "csv":
-        # utf-8-sig drops the byte-order mark spreadsheet programs write before the first header.
-        codec = bom_codec(encoding)
-        delimiter = "\t" if suffix == ".tsv" else ","
-        # Every column a string and no missing-value guessing: "01", "true", "NA" stay as written.
-        kwargs = {"keep_default_na": False, "encoding": codec, "delimiter": delimiter,
-                  "features": _string_features(files.values(), codec, delimiter)}
+        codec = _one_codec(files.values(), encoding)
+        kwargs = csv_options(suffix, codec, files.values())
     try:
         return datasets.load_dataset(FILE_BUILDERS[suffix], data_files={k: str(v) for k, v in files.items()}, **kwargs)
     except UnicodeDecodeError as err:
@@ -168,15 +202,54 @@ def _load_files(path: Path, encoding: str = "utf-8") -> datasets.DatasetDict:
         raise TaskError(f"{path}: could not be parsed as {FILE_BUILDERS[suffix]}: {str(cause).splitlines()[0]}") from err
 
 
-def _string_features(files: Any, encoding: str, delimiter: str) -> datasets.Features:
-    """All-string features for the CSV files' header (which must be the same in every file)."""
-    import csv
+def _one_codec(files: Any, encoding: str) -> str:
+    """`text_codec` of every file, which must be the same (one reader reads them all)."""
+    found = {str(f): text_codec(Path(f), encoding) for f in files}
+    if len(set(found.values())) > 1:
+        raise TaskError(f"the files {', '.join(found)} are in different encodings ({', '.join(found.values())}); "
+                        f"save them all as UTF-8")
+    return next(iter(found.values()))
 
+
+def csv_options(suffix: str, codec: str, files: Any) -> dict[str, Any]:
+    """The `datasets` csv builder's options for a .csv or .tsv, the same in every reader.
+
+    Every cell a string with no missing-value guessing ("01", "true", "NA" stay as written). A .csv
+    has CSV's quoting. A .tsv has it only when the whole file parses as quoted CSV with tabs
+    (`tsv_quoted`: what pandas' `to_csv(sep="\t")` writes, and the bundled intent sets are); any
+    other .tsv is plain tab-separated text in which a double quote is an ordinary character (inch
+    marks, quoted words, an unbalanced quote), as tools that do not quote write it: read with
+    CSV's quoting, one stray quote merged the following lines into one text.
+    """
+    if suffix == ".tsv":
+        delimiter, quoting = "\t", csv.QUOTE_MINIMAL if tsv_quoted(files, codec) else csv.QUOTE_NONE
+    else:
+        delimiter, quoting = ",", csv.QUOTE_MINIMAL
+    return {"keep_default_na": False, "encoding": codec, "delimiter": delimiter, "quoting": quoting,
+            "features": _string_features(files, codec, delimiter, quoting)}
+
+
+def tsv_quoted(files: Any, codec: str) -> bool:
+    """Whether every file parses as CSV-quoted tab-separated text: a field that opens with a quote
+    closes it before the next tab or line end, with inner quotes doubled (`csv` in strict mode)."""
+    csv.field_size_limit(2**31 - 1)  # a long document is one field, not an error
+    try:
+        for f in files:
+            with open(f, encoding=codec, newline="") as handle:
+                for _ in csv.reader(handle, delimiter="\t", strict=True):
+                    pass
+    except csv.Error:
+        return False
+    return True
+
+
+def _string_features(files: Any, encoding: str, delimiter: str, quoting: int) -> datasets.Features:
+    """All-string features for the CSV files' header (which must be the same in every file)."""
     headers = []
     for f in files:
         try:
             with open(f, encoding=encoding, newline="") as handle:
-                headers.append(next(csv.reader(handle, delimiter=delimiter), []))
+                headers.append(next(csv.reader(handle, delimiter=delimiter, quoting=quoting), []))
         except UnicodeDecodeError as err:
             raise not_decodable(f, encoding, err) from err
     if any(h != headers[0] for h in headers):
@@ -189,7 +262,7 @@ def _string_features(files: Any, encoding: str, delimiter: str) -> datasets.Feat
     return datasets.Features({name: datasets.Value("string") for name in headers[0]})
 
 
-def _read_json(path: Path) -> datasets.Dataset:
+def _read_json(path: Path, codec: str = "utf-8-sig") -> datasets.Dataset:
     """A .jsonl file (one object per line) or a .json file (a list of objects, or {"data": [...]}).
 
     Read with the standard `json` module, not `load_dataset("json")`: datasets 5.x stores a column
@@ -197,15 +270,12 @@ def _read_json(path: Path) -> datasets.Dataset:
     back as the number 1, changing the user's data. Here every scalar cell becomes the string the
     user wrote (`cell_text`), None stays missing, and list cells (NER token/tag columns) are kept.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise not_decodable(path, "utf-8", err) from err
+    text = path.read_text(encoding=codec)
     try:
         if path.suffix.lower() == ".jsonl":
             rows = []
             for lineno, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
-                if line.strip():
+                if line.strip():  # split at \n only: U+2028 and U+0085 may be inside a JSON string
                     rows.append((lineno, json.loads(line)))
         else:
             loaded = json.loads(text)
@@ -243,9 +313,16 @@ def cell_text(value: Any) -> str | None:
 
 
 def read_inputs(source: str, text_column: str = "text") -> list[str | None]:
-    """Texts to label, by the rules of `load_task`: a .txt file (one text per line) or stdin ('-'),
-    else a .csv/.tsv/.jsonl/.json/.parquet file's `text_column`. A missing text (JSON null, a row
-    without the field) is None, so outputs stay aligned with the input rows.
+    """Texts to label, by the rules of `load_task`, all at once (`iter_inputs` reads them in chunks)."""
+    return [text for chunk in iter_inputs(source, text_column) for text in chunk]
+
+
+def iter_inputs(source: str, text_column: str = "text", chunk: int = 4096) -> Iterator[list[str | None]]:
+    """Texts to label, in order, `chunk` at a time, by the rules of `load_task`: a .txt file (one
+    text per line) or stdin ('-'), else a .csv/.tsv/.jsonl/.json/.parquet file's `text_column`. A
+    missing text (JSON null, a row without the field) is None, so outputs stay aligned with the
+    input rows. Text files, stdin, JSON lines, CSV and TSV are read as they are consumed (memory
+    bounded by `chunk`, whatever the file's length); a .json array or a .parquet file is read whole.
 
     Raises:
         TaskError: a missing file, a missing column, an undecodable file, or a non-scalar text.
@@ -253,34 +330,98 @@ def read_inputs(source: str, text_column: str = "text") -> list[str | None]:
     if source == "-":
         import sys
 
-        return [line.rstrip("\r\n").lstrip("\ufeff") if i == 0 else line.rstrip("\r\n")
-                for i, line in enumerate(sys.stdin)]
+        yield from _batched((line.rstrip("\r\n").lstrip("\ufeff") if i == 0 else line.rstrip("\r\n")
+                             for i, line in enumerate(sys.stdin)), chunk)
+        return
     path = Path(source)
     if not path.is_file():
         raise TaskError(f"input file {source} does not exist")
-    if path.suffix.lower() not in FILE_BUILDERS:  # plain text: one text per line
-        try:
-            # utf-8-sig drops a byte-order mark; universal newlines make CRLF and CR line ends one.
-            with path.open(encoding="utf-8-sig") as f:
-                lines = f.read().split("\n")
-        except UnicodeDecodeError as err:
-            raise not_decodable(source, "utf-8", err) from err
-        return lines[:-1] if lines and lines[-1] == "" else lines
-    ds = _load_files(path)["train"]
-    if text_column not in ds.column_names:
-        raise TaskError(f"{source}: no text column '{text_column}' (columns: {', '.join(ds.column_names)}); "
+    suffix = path.suffix.lower()
+    if suffix not in FILE_BUILDERS or suffix == ".jsonl":
+        codec = text_codec(path)
+        # Universal newlines: \n, \r\n and \r end a line; U+2028 / U+0085 inside a text do not.
+        with path.open(encoding=codec) as f:
+            lines = (line.removesuffix("\n") for line in f)
+            if suffix == ".jsonl":
+                lines = _jsonl_texts(lines, source, text_column, chunk)
+            yield from _batched(lines, chunk)
+        return
+    if FILE_BUILDERS[suffix] != "csv":  # a JSON array, a parquet file: read whole
+        ds = _load_files(path)["train"]
+        if text_column not in ds.column_names:
+            raise TaskError(f"{source}: no text column '{text_column}' (columns: {', '.join(ds.column_names)}); "
+                            f"pass --text-column")
+        texts = cell_texts(ds[text_column], source, "text")
+        yield from (texts[i : i + chunk] for i in range(0, len(texts), chunk))
+        return
+    options = csv_options(suffix, text_codec(path), [path])
+    if text_column not in options["features"]:
+        raise TaskError(f"{source}: no text column '{text_column}' (columns: {', '.join(options['features'])}); "
                         f"pass --text-column")
-    return cell_texts(ds[text_column], source, "text")
+    streamed = datasets.load_dataset("csv", data_files={"train": str(path)}, streaming=True, **options)["train"]
+    row = 0
+    try:
+        for batch in streamed.iter(batch_size=chunk):
+            yield cell_texts(batch[text_column], source, "text", start=row)
+            row += len(batch[text_column])
+    except Exception as err:  # pandas parse errors come in many types
+        raise TaskError(f"{source}: could not be parsed as {suffix[1:]} after row {row}: "
+                        f"{str(err.__cause__ or err).splitlines()[0]}") from err
 
 
-def cell_texts(values: list[Any], where: str, role: str) -> list[str | None]:
-    """`cell_text` of every cell of a column, with a one-line error naming the row (from 1)."""
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _jsonl_texts(lines: Iterable[str], source: str, text_column: str, window: int) -> Iterator[str | None]:
+    """The `text_column` of each object of a JSON-lines stream (blank lines skipped), by `_read_json`'s
+    rules; a column no object of the first `window` rows has is an error."""
+    seen: set[str] | None = set()
+    held: list[str | None] = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{source}: could not be parsed as json (line {lineno}: {err.msg})") from err
+        if not isinstance(row, dict):
+            raise TaskError(f"{source}: row at line/item {lineno} is {type(row).__name__}, expected an object with fields")
+        try:
+            text = cell_text(row.get(text_column))
+        except TypeError as err:
+            raise TaskError(f"{source} line {lineno}: text is {err}, expected a string or a number") from err
+        if seen is not None:  # until the column is found, hold the rows to check it exists
+            seen |= set(row)
+            held.append(text)
+            if text_column in seen:
+                yield from held
+                seen, held = None, []
+            elif len(held) >= window:
+                break
+            continue
+        yield text
+    if seen is not None and held:
+        raise TaskError(f"{source}: no text column '{text_column}' (columns: {', '.join(sorted(seen))}); "
+                        f"pass --text-column")
+
+
+def cell_texts(values: list[Any], where: str, role: str, start: int = 0) -> list[str | None]:
+    """`cell_text` of every cell of a column, with a one-line error naming the row (from 1; the
+    column's first cell is row `start` + 1)."""
     out = []
     for i, value in enumerate(values):
         try:
             out.append(cell_text(value))
         except TypeError as err:
-            raise TaskError(f"{where} row {i + 1}: {role} is {err}, expected a string or a number") from err
+            raise TaskError(f"{where} row {start + i + 1}: {role} is {err}, expected a string or a number") from err
     return out
 
 
@@ -302,7 +443,7 @@ def _load_registered(name: str, entry: dict[str, Any]) -> Task:
     if "split" in entry:
         raw = _split_single(raw["train"], **entry["split"])
     task = _make_task(name, raw, text_column, entry.get("label_column", "label"),
-                      source=f"{entry['source']}:{entry['path']}")
+                      source=f"{entry['source']}:{entry['path']}", user_file=False)
     task.role = entry.get("role", "meta_train")
     task.description = entry.get("description", "")
     task.duplicates_dropped = drop_seen_texts(task)
@@ -357,12 +498,10 @@ def _clean_text(text: str | None) -> str | None:
 
 def _unzipped(archive: Path, members: dict[str, str]) -> Path:
     """A folder with the zip's `members` extracted as <split><suffix> (train.tsv, test.tsv, ...), once,
-    in the llm_meta cache, keyed by the archive's name and size."""
+    in the llm_meta cache, keyed by the archive's content and the members taken."""
     import zipfile
 
-    from llm_meta.model_files import cache_dir
-
-    key = hashlib.sha256(f"{archive.name}:{archive.stat().st_size}:{sorted(members.items())}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{content_key([archive])}:{sorted(members.items())}".encode()).hexdigest()[:12]
     folder = cache_dir() / "data" / f"{archive.stem}-{key}"
     names = {member: f"{split}{Path(member).suffix}" for split, member in members.items()}  # member -> file
 
@@ -431,13 +570,19 @@ def split_classes(labels: list[str], meta_val: float, meta_test: float, seed: in
     }
 
 
-def _make_task(name: str, raw: datasets.DatasetDict, text_column: str, label_column: str, source: str) -> Task:
+def _make_task(name: str, raw: datasets.DatasetDict, text_column: str, label_column: str, source: str,
+               user_file: bool = True) -> Task:
+    """A Task of normalised splits; a user's file (not a registered corpus) is also checked for
+    repeated rows, texts with two labels and labels that differ only by whitespace or case."""
     if isinstance(raw, datasets.Dataset):
         raw = datasets.DatasetDict({"train": raw})
     splits = {}
     for split, ds in raw.items():
-        splits[SPLIT_ALIASES.get(split, split)] = _normalise(ds, f"{source} [{split}]", text_column, label_column)
+        splits[SPLIT_ALIASES.get(split, split)] = _normalise(ds, f"{source} [{split}]", text_column, label_column,
+                                                             user_file)
     task = Task(name=name, splits=splits, source=source)
+    if user_file:
+        warn_label_spellings(task.label_names, source)
     if len(task.label_names) < 2:
         raise TaskError(f"{source}: label column '{label_column}' has {len(task.label_names)} class(es) "
                         f"({', '.join(task.label_names)}); a classification task needs at least 2")
@@ -454,14 +599,17 @@ def load_rows(spec: str, text_column: str = "text", label_column: str = "label")
     if split is None:
         raise TaskError(f"{source}: no train split (splits: {', '.join(raw)})")
     ds = _normalise(raw[split], f"{source} [{split}]", text_column, label_column)
+    warn_label_spellings(sorted(set(ds["label"])), source)
     return list(ds["text"]), list(ds["label"])
 
 
-def _normalise(ds: datasets.Dataset, where: str, text_column: str, label_column: str) -> datasets.Dataset:
+def _normalise(ds: datasets.Dataset, where: str, text_column: str, label_column: str,
+               check_rows: bool = True) -> datasets.Dataset:
     """Check one split and bring it to string `text` / `label` columns (rows numbered from 1).
 
     Missing or empty texts are skipped with a warning giving their count and the first row; a
     missing or empty label is an error naming the row, because guessing a class is never right.
+    With `check_rows`, repeated rows and texts with two labels are named (`warn_repeated_rows`).
     """
     for role, column in (("text", text_column), ("label", label_column)):
         if column not in ds.column_names:
@@ -478,6 +626,8 @@ def _normalise(ds: datasets.Dataset, where: str, text_column: str, label_column:
         raise TaskError(f"{where} row {empty_labels[0] + 1}: empty label ({len(empty_labels)} row(s) have an "
                         f"empty label); give every row a label or remove it")
     keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
+    if check_rows:
+        warn_repeated_rows([texts[i] for i in keep], [labels[i] for i in keep], [i + 1 for i in keep], where)
     if len(keep) < len(texts):
         first = next(i for i, t in enumerate(texts) if t is None or not t.strip())
         log.warning("%s: skipped %d empty or whitespace-only text(s) (first at row %d; a missing text counts as "
@@ -485,6 +635,45 @@ def _normalise(ds: datasets.Dataset, where: str, text_column: str, label_column:
     if not keep:
         raise TaskError(f"{where}: every text is empty")
     return datasets.Dataset.from_dict({"text": [texts[i] for i in keep], "label": [labels[i] for i in keep]})
+
+
+def _shown(text: str, width: int = 60) -> str:
+    return repr(text if len(text) <= width else text[:width] + "...")
+
+
+def warn_repeated_rows(texts: list[str], labels: list[str], rows: list[int], where: str) -> None:
+    """Warn, naming the texts and rows, about rows repeated exactly (kept as written: each copy
+    counts, in a support set used whole and in scoring; K shots are drawn from distinct texts)
+    and about a text labelled with two or more classes (kept: the file says so; fix it if wrong)."""
+    seen: dict[str, dict[str, list[int]]] = {}
+    for text, label, row in zip(texts, labels, rows):
+        seen.setdefault(text, {}).setdefault(label, []).append(row)
+    copies = {t: sum(len(r) - 1 for r in by.values()) for t, by in seen.items()}
+    copies = {t: n for t, n in copies.items() if n}
+    if copies:
+        first = next(iter(copies))
+        at = ", ".join(str(r) for r in next(r for r in seen[first].values() if len(r) > 1))
+        log.warning("%s: %d exact duplicate row(s), extra copies of %d text(s) (e.g. %s at rows %s); kept as written: "
+                    "each copy counts as a row", where, sum(copies.values()), len(copies), _shown(first), at)
+    conflicts = [(t, by) for t, by in seen.items() if len(by) > 1]
+    if conflicts:
+        shown = "; ".join(f"{_shown(t)} is labelled " + " and ".join(f"{label!r} (row {r[0]})" for label, r in by.items())
+                          for t, by in conflicts[:3])
+        log.warning("%s: %d text(s) have more than one label: %s%s; kept as written; fix the file if a label is "
+                    "wrong", where, len(conflicts), shown, " ..." if len(conflicts) > 3 else "")
+
+
+def warn_label_spellings(labels: list[str], where: str) -> None:
+    """Warn about labels that differ only by whitespace or case ('positive' / 'positive ' /
+    'Positive'): they are kept as written, as separate classes, and the warning says so."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(" ".join(label.split()).casefold(), []).append(label)
+    alike = [g for g in groups.values() if len(g) > 1]
+    if alike:
+        log.warning("%s: labels that differ only by whitespace or case: %s; kept as written, so the task has %d "
+                    "classes; fix the file if they are one class", where,
+                    "; ".join(" / ".join(repr(x) for x in g) for g in alike), len(labels))
 
 
 def task_fingerprint(task: Task) -> str:

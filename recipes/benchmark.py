@@ -47,6 +47,7 @@ from llm_meta.adaptation import choose_start, in_family, own_adaptation
 from llm_meta.evaluation import episode_outcomes, episode_score, score_outcomes
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
+from llm_meta.outputs import claim_run
 from llm_meta.progress import progress_bar
 from llm_meta.statistics import (UNIT, Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, text_index,
                                  verdict)
@@ -154,7 +155,10 @@ class NerProtocolConfig:
 
 @dataclass
 class Config:
+    # A benchmark folder of ours is continued (its trained starts and scores are keyed by content and
+    # reused); overwrite (--overwrite) clears its entries first. Any other existing folder is refused.
     output_dir: str = "runs/benchmark"
+    overwrite: bool = False
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     meta_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     train_configs: dict[str, str] = field(default_factory=lambda: {
@@ -202,15 +206,32 @@ def start_family(cfg: Config, name: str) -> list[str]:
     return meta_train.family_labels(_train_config(cfg, name))
 
 
-def main(cfg: Config) -> dict:
+BENCHMARK_FORMAT = "llm_meta.benchmark/1"  # the output folder's own llm_meta.json
+# What a benchmark writes into its folder: `--overwrite` removes these (and nothing else) first.
+BENCHMARK_ENTRIES = ("starts", "scores", "episodes", "report.md", "results.json", "accuracy_vs_k.png", KEPT)
+
+
+def main(cfg: Config, trust_remote_code: bool = False) -> dict:
+    """Run the benchmark of `cfg` in `cfg.output_dir` (continuing one that is there); its results.
+    `trust_remote_code`: let the base model's repo run its own code (the caller's choice only).
+
+    Raises:
+        OutputError: output_dir is not a folder the benchmark may write (`llm_meta.outputs.claim_run`).
+        ValueError: a method without a training config, or a primary contrast naming no method run.
+    """
     algorithms = start_algorithms(cfg)  # reads every training config once
     specs = {m: method_spec(m, algorithms) for m in cfg.methods}
     missing = sorted({start for start, _ in specs.values()} - {"untrained"} - set(cfg.train_configs))
     if missing:
         raise ValueError(f"no training config for start(s) {missing}: add train_configs.<name>: <yaml file>")
     _primary(cfg, None)  # a primary naming a method not run fails now, not after the training
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_run(cfg.output_dir, BENCHMARK_FORMAT, "benchmark", BENCHMARK_ENTRIES, resume=None,
+                   overwrite=cfg.overwrite) as out:
+        return run(cfg, specs, out, trust_remote_code)
+
+
+def run(cfg: Config, specs: dict[str, tuple], out: Path, trust_remote_code: bool = False) -> dict:
+    """The benchmark itself, in the folder `main` has claimed."""
 
     # Starts: one untrained LoRA and one trained adapter per (training method, meta-seed). The
     # untrained start of meta-seed s is the exact step-0 start of that seed's training runs. A start
@@ -218,12 +239,12 @@ def main(cfg: Config) -> dict:
     # loaded (trained again) below only if a score it enters is not in out/scores.
     starts, fingerprints, trained = {}, {}, {}
     for seed in cfg.meta_seeds:
-        body, starts[("untrained", seed)] = untrained_start(cfg.model, seed)
+        body, starts[("untrained", seed)] = untrained_start(cfg.model, seed, trust_remote_code)
         fingerprints[("untrained", seed)] = _params_fingerprint(starts[("untrained", seed)])
     names = sorted({start for start, _ in specs.values()} - {"untrained"})
 
     def load(name: str, seed: int, need: str = "record") -> None:
-        run_dir = _train_start(cfg, name, seed, out, need=need)
+        run_dir = _train_start(cfg, name, seed, out, need=need, trust_remote_code=trust_remote_code)
         starts[(name, seed)], fingerprints[(name, seed)], trained[f"{name}/seed{seed}"] = _load_start(body, run_dir)
     for name in names:
         for seed in cfg.meta_seeds:
@@ -319,7 +340,7 @@ def main(cfg: Config) -> dict:
 
     estimates, contrasts = _statistics(cfg, settings, outcomes, primary)
     report = _report(cfg, settings, estimates, contrasts, trained, seconds, cached, by_seed, chosen)
-    (out / "report.md").write_text(report)
+    write_atomic(out / "report.md", report)
     results = {"config": to_dict(cfg), "starts": trained,
                "hashes": {"/".join(map(str, k)): v["hash"] for k, v in settings.items()},
                "episodes_seen": seen, "scores": scores, "scores_by_meta_seed": per_draw, "seconds_per_episode": seconds,
@@ -328,22 +349,22 @@ def main(cfg: Config) -> dict:
                "starts_chosen_by_meta_seed": {m: per for m, per in picked.items() if per},
                "estimates": {m: {k: dataclasses.asdict(e) for k, e in per.items()} for m, per in estimates.items()},
                "contrasts": contrasts}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_atomic(out / "results.json", json.dumps(results, indent=1))
     keep_run(out, out / KEPT)  # small enough to carry to another machine (or commit) and resume from there
     _plot(cfg, settings, estimates, out / "accuracy_vs_k.png")
     print(report)
     return results
 
 
-def untrained_start(model: ModelConfig, seed: int) -> tuple[Body, Params]:
+def untrained_start(model: ModelConfig, seed: int, trust_remote_code: bool = False) -> tuple[Body, Params]:
     """The body and its freshly initialised LoRA tensors, seeded as meta_train.main seeds them."""
     set_seed(seed)
-    body = load_body(model)
+    body = load_body(model, trust_remote_code=trust_remote_code)
     return body, lora_params(body)
 
 
 def _train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str, ...] = (),
-                 need: str = "record") -> Path:
+                 need: str = "record", trust_remote_code: bool = False) -> Path:
     """Meta-train (or reuse) the start `name` with meta-seed `seed`; return its run folder.
 
     A start on disk is reused only when its DONE file holds the key of what would train it now:
@@ -363,7 +384,7 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str,
         if first not in cfg.train_configs or first in (*chain, name):
             raise ValueError(f"start '{name}': init={train_cfg.init} must name another start of train_configs, "
                              f"without a loop ({' -> '.join((*chain, name, first))})")
-        after = (_train_start(cfg, first, seed, out, (*chain, name), "key") / "DONE").read_text().strip()
+        after = (_train_start(cfg, first, seed, out, (*chain, name), "key", trust_remote_code) / "DONE").read_text().strip()
     key = hashlib.sha256(json.dumps([keyed, _code_fingerprint(), _runtime(None, train_cfg.mixed_precision), after],
                                     sort_keys=True).encode()).hexdigest()[:20]
     done = run_dir / "DONE"
@@ -379,10 +400,10 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str,
                    file=sys.stderr)
         run_dir.rename(stale)
     if first:  # training needs the tensors of the start it begins from
-        train_cfg.init = str(_train_start(cfg, first, seed, out, (*chain, name), "tensors") / "adapter")
+        train_cfg.init = str(_train_start(cfg, first, seed, out, (*chain, name), "tensors", trust_remote_code) / "adapter")
     tqdm.write(f"training start '{name}' (meta-seed {seed}) -> {run_dir}", file=sys.stderr)
     began = time.perf_counter()
-    meta_train.main(train_cfg)
+    meta_train.main(train_cfg, trust_remote_code)
     write_atomic(run_dir / "timing.json", json.dumps({"train_seconds": round(time.perf_counter() - began, 1)}))
     write_atomic(done, key)
     return run_dir
@@ -779,7 +800,8 @@ def _plot(cfg: Config, settings: dict, estimates: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 

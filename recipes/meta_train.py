@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from llm_meta.algorithms import ALGORITHMS
 from llm_meta.baselines import ner_transfer_heads, transfer_heads
-from llm_meta.checkpoint import (CheckpointError, load_adapter_params, load_checkpoint, read_metadata, save_adapter,
-                                 save_checkpoint)
+from llm_meta.checkpoint import (ADAPTER_FORMAT, CheckpointError, load_adapter_params, load_checkpoint, read_metadata, save_adapter,
+                                 save_checkpoint, write_atomic)
 from llm_meta.classifier import default_adapt_config, whole_split_episode
 from llm_meta.config import to_dict
 from llm_meta.core import LR_PREFIX, InnerConfig, interpolate, meta_sgd_rates, outer_lr
@@ -38,7 +38,9 @@ from llm_meta.evaluation import mean_ci, paired_difference, score_episodes
 from llm_meta.heads import HEAD_KEYS
 from llm_meta.hypernet import HYPER_PREFIX, HypernetConfig, count_parameters, init_hypernet
 from llm_meta.models import ModelConfig, load_body, lora_params
-from llm_meta.ner import NerConfig, NerEpisodeSampler, extra_corpora, sentences_fingerprint, split_ner
+from llm_meta.outputs import claim_run
+from llm_meta.ner import (NerConfig, NerEpisodeSampler, entity_type, extra_corpora, report_cut, sentences_fingerprint,
+                          split_ner)
 from llm_meta.progress import progress_bar
 from llm_meta.smlmt import MixtureSampler, SmlmtConfig, SmlmtSampler, corpus_key, load_corpus
 from llm_meta.tasks import load_task, shares_texts, task_fingerprint
@@ -118,7 +120,12 @@ class Config:
     algorithm: str = "fomaml"
     seed: int = 0
     output_dir: str = "runs/meta_train"
+    # A folder holding a run is continued only with resume (--resume) or started again only with
+    # overwrite (--overwrite); resuming with a config other than the checkpoint's is refused, with
+    # the differing keys listed, unless force (--resume --force; the differences go to log.jsonl).
     resume: bool = False
+    overwrite: bool = False
+    force: bool = False
     # Start from this adapter folder instead of the untrained LoRA, e.g. a transfer start (meta-learning
     # *from* transfer). It is then θ0 everywhere: the step-0 candidate, the proximal anchor and the
     # interpolation origin, so selection never keeps worse than it on meta-validation. In a benchmark,
@@ -154,7 +161,22 @@ class Config:
         tasks=["banking77", "mcid", "tweet_sentiment"], class_role=None, episodes=20, n_way=5, split="test", seed=0))
 
 
-def main(cfg: Config) -> dict:
+RUN_FORMAT = "llm_meta.run/1"  # the run folder's own llm_meta.json
+# What a run writes into its folder: `--overwrite` removes these (and nothing else) before starting again.
+RUN_ENTRIES = ("checkpoints", "adapter", "log.jsonl", "results.json", "trackers")
+# Keys that steer the command, not the training: a resume may change them freely.
+CONTROL_KEYS = ("output_dir", "resume", "overwrite", "force")
+
+
+def main(cfg: Config, trust_remote_code: bool = False) -> dict:
+    """Meta-train (or resume) the run of `cfg` in `cfg.output_dir`; the held-out test results.
+    `trust_remote_code`: let the base model's repo run its own code (the caller's choice only).
+
+    Raises:
+        OutputError: output_dir is not a folder this recipe may write (see `llm_meta.outputs.claim_run`).
+        CheckpointError: `--resume` with no intact checkpoint, or one of another config (without force).
+        ValueError / ConfigError / TaskError / ModelLoadError: a config, task or model that cannot be used.
+    """
     if cfg.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{cfg.algorithm}' (valid: {', '.join(ALGORITHMS)})")
     if cfg.test.episodes:
@@ -162,6 +184,13 @@ def main(cfg: Config) -> dict:
     run_dir = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.log_with or None,
                               project_dir=run_dir / "trackers")
+    with claim_run(run_dir, RUN_FORMAT, "meta-training run", RUN_ENTRIES, cfg.resume, cfg.overwrite,
+                   accelerator.is_main_process, accelerator.wait_for_everyone):
+        return train(cfg, run_dir, accelerator, trust_remote_code)
+
+
+def train(cfg: Config, run_dir: Path, accelerator: Accelerator, trust_remote_code: bool = False) -> dict:
+    """The run itself, in a folder `main` has claimed."""
     set_seed(cfg.seed)
     main_process = accelerator.is_main_process
     run_log = RunLog(run_dir / "log.jsonl", enabled=main_process, accelerator=accelerator if cfg.log_with else None)
@@ -169,7 +198,7 @@ def main(cfg: Config) -> dict:
         accelerator.init_trackers(Path(cfg.output_dir).name or "llm_meta", config=tracker_config(to_dict(cfg)))
 
     # Model: frozen base + LoRA; the meta-parameters are a plain dict of the LoRA tensors.
-    body = load_body(cfg.model)
+    body = load_body(cfg.model, trust_remote_code=trust_remote_code)
     body.model.to(accelerator.device)
     # θ0: the untrained start (LoRA B = 0: exactly the pretrained model), or the adapter in `init`.
     start = lora_params(body) if cfg.init is None else init_params(body, cfg)
@@ -197,11 +226,19 @@ def main(cfg: Config) -> dict:
 
     optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cfg.outer.optimizer](params.values(), lr=cfg.outer.lr)
 
-    # Resume, or start by scoring the untrained start: it stays a candidate for "best".
-    state = {"best_score": None, "best_step": None, "history": [], "base_model": cfg.model.name}
+    # Resume (the same config only, unless forced), or start by scoring the untrained start: it stays
+    # a candidate for "best". Every checkpoint records the config it was trained with.
+    state = {"best_score": None, "best_step": None, "history": [], "base_model": cfg.model.name,
+             **checkpoint_record(cfg)}
     step = 0
-    if cfg.resume and (restored := load_checkpoint(run_dir, params, optimizer, cfg.model.name)) is not None:
-        step, state = restored.pop("step"), restored
+    if cfg.resume:
+        restored = load_checkpoint(run_dir, params, optimizer, cfg.model.name,
+                                   check=lambda saved: check_resume(cfg, saved, run_log))
+        if restored is None:
+            raise CheckpointError(f"--resume: {run_dir} has no checkpoint (the run stopped before its first, which is "
+                                  f"written at step {min(cfg.validate_every, cfg.outer.steps)}); start it again with "
+                                  f"--overwrite")
+        step, state = restored.pop("step"), {**restored, **checkpoint_record(cfg)}
     # What every saved adapter records, computed once (hashing the task data is not free).
     provenance = {"base_model": cfg.model.name, "algorithm": cfg.algorithm, "config": to_dict(cfg),
                   "tasks": task_hashes, "label_names": family_labels(cfg), "environment": environment()}
@@ -240,12 +277,60 @@ def main(cfg: Config) -> dict:
     if main_process and cfg.test.episodes > 0:
         best = load_adapter_params(body, run_dir / "adapter")
         results["test"] = _test(cfg, body, best, start)
-        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        write_atomic(run_dir / "results.json", json.dumps(results, indent=1))
     if cfg.log_with:
         accelerator.end_training()
     if main_process:
         _closing_line(run_dir, state, run_log.start)
     return results
+
+
+CHECKPOINT_FORMAT = "llm_meta.checkpoint/2"  # /2: records the config, its hash and the package version
+
+
+def resumable_config(cfg: Config) -> dict[str, Any]:
+    """The config as a checkpoint records it: everything but the keys that steer the command."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in CONTROL_KEYS}
+
+
+def checkpoint_record(cfg: Config) -> dict[str, Any]:
+    """What every checkpoint's state.json says of the run: format, package version, config and its hash."""
+    import hashlib
+
+    config = resumable_config(cfg)
+    return {"format": CHECKPOINT_FORMAT, "llm_meta_version": environment()["packages"]["llm_meta"],
+            "config": config, "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True, default=str)
+                                                           .encode()).hexdigest()[:16]}
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every dotted key whose value differs between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in config_differences(old.get(k, "(absent)"), new.get(k, "(absent)"), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def check_resume(cfg: Config, saved: dict[str, Any], run_log: RunLog) -> None:
+    """Refuse to resume a checkpoint trained with another config (or by an llm_meta that recorded
+    none) unless `cfg.force`; with it, the differences are logged (log.jsonl, event "resume_forced").
+
+    Raises:
+        CheckpointError: listing the keys that differ, and how to accept them.
+    """
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        differences = [f"the checkpoint was written by an earlier llm_meta ({saved.get('format', 'no format')}) "
+                       f"and records no config"]
+    else:
+        differences = config_differences(saved["config"], resumable_config(cfg))
+    if not differences:
+        return
+    if not cfg.force:
+        raise CheckpointError(f"--resume: the run in {cfg.output_dir} was trained with another config ("
+                              f"{'; '.join(differences[:8])}{' ...' if len(differences) > 8 else ''}); resume with "
+                              f"the same config, or add --force to continue with this one")
+    log.warning("resuming with another config (--force): %s", "; ".join(differences))
+    run_log.write("resume_forced", differences=differences, from_version=saved.get("llm_meta_version"))
 
 
 def _closing_line(run_dir: Path, state: dict, began: float) -> None:
@@ -272,7 +357,7 @@ def init_params(body, cfg: Config) -> dict[str, torch.Tensor]:
             (their meaning is tied to the algorithm that trained them).
     """
     meta = read_metadata(cfg.init)
-    if meta.get("format") != "llm_meta.adapter/1":
+    if meta.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"init={cfg.init} is not a meta-trained adapter ({meta.get('format')}); give an adapter folder")
     if meta.get("base_model") != cfg.model.name:
         raise CheckpointError(f"init={cfg.init} was trained for {meta.get('base_model')}, not {cfg.model.name}")
@@ -385,6 +470,10 @@ def source_sampler(cfg: Config, body, n_way: int, k_shot: int) -> tuple[Any, dic
         if not cfg.ner.data:
             raise ValueError("a {ner: true} tasks entry needs the ner section (ner.data, ner.held_out_types)")
         ner_split, ner_types = split_ner(cfg.ner)
+        names = ["O", *ner_types]
+        report_cut(body, [s.tokens for s in ner_split["train"]],
+                   [[names.index(entity_type(tag)) if entity_type(tag) in names else 0 for tag in s.tags]
+                    for s in ner_split["train"]], names, role="train")
         n_way = e.n_way if len(entries) == 1 else min(e.n_way, len(ner_types))  # alone: too many is an error
         sampler = NerEpisodeSampler(ner_split["train"], ner_types, n_way, e.k_shot, e.q_query, seed=cfg.seed,
                                     name=cfg.ner.data)

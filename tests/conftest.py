@@ -5,6 +5,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread per process: `make test` runs two pytest workers on two cores, and many tests start
+# subprocesses (which inherit this). Two processes of two OpenMP threads each on two cores wait
+# for each other's spinning threads: the suite ran ~12 minutes that way.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Converted models and SMLMT indexes go to a throw-away cache, not the user's.
 os.environ.setdefault("LLM_META_CACHE", __import__("tempfile").mkdtemp(prefix="llm_meta_cache_"))
 
@@ -16,7 +20,7 @@ import torch  # noqa: E402
 from llm_meta.models import Body, ModelConfig, load_body  # noqa: E402
 from tests.tiny import make_tiny_model  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

@@ -52,14 +52,15 @@ def meta_train_args(ws: dict[str, Path], *extra: str) -> list[str]:
 
 
 def ner_args(ws: dict[str, Path], tmp: Path, conll: str, *extra: str) -> list[str]:
-    """`adapt --ner` on a CoNLL file with `conll` as its content, written into the task model's folder."""
+    """`adapt --ner` on a CoNLL file with `conll` as its content, written over the task model's folder
+    (--overwrite: the row's own error must come, and still damage nothing)."""
     return ["adapt", "--ner", "--task", bad_file(tmp, "ner.conll", conll), *extra, "--output", str(ws["taskmodel"]),
-            f"model.name={ws['tiny']}"]
+            "--overwrite", f"model.name={ws['tiny']}"]
 
 
 def adapt_args(ws: dict[str, Path], task: str, *extra: str, shots: int = 2) -> list[str]:
     return ["adapt", "--adapter", "none", "--task", task, "--shots", str(shots), "--output", str(ws["taskmodel"]),
-            f"model.name={ws['tiny']}", "inner.steps=1", *extra]
+            "--overwrite", f"model.name={ws['tiny']}", "inner.steps=1", *extra]
 
 
 # name -> (function building the argv from the workspace and a scratch folder, expected message regex)
@@ -83,7 +84,7 @@ ROWS = {
         r"header.csv: the dataset has no rows"),
     "wrong_encoding": (
         lambda ws, tmp: adapt_args(ws, bad_file(tmp, "latin.csv", "text,label\nZ\u00fcrich weather,w\n".encode("latin-1"))),
-        r"latin.csv: not valid utf-8 text .*re-save it as UTF-8"),
+        r"latin.csv: not valid UTF-8 text: byte 0xfc at byte offset 12 \(line 2\).*re-save it as UTF-8"),
     "empty_texts_only": (
         lambda ws, tmp: adapt_args(ws, bad_file(tmp, "blank.csv", 'text,label\n" ",a\n"",b\n')),
         r"every text is empty"),
@@ -119,8 +120,8 @@ ROWS = {
                          "--input", bad_file(tmp, "in.csv", "\ufeffsentence\r\ncard payment\r\n")],
         r"in.csv: no text column 'text' \(columns: sentence\); pass --text-column"),
     "continue_with_an_empty_label": (
-        lambda ws, tmp: ["adapt", "--continue", str(ws["taskmodel"]), "--output", str(ws["taskmodel"]), "--support",
-                         bad_file(tmp, "new.csv", "text,label\npay by card,card\nrainy,\n")],
+        lambda ws, tmp: ["adapt", "--continue", str(ws["taskmodel"]), "--output", str(ws["taskmodel"]), "--overwrite",
+                         "--support", bad_file(tmp, "new.csv", "text,label\npay by card,card\nrainy,\n")],
         r"new.csv \[train\] row 2: empty label"),
     "conll_with_the_tag_first": (
         lambda ws, tmp: ner_args(ws, tmp, "B-LOC Paris\nO is\nO nice\n"),
@@ -130,7 +131,7 @@ ROWS = {
         r"ner.conll:3: 2 fields, but most lines of the file have 3"),
     "adapter_with_a_changed_lora_shape": (
         lambda ws, tmp: ["adapt", "--adapter", str(ws["adapter"]), "--task", str(ws["data"]), "--shots", "2",
-                         "--output", str(ws["taskmodel"]), "model.lora_r=4"],
+                         "--output", str(ws["taskmodel"]), "--overwrite", "model.lora_r=4"],
         r"model.lora_r=4 cannot change for the adapter .* trained with 8; after meta-training only model.max_length"),
     "n_larger_than_classes": (
         lambda ws, tmp: ["episode", str(ws["data"]), "--n-way", "5", "--k-shot", "2"],
@@ -143,7 +144,7 @@ ROWS = {
         r"LoRA target module\(s\) \['qkv_proj'\] do not exist in BertModel; its linear modules are: .*query"),
     "adapter_for_another_base_model": (
         lambda ws, tmp: meta_train_args(ws, f"model.name={ws['llama']}"),
-        r"was trained for base model .* not for .*LoRA layout"),
+        r"--resume: the run in .* was trained with another config \(.*model.name: .*tiny_bert.* -> .*tiny_llama"),
     "foreign_model_folder": (
         lambda ws, tmp: ["predict", "--model", str(_foreign_peft(tmp)), "--input", str(ws["data"] / "test.csv")],
         r"a PEFT adapter from another tool, not an llm_meta adapter"),
@@ -152,7 +153,7 @@ ROWS = {
         r"has no config.json: not a transformers model folder"),
     "adapter_is_a_task_model": (
         lambda ws, tmp: ["adapt", "--adapter", str(ws["taskmodel"]), "--task", str(ws["data"]), "--output",
-                         str(ws["taskmodel"])],
+                         str(ws["taskmodel"]), "--overwrite"],
         r"is an adapted task model; start from a meta-trained adapter or none"),
     "unknown_config_key": (
         lambda ws, tmp: meta_train_args(ws, "outer.stpes=3"),
@@ -165,13 +166,13 @@ ROWS = {
         r"unknown algorithm 'mamll' \(valid: fomaml, maml, metasgd, reptile, protonet, transfer, hypernet, "
         r"hypernet\+fomaml\)"),
     "continue_with_undeclared_label": (
-        lambda ws, tmp: ["adapt", "--continue", str(ws["taskmodel"]), "--output", str(ws["taskmodel"]), "--support",
-                         bad_file(tmp, "new.csv", "text,label\nbook me a flight,flight\n")],
+        lambda ws, tmp: ["adapt", "--continue", str(ws["taskmodel"]), "--output", str(ws["taskmodel"]), "--overwrite",
+                         "--support", bad_file(tmp, "new.csv", "text,label\nbook me a flight,flight\n")],
         r"1 label\(s\) are not known to the model and not declared as new classes: flight \(declare them with "
         r"--new-class"),
     "generate_without_hypernet": (
         lambda ws, tmp: ["generate", "--hypernet", str(ws["run"] / "adapter"), "--support", str(ws["data"] / "train.csv"),
-                         "--output", str(ws["taskmodel"])],
+                         "--output", str(ws["taskmodel"]), "--overwrite"],
         r"adapter without a hypernetwork \(meta-train one with algorithm=hypernet\)"),
     "every_checkpoint_corrupt": (
         lambda ws, tmp: meta_train_args(ws, f"output_dir={_corrupt_run(ws, tmp)}"),
@@ -179,7 +180,7 @@ ROWS = {
     "empty_text_to_predict": (
         lambda ws, tmp: ["predict", "--model", str(ws["taskmodel"]), "--empty", "error", "--output",
                          str(ws["taskmodel"] / "out.jsonl"), "--input", bad_file(tmp, "in.txt", "card payment\n\n")],
-        r"1 empty or whitespace-only text\(s\) in .*in.txt \(first at line/row 2"),
+        r"an empty or whitespace-only text in .*in.txt at line/row 2"),
     "smlmt_corpus_too_small": (
         lambda ws, tmp: meta_train_args(ws, "tasks=[]", "smlmt.data=" + bad_file(
             tmp, "small.txt", "\n".join(f"the weather in paris today {i}" for i in range(3)))),
@@ -272,19 +273,10 @@ def test_pickle_only_model_folder_is_refused(tiny_bert_dir, tmp_path):
 
 
 def test_remote_code_never_runs_unless_asked(tiny_bert_dir, tmp_path):
-    import shutil
-
     from llm_meta.models import ModelConfig, ModelLoadError, load_body
+    from tests.test_hostile import evil_model_folder
 
-    folder = tmp_path / "remote"
-    shutil.copytree(tiny_bert_dir, folder)
-    marker = tmp_path / "code_ran"
-    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nfrom transformers import BertConfig\n"
-                                    "class EvilConfig(BertConfig):\n    model_type = 'evil'\n")
-    config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "evil.EvilConfig"}
-    config["model_type"] = "evil"  # only the repo's own code knows this architecture
-    (folder / "config.json").write_text(json.dumps(config))
+    folder, marker = evil_model_folder(tiny_bert_dir, tmp_path)  # only the repo's own code knows its architecture
     with pytest.raises(ModelLoadError, match="trust_remote_code"):
         load_body(ModelConfig(name=str(folder)))
     assert not marker.exists()

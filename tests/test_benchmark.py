@@ -345,7 +345,7 @@ def test_a_run_resumes_from_its_kept_archive_without_the_tensors(results_dir, tm
     assert {n.split("/")[1] for n in names if n.startswith("starts/")} == {f"{m}-seed{s}" for m in TRAINED for s in (0, 1)}
     trained, scored = [], []
     real_train, real_score = benchmark.meta_train.main, benchmark.score_outcomes
-    monkeypatch.setattr(benchmark.meta_train, "main", lambda c: trained.append(c.seed) or real_train(c))
+    monkeypatch.setattr(benchmark.meta_train, "main", lambda c, *a: trained.append(c.seed) or real_train(c, *a))
     monkeypatch.setattr(benchmark, "score_outcomes",
                         lambda *a, **k: scored.append(benchmark._params_fingerprint(a[1])) or real_score(*a, **k))
     again = benchmark.main(dataclasses.replace(cfg, output_dir=str(tmp_path)))

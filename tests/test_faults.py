@@ -19,16 +19,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm_meta.checkpoint import CheckpointError, load_checkpoint, recover_folder, save_adapter, verify_folder
+from llm_meta.checkpoint import CheckpointError, load_checkpoint, readable_folder, save_adapter, verify_folder
 from llm_meta.models import ModelConfig, load_body, lora_params
 from tests.test_meta_train import ROOT, final_params, tiny_overrides, toy_csv  # noqa: F401 (fixture)
 
 STEPS = 16
 
 
-def launch(overrides: list[str]) -> subprocess.Popen:
+def launch(overrides: list[str], out: Path) -> subprocess.Popen:
+    """A meta-training process on `out`: --resume when a checkpoint is there, --overwrite when the run
+    was killed before its first checkpoint (there is nothing to resume: it starts again)."""
+    has_checkpoint = any((out / "checkpoints").glob("step-*[0-9]"))
+    flag = ["--resume"] if has_checkpoint else ["--overwrite"] if out.exists() else []
     cmd = [sys.executable, "-m", "llm_meta.cli", "meta-train", "--config", str(ROOT / "recipes/configs/meta_train.yaml"),
-           "--resume", *overrides]
+           *flag, *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -46,9 +50,8 @@ def assert_no_torn_checkpoint(out: Path) -> None:
     latest = out / "checkpoints" / "latest"
     if latest.exists():
         verify_folder(out / "checkpoints" / latest.read_text())
-    if (out / "adapter").exists() or (out / "adapter.old").exists():
-        recover_folder(out / "adapter")
-        verify_folder(out / "adapter")
+    if (out / "adapter").exists() or list(out.glob(".adapter.old-*")):
+        verify_folder(readable_folder(out / "adapter"))
 
 
 def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tiny_bert_dir, toy_csv, tmp_path):  # noqa: F811
@@ -56,13 +59,13 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tiny_b
         return tiny_overrides(tiny_bert_dir, toy_csv, out, steps=STEPS, validate_every=1)
 
     reference = tmp_path / "reference"
-    done = launch(overrides(reference))
+    done = launch(overrides(reference), reference)
     assert done.wait(timeout=300) == 0, done.stderr.read()[-2000:]
 
     out, rng, kills, launches = tmp_path / "killed", random.Random(0), 0, 0
     while True:
         before = steps_logged(out)
-        proc = launch(overrides(out))
+        proc = launch(overrides(out), out)
         launches += 1
         assert launches < 30, "the killed run never finished"
         # Kill after a random number of new meta-steps plus a random delay, so kills land in
@@ -117,15 +120,22 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_with_a_warning(t
         load_checkpoint(out, params, optimizer)
 
 
-def test_adapter_replacement_cut_between_renames_is_recovered(tiny_bert_dir, tmp_path, caplog):
-    body = load_body(ModelConfig(name=str(tiny_bert_dir)))
-    folder = save_adapter(body, lora_params(body), tmp_path / "adapter", {"step": 0})
-    os.replace(folder, tmp_path / "adapter.old")  # the state a kill between the two renames leaves
+def test_adapter_replacement_cut_between_renames_is_read_in_place_then_restored(tiny_bert_dir, tmp_path, caplog):
     from llm_meta.checkpoint import read_metadata
 
+    body = load_body(ModelConfig(name=str(tiny_bert_dir)))
+    folder = save_adapter(body, lora_params(body), tmp_path / "adapter", {"step": 0})
+    aside = tmp_path / ".adapter.old-123-0badc0de"
+    os.replace(folder, aside)  # the state a kill between the two renames leaves
+    (tmp_path / "adapter.old").mkdir()  # a user's own folder of that name: never touched
+    (tmp_path / "adapter.old" / "notes.txt").write_text("mine")
     with caplog.at_level(logging.WARNING):
-        assert read_metadata(tmp_path / "adapter")["step"] == 0
-    assert "cut off while being replaced" in caplog.text and not (tmp_path / "adapter.old").exists()
+        assert read_metadata(tmp_path / "adapter")["step"] == 0  # a read renames nothing
+    assert "cut off while being replaced" in caplog.text and aside.is_dir() and not folder.exists()
+    save_adapter(body, lora_params(body), tmp_path / "adapter", {"step": 1})  # a write restores, then replaces
+    assert read_metadata(tmp_path / "adapter")["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "adapter.old"]
+    assert (tmp_path / "adapter.old" / "notes.txt").read_text() == "mine"
 
 
 def test_an_atomic_file_or_folder_appears_whole_or_not_at_all(tmp_path):

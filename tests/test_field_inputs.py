@@ -37,7 +37,8 @@ def adapt(tiny: Path, out: Path, *options: str, overrides: tuple[str, ...] = ())
 
 
 def predictions(out: Path) -> list[dict]:
-    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    """JSON lines, split at "\n" only (str.splitlines would split inside a text at U+2028)."""
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n") if line]
 
 
 # --- the one reader ----------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def test_missing_and_null_cells(tmp_path, caplog):
     nested = write(tmp_path / "n.jsonl", '{"text": {"a": 1}, "label": "x"}\n{"text": "b", "label": "y"}\n')
     assert load_task(str(nested)).split("train")["text"] == ['{"a": 1}', "b"]  # a mapping cell as its JSON text
     only_lists = write(tmp_path / "l.jsonl", '{"text": ["a", "b"]}\n{"text": ["c"]}\n')
-    with pytest.raises(TaskError, match=r"l.jsonl row 1: text is list \['a', 'b'\], expected a string"):
+    with pytest.raises(TaskError, match=r"l.jsonl line 1: text is list \['a', 'b'\], expected a string"):
         read_inputs(str(only_lists))
 
 
@@ -152,7 +153,7 @@ def test_predict_keeps_rows_aligned_for_missing_texts(coded_model, tmp_path, cap
     assert [r["label"] is None for r in rows] == [False, True, True, False, True]
     with pytest.raises(SystemExit):
         cli_main(["predict", "--model", str(model), "--input", str(inp), "--empty", "error"])
-    assert "3 empty or whitespace-only text(s) in" in capsys.readouterr().err
+    assert "an empty or whitespace-only text in" in capsys.readouterr().err  # the first one, at once
 
 
 def test_k_larger_than_a_class_keeps_the_class_and_warns(tiny_bert_dir, tmp_path, caplog):
@@ -160,7 +161,7 @@ def test_k_larger_than_a_class_keeps_the_class_and_warns(tiny_bert_dir, tmp_path
     task = write(tmp_path / "t.csv", "text,label\n" + "\n".join(f"{t},{y}" for t, y in rows + [("wake me", "alarm")]))
     with caplog.at_level(logging.WARNING):
         adapt(tiny_bert_dir, tmp_path / "m", "--task", str(task), "--shots", "5")
-    assert "fewer than K=5 examples and join with all they have: 'alarm' has 1" in caplog.text
+    assert "fewer than K=5 distinct texts and join with all they have: 'alarm' has 1" in caplog.text
     stored = [json.loads(line)["label"] for line in (tmp_path / "m" / "support.jsonl").read_text().splitlines()]
     assert sorted(stored) == ["alarm"] + ["music"] * 5 + ["weather"] * 5
 
@@ -307,3 +308,113 @@ def test_the_seed_reaches_the_fresh_lora_and_leaves_the_global_state_alone(tiny_
     assert torch.equal(torch.random.get_rng_state(), before)
     lora_a = [k for k in a if "lora_A" in k]
     assert lora_a and all(a[k].equal(b[k]) for k in a) and not all(a[k].equal(c[k]) for k in lora_a)
+
+
+# --- field cases 17-26: one test per kind, each with its own fixture ------------------------------
+
+def test_tsv_quotes_are_ordinary_characters_unless_the_whole_file_is_quoted_csv(tiny_bert_dir, tmp_path):
+    # A tool that does not quote: an inch mark, a quoted word at a field's start, an unclosed quote.
+    rows = [('my 13" laptop will not turn on', "hardware"), ('"fast" mode never finishes', "software"),
+            ('"urgent: printer is smoking', "hardware"), ("where is my invoice", "billing"),
+            ("the mouse double clicks", "hardware"), ("refund the monitor", "billing")]
+    tsv = write(tmp_path / "s.tsv", "text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    task = load_task(str(tsv))
+    assert list(zip(task.split("train")["text"], task.split("train")["label"])) == rows
+    assert read_inputs(str(tsv)) == [t for t, _ in rows]
+    adapt(tiny_bert_dir, tmp_path / "m", "--support", str(tsv))
+    stored = predictions(tmp_path / "m" / "support.jsonl")
+    assert sorted((r["text"], r["label"]) for r in stored) == sorted(rows)
+    # What pandas' to_csv(sep="\t") writes is quoted CSV with tabs: read with its quoting.
+    quoted = write(tmp_path / "q.tsv", 'text\tlabel\n"say ""hi"" now"\ta\n"two\nlines"\tb\nplain\ta\n')
+    assert load_task(str(quoted)).split("train")["text"] == ['say "hi" now', "two\nlines", "plain"]
+
+
+def test_lower_case_conll_prefixes_are_bio_and_type_spellings_merge(tmp_path, caplog):
+    conll = write(tmp_path / "t.conll", "Mara\tb-per\nLind\ti-per\nin\to\nNew\tB-loc\nDorrin\tI-Loc\n\n"
+                                        "Oslo\tB-loc\nis\tO\ncold\tO\n")
+    with caplog.at_level(logging.INFO):
+        sentences = read_conll(conll)
+    assert sentences[0].tags == ["B-per", "I-per", "O", "B-loc", "I-loc"]  # New Dorrin is one entity
+    assert "read as BIO" in caplog.text and "'loc' / 'Loc' -> 'loc'" in caplog.text
+
+
+def test_unicode_line_separators_stay_inside_texts_and_the_model_loads_again(tiny_bert_dir, tmp_path):
+    texts = ["the app\u2028freezes", "it crashes\u2029on start", "billing\x85error", "charged twice"]
+    rows = [(t, "software" if i < 2 else "billing") for i, t in enumerate(texts)]
+    support = write(tmp_path / "s.csv", "text,label\n" + "".join(f'"{t}",{y}\n' for t, y in rows))
+    adapt(tiny_bert_dir, tmp_path / "m", "--support", str(support))
+    from llm_meta.classifier import FewShotClassifier
+
+    assert sorted(FewShotClassifier.load(tmp_path / "m").support.texts) == sorted(texts)
+    inp = write(tmp_path / "in.jsonl", "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
+    cli_main(["predict", "--model", str(tmp_path / "m"), "--input", str(inp), "--output", str(tmp_path / "o.jsonl")])
+    assert [r["text"] for r in predictions(tmp_path / "o.jsonl")] == texts
+
+
+def test_utf16_excel_unicode_text_is_read_in_every_reader(tmp_path):
+    content = "text\tlabel\r\nthe laptop fan is tr\u00e8s loud\thardware\r\nI was billed twice\tbilling\r\n"
+    tsv = write(tmp_path / "s.tsv", b"\xff\xfe" + content.encode("utf-16-le"))
+    task = load_task(str(tsv))
+    assert task.split("train")["text"] == ["the laptop fan is tr\u00e8s loud", "I was billed twice"]
+    assert read_inputs(str(tsv)) == task.split("train")["text"]
+    txt = write(tmp_path / "p.txt", b"\xff\xfe" + "one\r\ntwo\r\n".encode("utf-16-le"))
+    assert read_inputs(str(txt)) == ["one", "two"]
+
+
+def test_labels_that_differ_by_space_or_case_are_kept_and_named(tmp_path, caplog):
+    rows = [("good", "positive"), ("great", "positive "), ("fine", "Positive"), ("bad", "negative"), ("awful", "negative\t")]
+    f = write(tmp_path / "s.csv", "text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    with caplog.at_level(logging.WARNING):
+        task = load_task(str(f))
+    assert task.label_names == ["Positive", "negative", "negative\t", "positive", "positive "]
+    assert "'Positive' / 'positive' / 'positive '; 'negative' / 'negative\\t'" in caplog.text
+    assert "the task has 5 classes" in caplog.text
+
+
+def test_duplicates_and_conflicts_are_named_and_k_shots_are_distinct_texts(tmp_path, caplog):
+    from llm_meta.classifier import support_set
+
+    rows = [("charged twice", "billing")] * 4 + [("wrong invoice", "billing"), ("no order", "billing"),
+                                                  ("no order", "delivery"), ("late", "delivery"), ("lost box", "delivery")]
+    f = write(tmp_path / "s.csv", "text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    with caplog.at_level(logging.WARNING):
+        task = load_task(str(f))
+        support, labels = support_set(task, shots=4)
+    assert "3 exact duplicate row(s), extra copies of 1 text(s) (e.g. 'charged twice' at rows 1, 2, 3, 4)" in caplog.text
+    assert "'no order' is labelled 'billing' (row 6) and 'delivery' (row 7)" in caplog.text
+    billing = [t for t, y in zip(support.texts, support.labels) if labels[y] == "billing"]
+    assert sorted(billing) == ["charged twice", "no order", "wrong invoice"]  # 3 distinct, not 4 rows
+    assert "'billing' has 3" in caplog.text
+
+
+def test_a_badly_encoded_file_is_named_with_its_byte_offset_in_the_whole_file(tmp_path):
+    rows = "".join(f"ticket {i} the printer is fine,hardware\r\n" for i in range(3000)).encode()  # > 64 KB
+    bad = b"the driver\x92s installer froze,software\r\n"
+    f = write(tmp_path / "big.csv", b"text,label\r\n" + rows + bad)
+    offset = len(b"text,label\r\n" + rows) + bad.index(b"\x92")
+    for read in (lambda: load_task(str(f)), lambda: read_inputs(str(f))):
+        with pytest.raises(TaskError, match=rf"big.csv: not valid UTF-8 text: byte 0x92 at byte offset {offset} "
+                                            rf"\(line 3002\).*re-save it as UTF-8"):
+            read()
+
+
+def test_an_empty_input_to_a_tagger_is_no_error(tiny_bert_dir, tmp_path):
+    conll = write(tmp_path / "t.conll", "Oslo\tB-LOC\nis\tO\n\nAnn\tB-PER\nsings\tO\n")
+    cli_main(["adapt", "--ner", "--adapter", "none", "--task", str(conll), "--shots", "1", "--output",
+              str(tmp_path / "ner"), f"model.name={tiny_bert_dir}", "inner.steps=1"])
+    for content in ("", "\n\n"):
+        inp = write(tmp_path / "in.txt", content)
+        cli_main(["predict", "--model", str(tmp_path / "ner"), "--input", str(inp), "--output",
+                  str(tmp_path / "o.jsonl"), "--overwrite"])
+        assert [r["entities"] for r in predictions(tmp_path / "o.jsonl")] == [[]] * content.count("\n")
+
+
+def test_missing_output_folders_are_created_and_a_file_in_the_way_is_refused_first(coded_model, tmp_path, capsys):
+    model, _ = coded_model
+    inp = write(tmp_path / "in.txt", "box dented\n")
+    cli_main(["predict", "--model", str(model), "--input", str(inp), "--output", str(tmp_path / "a" / "b" / "o.jsonl")])
+    assert len(predictions(tmp_path / "a" / "b" / "o.jsonl")) == 1
+    write(tmp_path / "afile", "not a folder")
+    with pytest.raises(SystemExit):
+        cli_main(["evaluate", "--model", str(model), "--task", str(inp), "--output", str(tmp_path / "afile" / "e.json")])
+    assert "afile is a file, not a folder" in capsys.readouterr().err

@@ -60,29 +60,48 @@ def test_from_pretrained_save_pretrained_round_trip_and_hub_id(task_model, tmp_p
 
     calls = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda repo_id, **kw: calls.append(repo_id) or str(folder))
-    assert FewShotClassifier.from_pretrained("someone/toy-intents").predict(texts) == clf.predict(texts)
-    assert calls == ["someone/toy-intents"]
+                        lambda repo_id, **kw: calls.append((repo_id, kw)) or str(folder))
+    assert FewShotClassifier.from_pretrained("hf:someone/toy-intents", revision="abc123").predict(texts) == \
+        clf.predict(texts)
+    (repo_id, kw), = calls
+    assert repo_id == "someone/toy-intents" and kw["revision"] == "abc123"  # pinned as asked
+    assert "support.jsonl" in kw["allow_patterns"] and "*.py" not in kw["allow_patterns"]  # task-model files only
+    # Without hf:, a name is a local path: a typo is an error naming it, never a stranger's download.
+    for name in ("someone/toy-intents", "./my_model", "~/my_model", "runs/x/model"):
+        with pytest.raises(FileNotFoundError, match="no model folder"):
+            FewShotClassifier.from_pretrained(name)
+    assert len(calls) == 1
 
 
-def test_push_to_hub_uploads_the_saved_folder(task_model, monkeypatch):
-    clf, _ = task_model
+def test_push_to_hub_uploads_what_may_be_shared(task_model, monkeypatch, tmp_path):
+    clf, saved = task_model
     import huggingface_hub
 
-    uploaded = {}
+    from llm_meta.checkpoint import verify_folder
+
+    uploaded = []
 
     def create_repo(self, repo_id, **kw):
-        uploaded["repo"] = repo_id
+        uploaded.append({"repo": repo_id, "private": kw.get("private")})
 
     def upload_folder(self, folder_path, repo_id, **kw):
-        uploaded["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+        folder = Path(folder_path)
+        verify_folder(folder)  # the copy that goes up is intact on its own
+        uploaded[-1]["files"] = sorted(p.name for p in folder.iterdir())
+        uploaded[-1]["text"] = "".join(p.read_text(errors="replace") for p in folder.iterdir() if p.suffix != ".safetensors")
         return "https://huggingface.co/someone/toy/commit/1"
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     assert clf.push_to_hub("someone/toy").endswith("/commit/1")
-    assert uploaded["repo"] == "someone/toy"
-    assert {"README.md", "adapter_model.safetensors", "adapter_config.json", "head.safetensors", "labels.json",
-            "llm_meta.json", "manifest.json"} <= set(uploaded["files"])
+    first = uploaded[0]
+    assert first["repo"] == "someone/toy" and first["private"] is None  # the Hub's own default, not ours
+    assert first["files"] == ["README.md", "adapter_config.json", "adapter_model.safetensors", "head.safetensors",
+                              "labels.json", "llm_meta.json", "manifest.json"]  # no support.jsonl: the user's texts
+    assert str(Path.home()) not in first["text"] and str(tmp_path.parent) not in first["text"]  # no local paths
+    assert '"/' not in first["text"]
+    clf.push_to_hub("someone/toy", private=True, include_support=True)
+    assert uploaded[1]["private"] is True and "support.jsonl" in uploaded[1]["files"]
+    assert (saved / "support.jsonl").is_file()  # the local folder is left as it was
 
 
 def test_adapter_card_reports_selection_against_the_untrained_start():

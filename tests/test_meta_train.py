@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm_meta.checkpoint import verify_folder
+from llm_meta.checkpoint import CheckpointError, verify_folder
 from llm_meta.config import load_config
 from recipes import meta_train
 
@@ -41,9 +41,9 @@ def tiny_overrides(model_dir: Path, data: Path, out: Path, steps: int = 4, **ext
     return [f"{k}={v}" for k, v in overrides.items()]
 
 
-def run(overrides: list[str], resume: bool = False) -> dict:
+def run(overrides: list[str], resume: bool = False, force: bool = False) -> dict:
     cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
-    cfg.resume = resume
+    cfg.resume, cfg.force = resume, force
     return meta_train.main(cfg)
 
 
@@ -82,7 +82,12 @@ def test_run_writes_peft_adapter_and_metadata(tiny_bert_dir, toy_csv, tmp_path, 
 def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tiny_bert_dir, toy_csv, tmp_path):
     run(tiny_overrides(tiny_bert_dir, toy_csv, tmp_path / "full", steps=4))
     run(tiny_overrides(tiny_bert_dir, toy_csv, tmp_path / "cut", steps=2))  # "interrupted" after step 2
-    run(tiny_overrides(tiny_bert_dir, toy_csv, tmp_path / "cut", steps=4), resume=True)
+    with pytest.raises(CheckpointError, match=r"another config \(outer.steps: 2 -> 4\).*--force"):
+        run(tiny_overrides(tiny_bert_dir, toy_csv, tmp_path / "cut", steps=4), resume=True)
+    run(tiny_overrides(tiny_bert_dir, toy_csv, tmp_path / "cut", steps=4), resume=True, force=True)
+    forced = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+              if '"resume_forced"' in line]
+    assert forced[0]["differences"] == ["outer.steps: 2 -> 4"]  # the accepted change is on record
     full, resumed = final_params(tmp_path / "full", 4), final_params(tmp_path / "cut", 4)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     assert any(not torch.equal(full[k], final_params(tmp_path / "full", 2)[k]) for k in full)
@@ -95,7 +100,7 @@ def test_nan_stops_with_clear_error_and_keeps_checkpoint(tiny_bert_dir, toy_csv,
     before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
     with pytest.raises(FloatingPointError, match="diverged at step 2.*last good checkpoint.*is intact"):
         run(tiny_overrides(tiny_bert_dir, toy_csv, out, steps=4, **{"inner.optimizer": "sgd", "inner.lr": "1e30"}),
-            resume=True)
+            resume=True, force=True)
     verify_folder(ckpt)
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
     assert (out / "checkpoints" / "latest").read_text() == "step-0000002"

@@ -47,7 +47,7 @@ def test_empty_and_wrong_encoding(tmp_path):
     with pytest.raises(TaskError, match="no sentences"):
         read_conll(f)
     f.write_bytes("Z\u00fcrich\tB-LOC\n".encode("latin-1"))
-    with pytest.raises(TaskError, match="not valid utf-8"):
+    with pytest.raises(TaskError, match="not valid UTF-8 text: byte 0x"):
         read_conll(f)
 
 
@@ -152,24 +152,33 @@ def test_first_subtoken_alignment_for_wordpiece_and_bpe(kind, tiny_bert_dir, tin
     assert aligned.positions[1] - aligned.positions[0] > 1
 
 
-def test_words_past_max_length_are_counted_and_warned(tiny_bert_dir, caplog):
-    from llm_meta.models import ModelConfig, load_body
-    from llm_meta.ner import align_words
+def test_words_past_max_length_are_reported_once_in_entity_terms(tiny_bert_dir, caplog):
+    from llm_meta.heads import HEAD_KEYS
+    from llm_meta.models import ModelConfig, load_body, lora_params
+    from llm_meta.ner import align_words, report_cut, tag_words, words_read
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=8))
+    aligned = align_words(body, [["a"] * 20])
+    assert aligned.dropped == 20 - 6 and words_read(body, [["a"] * 20, ["a"] * 3]) == [6, 3]
+    # Support sentences: the mentions past the cut, and a type left with none, are named.
+    sentences = [["a"] * 10 + ["Oslo"], ["Ann", "x"]]
+    labels = [[0] * 10 + [1], [2, 0]]
     with caplog.at_level(logging.WARNING):
-        aligned = align_words(body, [["a"] * 20])
-    assert aligned.dropped == 20 - 6 and "14 word(s) got no token" in caplog.text
+        assert report_cut(body, sentences, labels, ["O", "LOC", "PER"], role="train") == 1
+    assert "1 of 2 sentence(s) are longer than model.max_length=8 tokens: 1 entity mention(s) past the cut (LOC) " \
+           "are not trained on; LOC has no mention left; set model.max_length higher" in caplog.text
     caplog.clear()
-    from llm_meta.heads import HEAD_KEYS
-    from llm_meta.models import lora_params
-    from llm_meta.ner import tag_words
-
+    with caplog.at_level(logging.WARNING):
+        report_cut(body, sentences, labels, ["O", "LOC", "PER"], role="score")
+        report_cut(body, sentences, role="tag", first_row=5)
+    assert "1 gold entity mention(s) past the cut (LOC) cannot be found and count as missed" in caplog.text
+    assert "words 6-10 of row 5 were not tagged" in caplog.text
+    caplog.clear()
     params = {**lora_params(body), HEAD_KEYS[0]: torch.zeros(2, body.hidden_size), HEAD_KEYS[1]: torch.zeros(2)}
     with caplog.at_level(logging.WARNING):
-        tag_words(body, params, [["a"] * 20] * 70, scale=1.0, batch_size=32)  # three batches, one warning
-    warnings = [r for r in caplog.records if "got no token" in r.message]
-    assert len(warnings) == 1 and "980 word(s) of 70 sentence(s)" in warnings[0].message
+        tag_words(body, params, [["a"] * 20] * 70, scale=1.0, batch_size=32)  # the passes themselves stay quiet
+    assert not caplog.records
+    assert tag_words(body, params, [], scale=1.0) == []  # an empty input is no error
 
 
 # --- the same algorithms at token level ------------------------------------------------------------

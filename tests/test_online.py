@@ -77,7 +77,9 @@ def test_cli_continue_adds_a_class_and_unknown_label_leaves_the_folder_untouched
     before = _digest(model_dir)
     cmd = [sys.executable, "-m", "llm_meta.cli", "adapt", "--continue", str(model_dir), "--support", str(new),
            "--output", str(model_dir)]
-    bad = subprocess.run(cmd, capture_output=True, text=True)
+    refused = subprocess.run(cmd, capture_output=True, text=True)  # over its own input, without --overwrite
+    assert refused.returncode == 2 and "add --overwrite" in refused.stderr and _digest(model_dir) == before
+    bad = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True)
     assert bad.returncode == 2, bad.stderr
     assert "not declared as new classes: alarm" in bad.stderr and "--new-class" in bad.stderr
     assert "Traceback" not in bad.stderr and _digest(model_dir) == before
@@ -88,3 +90,14 @@ def test_cli_continue_adds_a_class_and_unknown_label_leaves_the_folder_untouched
     clf = FewShotClassifier.load(out)
     assert clf.labels == list(TOPICS) + ["alarm"] and len(clf.support) == 14
     assert _digest(model_dir) == before
+
+
+def test_a_new_class_whose_name_holds_a_comma_is_one_class(model_dir, tmp_path):
+    new = tmp_path / "new.csv"
+    new.write_text('text,label\nmy parcel is stuck,"shipping, delays"\nstill no delivery,"shipping, delays"\n'
+                   "set an alarm,alarm\n")
+    done = subprocess.run([sys.executable, "-m", "llm_meta.cli", "adapt", "--continue", str(model_dir), "--support",
+                           str(new), "--output", str(tmp_path / "v2"), "--new-class", "shipping, delays",
+                           "--new-class", "alarm", "steps=1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert FewShotClassifier.load(tmp_path / "v2").labels == [*TOPICS, "shipping, delays", "alarm"]

@@ -159,6 +159,7 @@ def test_meta_train_from_a_users_text_file_then_adapt(tiny_bert_dir, corpus_file
     counts = [r["counts"] for r in records if r["event"] == "sources"][-1]
     assert set(counts) == {"mcid", f"smlmt:{corpus_file}"} and sum(counts.values()) == 4 * 2
     with pytest.raises(ValueError, match="exactly one of name"):
-        run([*base, "tasks=[{name: mcid, smlmt: x.txt}]"])
+        run([*base, "tasks=[{name: mcid, smlmt: x.txt}]", f"output_dir={tmp_path / 'bad1'}"])
     with pytest.raises(ValueError, match="transfer trains one head per labelled dataset"):
-        run([*base, "algorithm=transfer", f"smlmt.data={corpus_file}", "validation.tasks=[mcid]"])
+        run([*base, "algorithm=transfer", f"smlmt.data={corpus_file}", "validation.tasks=[mcid]",
+             f"output_dir={tmp_path / 'bad2'}"])

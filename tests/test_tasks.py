@@ -96,7 +96,7 @@ def test_empty_texts_are_skipped_with_a_warning(tmp_path, caplog):
 def test_wrong_encoding_is_a_clear_error(tmp_path):
     f = tmp_path / "latin.csv"
     f.write_bytes("text,label\ncaf\xe9 au lait,drink\ntea,drink2\n".encode("latin-1"))
-    with pytest.raises(TaskError, match="latin.csv: not valid utf-8"):
+    with pytest.raises(TaskError, match=r"latin.csv: not valid UTF-8 text: byte 0xe9 at byte offset 14 \(line 2\)"):
         load_task(str(f))
 
 

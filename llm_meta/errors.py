@@ -1,0 +1,23 @@
+"""The errors llm_meta raises for things a user can fix, in one small module: the command line
+catches them (one line, exit status 2) without importing the libraries that raise them."""
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the recipe's dataclass."""
+
+
+class TaskError(ValueError):
+    """A task that cannot be used: names the file or dataset and what is wrong with it."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model name that is neither bundled, a usable local folder, nor reachable on the Hub."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or adapter folder that is missing, corrupt, or not written by llm_meta."""
+
+
+class OutputError(ValueError):
+    """An output target that cannot be written without losing something, or that another process
+    is writing: names the path, why, and what to do."""
