@@ -323,6 +323,7 @@ def iter_inputs(source: str, text_column: str = "text", chunk: int = 4096) -> It
     missing text (JSON null, a row without the field) is None, so outputs stay aligned with the
     input rows. Text files, stdin, JSON lines, CSV and TSV are read as they are consumed (memory
     bounded by `chunk`, whatever the file's length); a .json array or a .parquet file is read whole.
+    An empty file (0 bytes) gives no texts.
 
     Raises:
         TaskError: a missing file, a missing column, an undecodable file, or a non-scalar text.
@@ -336,6 +337,8 @@ def iter_inputs(source: str, text_column: str = "text", chunk: int = 4096) -> It
     path = Path(source)
     if not path.is_file():
         raise TaskError(f"input file {source} does not exist")
+    if path.stat().st_size == 0:
+        return  # an empty file has no texts, whatever its format: an empty output, not an error
     suffix = path.suffix.lower()
     if suffix not in FILE_BUILDERS or suffix == ".jsonl":
         codec = text_codec(path)

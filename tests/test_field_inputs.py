@@ -402,8 +402,8 @@ def test_an_empty_input_to_a_tagger_is_no_error(tiny_bert_dir, tmp_path):
     conll = write(tmp_path / "t.conll", "Oslo\tB-LOC\nis\tO\n\nAnn\tB-PER\nsings\tO\n")
     cli_main(["adapt", "--ner", "--adapter", "none", "--task", str(conll), "--shots", "1", "--output",
               str(tmp_path / "ner"), f"model.name={tiny_bert_dir}", "inner.steps=1"])
-    for content in ("", "\n\n"):
-        inp = write(tmp_path / "in.txt", content)
+    for name, content in (("in.txt", ""), ("in.txt", "\n\n"), ("in.csv", ""), ("in.jsonl", "")):
+        inp = write(tmp_path / name, content)
         cli_main(["predict", "--model", str(tmp_path / "ner"), "--input", str(inp), "--output",
                   str(tmp_path / "o.jsonl"), "--overwrite"])
         assert [r["entities"] for r in predictions(tmp_path / "o.jsonl")] == [[]] * content.count("\n")
