@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -253,9 +254,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from llm_meta.atomic import atomic_file
     from llm_meta.progress import progress_bar
 
-    folder = Path(args.model)
-    model_files = list(folder.iterdir()) if folder.is_dir() else []
-    with _output_file(args, args.output, [args.input, *model_files]), contextlib.ExitStack() as stack:
+    if args.output == "-":  # as for --input: standard output
+        args.output = None
+    with _output_file(args, args.output, [args.input]), contextlib.ExitStack() as stack:
         from llm_meta.tagger import FewShotTagger
         from llm_meta.tasks import iter_inputs
 
@@ -313,8 +314,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         tagger = _is_tagger(args.model)
         task = None if tagger else load_task(args.task, args.text_column, args.label_column)
-        output = args.output or (f"eval-{Path(args.task).stem}-ner.json" if tagger else
-                                 f"eval-{task.name}-{args.split}.json")
+        # A task name may be hf:org/name or a path: the default file name keeps only its safe characters.
+        name = re.sub(r"[^\w.-]+", "_", Path(args.task).stem if tagger else task.name).strip("_")
+        output = args.output or (f"eval-{name}-ner.json" if tagger else f"eval-{name}-{args.split}.json")
         with _output_file(args, output, [args.task]):
             report = _load_model(args).evaluate(args.task) if tagger else \
                 _load_model(args).evaluate(task, args.split, progress=True)
@@ -346,8 +348,8 @@ def _trust_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _output_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output that llm-meta wrote "
-                   "(a folder or file it did not write is never replaced)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output: a folder only if "
+                   "llm-meta wrote it, a file never if it is one of the command's inputs")
     _trust_flag(p)
 
 
@@ -439,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="label texts with an adapted task model")
     p.add_argument("--model", required=True, help="task model folder written by `llm-meta adapt`")
     p.add_argument("--input", default="-", help=".txt (one text per line), .csv/.tsv/.jsonl, or - for stdin")
-    p.add_argument("--output", default=None, help=".jsonl or .csv (default: JSON lines on stdout)")
+    p.add_argument("--output", default=None, help=".jsonl or .csv (default, or -: JSON lines on stdout)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--empty", choices=["skip", "error"], default="skip", help="what to do with empty texts")
     _output_flags(p)

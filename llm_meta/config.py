@@ -43,7 +43,11 @@ def parse_yaml(text: str) -> Any:
 # Settings that only the person running the command can give, never a file (a config someone sent,
 # or a folder's recorded config): they decide whether code runs.
 CALLER_ONLY = {"trust_remote_code": "running a model repo's own code is allowed only by the person running the "
-                                    "command: pass --trust-remote-code (Python: trust_remote_code=True)"}
+                                    "command: pass --trust-remote-code (Python: trust_remote_code=True)",
+               "overwrite": "replacing an earlier output is the command's choice: pass --overwrite (Python: set "
+                            "cfg.overwrite = True after loading the config)",
+               "force": "resuming with a changed config is the command's choice: pass --resume --force (Python: set "
+                        "cfg.force = True after loading the config)"}
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:

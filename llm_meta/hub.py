@@ -109,8 +109,9 @@ TASK_MODEL_FILES = ["adapter_config.json", "adapter_model.safetensors", "head.sa
 SUPPORT_FILE = "support.jsonl"  # the user's labelled examples: uploaded only when asked
 
 
-# An absolute or home-relative path at the start of a string or after a space: /x/y, ~/x, C:\x.
-LOCAL_PATH = re.compile(r"(?:(?<=\s)|^)(?:~|[A-Za-z]:)?[/\\][^\s\"']*")
+# An absolute or home-relative path at the start of a string or after a space, "=", "(", a quote or
+# a comma: /x/y, ~/x, C:\x, file:///x, support=/home/x.csv.
+LOCAL_PATH = re.compile(r"(?:(?<=[\s=(\"',])|^)(?:file://)?(?:~|[A-Za-z]:)?[/\\][^\s\"',)]*")
 NOT_PATHS = ("labels", "label_names")  # class names are data: "/start" may be an intent, never touched
 
 

@@ -72,25 +72,30 @@ def text_codec(path: Path, encoding: str = "utf-8") -> str:
             the whole file and its line) and what to do.
     """
     with path.open("rb") as f:
-        head = f.read(2)
-    codec = "utf-16" if head in (b"\xff\xfe", b"\xfe\xff") else bom_codec(encoding)
-    decoder, offset = codecs.getincrementaldecoder(codec)(), 0
+        head = f.read(3)
+    boms = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}
+    utf16 = boms.get(head[:2])
+    codec = "utf-16" if utf16 else bom_codec(encoding)
+    # Checked without the byte-order mark, so an error's position counts from the file's first byte.
+    skip = 2 if utf16 else 3 if codec == "utf-8-sig" and head == codecs.BOM_UTF8 else 0
+    check = utf16 or ("utf-8" if codec == "utf-8-sig" else codec)
+    decoder, offset, lines = codecs.getincrementaldecoder(check)(), skip, 0
     with path.open("rb") as f:
+        f.seek(skip)
         while True:
             block = f.read(1 << 20)
             held = len(decoder.getstate()[0])  # bytes of a character cut by the previous block
             try:
-                decoder.decode(block, final=not block)
+                lines += decoder.decode(block, final=not block).count("\n")
             except UnicodeDecodeError as err:
                 at = offset - held + err.start
-                with path.open("rb") as again:
-                    before = again.read(at + 1)
-                line = before.count(b"\n") + 1
-                what = "UTF-16 (it starts with a UTF-16 byte-order mark)" if codec == "utf-16" else \
-                    encoding.removesuffix("-sig").upper().replace("UTF8", "UTF-8")
-                raise TaskError(f"{path}: not valid {what} text: byte 0x{before[at]:02x} at byte offset {at} (line "
-                                f"{line}) does not decode ({err.reason}); the file may be in Windows-1252 or "
-                                f"Latin-1: re-save it as UTF-8 (e.g. Excel: Save As > CSV UTF-8)") from err
+                line = lines + codecs.decode(err.object[: err.start], check).count("\n") + 1
+                what = "UTF-16 text (its byte-order mark says UTF-16)" if utf16 else \
+                    f"{encoding.upper().replace('UTF8', 'UTF-8')} text"
+                todo = "re-save it as UTF-8" if utf16 else \
+                    "the file may be in Windows-1252 or Latin-1: re-save it as UTF-8 (e.g. Excel: Save As > CSV UTF-8)"
+                raise TaskError(f"{path}: not valid {what}: byte 0x{err.object[err.start]:02x} at byte offset {at} "
+                                f"(line {line}) does not decode ({err.reason}); {todo}") from err
             if not block:
                 return codec
             offset += len(block)
@@ -358,18 +363,24 @@ def iter_inputs(source: str, text_column: str = "text", chunk: int = 4096) -> It
         yield from (texts[i : i + chunk] for i in range(0, len(texts), chunk))
         return
     options = csv_options(suffix, text_codec(path), [path])
+    if not options["features"]:
+        return  # no header either (a file holding only a byte-order mark or blank lines): no texts
     if text_column not in options["features"]:
         raise TaskError(f"{source}: no text column '{text_column}' (columns: {', '.join(options['features'])}); "
                         f"pass --text-column")
     streamed = datasets.load_dataset("csv", data_files={"train": str(path)}, streaming=True, **options)["train"]
     row = 0
+    quiet = logging.getLogger("datasets")  # the error is ours to report, once (datasets logs it too)
+    level, quiet.level = quiet.level, logging.CRITICAL
     try:
         for batch in streamed.iter(batch_size=chunk):
             yield cell_texts(batch[text_column], source, "text", start=row)
             row += len(batch[text_column])
     except Exception as err:  # pandas parse errors come in many types
-        raise TaskError(f"{source}: could not be parsed as {suffix[1:]} after row {row}: "
+        raise TaskError(f"{source}: could not be parsed as {suffix[1:]} (at or after row {row + 1}): "
                         f"{str(err.__cause__ or err).splitlines()[0]}") from err
+    finally:
+        quiet.level = level
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

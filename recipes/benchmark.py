@@ -47,7 +47,7 @@ from llm_meta.adaptation import choose_start, in_family, own_adaptation
 from llm_meta.evaluation import episode_outcomes, episode_score, score_outcomes
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
 from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
-from llm_meta.outputs import claim_run
+from llm_meta.outputs import OWN_FILE, claim_run
 from llm_meta.progress import progress_bar
 from llm_meta.statistics import (UNIT, Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, text_index,
                                  verdict)
@@ -225,7 +225,7 @@ def main(cfg: Config, trust_remote_code: bool = False) -> dict:
     if missing:
         raise ValueError(f"no training config for start(s) {missing}: add train_configs.<name>: <yaml file>")
     _primary(cfg, None)  # a primary naming a method not run fails now, not after the training
-    with claim_run(cfg.output_dir, BENCHMARK_FORMAT, "benchmark", BENCHMARK_ENTRIES, resume=None,
+    with claim_run(cfg.output_dir, BENCHMARK_FORMAT, BENCHMARK_ENTRIES, resume=None,
                    overwrite=cfg.overwrite) as out:
         return run(cfg, specs, out, trust_remote_code)
 
@@ -455,7 +455,8 @@ def keep_run(out: Path, archive: Path) -> list[str]:
     import tarfile
 
     kept = [d for d in (out / "starts").glob("*") if ".replaced-" not in d.name and (d / "DONE").is_file()]
-    files = [*(out / "scores").glob("*.json"), *(d / "DONE" for d in kept),
+    marker = [out / OWN_FILE] if (out / OWN_FILE).is_file() else []  # the folder unpacks as a benchmark's
+    files = [*marker, *(out / "scores").glob("*.json"), *(d / "DONE" for d in kept),
              *(d / START_RECORD for d in kept if (d / START_RECORD).is_file())]
     names = sorted(p.relative_to(out).as_posix() for p in files)
     with atomic_file(archive) as partial, tarfile.open(partial, "w:gz") as tar:  # never half an archive

@@ -184,7 +184,7 @@ def main(cfg: Config, trust_remote_code: bool = False) -> dict:
     run_dir = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.log_with or None,
                               project_dir=run_dir / "trackers")
-    with claim_run(run_dir, RUN_FORMAT, "meta-training run", RUN_ENTRIES, cfg.resume, cfg.overwrite,
+    with claim_run(run_dir, RUN_FORMAT, RUN_ENTRIES, cfg.resume, cfg.overwrite,
                    accelerator.is_main_process, accelerator.wait_for_everyone):
         return train(cfg, run_dir, accelerator, trust_remote_code)
 

@@ -74,7 +74,7 @@ ROWS = {
     "unknown_labels": (
         lambda ws, tmp: ["evaluate", "--model", str(ws["taskmodel"]), "--task",
                          bad_file(tmp, "test.csv", "text,label\nbuy a plane ticket,flight\ncard payment,card\n"),
-                         "--split", "train", "--output", str(ws["taskmodel"] / "eval.json")],
+                         "--split", "train", "--output", str(ws["root"] / "eval.json")],
         r"1 label\(s\) this model does not know: flight"),
     "empty_file": (
         lambda ws, tmp: adapt_args(ws, bad_file(tmp, "empty.csv", "")),
@@ -112,11 +112,11 @@ ROWS = {
         r"t.csv \[train\] row 3: empty label"),
     "null_label_in_json_lines": (
         lambda ws, tmp: ["evaluate", "--model", str(ws["taskmodel"]), "--split", "train", "--output",
-                         str(ws["taskmodel"] / "eval.json"), "--task",
+                         str(ws["root"] / "eval.json"), "--task",
                          bad_file(tmp, "t.jsonl", '{"text": "card payment", "label": "card"}\n{"text": "x", "label": null}\n')],
         r"t.jsonl \[train\] row 2: empty label"),
     "predict_file_without_the_text_column": (
-        lambda ws, tmp: ["predict", "--model", str(ws["taskmodel"]), "--output", str(ws["taskmodel"] / "out.jsonl"),
+        lambda ws, tmp: ["predict", "--model", str(ws["taskmodel"]), "--output", str(ws["root"] / "out.jsonl"),
                          "--input", bad_file(tmp, "in.csv", "\ufeffsentence\r\ncard payment\r\n")],
         r"in.csv: no text column 'text' \(columns: sentence\); pass --text-column"),
     "continue_with_an_empty_label": (
@@ -179,7 +179,7 @@ ROWS = {
         r"every checkpoint is corrupt; nothing to resume from"),
     "empty_text_to_predict": (
         lambda ws, tmp: ["predict", "--model", str(ws["taskmodel"]), "--empty", "error", "--output",
-                         str(ws["taskmodel"] / "out.jsonl"), "--input", bad_file(tmp, "in.txt", "card payment\n\n")],
+                         str(ws["root"] / "out.jsonl"), "--input", bad_file(tmp, "in.txt", "card payment\n\n")],
         r"an empty or whitespace-only text in .*in.txt at line/row 2"),
     "smlmt_corpus_too_small": (
         lambda ws, tmp: meta_train_args(ws, "tasks=[]", "smlmt.data=" + bad_file(

@@ -418,3 +418,13 @@ def test_missing_output_folders_are_created_and_a_file_in_the_way_is_refused_fir
     with pytest.raises(SystemExit):
         cli_main(["evaluate", "--model", str(model), "--task", str(inp), "--output", str(tmp_path / "afile" / "e.json")])
     assert "afile is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_byte_order_mark_does_not_shift_the_reported_offset(tmp_path):
+    f = write(tmp_path / "bom.txt", b"\xef\xbb\xbfabc\ndef\xff\n")
+    with pytest.raises(TaskError, match=r"byte 0xff at byte offset 10 \(line 2\)"):
+        read_inputs(str(f))
+    u16 = write(tmp_path / "u16.txt", b"\xff\xfe" + "a\nb\n".encode("utf-16-le") + b"\x00\xd8" + "c".encode("utf-16-le"))
+    with pytest.raises(TaskError, match=r"not valid UTF-16 text .* at byte offset 10 \(line 3\).*re-save it as UTF-8"):
+        read_inputs(str(u16))
+    assert read_inputs(str(write(tmp_path / "only_bom.csv", b"\xef\xbb\xbf"))) == []  # no header, no texts

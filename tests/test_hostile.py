@@ -148,7 +148,7 @@ def test_an_llm_meta_folder_is_replaced_only_with_overwrite(model, data, tiny_be
     before = digest(model)
     argv = ["adapt", "--adapter", "none", "--support", str(data), "--output", str(model),
             f"model.name={tiny_bert_dir}", "inner.steps=1", "seed=3"]
-    refused(argv, capsys, r"holds an llm_meta output \(llm_meta.classifier/1\); add --overwrite")
+    refused(argv, capsys, r"holds a task model \(llm_meta.classifier/1\); add --overwrite")
     assert digest(model) == before
     cli_main([*argv, "--overwrite"])
     assert read_metadata(model)["adapt_config"]["seed"] == 3
@@ -162,9 +162,10 @@ def test_an_output_file_is_replaced_only_with_overwrite_and_never_the_input(mode
     refused(["predict", "--model", str(model), "--input", str(inp), "--output", str(out)], capsys,
             r"out.jsonl exists; add --overwrite")
     assert out.read_text() == "yesterday's results\n"
-    for target in (inp, model / "labels.json"):
-        refused(["predict", "--model", str(model), "--input", str(inp), "--output", str(target), "--overwrite"],
-                capsys, r"is the command's own input")
+    refused(["predict", "--model", str(model), "--input", str(inp), "--output", str(inp), "--overwrite"],
+            capsys, r"is the command's own input")
+    refused(["predict", "--model", str(model), "--input", str(inp), "--output", str(model / "labels.json"),
+             "--overwrite"], capsys, r"labels.json is inside .*model, a task model \(llm_meta.classifier/1\)")
     assert inp.read_text() == "card payment\nmusic playlist\n"
     cli_main(["predict", "--model", str(model), "--input", str(inp), "--output", str(out), "--overwrite"])
     assert len(out.read_text().splitlines()) == 2
@@ -366,3 +367,76 @@ def test_csv_output_cannot_run_as_a_spreadsheet_formula(model, tmp_path):
 
     cells = [row[0] for row in csv.reader(out.open(newline=""))][1:]
     assert cells == ["'=cmd|\" /C calc\"!A0", "'+1", "'@SUM(A1)", "'-2", "plain"]
+
+
+def test_only_a_folder_of_the_commands_own_kind_and_files_is_replaced(model, data, tmp_path, capsys):
+    argv = ["adapt", "--adapter", "none", "--support", str(data), "--overwrite", "--output"]
+    # A user's folder that merely looks like an old benchmark (scores/*.json) is not ours.
+    proj = tmp_path / "proj"
+    (proj / "scores").mkdir(parents=True)
+    (proj / "scores" / "r.json").write_text("{}")
+    (proj / "notes.txt").write_text("mine")
+    refused([*argv, str(proj)], capsys, "not an llm_meta output folder")
+    refused(["benchmark", "--overwrite", f"output_dir={proj}"], capsys, "not an llm_meta output folder")
+    # A task model is never written over another kind of llm_meta folder, even with --overwrite.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "llm_meta.json").write_text('{"format": "llm_meta.run/1"}')
+    refused([*argv, str(tmp_path / "run")], capsys, r"holds a meta-training run \(llm_meta.run/1\), not what")
+    # Nor over one of its own kind that holds a file llm_meta did not write (here: the very input).
+    shutil.copy(data, model / "data.csv")
+    refused([*argv[:3], str(model / "data.csv"), *argv[4:], str(model)], capsys,
+            r"holds files llm_meta did not write \(data.csv\)")
+    assert (proj / "notes.txt").read_text() == "mine" and (model / "data.csv").read_text() == data.read_text()
+
+
+def test_links_and_the_current_folder_are_refused_as_outputs(model, data, tmp_path, capsys, monkeypatch):
+    argv = ["adapt", "--adapter", "none", "--support", str(data), "--overwrite", "--output"]
+    (tmp_path / "empty").mkdir()
+    for name, points_to in (("lnk", tmp_path / "empty"), ("lnk2", model), ("dangling", tmp_path / "nowhere")):
+        (tmp_path / name).symlink_to(points_to)
+        refused([*argv, str(tmp_path / name)], capsys, "is a symbolic link")
+    monkeypatch.chdir(tmp_path / "empty")
+    refused([*argv, "."], capsys, "is the current folder or one above it")
+    refused([*argv, ".."], capsys, "is the current folder or one above it")
+    assert list((tmp_path / "empty").iterdir()) == [] and (tmp_path / "lnk2").resolve() == model.resolve()
+
+
+def _hold(target: str, ready, release) -> None:
+    from llm_meta.outputs import claim_run
+
+    with claim_run(target, "llm_meta.run/1", ("adapter",)):
+        ready.set()
+        release.wait(60)
+
+
+def test_a_folder_inside_one_another_process_is_writing_is_refused(tmp_path):
+    from llm_meta.outputs import claim
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path / "run"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        for inner in ("adapter", "checkpoints/step-0000001"):
+            with pytest.raises(OutputError, match=r"is inside .*run, which another llm-meta process is writing"):
+                with claim(tmp_path / "run" / inner, overwrite=True):
+                    pass
+    finally:
+        release.set()
+        holder.join(60)
+    with claim(tmp_path / "elsewhere"):  # nothing else is held
+        pass
+
+
+def test_run_controls_come_from_the_command_not_a_config(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("overwrite: true\n")
+    refused(["meta-train", "--config", str(tmp_path / "c.yaml")], capsys, r"'overwrite' cannot be set in a config")
+    refused(["meta-train", "force=true"], capsys, r"'force' cannot be set in a config")
+
+
+def test_predict_output_dash_is_standard_output(model, tmp_path, capsys):
+    inp = tmp_path / "in.txt"
+    inp.write_text("card payment\n")
+    cli_main(["predict", "--model", str(model), "--input", str(inp), "--output", "-"])
+    assert json.loads(capsys.readouterr().out)["text"] == "card payment" and not (tmp_path / "-").exists()
