@@ -342,15 +342,21 @@ def _write_json(path: Path, data: object) -> None:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
-def _trust_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trust-remote-code", action="store_true", help="let the base model's repository run its own "
-                   "Python code (read it first); never taken from a config or a model folder")
-
-
 def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output: a folder only if "
                    "llm-meta wrote it, a file never if it is one of the command's inputs")
     _trust_flag(p)
+
+
+def _trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-remote-code", action="store_true", help="let the base model's repository run its own "
+                   "Python code (read it first); never taken from a config or a model folder")
+    _threads_flag(p)
+
+
+def _threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", default=None, metavar="N", help="CPU threads to compute with (default: auto, the "
+                   "cores no other process is using at start; or set LLM_META_THREADS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -396,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sinusoid", help="the sinusoid regression check of the algorithm core (MAML, FOMAML, "
                        "Meta-SGD, Reptile vs joint pretraining), a few minutes on CPU")
     p.add_argument("--config", default=None, help="optional YAML (defaults: recipes/sinusoid.py Config)")
+    _threads_flag(p)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_recipe, recipe="sinusoid")
 
@@ -465,6 +472,10 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
     try:
+        if "threads" in args:  # a command that computes: chosen before torch is imported
+            from llm_meta.threads import configure_threads
+
+            configure_threads(args.threads)
         args.func(args)
     except (ConfigError, TaskError, ModelLoadError, CheckpointError, OutputError, ValueError, OSError,
             FloatingPointError) as err:

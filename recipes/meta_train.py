@@ -179,6 +179,11 @@ def main(cfg: Config, trust_remote_code: bool = False) -> dict:
     """
     if cfg.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{cfg.algorithm}' (valid: {', '.join(ALGORITHMS)})")
+    for key, value in (("validate_every", cfg.validate_every), ("outer.steps", cfg.outer.steps),
+                       ("outer.meta_batch", cfg.outer.meta_batch)):
+        if value < 1:
+            raise ValueError(f"{key}={value}: must be at least 1 (validate_every larger than outer.steps validates "
+                             f"only at the end)")
     if cfg.test.episodes:
         check_held_out(cfg, cfg.test.tasks, "test.tasks")
     run_dir = Path(cfg.output_dir)

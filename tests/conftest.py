@@ -5,10 +5,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One thread per process: `make test` runs two pytest workers on two cores, and many tests start
-# subprocesses (which inherit this). Two processes of two OpenMP threads each on two cores wait
-# for each other's spinning threads: the suite ran ~12 minutes that way.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Each pytest worker gets its share of the cores (`make test`: two workers on two cores, one thread
+# each), and the subprocesses many tests start inherit it. Two processes of two OpenMP threads each
+# on two cores wait for each other: the suite ran ~12 minutes that way (llm_meta/threads.py).
+_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 # Converted models and SMLMT indexes go to a throw-away cache, not the user's.
 os.environ.setdefault("LLM_META_CACHE", __import__("tempfile").mkdtemp(prefix="llm_meta_cache_"))
 
