@@ -3,10 +3,11 @@
 The three everyday verbs:
 
     import llm_meta
-    clf = llm_meta.adapt(task="my_intents.csv", shots=5, adapter="runs/meta_train/adapter")
+    clf = llm_meta.adapt(task="my_intents.csv", shots=5, adapter="runs/meta_train/adapter",
+                         text_column="utterance", label_column="intent")
     clf.save("my_model")
     llm_meta.FewShotClassifier.load("my_model").predict(["where is my card?"])
-    clf.evaluate("my_intents_test.csv", split="train")
+    clf.evaluate("my_intents_test.csv")  # one file: scored whole, with the columns adapted on
     clf = llm_meta.continue_adapt(clf, ["cancel my order"], ["cancel"], new_classes=["cancel"])  # online
 
 The names below are imported when first used (PEP 562), so `import llm_meta.outputs` or the

@@ -18,6 +18,7 @@ from llm_meta.heads import head_logits, proto_head, prototype_head, soft_kmeans,
 from llm_meta.hypernet import generated_params, has_hypernet
 from llm_meta.losses import labelled_embeddings, support_loss_fn, text_lengths
 from llm_meta.models import Body, Params, embed_texts
+from llm_meta.progress import progress_bar
 from llm_meta.ner import word_loss_and_accuracy
 from llm_meta.spans import decomposed_head
 
@@ -75,14 +76,15 @@ def support_batches(support: Examples, cfg: InnerConfig, seed: int) -> list[list
 
 
 def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerConfig, seed: int = 0,
-          head: Params | None = None, label_names: list[str] | None = None) -> Params:
+          head: Params | None = None, label_names: list[str] | None = None, progress: bool = False) -> Params:
     """The inner loop: `cfg.steps` optimiser steps on the support set from `params` (+ a fresh head).
 
     Returns detached fast parameters (LoRA + head). First-order: the graph of each step is
     dropped, so memory does not grow with the number of steps. `params` is not modified. Meta-SGD
     rates in `params` (keys `LR_PREFIX + name`) make those tensors take SGD steps at their learned
     rates. A hypernetwork in `params` first writes the starting LoRA from the support set (zero
-    steps: the generated adapter with a prototype head).
+    steps: the generated adapter with a prototype head). `progress`: a bar over the steps (shown
+    after 2 s: a live bar on a terminal, a line every 30 s elsewhere; `llm_meta.progress`).
     """
     if has_hypernet(params):
         with torch.no_grad():
@@ -90,8 +92,10 @@ def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerC
     support, head = episode_start(body, params, support, n_way, cfg, label_names, head)
     weights, lrs = split_rates(params)
     trainable = [k for k in weights if cfg.train_lora] + list(head)
-    fast = inner_loop({**weights, **head}, trainable, support_loss_fn(body, weights, support, cfg),
-                      support_batches(support, cfg, seed), cfg, lrs=lrs)
+    batches = support_batches(support, cfg, seed)
+    with progress_bar(batches, desc="adapt", unit="step", enabled=progress, delay=2.0) as steps:
+        fast = inner_loop({**weights, **head}, trainable, support_loss_fn(body, weights, support, cfg), steps, cfg,
+                          lrs=lrs)
     return {k: t.detach() for k, t in fast.items()}
 
 

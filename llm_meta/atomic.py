@@ -69,6 +69,18 @@ def atomic_folder(final: Path, finished: Callable[[Path], bool] = Path.is_dir) -
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_memo(path: Path) -> dict:
+    """The JSON object a cache keeps at `path`, or {} when it is missing, torn or not an object (a
+    memo is rebuilt, never trusted)."""
+    import json
+
+    try:
+        memo = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
 def content_key(files: list[Path]) -> str:
     """A key for a cache entry built from `files`: the sha256 of their contents (in order), so a
     file replaced by another of the same name and size gets its own entry, never a stale one.
@@ -78,11 +90,7 @@ def content_key(files: list[Path]) -> str:
     import json
 
     memo_path = cache_dir() / "content-keys.json"
-    try:
-        memo = json.loads(memo_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        memo = {}
-    memo = memo if isinstance(memo, dict) else {}
+    memo = read_memo(memo_path)
     digests, changed = [], False
     for path in files:
         path = Path(path).resolve()

@@ -114,9 +114,27 @@ class FewShotClassifier(HubMixin):
         best = probs.argmax(1)
         return [(self.labels[i], float(probs[n, i])) for n, i in enumerate(best.tolist())]
 
-    def evaluate(self, task: Task | str, split: str = "test", progress: bool = False) -> dict[str, Any]:
-        """Accuracy and macro-F1 (through `evaluate`) on a labelled split, plus the most confused pairs."""
-        task = load_task(task) if isinstance(task, str) else task
+    @property
+    def columns(self) -> tuple[str, str]:
+        """(text column, label column) of the file it was adapted on: what `evaluate` and
+        `llm-meta predict` read from a file unless told otherwise."""
+        cfg = self.metadata.get("adapt_config") or {}
+        return cfg.get("text_column") or "text", cfg.get("label_column") or "label"
+
+    def evaluate(self, task: Task | str, split: str | None = None, progress: bool = False,
+                 text_column: str | None = None, label_column: str | None = None) -> dict[str, Any]:
+        """Accuracy and macro-F1 (through `evaluate`) on a labelled split, plus the most confused pairs.
+
+        `task`: a Task, or a registry name, file or folder read with `text_column`/`label_column`
+        (default: the columns this model was adapted with, `columns`). `split`: default "test",
+        or the whole file when `task` is one file (its only split); the report's "split" says which.
+
+        Raises:
+            TaskError: a missing split or column, or labels this model does not know.
+        """
+        if isinstance(task, str):
+            task = load_task(task, text_column or self.columns[0], label_column or self.columns[1])
+        split = split or scored_split(task)
         ds = task.split(split)
         unknown = sorted(set(ds["label"]) - set(self.labels))
         if unknown:
@@ -128,7 +146,9 @@ class FewShotClassifier(HubMixin):
         preds = self.predict_proba(ds["text"], progress=progress).argmax(1).tolist()
         confused = Counter((self.labels[r], self.labels[p]) for r, p in zip(refs, preds) if r != p)
         return {
-            "task": task.name, "split": split, "examples": len(refs), **classification_metrics(preds, refs),
+            "task": task.name, "source": task.source, "split": WHOLE_FILE if len(task.splits) == 1 else split,
+            "examples": len(refs),
+            **classification_metrics(preds, refs),
             "most_confused": [{"true": t, "predicted": p, "count": c} for (t, p), c in confused.most_common(10)],
         }
 
@@ -297,8 +317,26 @@ def whole_split_episode(task: Task, shots: int, support_split: str, query_split:
     return Episode(support, Examples([t for t, _ in rows], [index[y] for _, y in rows]), labels, task.name)
 
 
+WHOLE_FILE = "whole file"  # the split name a report gives a single file scored whole
+
+
+def scored_split(task: Task) -> str:
+    """The split to score when none is named: "test", or the only split of a single file (its rows
+    are read as "train"; reports call it `WHOLE_FILE`).
+
+    Raises:
+        TaskError: several splits and none of them "test".
+    """
+    if "test" in task.splits:
+        return "test"
+    if len(task.splits) == 1:
+        return next(iter(task.splits))
+    raise TaskError(f"task '{task.name}' has no test split (it has: {', '.join(task.splits)}); name the split to score")
+
+
 def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str | Path | None = None,
-          support: str | None = None, cfg: AdaptConfig | None = None, trust_remote_code: bool = False
+          support: str | None = None, cfg: AdaptConfig | None = None, trust_remote_code: bool = False,
+          text_column: str | None = None, label_column: str | None = None, progress: bool = False
           ) -> FewShotClassifier:
     """Adapt a start (an llm_meta adapter folder, or the untrained LoRA) to a new task.
 
@@ -306,9 +344,12 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     (a labelled file used whole). Arguments given here override the same fields of `cfg`
     (see `AdaptConfig`); `cfg` itself is not modified. `trust_remote_code`: let the base model's
     repo run its own code (the caller's choice only; no config or adapter folder can set it).
+    `text_column`/`label_column`: the file's columns (recorded in the model: `FewShotClassifier.columns`).
+    `progress`: a bar over the adaptation's steps (`llm-meta adapt` shows it).
     Raises ValueError for both or neither of a task and a support file, or an unknown `select_start`.
     """
     cfg = dataclasses.replace(cfg or AdaptConfig())
+    cfg.text_column, cfg.label_column = text_column or cfg.text_column, label_column or cfg.label_column
     if task is not None:
         cfg.task = task if isinstance(task, str) else task.name
     if shots is not None:
@@ -359,7 +400,8 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         chosen = {"untrained": "untrained", "adapter": cfg.adapter}.get(selection["chosen"],
                                                                           f"{selection['chosen']} of {cfg.adapter}")
         lap("start_selection")
-    fast = adapt_params(body, params, examples, len(labels), inner, seed=cfg.seed, label_names=labels)
+    fast = adapt_params(body, params, examples, len(labels), inner, seed=cfg.seed, label_names=labels,
+                        progress=progress)
     lap("adaptation")  # support encoding for the prototype head, then the inner-loop steps
     meta = {
         "base_model": cfg.model.name, "model": to_dict(cfg.model), "start": chosen, "start_selection": selection,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Only light modules at the top: an output refused, or a bad flag, answers before torch and
 # transformers are imported (seconds); each command imports what it needs after its checks.
-from llm_meta.errors import CheckpointError, ConfigError, ModelLoadError, OutputError, TaskError
+from llm_meta.errors import CheckpointError, ColumnError, ConfigError, ModelLoadError, OutputError, TaskError
 from llm_meta.outputs import claim
 
 
@@ -38,31 +38,51 @@ def _quiet_libraries() -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
+    """The registered tasks with their counts: from the cache (under a second) unless a task's files
+    changed; a task whose data package is missing is listed with the line that installs it."""
+    from llm_meta.registry import task_summaries
 
-    from llm_meta.tasks import load_registry, load_task
+    def summarise(name: str) -> dict:
+        from llm_meta.tasks import load_task
 
-    rows = []
-    for name in tqdm(list(load_registry()), desc="loading tasks", leave=False, disable=None):
-        task = load_task(name)
-        sizes = {s: len(task.splits[s]) for s in ("train", "validation", "test") if s in task.splits}
+        print(f"counting the rows of {name} (once: the counts are cached until its files change)", file=sys.stderr)
+        quiet = logging.getLogger("llm_meta.tasks")  # the duplicates each task drops are in the table; -v logs them
+        level = quiet.level
+        quiet.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+        try:
+            task = load_task(name)
+        finally:
+            quiet.setLevel(level)
         roles = "/".join(str(len(task.classes(r))) for r in ("meta_train", "meta_val", "meta_test")) \
             if task.class_roles else "-"
-        dropped = "/".join(str(task.duplicates_dropped.get(s, 0)) for s in ("validation", "test"))
-        rows.append([name, task.role, str(len(task.label_names)), roles, str(sizes.get("train", 0)),
-                     str(sizes.get("validation", 0)), str(sizes.get("test", 0)), dropped, task.source])
+        return {"role": task.role, "classes": len(task.label_names), "roles": roles,
+                "rows": {s: len(task.splits[s]) for s in ("train", "validation", "test") if s in task.splits},
+                "dropped": "/".join(str(task.duplicates_dropped.get(s, 0)) for s in ("validation", "test")),
+                "source": task.source}
+
+    rows, missing = [], []
+    for name, summary in task_summaries(summarise).items():
+        if "missing" in summary:
+            rows.append([name, "(not installed)", "", "", "", "", "", "", summary["source"]])
+            missing.append(f"{name}: {summary['missing']}")
+            continue
+        sizes = summary["rows"]
+        rows.append([name, summary["role"], str(summary["classes"]), summary["roles"], str(sizes.get("train", 0)),
+                     str(sizes.get("validation", 0)), str(sizes.get("test", 0)), summary["dropped"], summary["source"]])
     header = ["task", "role", "classes", "train/val/test classes", "train", "dev", "test",
               "dev/test dups dropped", "source"]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for line in missing:
+        print(f"not installed: {line}")
 
 
 def cmd_episode(args: argparse.Namespace) -> None:
     from llm_meta.episodes import EpisodeSampler
     from llm_meta.tasks import load_task
 
-    tasks = [load_task(t) for t in args.task]
+    tasks = [load_task(t, args.text_column or "text", args.label_column or "label") for t in args.task]
     sampler = EpisodeSampler(tasks, args.n_way, args.k_shot, args.q_query, split=args.split,
                              class_role=args.classes, seed=args.seed)
     ep = sampler.episode(args.index)
@@ -122,6 +142,9 @@ def cmd_config(args: argparse.Namespace) -> None:
 def cmd_adapt(args: argparse.Namespace) -> None:
     if args.new_class and not args.continue_from:
         raise ValueError("--new-class declares classes added to an adapted model: use it with --continue")
+    if args.ner and (args.text_column or args.label_column):
+        raise ValueError("--text-column and --label-column name a classification file's columns; --ner reads a "
+                         "CoNLL file or a dataset with tokens/ner_tags columns")
     with claim(args.output, overwrite=args.overwrite):  # refused before anything is loaded, not after the work
         if args.ner:
             return _adapt_tagger(args)
@@ -134,7 +157,7 @@ def _adapt(args: argparse.Namespace) -> None:
     from llm_meta.classifier import AdaptConfig, adapt
     from llm_meta.config import load_config
 
-    cfg = load_config(AdaptConfig, args.config, args.overrides)
+    cfg = _with_columns(load_config(AdaptConfig, args.config, args.overrides), args)
     if args.init is not None:  # hypernet:DIR — the start is the adapter a hypernetwork writes for this task
         if args.adapter is not None or not args.init.startswith("hypernet:"):
             raise ValueError("--init takes hypernet:DIR (a hypernetwork from `llm-meta meta-train "
@@ -144,10 +167,26 @@ def _adapt(args: argparse.Namespace) -> None:
         cfg.adapter = None if args.adapter.lower() == "none" else args.adapter
     cfg.task, cfg.support = args.task or cfg.task, args.support or cfg.support
     cfg.shots = args.shots if args.shots is not None else cfg.shots
-    clf = adapt(cfg=cfg, trust_remote_code=args.trust_remote_code)
+    clf = adapt(cfg=cfg, trust_remote_code=args.trust_remote_code, progress=True)
     clf.save(args.output, overwrite=args.overwrite)
     print(f"adapted {clf.metadata['start']} to '{clf.metadata['task']}': {len(clf.labels)} labels, "
           f"{clf.metadata['support_size']} support examples, {clf.metadata['adapt_seconds']} s -> {args.output}")
+
+
+def _with_columns(cfg, args: argparse.Namespace, recorded: dict | None = None):
+    """`cfg` (an AdaptConfig or ContinueConfig) with the command's --text-column/--label-column; the
+    key=value form (text_column=NAME) is accepted too, and the two must agree. Where neither names
+    a column and the config leaves it at its default, `recorded` (a task model's adapt_config) gives it."""
+    for key in ("text_column", "label_column"):
+        flag = getattr(args, key, None)
+        given = [o.split("=", 1)[1] for o in getattr(args, "overrides", []) if o.startswith(f"{key}=")]
+        if flag is not None and given and given[-1] != flag:
+            raise ValueError(f"--{key.replace('_', '-')} {flag} and {key}={given[-1]} disagree: give one")
+        if flag is not None:
+            setattr(cfg, key, flag)
+        elif not given and recorded and recorded.get(key) and getattr(cfg, key) == getattr(type(cfg)(), key):
+            setattr(cfg, key, recorded[key])
+    return cfg
 
 
 def _hypernet_folder(folder: str) -> str:
@@ -167,8 +206,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     with claim(args.output, overwrite=args.overwrite):
         from llm_meta.classifier import AdaptConfig, adapt, default_adapt_config
 
-        cfg = AdaptConfig(support=args.support, adapter=_hypernet_folder(args.hypernet), text_column=args.text_column,
-                          label_column=args.label_column, inner=dataclasses.replace(default_adapt_config(), steps=0))
+        cfg = _with_columns(AdaptConfig(support=args.support, adapter=_hypernet_folder(args.hypernet),
+                                        inner=dataclasses.replace(default_adapt_config(), steps=0)), args)
         clf = adapt(cfg=cfg, trust_remote_code=args.trust_remote_code)
         clf.save(args.output, overwrite=args.overwrite)
     print(f"generated an adapter for '{clf.metadata['task']}' ({len(clf.labels)} labels, "
@@ -181,7 +220,10 @@ def _continue(args: argparse.Namespace) -> None:
     from llm_meta.online import ContinueConfig, continue_adapt
     from llm_meta.tasks import load_rows
 
-    cfg = load_config(ContinueConfig, args.config, args.overrides)
+    from llm_meta.checkpoint import read_metadata
+
+    recorded = read_metadata(args.continue_from).get("adapt_config")  # the columns it was adapted with
+    cfg = _with_columns(load_config(ContinueConfig, args.config, args.overrides), args, recorded)
     if args.support is None or args.task or args.adapter:
         raise ValueError("--continue takes --support NEW_FILE (the new labelled examples), not --task or --adapter")
     texts, labels = load_rows(args.support, cfg.text_column, cfg.label_column)
@@ -207,7 +249,7 @@ def _adapt_tagger(args: argparse.Namespace) -> None:
         cfg.adapter = None if args.adapter.lower() == "none" else args.adapter
     cfg.data = args.task or cfg.data
     cfg.shots = args.shots if args.shots is not None else cfg.shots
-    tagger = adapt_tagger(cfg, trust_remote_code=args.trust_remote_code)
+    tagger = adapt_tagger(cfg, trust_remote_code=args.trust_remote_code, progress=True)
     tagger.save(args.output, overwrite=args.overwrite)
     print(f"adapted {tagger.metadata['start']} to {len(tagger.labels) - 1} entity types of '{cfg.data}' "
           f"({tagger.metadata['support_size']} support sentences, {tagger.metadata['adapt_seconds']} s) -> {args.output}")
@@ -262,6 +304,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
         model = _load_model(args)
         tagger = isinstance(model, FewShotTagger)
+        text_column = args.text_column or ("text" if tagger else model.columns[0])  # as adapted, unless told
         columns = ["text", "entities"] if tagger else ["text", "label", "probability"]
         out = sys.stdout
         if args.output:
@@ -272,7 +315,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             writer.writerow(columns)
         row, empty, first_empty = 0, 0, 0
         bar = stack.enter_context(progress_bar(desc="predict", unit="text", enabled=bool(args.output), delay=2.0))
-        for texts in iter_inputs(args.input, args.text_column):
+        for texts in iter_inputs(args.input, text_column):
             keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
             if len(keep) < len(texts):
                 empty += len(texts) - len(keep)
@@ -307,25 +350,37 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    """Score a task model on a labelled file; the report goes to --output (checked before anything
-    is loaded) or, by default, to eval-<task>-<split>.json (checked once the task is read)."""
+    """Score a task model on a labelled file or split; the report goes to --output (checked before
+    anything is loaded) or, by default, to eval-<task>[-<split>].json (checked once the task is read).
+    The file's columns are those the model was adapted with unless --text-column/--label-column."""
     with _output_file(args, args.output, [args.task]):
+        from llm_meta.checkpoint import read_metadata
+        from llm_meta.classifier import WHOLE_FILE, scored_split
         from llm_meta.tasks import load_task
 
         tagger = _is_tagger(args.model)
-        task = None if tagger else load_task(args.task, args.text_column, args.label_column)
+        if tagger and (args.text_column or args.label_column):
+            raise ValueError("this model is an NER tagger: it reads a CoNLL file or tokens/ner_tags columns, "
+                             "not --text-column/--label-column")
+        adapted = (read_metadata(args.model).get("adapt_config") or {}) if not tagger else {}
+        task = None if tagger else load_task(args.task, args.text_column or adapted.get("text_column") or "text",
+                                             args.label_column or adapted.get("label_column") or "label")
+        split = None if tagger else (args.split or scored_split(task))
+        shown = None if tagger else (WHOLE_FILE if len(task.splits) == 1 else split)
         # A task name may be hf:org/name or a path: the default file name keeps only its safe characters.
         name = re.sub(r"[^\w.-]+", "_", Path(args.task).stem if tagger else task.name).strip("_")
-        output = args.output or (f"eval-{name}-ner.json" if tagger else f"eval-{name}-{args.split}.json")
+        output = args.output or (f"eval-{name}-ner.json" if tagger else
+                                 f"eval-{name}.json" if shown == WHOLE_FILE else f"eval-{name}-{split}.json")
         with _output_file(args, output, [args.task]):
             report = _load_model(args).evaluate(args.task) if tagger else \
-                _load_model(args).evaluate(task, args.split, progress=True)
+                _load_model(args).evaluate(task, split, progress=True)
             _write_json(Path(output), report)
     if tagger:
         print(f"{args.task} [{report['sentences']} sentences]: entity precision {100 * report['precision']:.2f}, "
               f"recall {100 * report['recall']:.2f}, F1 {100 * report['f1']:.2f}  (written to {output})")
         return
-    print(f"{task.name} [{args.split}, {report['examples']} examples]: accuracy {100 * report['accuracy']:.2f}, "
+    what = f"{args.task} [{WHOLE_FILE}" if shown == WHOLE_FILE else f"{task.name} [{split}"
+    print(f"{what}, {report['examples']} examples]: accuracy {100 * report['accuracy']:.2f}, "
           f"macro-F1 {100 * report['macro_f1']:.2f}  (written to {output})")
     if report["most_confused"]:
         print("most confused (true -> predicted: count):")
@@ -340,6 +395,14 @@ def _write_json(path: Path, data: object) -> None:
 
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def _column_flags(p: argparse.ArgumentParser, label: bool = True) -> None:
+    p.add_argument("--text-column", default=None, metavar="NAME", help="the file's text column (default: text; "
+                   "for a task model, the column it was adapted with)")
+    if label:
+        p.add_argument("--label-column", default=None, metavar="NAME", help="the file's label column (default: "
+                       "label; for a task model, the column it was adapted with)")
 
 
 def _output_flags(p: argparse.ArgumentParser) -> None:
@@ -377,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help="meta_train | meta_val | meta_test (registry class split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--index", type=int, default=0)
+    _column_flags(p)
     p.set_defaults(func=cmd_episode)
 
     p = sub.add_parser("meta-train", help="meta-train a LoRA adapter (FOMAML, MAML, Meta-SGD, Reptile, ProtoNet) or a LoRA hypernetwork over episodes")
@@ -430,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ner", action="store_true", help="an NER task: --task is wnut16, a CoNLL file or a "
                    "tokens/ner_tags dataset; --shots counts mentions per entity type")
     p.add_argument("--config", default=None, help="optional YAML AdaptConfig")
+    _column_flags(p)
     _output_flags(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. inner.steps=20 seed=1 text_column=utterance "
                    "(with --continue: steps=5 lr=... text_column=...)")
@@ -440,8 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hypernet", required=True, help="folder from `llm-meta meta-train` with algorithm=hypernet")
     p.add_argument("--support", required=True, help="labelled file (.csv/.jsonl/...) used whole as the support set")
     p.add_argument("--output", "--out", required=True, help="folder for the task model (a standard PEFT adapter + head)")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
+    _column_flags(p)
     _output_flags(p)
     p.set_defaults(func=cmd_generate)
 
@@ -449,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="task model folder written by `llm-meta adapt`")
     p.add_argument("--input", default="-", help=".txt (one text per line), .csv/.tsv/.jsonl, or - for stdin")
     p.add_argument("--output", default=None, help=".jsonl or .csv (default, or -: JSON lines on stdout)")
-    p.add_argument("--text-column", default="text")
+    _column_flags(p, label=False)
     p.add_argument("--empty", choices=["skip", "error"], default="skip", help="what to do with empty texts")
     _output_flags(p)
     p.set_defaults(func=cmd_predict)
@@ -457,10 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy and macro-F1 of a task model on a labelled split")
     p.add_argument("--model", required=True)
     p.add_argument("--task", required=True, help="registry name, local file/folder, or hf:<id>")
-    p.add_argument("--split", default="test")
-    p.add_argument("--output", default=None, help="JSON report path (default eval-<task>-<split>.json)")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--split", default=None, help="split to score (default: test; a single file is scored whole)")
+    p.add_argument("--output", default=None, help="JSON report path (default eval-<task>[-<split>].json)")
+    _column_flags(p)
     _output_flags(p)
     p.set_defaults(func=cmd_evaluate)
     return parser
@@ -481,7 +544,8 @@ def main(argv: list[str] | None = None) -> None:
             FloatingPointError) as err:
         if args.verbose or os.environ.get("LLM_META_DEBUG"):
             raise
-        print(f"llm-meta {args.command}: error: {err}", file=sys.stderr)
+        message = err.cli_message() if isinstance(err, ColumnError) else err  # the hint in this command's syntax
+        print(f"llm-meta {args.command}: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

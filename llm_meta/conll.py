@@ -17,7 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_meta.tasks import FILE_BUILDERS, TaskError, load_raw, package_dir, text_codec
+from llm_meta.registry import package_dir
+from llm_meta.tasks import FILE_BUILDERS, TaskError, load_raw, text_codec
 
 log = logging.getLogger(__name__)
 

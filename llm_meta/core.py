@@ -141,7 +141,7 @@ def meta_sgd_rates(weights: Params, lr: float, extra: Iterable[str] = ()) -> Par
     return {LR_PREFIX + k: torch.tensor(math.log(lr), device=device) for k in [*weights, *extra]}
 
 
-def inner_loop(start: Params, trainable: list[str], loss: Loss, batches: list[list[int]], cfg: InnerConfig,
+def inner_loop(start: Params, trainable: list[str], loss: Loss, batches: Iterable[list[int]], cfg: InnerConfig,
                lrs: Params | None = None, second_order: bool = False) -> Params:
     """One optimiser step (cfg.optimizer, cfg.lr) on the `trainable` tensors per batch of indices.
 

@@ -21,3 +21,19 @@ class CheckpointError(RuntimeError):
 class OutputError(ValueError):
     """An output target that cannot be written without losing something, or that another process
     is writing: names the path, why, and what to do."""
+
+
+class ColumnError(TaskError):
+    """A file without the text or label column it was read with. Its hint is written in the
+    caller's syntax: `text_column=<name>` for Python (the message), `--text-column <name>` on the
+    command line (`cli_message`)."""
+
+    def __init__(self, where: str, role: str, column: str, columns: list[str]) -> None:
+        self.where, self.role, self.column, self.columns = where, role, column, list(columns)
+        super().__init__(self._message(f"{role}_column=<name>"))
+
+    def _message(self, how: str) -> str:
+        return f"{self.where}: no {self.role} column '{self.column}' (columns: {', '.join(self.columns)}); pass {how}"
+
+    def cli_message(self) -> str:
+        return self._message(f"--{self.role}-column <name>")

@@ -112,7 +112,7 @@ class FewShotTagger(HubMixin):
                                     trust_remote_code)[:5])
 
 
-def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False) -> FewShotTagger:
+def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False, progress: bool = False) -> FewShotTagger:
     """Adapt a start to the entity types of `cfg.data` from a K~2K-mention support set.
     `trust_remote_code`: as for `llm_meta.adapt` (the caller's choice only)."""
     start_time = time.perf_counter()
@@ -134,7 +134,8 @@ def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False) -> FewShotT
     body = load_body(cfg.model, seed=cfg.seed, trust_remote_code=trust_remote_code)
     params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
     report_cut(body, support.texts, support.labels, labels, role="train")
-    fast = adapt_params(body, params, support, len(labels), cfg.inner, seed=cfg.seed, label_names=labels)
+    fast = adapt_params(body, params, support, len(labels), cfg.inner, seed=cfg.seed, label_names=labels,
+                        progress=progress)
     meta = {"base_model": cfg.model.name, "model": to_dict(cfg.model), "start": cfg.adapter or "untrained",
             "task": str(cfg.data), "task_hash": sentences_fingerprint(sentences), "support_size": len(support),
             "adapt_config": to_dict(cfg), "adapt_seconds": round(time.perf_counter() - start_time, 2),

