@@ -104,12 +104,25 @@ def cmd_recipe(args: argparse.Namespace) -> None:
     for flag in ("resume", "overwrite", "force"):  # the command's flags, over the config's keys
         if getattr(args, flag, False):
             setattr(cfg, flag, True)
+    if getattr(args, "text_column", None) or getattr(args, "label_column", None):  # meta-train's file tasks
+        cfg.tasks = [_task_columns(t, args, module.TaskSource) for t in cfg.tasks]
     if getattr(args, "force", False) and not getattr(args, "resume", False):
         raise ValueError("--force accepts a changed config when resuming: use it with --resume")
     if "trust_remote_code" in args:
         module.main(cfg, trust_remote_code=args.trust_remote_code)
     else:
         module.main(cfg)
+
+
+def _task_columns(entry, args: argparse.Namespace, source_cls):
+    """A meta-training task entry (a name or a TaskSource) with the command's columns."""
+    import dataclasses
+
+    entry = source_cls(name=entry) if isinstance(entry, str) else entry
+    if not entry.name:  # an SMLMT corpus or the NER task: their columns are set in their own sections
+        return entry
+    return dataclasses.replace(entry, text_column=args.text_column or entry.text_column,
+                               label_column=args.label_column or entry.label_column)
 
 
 RECIPES = ("meta_train", "benchmark", "sinusoid")
@@ -451,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "from the checkpoint's (the differences are written to log.jsonl)")
     p.add_argument("--overwrite", action="store_true", help="start again in an output_dir that holds a run "
                    "(its checkpoints, adapter and log are removed first)")
+    _column_flags(p)
     _trust_flag(p)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_recipe, recipe="meta_train")

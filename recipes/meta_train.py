@@ -77,6 +77,8 @@ class TaskSource:
     """One entry of a weighted task mixture: a labelled task (`name`) or an SMLMT corpus (`smlmt`)."""
 
     name: str | None = None  # registry name, local file/folder, or hf:<id>
+    text_column: str = "text"  # a file's columns (`llm-meta meta-train --text-column` sets them for every file task)
+    label_column: str = "label"
     smlmt: str | None = None  # a corpus spec (see llm_meta.smlmt.load_corpus), settings from the smlmt section
     ner: bool = False  # the NER task of the ner section
     weight: float = 1.0  # share of episodes
@@ -213,7 +215,7 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator, trust_remote_cod
     # meta-train entity types on train sentences, the same types on validation sentences. SMLMT
     # corpora and mixtures: see training_sampler.
     sampler, task_hashes = training_sampler(cfg, body)
-    val_episodes = eval_episodes(cfg.validation, cfg.ner if ner_only(cfg) else None, "validation")
+    val_episodes = eval_episodes(cfg.validation, cfg.ner if ner_only(cfg) else None, "validation", file_columns(cfg))
     algorithm = ALGORITHMS[cfg.algorithm]
     if cfg.algorithm == "transfer":  # the baseline's persistent per-dataset heads train alongside LoRA
         # NER: one head per corpus (the task's train split, each extra corpus), keyed by its name.
@@ -389,8 +391,9 @@ def family_labels(cfg: Config) -> list[str]:
     every label of a user's file), sorted: recorded in every saved adapter, so that `llm-meta adapt`
     can tell a task of the family by its labels (`llm_meta.adaptation.in_family`). SMLMT corpora and
     NER sources contribute none (no fixed names). Raises TaskError for a task that cannot be loaded."""
-    names = [] if ner_only(cfg) else [t if isinstance(t, str) else t.name for t in cfg.tasks]
-    return sorted({label for name in names if name for label in load_task(name).classes("meta_train")})
+    entries = [] if ner_only(cfg) else [TaskSource(name=t) if isinstance(t, str) else t for t in cfg.tasks]
+    return sorted({label for t in entries if t.name
+                   for label in load_task(t.name, t.text_column, t.label_column).classes("meta_train")})
 
 
 def training_sources(cfg: Config) -> dict[str, str]:
@@ -457,7 +460,7 @@ def source_sampler(cfg: Config, body, n_way: int, k_shot: int) -> tuple[Any, dic
     sources, hashes = [], {}
     labelled = [t for t in entries if t.name]
     if labelled:
-        tasks = [load_task(t.name) for t in labelled]
+        tasks = [load_task(t.name, t.text_column, t.label_column) for t in labelled]
         explicit = any(t.weight != 1.0 for t in labelled)  # else cfg.episodes.weighting decides
         sampler = EpisodeSampler(tasks, e.n_way, e.k_shot, e.q_query, class_role="meta_train",
                                  weighting=e.weighting, seed=cfg.seed,
@@ -506,7 +509,14 @@ def log_sources(sampler: Any, episodes: int, run_log: RunLog) -> None:
         tqdm.write(f"episodes per source so far: {', '.join(f'{k} {v}' for k, v in counts.items())}", file=sys.stderr)
 
 
-def eval_episodes(ec: EvalConfig, ner: NerConfig | None = None, role: str = "validation") -> list[Episode]:
+def file_columns(cfg: Config) -> dict[str, tuple[str, str]]:
+    """(text column, label column) of each labelled task in `cfg.tasks` that names them: a
+    validation or test task reading the same file reads it with the same columns."""
+    return {t.name: (t.text_column, t.label_column) for t in cfg.tasks if isinstance(t, TaskSource) and t.name}
+
+
+def eval_episodes(ec: EvalConfig, ner: NerConfig | None = None, role: str = "validation",
+                  columns: dict[str, tuple[str, str]] | None = None) -> list[Episode]:
     """Fixed evaluation episodes: `ec.episodes` per task, the same for every start and every run.
 
     With `ner.data` set: NER episodes over the meta-training types on validation sentences
@@ -519,7 +529,7 @@ def eval_episodes(ec: EvalConfig, ner: NerConfig | None = None, role: str = "val
                                     seed=ec.seed, name=f"{ner.data}-{role}")
         return sampler.episodes(ec.episodes)
     episodes = []
-    for task in map(load_task, ec.tasks):
+    for task in (load_task(name, *(columns or {}).get(name, ("text", "label"))) for name in ec.tasks):
         if ec.q_query == 0:
             episodes += [whole_split_episode(task, ec.k_shot, "train", ec.split, seed=ec.seed * 1000 + i)
                          for i in range(ec.episodes)]
@@ -555,7 +565,7 @@ def _validate(cfg: Config, body, params, start, episodes, step: int, state: dict
 
 
 def _test(cfg: Config, body, best: dict, start: dict) -> dict:
-    episodes = eval_episodes(cfg.test, cfg.ner if ner_only(cfg) else None, "test")
+    episodes = eval_episodes(cfg.test, cfg.ner if ner_only(cfg) else None, "test", file_columns(cfg))
     out = {}
     for task in dict.fromkeys(e.task for e in episodes):
         eps = [e for e in episodes if e.task == task]

@@ -144,3 +144,19 @@ def test_a_missing_column_hint_is_written_in_the_syntax_of_the_caller(tmp_path, 
                          cfg=llm_meta.AdaptConfig(model=ModelConfig(name=str(tiny_bert_dir))))
     assert clf.columns == ("message", "category")
     assert clf.evaluate(str(test))["examples"] == 2
+
+
+def test_meta_train_reads_its_file_tasks_with_the_columns_given_once(tmp_path, tiny_bert_dir, capsys):
+    from tests.test_meta_train import tiny_overrides
+
+    topics = ["card payment", "music playlist", "weather forecast", "restaurant booking"]
+    data = tmp_path / "tickets.csv"
+    data.write_text("message,category\n" + "".join(f"{t} request {i},{t.split()[0]}\n" for t in topics for i in range(8)))
+    out = tmp_path / "run"
+    main(["meta-train", "--config", "recipes/configs/meta_train.yaml", "--text-column", "message", "--label-column",
+          "category", *tiny_overrides(tiny_bert_dir, data, out, steps=2)])
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    import json
+
+    assert json.loads((out / "adapter" / "llm_meta.json").read_text())["label_names"] == ["card", "music",
+                                                                                          "restaurant", "weather"]
