@@ -38,7 +38,7 @@ from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, r
     start_model_config, warn_truncated
 from llm_meta.outputs import claim
 from llm_meta.spans import SPAN_KEYS
-from llm_meta.tasks import Task, TaskError, load_task, task_fingerprint
+from llm_meta.tasks import SPLIT_ALIASES, Task, TaskError, load_task, task_fingerprint
 from llm_meta.training import environment
 
 log = logging.getLogger(__name__)
@@ -135,10 +135,13 @@ class FewShotClassifier(HubMixin):
         if isinstance(task, str):
             task = load_task(task, text_column or self.columns[0], label_column or self.columns[1])
         split = split or scored_split(task)
+        if len(task.splits) == 1 and split not in task.splits and SPLIT_ALIASES.get(split, split) not in task.splits:
+            raise TaskError(f"{task.source} is one file, scored whole: leave out the split ({split!r})")
         ds = task.split(split)
+        shown = task.source if len(task.splits) == 1 else f"task '{task.name}' ({split})"
         unknown = sorted(set(ds["label"]) - set(self.labels))
         if unknown:
-            raise TaskError(f"task '{task.name}' ({split}) has {len(unknown)} label(s) this model does not know: "
+            raise TaskError(f"{shown} has {len(unknown)} label(s) this model does not know: "
                             f"{', '.join(unknown[:20])}{' ...' if len(unknown) > 20 else ''} "
                             f"(the model knows: {', '.join(self.labels[:20])}{' ...' if len(self.labels) > 20 else ''})")
         index = {name: i for i, name in enumerate(self.labels)}

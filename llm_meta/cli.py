@@ -82,6 +82,7 @@ def cmd_episode(args: argparse.Namespace) -> None:
     from llm_meta.episodes import EpisodeSampler
     from llm_meta.tasks import load_task
 
+    _columns_name_files(args, args.task)
     tasks = [load_task(t, args.text_column or "text", args.label_column or "label") for t in args.task]
     sampler = EpisodeSampler(tasks, args.n_way, args.k_shot, args.q_query, split=args.split,
                              class_role=args.classes, seed=args.seed)
@@ -179,11 +180,22 @@ def _adapt(args: argparse.Namespace) -> None:
     if args.adapter is not None:
         cfg.adapter = None if args.adapter.lower() == "none" else args.adapter
     cfg.task, cfg.support = args.task or cfg.task, args.support or cfg.support
+    _columns_name_files(args, [cfg.task])
     cfg.shots = args.shots if args.shots is not None else cfg.shots
     clf = adapt(cfg=cfg, trust_remote_code=args.trust_remote_code, progress=True)
     clf.save(args.output, overwrite=args.overwrite)
     print(f"adapted {clf.metadata['start']} to '{clf.metadata['task']}': {len(clf.labels)} labels, "
           f"{clf.metadata['support_size']} support examples, {clf.metadata['adapt_seconds']} s -> {args.output}")
+
+
+def _columns_name_files(args: argparse.Namespace, tasks: list) -> None:
+    """Refuse --text-column/--label-column for a bundled task: it has its own columns."""
+    from llm_meta.registry import load_registry
+
+    bundled = [t for t in tasks if t in load_registry()]
+    if bundled and (getattr(args, "text_column", None) or getattr(args, "label_column", None)):
+        raise ValueError(f"'{bundled[0]}' is a bundled task with its own columns: --text-column and --label-column "
+                         f"name the columns of your own file")
 
 
 def _with_columns(cfg, args: argparse.Namespace, recorded: dict | None = None):
@@ -207,7 +219,9 @@ def _hypernet_folder(folder: str) -> str:
 
     meta = read_metadata(folder)
     if not (Path(folder) / HYPERNET_FILE).is_file():
-        raise CheckpointError(f"{folder} is an llm_meta {meta.get('algorithm', 'adapter')} adapter without a "
+        from llm_meta.outputs import describe
+
+        raise CheckpointError(f"{folder} is a {describe(meta.get('format') or 'llm_meta.adapter')} without a "
                               f"hypernetwork (meta-train one with algorithm=hypernet)")
     return folder
 
@@ -369,15 +383,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     with _output_file(args, args.output, [args.task]):
         from llm_meta.checkpoint import read_metadata
         from llm_meta.classifier import WHOLE_FILE, scored_split
-        from llm_meta.tasks import load_task
+        from llm_meta.tasks import SPLIT_ALIASES, load_task
 
         tagger = _is_tagger(args.model)
+        _columns_name_files(args, [args.task])
         if tagger and (args.text_column or args.label_column):
             raise ValueError("this model is an NER tagger: it reads a CoNLL file or tokens/ner_tags columns, "
                              "not --text-column/--label-column")
         adapted = (read_metadata(args.model).get("adapt_config") or {}) if not tagger else {}
         task = None if tagger else load_task(args.task, args.text_column or adapted.get("text_column") or "text",
                                              args.label_column or adapted.get("label_column") or "label")
+        if not tagger and args.split and len(task.splits) == 1 and SPLIT_ALIASES.get(args.split, args.split) \
+                not in task.splits:
+            raise ValueError(f"{args.task} is one file, scored whole: leave out --split")
         split = None if tagger else (args.split or scored_split(task))
         shown = None if tagger else (WHOLE_FILE if len(task.splits) == 1 else split)
         # A task name may be hf:org/name or a path: the default file name keeps only its safe characters.
@@ -410,12 +428,13 @@ def _write_json(path: Path, data: object) -> None:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
-def _column_flags(p: argparse.ArgumentParser, label: bool = True) -> None:
-    p.add_argument("--text-column", default=None, metavar="NAME", help="the file's text column (default: text; "
-                   "for a task model, the column it was adapted with)")
+def _column_flags(p: argparse.ArgumentParser, label: bool = True,
+                  default: str = "; for a task model, the column it was adapted with") -> None:
+    p.add_argument("--text-column", default=None, metavar="NAME", help=f"the file's text column (default: text"
+                   f"{default})")
     if label:
-        p.add_argument("--label-column", default=None, metavar="NAME", help="the file's label column (default: "
-                       "label; for a task model, the column it was adapted with)")
+        p.add_argument("--label-column", default=None, metavar="NAME", help=f"the file's label column (default: "
+                       f"label{default})")
 
 
 def _output_flags(p: argparse.ArgumentParser) -> None:
@@ -464,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "from the checkpoint's (the differences are written to log.jsonl)")
     p.add_argument("--overwrite", action="store_true", help="start again in an output_dir that holds a run "
                    "(its checkpoints, adapter and log are removed first)")
-    _column_flags(p)
+    _column_flags(p, default="; for every file in tasks")
     _trust_flag(p)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_recipe, recipe="meta_train")
@@ -554,6 +573,9 @@ def main(argv: list[str] | None = None) -> None:
 
             configure_threads(args.threads)
         args.func(args)
+    except BrokenPipeError:  # `llm-meta predict ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        sys.exit(0)
     except (ConfigError, TaskError, ModelLoadError, CheckpointError, OutputError, ValueError, OSError,
             FloatingPointError) as err:
         if args.verbose or os.environ.get("LLM_META_DEBUG"):

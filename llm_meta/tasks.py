@@ -568,9 +568,9 @@ def _make_task(name: str, raw: datasets.DatasetDict, text_column: str, label_col
     if isinstance(raw, datasets.Dataset):
         raw = datasets.DatasetDict({"train": raw})
     splits = {}
-    for split, ds in raw.items():
-        splits[SPLIT_ALIASES.get(split, split)] = _normalise(ds, f"{source} [{split}]", text_column, label_column,
-                                                             user_file)
+    for split, ds in raw.items():  # a single file is one split, named by the file alone
+        where = source if len(raw) == 1 else f"{source} [{split}]"
+        splits[SPLIT_ALIASES.get(split, split)] = _normalise(ds, where, text_column, label_column, user_file)
     task = Task(name=name, splits=splits, source=source)
     if user_file:
         warn_label_spellings(task.label_names, source)
@@ -589,7 +589,7 @@ def load_rows(spec: str, text_column: str = "text", label_column: str = "label")
     split = next((s for s in raw if SPLIT_ALIASES.get(s, s) == "train"), None)
     if split is None:
         raise TaskError(f"{source}: no train split (splits: {', '.join(raw)})")
-    ds = _normalise(raw[split], f"{source} [{split}]", text_column, label_column)
+    ds = _normalise(raw[split], source if len(raw) == 1 else f"{source} [{split}]", text_column, label_column)
     warn_label_spellings(sorted(set(ds["label"])), source)
     return list(ds["text"]), list(ds["label"])
 

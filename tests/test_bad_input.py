@@ -109,12 +109,12 @@ ROWS = {
         r"model.max_length=4096 is more than .* can read \(512 token positions\); set model.max_length to at most 512"),
     "empty_label_cell": (
         lambda ws, tmp: adapt_args(ws, bad_file(tmp, "t.csv", "text,label\nhi,a\nyo,b\nhey,\n")),
-        r"t.csv \[train\] row 3: empty label"),
+        r"t.csv row 3: empty label"),
     "null_label_in_json_lines": (
         lambda ws, tmp: ["evaluate", "--model", str(ws["taskmodel"]), "--split", "train", "--output",
                          str(ws["root"] / "eval.json"), "--task",
                          bad_file(tmp, "t.jsonl", '{"text": "card payment", "label": "card"}\n{"text": "x", "label": null}\n')],
-        r"t.jsonl \[train\] row 2: empty label"),
+        r"t.jsonl row 2: empty label"),
     "predict_file_without_the_text_column": (
         lambda ws, tmp: ["predict", "--model", str(ws["taskmodel"]), "--output", str(ws["root"] / "out.jsonl"),
                          "--input", bad_file(tmp, "in.csv", "\ufeffsentence\r\ncard payment\r\n")],
@@ -122,7 +122,7 @@ ROWS = {
     "continue_with_an_empty_label": (
         lambda ws, tmp: ["adapt", "--continue", str(ws["taskmodel"]), "--output", str(ws["taskmodel"]), "--overwrite",
                          "--support", bad_file(tmp, "new.csv", "text,label\npay by card,card\nrainy,\n")],
-        r"new.csv \[train\] row 2: empty label"),
+        r"new.csv row 2: empty label"),
     "conll_with_the_tag_first": (
         lambda ws, tmp: ner_args(ws, tmp, "B-LOC Paris\nO is\nO nice\n"),
         r"ner.conll:1: the last column holds no O tag .*expected the tag in the last column"),
@@ -173,7 +173,8 @@ ROWS = {
     "generate_without_hypernet": (
         lambda ws, tmp: ["generate", "--hypernet", str(ws["run"] / "adapter"), "--support", str(ws["data"] / "train.csv"),
                          "--output", str(ws["taskmodel"]), "--overwrite"],
-        r"adapter without a hypernetwork \(meta-train one with algorithm=hypernet\)"),
+        r"is a meta-trained adapter \(llm_meta.adapter/1\) without a hypernetwork \(meta-train one with "
+        r"algorithm=hypernet\)"),
     "every_checkpoint_corrupt": (
         lambda ws, tmp: meta_train_args(ws, f"output_dir={_corrupt_run(ws, tmp)}"),
         r"every checkpoint is corrupt; nothing to resume from"),

@@ -116,6 +116,18 @@ def test_columns_named_once_at_adapt_are_remembered_by_predict_and_evaluate(tmp_
     out = capsys.readouterr().out
     assert f"{test} [whole file, 2 examples]" in out
     assert json.loads((tmp_path / "eval.json").read_text())["split"] == "whole file"
+    with pytest.raises(SystemExit):  # a split cannot be chosen in one file
+        main(["evaluate", "--model", str(model), "--task", str(test), "--split", "test"])
+    assert f"{test} is one file, scored whole: leave out --split" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a bundled task has its own columns
+        main(["episode", "mcid", "--text-column", "message"])
+    assert "'mcid' is a bundled task with its own columns" in capsys.readouterr().err
+    # Output read only in part (`| head -1`): a quiet exit, not a broken-pipe error.
+    many = tmp_path / "many.txt"
+    many.write_text("refund please\n" * 5000)
+    piped = subprocess.run(f"{sys.executable} -m llm_meta.cli predict --model {model} --input {many} | head -1",
+                           shell=True, capture_output=True, text=True, executable="/bin/bash")
+    assert piped.stdout.count("\n") == 1 and "error" not in piped.stderr, piped.stderr
     # key=value is accepted too; a flag and a key that disagree are an error, in the command's words.
     with pytest.raises(SystemExit):
         main(["adapt", "--adapter", "none", "--support", str(support), "--text-column", "message",

@@ -95,10 +95,10 @@ def test_missing_and_null_cells(tmp_path, caplog):
     assert load_task(str(jsonl)).split("train")["text"] == ["a", "b"]
     assert read_inputs(str(jsonl)) == ["a", None, None, "b"]
     blank_label = write(tmp_path / "b.csv", "text,label\na,x\nb,y\nc,\nd,y\n")
-    with pytest.raises(TaskError, match=r"b.csv \[train\] row 3: empty label"):
+    with pytest.raises(TaskError, match=r"b.csv row 3: empty label"):
         load_task(str(blank_label))
     null_label = write(tmp_path / "b.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n')
-    with pytest.raises(TaskError, match=r"b.jsonl \[train\] row 2: empty label"):
+    with pytest.raises(TaskError, match=r"b.jsonl row 2: empty label"):
         load_task(str(null_label))
     nested = write(tmp_path / "n.jsonl", '{"text": {"a": 1}, "label": "x"}\n{"text": "b", "label": "y"}\n')
     assert load_task(str(nested)).split("train")["text"] == ['{"a": 1}', "b"]  # a mapping cell as its JSON text
