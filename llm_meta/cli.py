@@ -559,11 +559,25 @@ def build_parser() -> argparse.ArgumentParser:
     _column_flags(p)
     _output_flags(p)
     p.set_defaults(func=cmd_evaluate)
+    for name, command in sub.choices.items():
+        # -v after the command too (SUPPRESS: an absent flag leaves the one before the command alone);
+        # each command reports its own usage errors.
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="debug logging and full tracebacks")
+        command.set_defaults(command_parser=command)
     return parser
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # key.sub=value
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    # argparse takes one run of key=value words; more of them after a flag are overrides too.
+    if extra and "overrides" in args and all(OVERRIDE.match(word) for word in extra):
+        args.overrides, extra = [*args.overrides, *extra], []
+    if extra:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()

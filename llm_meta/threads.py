@@ -87,6 +87,11 @@ def choose_threads(requested: str | int | None = None) -> tuple[int, str]:
             count = 0
         if count < 1:
             raise ValueError(f"{source}={value!r}: give a number of threads (1 or more), or auto")
+        if count > usable_cores():
+            import logging
+
+            logging.getLogger("llm_meta").warning("%s=%d is more threads than the %d core(s) this process may use: "
+                                                  "they will wait for each other", source, count, usable_cores())
         return count, f"{source}={count}"
     cores, others = usable_cores(), busy_cores()
     count = max(1, cores - int(others + 0.5))

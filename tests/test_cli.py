@@ -172,3 +172,19 @@ def test_meta_train_reads_its_file_tasks_with_the_columns_given_once(tmp_path, t
 
     assert json.loads((out / "adapter" / "llm_meta.json").read_text())["label_names"] == ["card", "music",
                                                                                           "restaurant", "weather"]
+
+
+def test_overrides_may_follow_any_flag_and_v_any_command(monkeypatch):
+    """argparse takes one run of key=value words: the rest, after a flag, are overrides too; -v
+    may come after the command; a command without overrides refuses them with its own usage."""
+    import llm_meta.cli as cli
+
+    seen = {}
+    parser = cli.build_parser()
+    for command in parser._subparsers._group_actions[0].choices.values():
+        command.set_defaults(func=lambda args: seen.update(vars(args)))  # what the command would receive
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    main(["adapt", "--adapter", "none", "text_column=a", "--output", "x", "inner.steps=2", "-v", "seed=1"])
+    assert seen["overrides"] == ["text_column=a", "inner.steps=2", "seed=1"] and seen["verbose"] is True
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", "m", "seed=1"])
