@@ -282,7 +282,7 @@ def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> 
         TaskError: K < 1.
     """
     if shots < 1:
-        raise TaskError(f"K (--shots) must be at least 1 example per class, got {shots}")
+        raise TaskError(f"K (--shots; Python: shots=) must be at least 1 example per class, got {shots}")
     ds = task.split(split)
     by_class: dict[str, dict[str, None]] = {}
     for text, label in zip(ds["text"], ds["label"]):

@@ -122,7 +122,8 @@ def check_folder(target: Path, overwrite: bool, flag: str = "--output", kinds: t
         raise OutputError(f"{target} holds files llm_meta did not write ({', '.join(extra[:5])}"
                           f"{' ...' if len(extra) > 5 else ''}): move them out, or choose another {flag}")
     if not overwrite:
-        raise OutputError(f"{target} holds a {describe(fmt)}; add --overwrite to replace it, or choose another {flag}")
+        raise OutputError(f"{target} holds a {describe(fmt)}; add --overwrite to replace it (Python: overwrite=True), "
+                          f"or choose another {flag}")
     return fmt
 
 
@@ -150,7 +151,8 @@ def check_file(target: Path, overwrite: bool, inputs: Iterable[str | Path] = (),
     if target.is_dir():
         raise OutputError(f"{target} is a folder, not a file; choose another {flag}")
     if target.exists() and not overwrite:
-        raise OutputError(f"{target} exists; add --overwrite to replace it, or choose another {flag}")
+        raise OutputError(f"{target} exists; add --overwrite to replace it (Python: overwrite=True), or choose another "
+                          f"{flag}")
 
 
 def lock_path(target: Path) -> Path:

@@ -123,7 +123,7 @@ def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False, progress: b
         cfg.model = start_model_config(recorded_model_config(meta["config"]["model"]), cfg.model,
                                        TaggerConfig().model, cfg.adapter)
     if cfg.shots < 1:
-        raise TaskError(f"K (--shots) must be at least 1 mention per entity type, got {cfg.shots}")
+        raise TaskError(f"K (--shots; Python: shots=) must be at least 1 mention per entity type, got {cfg.shots}")
     sentences = load_ner(cfg.data)
     types = cfg.types or entity_types(sentences)
     sampler = NerEpisodeSampler(sentences, types, len(types), cfg.shots, 0, seed=cfg.seed, name=str(cfg.data))

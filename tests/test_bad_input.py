@@ -93,13 +93,13 @@ ROWS = {
         r"ner.conll:4: expected a token and a tag separated by a tab or spaces"),
     "k_zero": (
         lambda ws, tmp: adapt_args(ws, str(ws["data"]), shots=0),
-        r"K \(--shots\) must be at least 1 example per class, got 0"),
+        r"K \(--shots; Python: shots=\) must be at least 1 example per class, got 0"),
     "k_negative": (
         lambda ws, tmp: adapt_args(ws, str(ws["data"]), shots=-2),
-        r"K \(--shots\) must be at least 1 example per class, got -2"),
+        r"K \(--shots; Python: shots=\) must be at least 1 example per class, got -2"),
     "ner_k_zero": (
         lambda ws, tmp: ner_args(ws, tmp, "Paris\tB-LOC\n", "--adapter", "none", "--shots", "0"),
-        r"K \(--shots\) must be at least 1 mention per entity type, got 0"),
+        r"K \(--shots; Python: shots=\) must be at least 1 mention per entity type, got 0"),
     "ner_head_unknown": (
         lambda ws, tmp: ner_args(ws, tmp, "Paris\tB-LOC\n\nRome\tB-LOC\n\nBob\tB-PER\n\nAl\tB-PER\n", "--adapter", "none",
                                  "--shots", "1") + ["inner.ner_head=spans"],

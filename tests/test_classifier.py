@@ -71,7 +71,7 @@ def test_k_larger_than_a_class_names_it(toy, caplog):
     assert "3 class(es) have fewer than K=9 distinct texts and join with all they have: 'card_payment' has 8" in caplog.text
     assert len(support) == 24
     for k in (0, -2):
-        with pytest.raises(TaskError, match=f"K \\(--shots\\) must be at least 1 example per class, got {k}"):
+        with pytest.raises(TaskError, match=f"K \\(--shots; Python: shots=\\) must be at least 1 example per class, got {k}"):
             support_set(load_task(str(toy)), shots=k)
 
 
