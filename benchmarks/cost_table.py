@@ -3,7 +3,7 @@ vs the number of texts, meta-step time vs way and inner steps.
 
     .venv/bin/python benchmarks/cost_table.py [--parts adapt,predict,metastep]
 
-- Adaptation (`llm_meta.adapt`, untrained start, the default: top-2-layer LoRA, 15 steps of 64):
+- Adaptation (`llm_meta.adapt`, untrained start, top-2-layer LoRA (`model.lora_layers=2`), 15 steps of 64):
   CLINC's first C classes x K shots at max_length 64 (C = 5 ... 150, K = 5, 10), and Yahoo's 10
   topics x 5 shots at max_length 32 ... 512. Each in a fresh process; seconds of the adapt call
   (model load included, imports not) and its extra peak resident memory (peak RSS after adapting

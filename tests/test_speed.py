@@ -165,13 +165,14 @@ def test_progress_is_a_line_per_interval_in_a_log(monkeypatch, capsys):
     assert "<" in lines[1]  # elapsed<remaining: the ETA
 
 
-def test_model_overrides_keep_adapt_s_top_layer_default():
-    """`llm-meta adapt model.autocast=bf16` (or any model.* key) must not silently put the LoRA
-    back on every layer: the keys go on top of AdaptConfig's own model default."""
+def test_model_overrides_keep_adapt_s_own_model_default():
+    """`llm-meta adapt model.autocast=bf16` (or any model.* key) goes on top of AdaptConfig's own
+    model default, never replacing the rest of it."""
     from llm_meta.classifier import AdaptConfig
     from llm_meta.config import load_config
 
-    assert load_config(AdaptConfig, None, []).model.lora_layers == 2
+    default = AdaptConfig().model
     cfg = load_config(AdaptConfig, None, ["model.long_texts=windows", "model.max_length=128"])
-    assert (cfg.model.lora_layers, cfg.model.long_texts, cfg.model.max_length) == (2, "windows", 128)
-    assert load_config(AdaptConfig, None, ["model.lora_layers=null"]).model.lora_layers is None
+    assert (cfg.model.lora_layers, cfg.model.name, cfg.model.long_texts, cfg.model.max_length) == \
+        (default.lora_layers, default.name, "windows", 128)
+    assert load_config(AdaptConfig, None, ["model.lora_layers=2"]).model.lora_layers == 2

@@ -1,0 +1,173 @@
+"""The quality suite: `llm_meta.adapt` from the untrained start on a diverse set of bundled tasks,
+the way a user adapts to a new task, with intervals a reader can trust.
+
+    .venv/bin/python benchmarks/quality.py [--variants default,top2] [--shots 8] [--draws 5]
+                                           [--tasks banking77,...] [--out benchmarks/results/quality.json]
+
+For each task, variant, K and support draw d (seed d): K examples per class from the train split,
+`adapt` with the variant's config, then every text of a fixed sample of the test split (the
+whole split, capped at 2,000 texts; the same texts for every variant and draw) is labelled.
+Reported per task: accuracy with a 95% crossed-bootstrap interval over draws and test texts
+(`llm_meta.statistics`), macro-F1 (mean over draws, with its lowest and highest draw), and seconds
+per adaptation (model load excluded). A variant other than the first is also given as its paired
+difference from the first (same draws, same texts).
+
+Tasks (intents, topics, sentiment in three domains, long documents): every one is read from the
+offline packages; none of them is a meta-training task of any start here (this is the untrained
+start). `yahoo_long`/`dbpedia_long` are the same tasks read at 256 tokens, their real length.
+Variants: default = `AdaptConfig()` as `llm-meta adapt` runs it (LoRA on every layer); top2 = LoRA
+on the top 2 layers only (`model.lora_layers=2`, the default until the suite measured it); others
+can be added in VARIANTS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+for _key in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):  # the table, not the libraries' bars and notices
+    os.environ.setdefault(_key, "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+from llm_meta.classifier import AdaptConfig, adapt  # noqa: E402
+from llm_meta.config import to_dict  # noqa: E402
+from llm_meta.metrics import classification_metrics  # noqa: E402
+from llm_meta.statistics import UNIT, Outcomes, crossed_bootstrap  # noqa: E402
+from llm_meta.tasks import Task, load_task  # noqa: E402
+
+TEST_CAP = 2000  # test texts per task (a fixed random sample of a larger split)
+# name -> (registry task, kind, model overrides)
+SUITE: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "banking77": ("banking77", "intents, 77 classes", {}),
+    "hwu": ("hwu", "intents, 64 classes", {}),
+    "mcid": ("mcid", "intents, 16 classes", {}),
+    "stackoverflow": ("stackoverflow", "topics, 20 classes", {}),
+    "yahoo": ("yahoo", "topics, 10 classes", {}),
+    "dbpedia": ("dbpedia", "topics, 219 classes", {}),
+    "tweets_airline": ("tweets_airline", "sentiment, 3 classes", {}),
+    "tweets_apple": ("tweets_apple", "sentiment, 3 classes", {}),
+    "drug_reviews": ("drug_reviews", "sentiment, 3 classes", {}),
+    "yahoo_long": ("yahoo", "topics, long documents (256 tokens)", {"max_length": 256}),
+    "dbpedia_long": ("dbpedia", "topics, long documents (256 tokens)", {"max_length": 256}),
+}
+VARIANTS: dict[str, Callable[[AdaptConfig], AdaptConfig]] = {
+    "default": lambda cfg: cfg,
+    "top2": lambda cfg: dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora_layers=2)),
+}
+
+
+def test_sample(task: Task, cap: int = TEST_CAP) -> tuple[list[str], list[str]]:
+    """(texts, labels) of the test split, or of a fixed random `cap` of them (seed 0)."""
+    ds = task.split("test")
+    rows = sorted(random.Random(0).sample(range(len(ds)), cap)) if len(ds) > cap else range(len(ds))
+    texts, labels = ds["text"], ds["label"]
+    return [texts[i] for i in rows], [labels[i] for i in rows]
+
+
+def run_one(task: Task, model_overrides: dict[str, Any], variant: str, shots: int, draw: int,
+            texts: list[str], labels: list[str]) -> dict[str, Any]:
+    """One support draw: adapt, label the test sample, and score it."""
+    cfg = AdaptConfig(task=task.name, shots=shots, seed=draw)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model_overrides))
+    clf = adapt(task=task, cfg=VARIANTS[variant](cfg))
+    start = time.perf_counter()
+    index = {name: i for i, name in enumerate(clf.labels)}
+    predicted = clf.predict_proba(texts).argmax(1).tolist()
+    references = [index[y] for y in labels]
+    metrics = classification_metrics(predicted, references)
+    return {"correct": [int(p == r) for p, r in zip(predicted, references)], **metrics,
+            "adapt_seconds": clf.metadata["adapt_seconds"] - clf.metadata["adapt_timings"].get("model_load", 0.0),
+            "predict_seconds": round(time.perf_counter() - start, 2)}
+
+
+def summarise(runs: list[dict[str, Any]], reference: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Accuracy with its crossed interval (and the paired difference from `reference`), macro-F1."""
+    def outcomes(rs: list[dict[str, Any]]) -> Outcomes:
+        n = len(rs[0]["correct"])
+        return Outcomes(values=[[np.asarray(r["correct"], dtype=float)[:, None] for r in rs]],
+                        text_ids=[np.arange(n)] * len(rs), n_texts=n)
+
+    f1 = [r["macro_f1"] for r in runs]
+    out = {"accuracy": crossed_bootstrap(outcomes(runs)).__dict__, "macro_f1": float(np.mean(f1)),
+           "macro_f1_range": [min(f1), max(f1)], "adapt_seconds": float(np.mean([r["adapt_seconds"] for r in runs]))}
+    if reference is not None:
+        out["difference"] = crossed_bootstrap(outcomes(runs), outcomes(reference)).__dict__
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default=",".join(SUITE))
+    parser.add_argument("--variants", default="default,top2")
+    parser.add_argument("--shots", type=int, nargs="+", default=[8])
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/quality.json"))
+    parser.add_argument("--table", action="store_true", help="only print the table of what --out holds")
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    out_path = Path(args.out)
+    results = json.loads(out_path.read_text()) if out_path.is_file() else {}  # a rerun continues
+    # The configs the rows were made with: tests/test_quality_suite.py keeps the default equal to it.
+    results["configs"] = {v: to_dict(VARIANTS[v](AdaptConfig())) for v in variants if v in VARIANTS}
+    for name in [] if args.table else args.tasks.split(","):
+        registry_name, kind, overrides = SUITE[name]
+        task = load_task(registry_name)
+        texts, labels = test_sample(task)
+        for shots in args.shots:
+            for variant in variants:
+                key = f"{name}/K{shots}/{variant}"
+                runs = results.get(key, {}).get("runs", [])
+                for draw in range(len(runs), args.draws):
+                    runs.append(run_one(task, overrides, variant, shots, draw, texts, labels))
+                    print(f"{key} draw {draw}: accuracy {100 * np.mean(runs[-1]['correct']):.1f}, "
+                          f"{runs[-1]['adapt_seconds']:.1f} s", flush=True)
+                    results[key] = {"task": name, "kind": kind, "shots": shots, "variant": variant,
+                                    "test_texts": len(texts), "runs": runs}
+                    out_path.write_text(json.dumps(results))  # each draw kept: an interrupted run goes on
+    out_path.write_text(json.dumps(results))
+    table(results, variants)
+
+
+def table(results: dict[str, Any], variants: list[str]) -> None:
+    """One Markdown table: a row per task and K, a column per variant."""
+    print(f"\nAccuracy (95% interval: {UNIT}; here one start, so draws and texts), macro-F1, seconds per "
+          f"adaptation; differences are paired against {variants[0]}.\n")
+    print("| task | K | test texts | " + " | ".join(variants) + " |")
+    print("|---" * (3 + len(variants)) + "|")
+    rows = sorted({(r["task"], r["shots"]) for k, r in results.items() if "/" in k},
+                  key=lambda x: (list(SUITE).index(x[0]), x[1]))
+    for name, shots in rows:
+        first = results.get(f"{name}/K{shots}/{variants[0]}")
+        cells = []
+        for variant in variants:
+            entry = results.get(f"{name}/K{shots}/{variant}")
+            if not entry:
+                cells.append("-")
+                continue
+            s = summarise(entry["runs"], first["runs"] if first and variant != variants[0] else None)
+            a = s["accuracy"]
+            cell = f"{100 * a['mean']:.1f} [{100 * a['low']:.1f}, {100 * a['high']:.1f}], F1 {100 * s['macro_f1']:.1f}, " \
+                   f"{s['adapt_seconds']:.1f} s"
+            if "difference" in s:
+                d = s["difference"]
+                cell += f"; {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+            cells.append(cell)
+        n = next(r for k, r in results.items() if "/" in k and r["task"] == name)["test_texts"]
+        print(f"| {name} ({SUITE[name][1]}) | {shots} | {n} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

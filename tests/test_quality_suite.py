@@ -1,0 +1,18 @@
+"""The quality suite's table (benchmarks/quality.py, quoted in BENCHMARKS.md "Quality suite") was
+made with a recorded `adapt` configuration: a later change of a default must rerun the suite, not
+quietly move away from the numbers the docs quote."""
+
+import json
+from pathlib import Path
+
+from llm_meta.classifier import AdaptConfig
+from llm_meta.config import to_dict
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "quality.json"
+
+
+def test_the_default_adapt_config_is_the_one_the_quality_table_was_made_with():
+    recorded = json.loads(RESULTS.read_text(encoding="utf-8"))["configs"]["default"]
+    assert recorded == json.loads(json.dumps(to_dict(AdaptConfig()))), (
+        "AdaptConfig's defaults changed since the quality suite ran: rerun "
+        "`python benchmarks/quality.py` (see BENCHMARKS.md 'Quality suite') and commit its JSON and table")
