@@ -121,8 +121,10 @@ def main() -> None:
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}  # a rerun continues
     # The configs the rows were made with: tests/test_quality_suite.py keeps the default equal to it.
-    results["configs"] = {v: to_dict(VARIANTS[v](AdaptConfig())) for v in variants if v in VARIANTS}
-    for name in [] if args.table else args.tasks.split(","):
+    if args.table:
+        return table(results, variants)
+    results.setdefault("configs", {}).update({v: to_dict(VARIANTS[v](AdaptConfig())) for v in variants if v in VARIANTS})
+    for name in args.tasks.split(","):
         registry_name, kind, overrides = SUITE[name]
         task = load_task(registry_name)
         texts, labels = test_sample(task)
@@ -161,7 +163,9 @@ def table(results: dict[str, Any], variants: list[str]) -> None:
             a = s["accuracy"]
             cell = f"{100 * a['mean']:.1f} [{100 * a['low']:.1f}, {100 * a['high']:.1f}], F1 {100 * s['macro_f1']:.1f}, " \
                    f"{s['adapt_seconds']:.1f} s"
-            if "difference" in s:
+            if first and len(entry["runs"]) != len(first["runs"]):  # a row still being run
+                cell += f" ({len(entry['runs'])} draws)"
+            if "difference" in s and len(entry["runs"]) == len(first["runs"]):
                 d = s["difference"]
                 cell += f"; {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
             cells.append(cell)
