@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,8 @@ def setfit_run(body: str, texts: list[str], labels: list[str], test_texts: list[
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     model = SetFitModel.from_pretrained(resolve_model_path(body))
-    args = TrainingArguments(max_steps=max_steps, seed=seed)
+    scratch = tempfile.mkdtemp(prefix="setfit-")  # its checkpoints (default: ./checkpoints) go there, not here
+    args = TrainingArguments(max_steps=max_steps, seed=seed, output_dir=scratch)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
     # The steps SetFit would take uncapped: its own pair sampler's length over its batch size.
     from setfit.sampler import ContrastiveDataset
@@ -50,6 +53,7 @@ def setfit_run(body: str, texts: list[str], labels: list[str], test_texts: list[
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
+    shutil.rmtree(scratch, ignore_errors=True)
     predicted = [str(p) for p in model.predict(test_texts, as_numpy=True)]
     names = sorted(set(labels) | set(test_labels))
     index = {name: i for i, name in enumerate(names)}
