@@ -159,13 +159,14 @@ def table(results: dict[str, Any], variants: list[str]) -> None:
             if not entry:
                 cells.append("-")
                 continue
-            s = summarise(entry["runs"], first["runs"] if first and variant != variants[0] else None)
+            paired = first and variant != variants[0] and len(first["runs"]) == len(entry["runs"])
+            s = summarise(entry["runs"], first["runs"] if paired else None)
             a = s["accuracy"]
             cell = f"{100 * a['mean']:.1f} [{100 * a['low']:.1f}, {100 * a['high']:.1f}], F1 {100 * s['macro_f1']:.1f}, " \
                    f"{s['adapt_seconds']:.1f} s"
             if first and len(entry["runs"]) != len(first["runs"]):  # a row still being run
                 cell += f" ({len(entry['runs'])} draws)"
-            if "difference" in s and len(entry["runs"]) == len(first["runs"]):
+            if "difference" in s:
                 d = s["difference"]
                 cell += f"; {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
             cells.append(cell)
