@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quality import ROOT, SUITE, table, test_sample  # benchmarks/quality.py, beside this script
+from quality import NER_TASKS, ROOT, SUITE, table, test_sample  # benchmarks/quality.py, beside this script
 
 from llm_meta.classifier import support_set
 from llm_meta.metrics import classification_metrics
@@ -40,16 +40,18 @@ def setfit_run(body: str, texts: list[str], labels: list[str], test_texts: list[
     """Train SetFit on (texts, labels) with its defaults (steps capped at `max_steps`) and score it."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
-
-    model = SetFitModel.from_pretrained(resolve_model_path(body))
-    scratch = tempfile.mkdtemp(prefix="setfit-")  # its checkpoints (default: ./checkpoints) go there, not here
-    args = TrainingArguments(max_steps=max_steps, seed=seed, output_dir=scratch)
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
-    # The steps SetFit would take uncapped: its own pair sampler's length over its batch size.
     from setfit.sampler import ContrastiveDataset
 
-    pairs = len(ContrastiveDataset(texts, labels, multilabel=False, sampling_strategy=args.sampling_strategy))
-    full_steps = -(-pairs // args.embedding_batch_size)
+    model = SetFitModel.from_pretrained(resolve_model_path(body))
+    # The steps SetFit takes at its defaults: its own pair sampler's length over its batch size (one
+    # epoch). Only above `max_steps` is training cut; passing max_steps below that would instead
+    # make the Trainer run that many steps, many epochs over a small support set.
+    defaults = TrainingArguments()
+    pairs = len(ContrastiveDataset(texts, labels, multilabel=False, sampling_strategy=defaults.sampling_strategy))
+    full_steps = -(-pairs // defaults.embedding_batch_size)
+    scratch = tempfile.mkdtemp(prefix="setfit-")  # its checkpoints (default: ./checkpoints) go there, not here
+    args = TrainingArguments(max_steps=max_steps if full_steps > max_steps else -1, seed=seed, output_dir=scratch)
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -80,7 +82,7 @@ def main() -> None:
         variants.append(variant)
         for name in args.tasks.split(","):
             registry_name, kind, overrides = SUITE[name]
-            if overrides.get("max_length"):  # SetFit reads the body's own max_seq_length; no long-document row
+            if overrides.get("max_length") or name in NER_TASKS:  # SetFit: no NER; it reads its own max_seq_length
                 continue
             task = load_task(registry_name)
             test_texts, test_labels = test_sample(task)

@@ -12,12 +12,19 @@ Reported per task: accuracy with a 95% crossed-bootstrap interval over draws and
 per adaptation (model load excluded). A variant other than the first is also given as its paired
 difference from the first (same draws, same texts).
 
-Tasks (intents, topics, sentiment in three domains, long documents): every one is read from the
-offline packages; none of them is a meta-training task of any start here (this is the untrained
-start). `yahoo_long`/`dbpedia_long` are the same tasks read at 256 tokens, their real length.
-Variants: default = `AdaptConfig()` as `llm-meta adapt` runs it (LoRA on every layer); top2 = LoRA
-on the top 2 layers only (`model.lora_layers=2`, the default until the suite measured it); others
-can be added in VARIANTS.
+Tasks (intents, topics, sentiment in three domains, long documents, NER): every one is read from
+the offline packages; none of them is a meta-training task of any start here (this is the untrained
+start). `yahoo_long`/`dbpedia_long`/`drug_reviews_long` are the same tasks read at 256 tokens, their real
+length (SetFit reads MiniLM's and MPNet's own 256 and 384).
+`wnut16` is NER on WNUT-16's four held-out entity types (movie, musicartist, product, sportsteam;
+recipes/configs/benchmark_ner.yaml): `adapt_tagger` (`llm-meta adapt --ner`) with K mentions per
+type drawn from the sentences that hold them, scored on the others by micro entity F1 (seqeval's
+exact spans and types; entities of other types count as O), its interval resampling draws and
+sentences alike.
+Variants: default = `AdaptConfig()` (`TaggerConfig()` for NER) as `llm-meta adapt` runs it (LoRA on
+every layer); top2 = LoRA on the top 2 layers only (`model.lora_layers=2`, the default until the
+suite measured it); mpnet = the default with the all-mpnet-base-v2 body (`pip install
+"llm_meta[mpnet]"`); others can be added in VARIANTS.
 """
 
 from __future__ import annotations
@@ -44,8 +51,11 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 from llm_meta.classifier import AdaptConfig, adapt  # noqa: E402
 from llm_meta.config import to_dict  # noqa: E402
+from llm_meta.evaluation import entity_counts  # noqa: E402
 from llm_meta.metrics import classification_metrics  # noqa: E402
+from llm_meta.ner import NerConfig, Sentence, entity_type, io_to_bio, load_ner, split_ner  # noqa: E402
 from llm_meta.statistics import UNIT, Outcomes, crossed_bootstrap  # noqa: E402
+from llm_meta.tagger import TaggerConfig, adapt_tagger, support_sentences  # noqa: E402
 from llm_meta.tasks import Task, load_task  # noqa: E402
 
 TEST_CAP = 2000  # test texts per task (a fixed random sample of a larger split)
@@ -62,10 +72,21 @@ SUITE: dict[str, tuple[str, str, dict[str, Any]]] = {
     "drug_reviews": ("drug_reviews", "sentiment, 3 classes", {}),
     "yahoo_long": ("yahoo", "topics, long documents (256 tokens)", {"max_length": 256}),
     "dbpedia_long": ("dbpedia", "topics, long documents (256 tokens)", {"max_length": 256}),
+    "drug_reviews_long": ("drug_reviews", "sentiment, long reviews (256 tokens)", {"max_length": 256}),
+    "wnut16": ("wnut16", "NER, 4 held-out entity types", {}),
 }
-VARIANTS: dict[str, Callable[[AdaptConfig], AdaptConfig]] = {
+NER_TASKS = {"wnut16": ["movie", "musicartist", "product", "sportsteam"]}  # name -> held-out types
+
+
+def _model(**changes: Any) -> Callable[[Any], Any]:
+    """A variant that changes `cfg.model` (of an AdaptConfig or a TaggerConfig)."""
+    return lambda cfg: dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
+
+
+VARIANTS: dict[str, Callable[[Any], Any]] = {
     "default": lambda cfg: cfg,
-    "top2": lambda cfg: dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora_layers=2)),
+    "top2": _model(lora_layers=2),
+    "mpnet": _model(name="all-mpnet-base-v2"),
 }
 
 
@@ -93,18 +114,48 @@ def run_one(task: Task, model_overrides: dict[str, Any], variant: str, shots: in
             "predict_seconds": round(time.perf_counter() - start, 2)}
 
 
-def summarise(runs: list[dict[str, Any]], reference: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """Accuracy with its crossed interval (and the paired difference from `reference`), macro-F1."""
-    def outcomes(rs: list[dict[str, Any]]) -> Outcomes:
-        n = len(rs[0]["correct"])
-        return Outcomes(values=[[np.asarray(r["correct"], dtype=float)[:, None] for r in rs]],
-                        text_ids=[np.arange(n)] * len(rs), n_texts=n)
+def run_ner(name: str, variant: str, shots: int, draw: int, test: list[Sentence]) -> dict[str, Any]:
+    """One support draw of an NER task: adapt a tagger, tag every test sentence not in its support,
+    and keep per-sentence entity counts (true positives, false positives, false negatives)."""
+    cfg = VARIANTS[variant](TaggerConfig(data=SUITE[name][0], types=NER_TASKS[name], shots=shots, seed=draw))
+    tagger = adapt_tagger(cfg)
+    support, labels = support_sentences(load_ner(cfg.data), cfg)
+    seen = {tuple(words) for words in support.texts}
+    ids = [i for i, s in enumerate(test) if tuple(s.tokens) not in seen]
+    start = time.perf_counter()
+    predicted = tagger.tag([test[i].tokens for i in ids])
+    index = {t: y for y, t in enumerate(labels)}
+    references = [[index.get(entity_type(t), 0) for t in test[i].tags] for i in ids]  # other types: O
+    counts = [entity_counts(io_to_bio(p, labels), io_to_bio(r, labels)) for p, r in zip(predicted, references)]
+    tp, fp, fn = np.sum(counts, axis=0)
+    return {"counts": counts, "text_ids": ids, "micro_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
+            "adapt_seconds": tagger.metadata["adapt_seconds"] - tagger.metadata["adapt_timings"]["model_load"],
+            "predict_seconds": round(time.perf_counter() - start, 2)}
 
-    f1 = [r["macro_f1"] for r in runs]
-    out = {"accuracy": crossed_bootstrap(outcomes(runs)).__dict__, "macro_f1": float(np.mean(f1)),
-           "macro_f1_range": [min(f1), max(f1)], "adapt_seconds": float(np.mean([r["adapt_seconds"] for r in runs]))}
+
+def ner_test(name: str) -> list[Sentence]:
+    """Every sentence of the NER task that holds a held-out type (support draws come from these too)."""
+    return split_ner(NerConfig(data=SUITE[name][0], held_out_types=NER_TASKS[name]))[0]["test"]
+
+
+def summarise(runs: list[dict[str, Any]], reference: list[dict[str, Any]] | None, n_texts: int) -> dict[str, Any]:
+    """Accuracy (micro entity F1 for NER) with its crossed interval over draws and texts, the paired
+    difference from `reference` (the same draws), macro-F1 for classification."""
+    def outcomes(rs: list[dict[str, Any]]) -> Outcomes:
+        if "counts" in rs[0]:  # NER: [Q, 3] entity counts per query sentence
+            return Outcomes(values=[[np.asarray(r["counts"], dtype=float).reshape(-1, 3) for r in rs]],
+                            text_ids=[np.asarray(r["text_ids"]) for r in rs], n_texts=n_texts)
+        return Outcomes(values=[[np.asarray(r["correct"], dtype=float)[:, None] for r in rs]],
+                        text_ids=[np.arange(n_texts)] * len(rs), n_texts=n_texts)
+
+    statistic = "micro_f1" if "counts" in runs[0] else "accuracy"
+    out = {"statistic": statistic, "accuracy": crossed_bootstrap(outcomes(runs), statistic=statistic).__dict__,
+           "adapt_seconds": float(np.mean([r["adapt_seconds"] for r in runs]))}
+    if statistic == "accuracy":
+        f1 = [r["macro_f1"] for r in runs]
+        out.update(macro_f1=float(np.mean(f1)), macro_f1_range=[min(f1), max(f1)])
     if reference is not None:
-        out["difference"] = crossed_bootstrap(outcomes(runs), outcomes(reference)).__dict__
+        out["difference"] = crossed_bootstrap(outcomes(runs), outcomes(reference), statistic=statistic).__dict__
     return out
 
 
@@ -116,6 +167,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/quality.json"))
     parser.add_argument("--table", action="store_true", help="only print the table of what --out holds")
+    parser.add_argument("--readme", action="store_true", help="only print README.md's short table (adapt vs SetFit)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     out_path = Path(args.out)
@@ -123,30 +175,65 @@ def main() -> None:
     # The configs the rows were made with: tests/test_quality_suite.py keeps the default equal to it.
     if args.table:
         return table(results, variants)
-    results.setdefault("configs", {}).update({v: to_dict(VARIANTS[v](AdaptConfig())) for v in variants if v in VARIANTS})
+    if args.readme:
+        return readme_table(results)
+    configs = results.setdefault("configs", {})
+    configs.update({v: to_dict(VARIANTS[v](AdaptConfig())) for v in variants if v in VARIANTS})
+    configs.update({f"ner_{v}": to_dict(VARIANTS[v](TaggerConfig())) for v in variants if v in VARIANTS})
     for name in args.tasks.split(","):
         registry_name, kind, overrides = SUITE[name]
-        task = load_task(registry_name)
-        texts, labels = test_sample(task)
+        if name in NER_TASKS:
+            test = ner_test(name)
+            n_texts, one = len(test), lambda variant, shots, draw: run_ner(name, variant, shots, draw, test)
+        else:
+            task = load_task(registry_name)
+            texts, labels = test_sample(task)
+            n_texts, one = len(texts), lambda variant, shots, draw: run_one(task, overrides, variant, shots, draw,
+                                                                            texts, labels)
         for shots in args.shots:
             for variant in variants:
                 key = f"{name}/K{shots}/{variant}"
                 runs = results.get(key, {}).get("runs", [])
                 for draw in range(len(runs), args.draws):
-                    runs.append(run_one(task, overrides, variant, shots, draw, texts, labels))
-                    print(f"{key} draw {draw}: accuracy {100 * np.mean(runs[-1]['correct']):.1f}, "
+                    runs.append(one(variant, shots, draw))
+                    score = runs[-1]["micro_f1"] if name in NER_TASKS else np.mean(runs[-1]["correct"])
+                    print(f"{key} draw {draw}: {'micro F1' if name in NER_TASKS else 'accuracy'} {100 * score:.1f}, "
                           f"{runs[-1]['adapt_seconds']:.1f} s", flush=True)
                     results[key] = {"task": name, "kind": kind, "shots": shots, "variant": variant,
-                                    "test_texts": len(texts), "runs": runs}
+                                    "test_texts": n_texts, "runs": runs}
                     out_path.write_text(json.dumps(results))  # each draw kept: an interrupted run goes on
     out_path.write_text(json.dumps(results))
     table(results, variants)
 
 
+README_TASKS = ["banking77", "mcid", "yahoo", "tweets_apple", "drug_reviews", "wnut16"]
+
+
+def readme_table(results: dict[str, Any], ours: str = "default", peer: str = "setfit_minilm", shots: int = 8) -> None:
+    """README.md's table: a few suite tasks, `adapt`'s default next to SetFit with the same body."""
+    print("| task | `adapt` | SetFit | `adapt` − SetFit (paired) | seconds, `adapt` / SetFit |")
+    print("|---|---|---|---|---|")
+    for name in README_TASKS:
+        first, other = results.get(f"{name}/K{shots}/{ours}"), results.get(f"{name}/K{shots}/{peer}")
+        if first is None:
+            continue
+        a = summarise(first["runs"], None, first["test_texts"])
+        cells = [f"{100 * a['accuracy']['mean']:.1f}", "-", "-", f"{a['adapt_seconds']:.0f} / -"]
+        if other is not None and len(other["runs"]) == len(first["runs"]):
+            b = summarise(other["runs"], first["runs"], other["test_texts"])
+            d = b["difference"]  # other − ours: turned round to ours − other
+            capped = " (capped)" if any(r.get("capped") for r in other["runs"]) else ""
+            cells[1:] = [f"{100 * b['accuracy']['mean']:.1f}{capped}",
+                         f"{-100 * d['mean']:+.1f} [{-100 * d['high']:+.1f}, {-100 * d['low']:+.1f}]",
+                         f"{a['adapt_seconds']:.0f} / {b['adapt_seconds']:.0f}"]
+        kind = "micro entity F1" if a["statistic"] == "micro_f1" else "accuracy"
+        print(f"| {name} ({SUITE[name][1]}; {kind}) | " + " | ".join(cells) + " |")
+
+
 def table(results: dict[str, Any], variants: list[str]) -> None:
     """One Markdown table: a row per task and K, a column per variant."""
-    print(f"\nAccuracy (95% interval: {UNIT}; here one start, so draws and texts), macro-F1, seconds per "
-          f"adaptation; differences are paired against {variants[0]}.\n")
+    print(f"\nAccuracy (micro entity F1 for NER; 95% interval: {UNIT}; here one start, so draws and texts), "
+          f"macro-F1, seconds per adaptation; differences are paired against {variants[0]}.\n")
     print("| task | K | test texts | " + " | ".join(variants) + " |")
     print("|---" * (3 + len(variants)) + "|")
     rows = sorted({(r["task"], r["shots"]) for k, r in results.items() if "/" in k},
@@ -160,10 +247,10 @@ def table(results: dict[str, Any], variants: list[str]) -> None:
                 cells.append("-")
                 continue
             paired = first and variant != variants[0] and len(first["runs"]) == len(entry["runs"])
-            s = summarise(entry["runs"], first["runs"] if paired else None)
+            s = summarise(entry["runs"], first["runs"] if paired else None, entry["test_texts"])
             a = s["accuracy"]
-            cell = f"{100 * a['mean']:.1f} [{100 * a['low']:.1f}, {100 * a['high']:.1f}], F1 {100 * s['macro_f1']:.1f}, " \
-                   f"{s['adapt_seconds']:.1f} s"
+            cell = f"{100 * a['mean']:.1f} [{100 * a['low']:.1f}, {100 * a['high']:.1f}], " \
+                   + (f"F1 {100 * s['macro_f1']:.1f}, " if "macro_f1" in s else "") + f"{s['adapt_seconds']:.1f} s"
             if first and len(entry["runs"]) != len(first["runs"]):  # a row still being run
                 cell += f" ({len(entry['runs'])} draws)"
             if "difference" in s:

@@ -23,6 +23,7 @@ from llm_meta.checkpoint import load_adapter_params, read_start
 from llm_meta.classifier import load_task_model, save_task_model
 from llm_meta.config import to_dict
 from llm_meta.core import InnerConfig
+from llm_meta.episodes import WordExamples
 from llm_meta.hub import HubMixin
 from llm_meta.metrics import entity_metrics
 from llm_meta.models import Body, ModelConfig, Params, capped, load_body, lora_params, recorded_model_config, \
@@ -48,10 +49,10 @@ class TaggerConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=lambda: ModelConfig(max_length=128))  # when adapter is None
     # Decomposed head (span detection, then typing; llm_meta.spans): on held-out WNUT-16 types it
-    # scored several times the IO head's entity F1 (BENCHMARKS.md, "Few-shot NER: silver corpus and
+    # scored several times the IO head's entity F1 (experiments/BENCHMARKS.md, "Few-shot NER: silver corpus and
     # decomposed heads"); `inner.ner_head=io` gives the IO head. Each entity-type name joins the
     # support set twice as a sentence of its type: +5.2 micro F1 at K = 5 and +5.9 at K = 1 from the
-    # untrained start with these 15 steps (BENCHMARKS.md, "Entity-type names by default");
+    # untrained start with these 15 steps (experiments/BENCHMARKS.md, "Entity-type names by default");
     # `inner.label_examples=0` turns it off.
     inner: InnerConfig = field(default_factory=lambda: InnerConfig(steps=15, lr=1e-3, ner_head="decomposed",
                                                                    label_examples=2))
@@ -112,6 +113,15 @@ class FewShotTagger(HubMixin):
                                     trust_remote_code)[:5])
 
 
+def support_sentences(sentences: list[Sentence], cfg: TaggerConfig) -> tuple[WordExamples, list[str]]:
+    """The support set `adapt_tagger` learns from: Few-NERD's K~2K sampler over `cfg.types` (every
+    type of `sentences` when empty), seeded by `cfg.seed`; and the labels ["O", type, ...] its IO
+    class ids index."""
+    types = cfg.types or entity_types(sentences)
+    sampler = NerEpisodeSampler(sentences, types, len(types), cfg.shots, 0, seed=cfg.seed, name=str(cfg.data))
+    return sampler.episode(0).support, ["O", *sorted(types)]
+
+
 def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False, progress: bool = False) -> FewShotTagger:
     """Adapt a start to the entity types of `cfg.data` from a K~2K-mention support set.
     `trust_remote_code`: as for `llm_meta.adapt` (the caller's choice only)."""
@@ -125,21 +135,21 @@ def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False, progress: b
     if cfg.shots < 1:
         raise TaskError(f"K (--shots; Python: shots=) must be at least 1 mention per entity type, got {cfg.shots}")
     sentences = load_ner(cfg.data)
-    types = cfg.types or entity_types(sentences)
-    sampler = NerEpisodeSampler(sentences, types, len(types), cfg.shots, 0, seed=cfg.seed, name=str(cfg.data))
-    support = sampler.episode(0).support
-    labels = ["O", *sorted(types)]
+    support, labels = support_sentences(sentences, cfg)
+    types = labels[1:]
     if support.texts == []:
         raise TaskError(f"{cfg.data}: no support sentences for types {types}")
+    load_start = time.perf_counter()
     body = load_body(cfg.model, seed=cfg.seed, trust_remote_code=trust_remote_code)
     params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
+    model_load = round(time.perf_counter() - load_start, 3)
     report_cut(body, support.texts, support.labels, labels, role="train")
     fast = adapt_params(body, params, support, len(labels), cfg.inner, seed=cfg.seed, label_names=labels,
                         progress=progress)
     meta = {"base_model": cfg.model.name, "model": to_dict(cfg.model), "start": cfg.adapter or "untrained",
             "task": str(cfg.data), "task_hash": sentences_fingerprint(sentences), "support_size": len(support),
             "adapt_config": to_dict(cfg), "adapt_seconds": round(time.perf_counter() - start_time, 2),
-            "environment": environment()}
+            "adapt_timings": {"model_load": model_load}, "environment": environment()}
     log.info("adapted to %d entity types from %d support sentences in %.1f s", len(types), len(support),
              meta["adapt_seconds"])
     return FewShotTagger(body, fast, labels, cfg.inner.scale, meta)
