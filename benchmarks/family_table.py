@@ -1,4 +1,4 @@
-"""The task-family study's tables for BENCHMARKS.md, from a benchmark's results.json.
+"""The task-family study's tables for experiments/BENCHMARKS.md, from a benchmark's results.json.
 
     python benchmarks/family_table.py runs/benchmark_family/results.json [--k 8]
 

@@ -4,7 +4,7 @@ scored on the full test split, over several support seeds.
     .venv/bin/python benchmarks/fullway.py --task banking77 --shots 1 5 --seeds 0 1 2 \
         --start untrained --start runs/meta_train/adapter --start runs/reptile/adapter
 
-Rows per start: the frozen prototype floor (no steps, no label names; the design notes' 76.8 at
+Rows per start: the frozen prototype floor (no steps, no label names; the first prototype's 76.8 at
 5-shot on BANKING77), and the default `llm-meta adapt` procedure (prototype head + each label
 name twice + 15 Adam steps). Wall time is that of `llm_meta.adapt` (support encoding + steps),
 not of scoring the test split. Prints a markdown table and writes JSON next to --output.

@@ -4,7 +4,7 @@ both selection targets? (issue: task family, item 5: start selection on the supp
 No support-set rule measured so far met both targets for the family's ProtoNet start over three
 meta-seeds: keeping a no-step ProtoNet the leave-one-out fit picks kept 82% / 74% of its gain on
 Apple tweets / drug reviews but lost 1.6 points on Yahoo topics; taking the 15 steps after any pick
-met the off-family bound (MCID -0.2, Yahoo -0.4) but kept 59% / 19% in family (BENCHMARKS.md,
+met the off-family bound (MCID -0.2, Yahoo -0.4) but kept 59% / 19% in family (experiments/BENCHMARKS.md,
 "ProtoNet's own protocol under the choice, on three meta-seeds"). Neither a 2-fold check nor a fit
 margin tuned on validation tasks changed that.
 

@@ -5,7 +5,7 @@ start off its family? (issue: task family, item 5: start selection on the suppor
 support set. A ProtoNet start it keeps is then used with no steps, while the untrained start and the
 halfway point take the shared 15 steps, which are worth more off the family than the fit shows: at
 meta-seed 0 two Yahoo support sets kept ProtoNet and lost 16 and 8 points to the untrained start
-(BENCHMARKS.md, "ProtoNet's own protocol under the choice, on three meta-seeds"). A 2-fold check of
+(experiments/BENCHMARKS.md, "ProtoNet's own protocol under the choice, on three meta-seeds"). A 2-fold check of
 each protocol could not tell them apart ("Checking a kept no-step ProtoNet under each protocol").
 
 The rule measured here (declared before any of its results were seen, and committed before this

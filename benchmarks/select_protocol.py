@@ -5,7 +5,7 @@ task family, item 5: start selection on the support set.)
 A ProtoNet start it keeps is used with no steps, while the untrained start and the halfway point
 take the shared 15 steps, which lift them far on 10-way topics: at meta-seed 0 two Yahoo support
 sets kept ProtoNet and scored 49.4 and 51.4 where the untrained start scores 65.8 and 59.2
-(BENCHMARKS.md, "ProtoNet's own protocol under the choice, on three meta-seeds").
+(experiments/BENCHMARKS.md, "ProtoNet's own protocol under the choice, on three meta-seeds").
 
 The rule measured here (`protocol_check` below, declared before any of its results were seen):
 when the leave-one-out pick takes fewer steps than the shared adaptation, both it and the

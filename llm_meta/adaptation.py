@@ -25,7 +25,7 @@ from llm_meta.spans import decomposed_head
 NER_HEADS = ("io", "decomposed")
 # Inner steps of the adaptation an algorithm meta-trains its start for, where that is not the shared
 # one. ProtoNet learns the nearest-prototype classifier itself (Snell et al., 2017); 15 steps on top of
-# its start gave back a third of its held-out gain on Apple tweets (BENCHMARKS.md, "The ProtoNet
+# its start gave back a third of its held-out gain on Apple tweets (experiments/BENCHMARKS.md, "The ProtoNet
 # start, and FOMAML at a second meta-seed").
 OWN_STEPS = {"protonet": 0}
 
@@ -150,7 +150,7 @@ def in_family(label_names: list[str], family: list[str] | None) -> bool:
     Why: in a family that shares one label set (sentiment across sources, the issue's user story), a
     new domain with those labels is what the start was trained for, and choosing on its support set
     there lost part of the gain when one support set went to the untrained start (ProtoNet: 74% of
-    its gain kept on drug reviews over 15 episodes; FOMAML: 71-74% of a 7-10 point gain; BENCHMARKS.md,
+    its gain kept on drug reviews over 15 episodes; FOMAML: 71-74% of a 7-10 point gain; experiments/BENCHMARKS.md,
     "A start for tasks with the family's labels"); a task with other labels gets the choice
     (`choose_start`).
     """

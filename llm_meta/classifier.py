@@ -48,9 +48,9 @@ CLASSIFIER_FORMAT = "llm_meta.classifier/1"
 
 def default_adapt_config() -> InnerConfig:
     """Adaptation defaults: 15 Adam steps at lr 1e-3 on batches of 64, prototype head plus each
-    label name twice as an extra example (design notes 5b: the best measured on BANKING77), each
+    label name twice as an extra example (the best measured on BANKING77 by the first prototype), each
     batch run as length-sorted chunks of 8 texts: the same gradient, but a batch of short intents
-    with one long text in it was ~75% padding (2.1-2.6x faster adaptation, BENCHMARKS.md "Adaptation
+    with one long text in it was ~75% padding (2.1-2.6x faster adaptation, experiments/BENCHMARKS.md "Adaptation
     latency"). Sequence tasks only: NER configs set chunk 0 (their loss is a mean over words)."""
     return InnerConfig(steps=15, lr=1e-3, batch_size=64, head_init="proto", label_examples=2, chunk=8)
 
@@ -68,7 +68,7 @@ class AdaptConfig:
     text_column: str = "text"
     label_column: str = "label"
     # When adapter is None (else the adapter's): LoRA on every layer. The quality suite (11 tasks,
-    # K = 8, 5 draws; BENCHMARKS.md "Quality suite") scored LoRA on the top 2 layers 0.5-3.4 points
+    # K = 8, 5 draws; docs/results.md "Quality suite") scored LoRA on the top 2 layers 0.5-3.4 points
     # lower on every task (the paired interval above 0 on 5 of them, at 0 on 2) for 1.6-3.8x less time, so the
     # faster placement is an option (model.lora_layers=2), not the default.
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -430,7 +430,7 @@ def _select_start(body: Body, params: Params, examples: Examples, labels: list[s
     its weight change halved, adapted with `cfg.inner` whichever it is: the fit judges the candidates
     before any step, so a no-step adapter it kept was compared unfairly with a start the steps lift
     (a ProtoNet adapter kept with no steps lost 16 points on one 10-way topic support set,
-    BENCHMARKS.md "ProtoNet's own protocol under the choice").
+    experiments/BENCHMARKS.md "ProtoNet's own protocol under the choice").
     """
     if cfg.select_start == "auto" and in_family(labels, meta.get("label_names")):
         inner = own_adaptation(cfg.inner, meta.get("algorithm"))

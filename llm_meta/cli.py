@@ -571,13 +571,20 @@ def build_parser() -> argparse.ArgumentParser:
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # key.sub=value
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as `main` reads it (the docs' tests parse every documented command with it).
+    Exits with argparse's usage message (status 2) on an unknown flag or a missing argument."""
     args, extra = build_parser().parse_known_args(argv)
     # argparse takes one run of key=value words; more of them after a flag are overrides too.
     if extra and "overrides" in args and all(OVERRIDE.match(word) for word in extra):
         args.overrides, extra = [*args.overrides, *extra], []
     if extra:
         args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()

@@ -72,7 +72,7 @@ def label_name_text(name: str) -> str:
 def with_label_names(support: Examples, label_names: list[str], times: int) -> Examples:
     """The support set plus each label name, read as text, `times` times (labelled with its class).
 
-    Label names carry the task's semantics for free: the design notes measured +4 points on
+    Label names carry the task's semantics for free: the project's first prototype measured +4 points on
     BANKING77 77-way 5-shot from adding each name twice before adaptation. For a token task (NER)
     each entity-type name is a sentence of its words, every word of that type, so the name's words
     join the type's prototype; class 0 is O, which has no name to add.

@@ -39,7 +39,7 @@ DECODER_TYPES = {
     "gemma3_text", "olmo", "olmo2", "opt", "bloom", "falcon", "gptj", "starcoder2", "smollm3",
 }
 # LoRA targets per architecture: all attention projections plus the dense layers for encoders
-# (what the design notes' prototype used), attention projections for decoders.
+# (what the project's first prototype used), attention projections for decoders.
 DEFAULT_TARGETS: dict[str, list[str]] = {
     "bert": ["query", "key", "value", "dense"],
     "roberta": ["query", "key", "value", "dense"],
@@ -657,7 +657,7 @@ def by_tokens(body: Body, texts: list[str]) -> list[int]:
     """Indices of `texts`, fewest tokens first (untruncated, so long texts sort by their windows):
     batches of neighbours in this order pad little. Characters are a poor key for it: in batches of
     64, a character-sorted pass pads BANKING77's test texts to 29% more tokens than it reads and
-    WNUT-16 tweets (URLs, emoji, hashtags) to 42% more; token order, 4% and 3% (BENCHMARKS.md,
+    WNUT-16 tweets (URLs, emoji, hashtags) to 42% more; token order, 4% and 3% (experiments/BENCHMARKS.md,
     "Prediction throughput"). The extra tokenisation costs ~3% of a pass."""
     lengths = token_counts(body, texts)
     return sorted(range(len(texts)), key=lengths.__getitem__)

@@ -217,7 +217,7 @@ def align_groups(body: Body, sentences: list[list[str]]) -> list[tuple[list[int]
     once where the padded tokens are fewest (no cut when none saves any). Each group is its own
     forward pass; the words of all groups together are the same set, so a loss over them is the
     same. Why: entity-type names as support sentences (1-3 tokens) were padded to the longest tweet
-    of the support set, ~1.5x the adaptation's compute (BENCHMARKS.md, "NER speed").
+    of the support set, ~1.5x the adaptation's compute (experiments/BENCHMARKS.md, "NER speed").
 
     Returns:
         (indices into `sentences`, their AlignedBatch) per group, shortest group first.

@@ -5,7 +5,7 @@ Why: an OpenMP parallel region ends when its slowest thread does. When another p
 core with one of our threads, that thread waits a scheduler time slice (milliseconds) in regions
 that take microseconds, and a spinning thread takes CPU from the process it waits for. On 2 cores
 with one competing process, `llm-meta adapt` at torch's default of 2 threads ran 1.9x slower than
-with 1 thread, while on an idle machine 2 threads are 1.15-1.5x faster than 1 (BENCHMARKS.md,
+with 1 thread, while on an idle machine 2 threads are 1.15-1.5x faster than 1 (experiments/BENCHMARKS.md,
 "Threads on a busy machine"; `benchmarks/threads.py`).
 
 Nothing here imports torch: the choice is made before torch is imported, through the environment

@@ -16,7 +16,7 @@ trained hypernetwork writes from the support set, no steps), hypernet_adapt (tha
 shared adaptation), hypernet_fomaml (generator trained through FOMAML, + adaptation). Each row
 also gets its wall time per episode (generate/adapt + score the queries).
 
-A recipe, so one file read top to bottom (design notes, section 6), hence its length.
+A recipe, so one file read top to bottom, hence its length.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Reads top to bottom: accelerator, model, tasks, samplers, meta-training loop wit
 validation (the untrained start, step 0, is always a candidate), save the best-by-validation
 adapter, then score it against the untrained start on held-out tasks.
 
-A recipe, so one file read top to bottom (design notes, section 6), hence its length.
+A recipe, so one file read top to bottom, hence its length.
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ def test_base_file_is_merged_section_by_section(tmp_path):
 
 
 def test_words_that_yaml_1_1_reads_as_booleans_stay_words(tmp_path):
-    # `llm-meta adapt ... select_start=off` (README) and `mixed_precision=no` are words of a choice;
-    # YAML 1.1 reads on/off/yes/no as booleans, which failed as a type error. Only true/false are.
+    # `llm-meta adapt ... select_start=off` (docs/concepts/start-selection.md) and `mixed_precision=no`
+    # are words of a choice; YAML 1.1 reads on/off/yes/no as booleans, which failed as a type error. Only true/false are.
     from llm_meta.classifier import AdaptConfig
     from recipes import meta_train
 
@@ -169,7 +169,7 @@ def test_a_partial_section_goes_on_top_of_its_field_s_own_default():
 
 def test_adapt_ner_defaults_to_the_measured_best_adaptation():
     # `llm-meta adapt --ner` adapts as measured best on held-out WNUT-16 types: the decomposed head and
-    # entity-type names as support sentences (+5.2 micro F1 at K = 5, BENCHMARKS.md); a partial
+    # entity-type names as support sentences (+5.2 micro F1 at K = 5, experiments/BENCHMARKS.md); a partial
     # `inner` section from the command line keeps them.
     from llm_meta.tagger import TaggerConfig
 

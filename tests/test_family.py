@@ -166,7 +166,7 @@ def family_table(results: str, k: int) -> str:
 
 
 def test_the_study_table_lists_each_methods_mean_per_meta_seed():
-    # benchmarks/family_table.py renders BENCHMARKS.md's family tables from a stored results.json
+    # benchmarks/family_table.py renders experiments/BENCHMARKS.md's family tables from a stored results.json
     table = family_table("family_seeds01_results.json", 8)
     assert "Mean per meta-seed at K = 8 (seed 0 / 1;" in table
     assert "| protonet | 65.7 / 62.2 | 45.9 / 48.3 |" in table  # seed 0 / seed 1, Apple / drugs
@@ -278,7 +278,7 @@ def test_the_label_rule_table_reprints_from_stored_rows_and_routes_by_class_name
 
 
 def test_the_readme_walkthrough_with_your_own_domain_files(tiny_bert_dir, tmp_path):
-    # README "Meta-train a start for your own task family": one labelled CSV per domain, ProtoNet's
+    # docs/guides/task-family.md: one labelled CSV per domain, ProtoNet's
     # recipe, selection on a file never trained on; the adapter records the files' class names, so
     # step 2 on a new domain with those labels uses it as trained (no steps), and on a file with
     # other labels chooses on the support set.

@@ -1,4 +1,4 @@
-"""Hostile inputs: what a stranger or an accident can hand the tool (RELIABILITY.md, "Hostile inputs").
+"""Hostile inputs: what a stranger or an accident can hand the tool (docs/reliability.md, "Hostile inputs").
 
 Each test is one row of that table: a folder that tries to run code, outputs that are someone
 else's files, two writers at once, a checkpoint trained with another config, inputs too long to

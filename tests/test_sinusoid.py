@@ -7,7 +7,7 @@ from recipes import sinusoid
 
 
 def test_meta_learning_beats_joint_pretraining_on_new_sine_tasks(capsys):
-    # A shortened run of the recipe (the full one and its numbers are in BENCHMARKS.md). Seeded:
+    # A shortened run of the recipe (the full one and its numbers are in experiments/BENCHMARKS.md). Seeded:
     # the same tasks, the same initial MLP, the same outcome on every run.
     cfg = load_config(sinusoid.Config, None, ["meta_steps=500", "test_tasks=100",
                                                "methods=[maml, fomaml, metasgd, reptile, joint]"])
