@@ -154,6 +154,7 @@ class EpisodeSampler:
         return Episode(support=support, query=query, label_names=classes, task=name)
 
     def episodes(self, count: int, start: int = 0) -> list[Episode]:
+        """Episodes start, ..., start + count - 1: each the same for the same (seed, index)."""
         return [self.episode(i) for i in range(start, start + count)]
 
 

@@ -122,6 +122,8 @@ class Task:
         return sorted({label for ds in self.splits.values() for label in ds["label"]})
 
     def split(self, name: str) -> datasets.Dataset:
+        """The split `name` (train, validation or test; dev and valid mean validation). Raises TaskError
+        for a split the task does not have, naming those it has."""
         key = SPLIT_ALIASES.get(name, name)
         if key not in self.splits:
             raise TaskError(f"task '{self.name}' has no '{name}' split (it has: {', '.join(self.splits)})")

@@ -65,6 +65,16 @@ def test_the_parser_rejects_what_the_docs_test_must_catch():
     assert commands("echo hi | .venv/bin/llm-meta predict --model m  # comment\n") == [["predict", "--model", "m"]]
 
 
+def test_the_generated_reference_pages_match_the_code():
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    for path, make in generate.PAGES.items():
+        assert path.read_text(encoding="utf-8") == make(), f"{path.relative_to(ROOT)} is stale: run docs/generate.py"
+
+
 def test_every_python_block_compiles():
     for page in PAGES:
         for i, body in enumerate(blocks(page, "python")):
