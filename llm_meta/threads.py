@@ -6,7 +6,7 @@ core with one of our threads, that thread waits a scheduler time slice (millisec
 that take microseconds, and a spinning thread takes CPU from the process it waits for. On 2 cores
 with one competing process, `llm-meta adapt` at torch's default of 2 threads ran 1.9x slower than
 with 1 thread, while on an idle machine 2 threads are 1.15-1.5x faster than 1 (experiments/BENCHMARKS.md,
-"Threads on a busy machine"; `benchmarks/threads.py`).
+"Threads on a busy machine"; `experiments/threads.py`).
 
 Nothing here imports torch: the choice is made before torch is imported, through the environment
 variables its OpenMP runtime reads (and `torch.set_num_threads` when it is already imported).

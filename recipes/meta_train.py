@@ -34,7 +34,7 @@ from llm_meta.classifier import default_adapt_config, whole_split_episode
 from llm_meta.config import to_dict
 from llm_meta.core import LR_PREFIX, InnerConfig, interpolate, meta_sgd_rates, outer_lr
 from llm_meta.episodes import Episode, EpisodeSampler, StagedSampler
-from llm_meta.evaluation import mean_ci, paired_difference, score_episodes
+from llm_meta.evaluation import Interval, mean_ci, paired_difference, score_episodes
 from llm_meta.heads import HEAD_KEYS
 from llm_meta.hypernet import HYPER_PREFIX, HypernetConfig, count_parameters, init_hypernet
 from llm_meta.models import ModelConfig, load_body, lora_params
@@ -288,7 +288,7 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator, trust_remote_cod
     if cfg.log_with:
         accelerator.end_training()
     if main_process:
-        _closing_line(run_dir, state, run_log.start)
+        _closing_line(run_dir, state, run_log.start, results["test"], cfg.algorithm)
     return results
 
 
@@ -340,18 +340,41 @@ def check_resume(cfg: Config, saved: dict[str, Any], run_log: RunLog) -> None:
     run_log.write("resume_forced", differences=differences, from_version=saved.get("llm_meta_version"))
 
 
-def _closing_line(run_dir: Path, state: dict, began: float) -> None:
-    """Where the adapter is, what selection kept, and the command that uses it."""
+def _closing_line(run_dir: Path, state: dict, began: float, test: dict | None = None, algorithm: str = "") -> None:
+    """Where the adapter is and what selection kept; then, after a held-out test, one small table
+    (each task: the untrained start, the meta-learned start, their paired difference), what it
+    means in a plain line, and the next command."""
     import time
 
     kept = next(h for h in reversed(state["history"]) if h["step"] == state["best_step"]
                 and h["accuracy"] == state["best_score"])
     which = "the start it began from (step 0)" if kept["step"] == 0 else \
         f"step {kept['step']}" + (f" at α={kept['alpha']:g}" if kept["alpha"] != 1.0 else "")
-    tqdm.write(f"done in {(time.time() - began) / 60:.1f} min: adapter in {run_dir / 'adapter'} = {which}, "
-               f"meta-validation {100 * kept['accuracy']:.1f} vs {100 * state['history'][0]['accuracy']:.1f} at step 0. "
-               f"Use it: llm-meta adapt --adapter {run_dir / 'adapter'} --support your_examples.csv --output my_model",
-               file=sys.stderr)
+    adapter = run_dir / "adapter"
+    lines = [f"done in {(time.time() - began) / 60:.1f} min: adapter in {adapter} = {which}, meta-validation "
+             f"{100 * kept['accuracy']:.1f} vs {100 * state['history'][0]['accuracy']:.1f} at step 0."]
+    if test:
+        lines += ["", "| held-out task | untrained start | meta-learned start | difference (95% interval) |",
+                  "|---|---|---|---|"]
+        verdicts: dict[str, list[str]] = {"wins": [], "loses": [], "ties": []}
+        for task, row in test.items():
+            untrained, learned, diff = (Interval(**row[k]) for k in ("untrained", algorithm, "difference"))
+            verdict = "wins" if diff.mean - diff.half_width > 0 else "loses" if diff.mean + diff.half_width < 0 else "ties"
+            verdicts[verdict].append(task)
+            lines.append(f"| {task} ({row['episodes']} episodes) | {untrained} | {learned} | "
+                         f"{100 * diff.mean:+.1f} ± {100 * diff.half_width:.1f} ({verdict}) |")
+        lines.append("")
+        if verdicts["loses"]:
+            lines.append(f"The meta-learned start is worse than the untrained start on {', '.join(verdicts['loses'])}: "
+                         f"adapt from the untrained start there (--adapter none).")
+        elif verdicts["wins"]:
+            lines.append(f"The meta-learned start beats the untrained start on {', '.join(verdicts['wins'])}"
+                         + (f" and ties on {', '.join(verdicts['ties'])}." if verdicts["ties"] else "."))
+        else:
+            lines.append("The meta-learned start ties the untrained start on every held-out task: on tasks like these, "
+                         "meta-training bought nothing.")
+    lines.append(f"Next: llm-meta adapt --adapter {adapter} --support your_examples.csv --output my_model")
+    tqdm.write("\n".join(lines), file=sys.stderr)
 
 
 def init_params(body, cfg: Config) -> dict[str, torch.Tensor]:

@@ -160,13 +160,13 @@ def test_meta_learning_from_transfer_starts_at_the_transfer_start():
 
 def family_table(results: str, k: int) -> str:
     root = Path(__file__).resolve().parents[1]
-    return subprocess.run([sys.executable, str(root / "benchmarks/family_table.py"),
-                           str(root / "benchmarks/results" / results), "--k", str(k)],
+    return subprocess.run([sys.executable, str(root / "experiments/family_table.py"),
+                           str(root / "experiments/results" / results), "--k", str(k)],
                           capture_output=True, text=True, check=True).stdout
 
 
 def test_the_study_table_lists_each_methods_mean_per_meta_seed():
-    # benchmarks/family_table.py renders experiments/BENCHMARKS.md's family tables from a stored results.json
+    # experiments/family_table.py renders experiments/BENCHMARKS.md's family tables from a stored results.json
     table = family_table("family_seeds01_results.json", 8)
     assert "Mean per meta-seed at K = 8 (seed 0 / 1;" in table
     assert "| protonet | 65.7 / 62.2 | 45.9 / 48.3 |" in table  # seed 0 / seed 1, Apple / drugs
@@ -176,7 +176,7 @@ def test_the_study_table_lists_each_methods_mean_per_meta_seed():
 
 
 def test_start_shift_reads_zero_for_the_untrained_start_and_the_norm_of_b_a_for_a_moved_one(tiny_bert_dir, tmp_path):
-    # benchmarks/start_shift.py, the SmolLM2 family diagnosis: an adapter holding the untrained
+    # experiments/start_shift.py, the SmolLM2 family diagnosis: an adapter holding the untrained
     # start itself moves nothing; one whose B was set moves the embedding, and its |B·A| is printed.
     import torch
 
@@ -193,7 +193,7 @@ def test_start_shift_reads_zero_for_the_untrained_start_and_the_norm_of_b_a_for_
 
     def shift(start: str) -> list[str]:
         root = Path(__file__).resolve().parents[1]
-        return subprocess.run([sys.executable, str(root / "benchmarks/start_shift.py"), str(tmp_path / start),
+        return subprocess.run([sys.executable, str(root / "experiments/start_shift.py"), str(tmp_path / start),
                                "--config", "recipes/configs/benchmark_family.yaml", "--task", "tweets_apple",
                                "--texts", "6", *overrides], capture_output=True, text=True, check=True,
                               cwd=root).stdout.splitlines()
@@ -217,12 +217,12 @@ def test_the_drug_reviews_zip_is_unpacked_once_into_a_fresh_cache_without_tempor
 
 
 def test_the_pooled_table_pools_one_seed_runs_and_refuses_runs_that_do_not_pair(tmp_path):
-    # benchmarks/family_pooled.py: the study's K table over meta-seeds from one-seed results files
+    # experiments/family_pooled.py: the study's K table over meta-seeds from one-seed results files
     root = Path(__file__).resolve().parents[1]
-    seed0, seed2 = (root / "benchmarks/results" / f for f in ("family_results.json", "family_seed2_results.json"))
+    seed0, seed2 = (root / "experiments/results" / f for f in ("family_results.json", "family_seed2_results.json"))
 
     def pooled(*files: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(root / "benchmarks/family_pooled.py"), *map(str, files)],
+        return subprocess.run([sys.executable, str(root / "experiments/family_pooled.py"), *map(str, files)],
                               capture_output=True, text=True, cwd=root)
     out = pooled(seed2, seed0)
     assert out.returncode == 0, out.stderr
@@ -254,11 +254,11 @@ def test_family_labels_are_the_class_names_meta_training_draws_from():
 
 
 def test_the_label_rule_table_reprints_from_stored_rows_and_routes_by_class_names(monkeypatch):
-    # benchmarks/select_family.py: the family's labels take ProtoNet's own (no-step) scores, other
+    # experiments/select_family.py: the family's labels take ProtoNet's own (no-step) scores, other
     # labels the support-set choice with the shared steps; with the stored rows nothing is scored.
     root = Path(__file__).resolve().parents[1]
-    results = root / "benchmarks/results"
-    out = subprocess.run([sys.executable, str(root / "benchmarks/select_family.py"), "--reference",
+    results = root / "experiments/results"
+    out = subprocess.run([sys.executable, str(root / "experiments/select_family.py"), "--reference",
                           str(results / "family_select_protonet3_results.json"), "--kept",
                           str(results / "family_select_protonet3_kept.tar.gz"), "--out",
                           str(results / "select_family_rows.json"), "output_dir=runs/none"],
@@ -268,7 +268,7 @@ def test_the_label_rule_table_reprints_from_stored_rows_and_routes_by_class_name
            "| protonet 15 | in family" in out.stdout
     assert "| yahoo (15 episodes) | 63.9 | 48.8 (-15.1 [-16.5, -13.5]) | 63.4 (-0.4 [-1.3, +0.0]) " in out.stdout
     assert "| banking77 (15 episodes) | 83.3 |" in out.stdout and "| clinc (15 episodes) | 92.2 |" in out.stdout
-    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    monkeypatch.syspath_prepend(str(root / "experiments"))
     import select_family
 
     reference = json.loads((results / "family_select_protonet3_results.json").read_text())

@@ -60,10 +60,17 @@ def test_run_writes_peft_adapter_and_metadata(tiny_bert_dir, toy_csv, tmp_path, 
     results = run(tiny_overrides(tiny_bert_dir, toy_csv, out, **{"test.episodes": 2, "test.tasks": f"[{held_out}]"}))
     assert [h["step"] for h in results["validation"]] == [0, 2, 4]
     assert set(results["test"]) == {"held_out"}
-    # the run ends by saying where the adapter is, what selection kept, and how to use it
-    closing = capsys.readouterr().err.strip().splitlines()[-1]
-    assert closing.startswith("done in ") and f"adapter in {out / 'adapter'}" in closing
-    assert f"llm-meta adapt --adapter {out / 'adapter'}" in closing and "at step 0" in closing
+    # the run ends by saying where the adapter is and what selection kept, then one table of the
+    # held-out test, what it means in a plain line, and the next command
+    err = capsys.readouterr().err.strip().splitlines()
+    done = next(i for i, line in enumerate(err) if line.startswith("done in "))
+    closing = err[done:]
+    assert f"adapter in {out / 'adapter'}" in closing[0] and "at step 0" in closing[0]
+    assert closing[2] == "| held-out task | untrained start | meta-learned start | difference (95% interval) |"
+    row = results["test"]["held_out"]
+    assert closing[4].startswith("| held_out (2 episodes) | ") and f"{100 * row['difference']['mean']:+.1f}" in closing[4]
+    assert closing[-2].startswith("The meta-learned start ")
+    assert closing[-1] == f"Next: llm-meta adapt --adapter {out / 'adapter'} --support your_examples.csv --output my_model"
     verify_folder(out / "adapter")
     meta = json.loads((out / "adapter" / "llm_meta.json").read_text())
     assert meta["algorithm"] == "fomaml" and meta["step"] == results["best_step"]

@@ -1,6 +1,6 @@
 """The fast paths equal the slow ones, and long texts are read as the user chose (speed issue).
 
-Timings themselves are benchmarks (benchmarks/predict_speed.py, benchmarks/long_texts.py), not tests.
+Timings themselves are benchmarks (benchmarks/predict_speed.py, experiments/long_texts.py), not tests.
 """
 
 import logging

@@ -1,6 +1,6 @@
 """Long documents: plain truncation against reading them whole as windows, for accuracy and time.
 
-    .venv/bin/python benchmarks/long_texts.py [--draws 2] [--test 1000]
+    .venv/bin/python experiments/long_texts.py [--draws 2] [--test 1000]
 
 On the bundled long-text tasks (Yahoo answers: 10 topics; DBpedia: its first 10 classes, as a
 local CSV folder), adapts the default untrained start from K = 5 examples per class and scores
@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ import llm_meta  # noqa: E402
 from llm_meta.classifier import AdaptConfig  # noqa: E402
 from llm_meta.models import ModelConfig, warn_truncated  # noqa: E402
 from llm_meta.tasks import load_task  # noqa: E402
-from subsets import first_classes  # noqa: E402 (benchmarks/subsets.py, beside this script)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from subsets import first_classes  # noqa: E402 (benchmarks/subsets.py)
 
 SETTINGS = {
     "truncate 64 (default)": {},

@@ -1,7 +1,7 @@
 """Wall time of four `llm-meta` commands on an idle machine and beside one competing process, at a
 chosen thread setting: the evidence for `llm_meta/threads.py`'s policy.
 
-    .venv/bin/python benchmarks/threads.py [--before SRC] [--repeats 1] [--out FILE.json]
+    .venv/bin/python experiments/threads.py [--before SRC] [--repeats 1] [--out FILE.json]
 
 Commands (each in a fresh process, the way a user runs them; wall time includes start-up):
   adapt-16   `adapt --adapter none --task mcid --shots 5` (16 classes, 80 support texts)
@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default=None, help="a checkout of the code before the thread policy")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/threads.json"))
+    parser.add_argument("--out", default=str(ROOT / "experiments/results/threads.json"))
     args = parser.parse_args()
     settings = ["auto", "1"] + (["before"] if args.before else [])
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Held-out N-way K-shot episodes: meta-learned starts vs the untrained start, on identical episodes.
 
-    .venv/bin/python benchmarks/heldout.py --config recipes/configs/meta_train.yaml --episodes 67 \
+    .venv/bin/python experiments/heldout.py --config recipes/configs/meta_train.yaml --episodes 67 \
         --start untrained --start runs/fomaml/adapter --start runs/reptile/adapter
 
 The episodes and the adaptation procedure are the config's `test` and `adapt` sections (5-way

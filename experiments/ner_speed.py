@@ -1,6 +1,6 @@
 """Few-shot NER speed: adapting a tagger to new entity types, and tagging sentences with it.
 
-    .venv/bin/python benchmarks/ner_speed.py [--adapter DIR] [--shots 5] [--repeats 3] [--sentences 1000]
+    .venv/bin/python experiments/ner_speed.py [--adapter DIR] [--shots 5] [--repeats 3] [--sentences 1000]
         [--label-examples N]
 
 Adapts `llm-meta adapt --ner`'s default tagger (`llm_meta.tagger.TaggerConfig`: decomposed head, type names ×2,

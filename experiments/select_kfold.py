@@ -22,7 +22,7 @@ benchmark_family_select.yaml with `finetune` and START rows), so the scores are 
 The script checks that the start it loads is the one the reference scored: the leave-one-out picks
 it recomputes must equal the reference's `START+select` picks.
 
-    PYTHONPATH=<checkout of the study's code> python benchmarks/select_kfold.py \
+    PYTHONPATH=<checkout of the study's code> python experiments/select_kfold.py \
         --config recipes/configs/benchmark_family_select.yaml --reference RESULTS.json \
         --start fomaml --seed 0 --out runs/select_kfold/fomaml-seed0.json [key=value ...]
 

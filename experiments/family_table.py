@@ -1,6 +1,6 @@
 """The task-family study's tables for experiments/BENCHMARKS.md, from a benchmark's results.json.
 
-    python benchmarks/family_table.py runs/benchmark_family/results.json [--k 8]
+    python experiments/family_table.py runs/benchmark_family/results.json [--k 8]
 
 Prints, per held-out domain, accuracy vs K for every method (mean with its crossed-bootstrap 95%
 interval, the unit the report states), then the paired differences at one K against every

@@ -37,13 +37,13 @@ ProtoNet without steps, the shipped choice and the rule with the tuned m; the tw
 (off family never more than 0.5 below the untrained start on average; in family >= 80% of
 ProtoNet's gain).
 
-    python benchmarks/select_margin.py --reference benchmarks/results/family_select_protonet3_results.json \\
-        --kept benchmarks/results/family_select_protonet3_kept.tar.gz \\
-        --test-rows benchmarks/results/select_protocol_rows.json --out runs/select_margin/rows.json \\
+    python experiments/select_margin.py --reference experiments/results/family_select_protonet3_results.json \\
+        --kept experiments/results/family_select_protonet3_kept.tar.gz \\
+        --test-rows experiments/results/select_protocol_rows.json --out runs/select_margin/rows.json \\
         output_dir=runs/select_protocol     # the folder holding (or to train) the three ProtoNet starts
 
-With the stored rows (`--out benchmarks/results/select_margin_rows.json --test-scores
-benchmarks/results/select_margin_test_scores.json`) it reprints the tables without loading a start.
+With the stored rows (`--out experiments/results/select_margin_rows.json --test-scores
+experiments/results/select_margin_test_scores.json`) it reprints the tables without loading a start.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 from select_protocol import (K, START, best_other, diff_cell, parser, pending_episodes, protocols,
-                             reference_episodes)
+                             protonet_candidates, reference_episodes)
 
 from llm_meta.adaptation import choose_start
 from llm_meta.config import load_config

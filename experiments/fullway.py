@@ -1,7 +1,7 @@
 """Full-way K-shot adaptation on a held-out dataset: every class, K examples each from train,
 scored on the full test split, over several support seeds.
 
-    .venv/bin/python benchmarks/fullway.py --task banking77 --shots 1 5 --seeds 0 1 2 \
+    .venv/bin/python experiments/fullway.py --task banking77 --shots 1 5 --seeds 0 1 2 \
         --start untrained --start runs/meta_train/adapter --start runs/reptile/adapter
 
 Rows per start: the frozen prototype floor (no steps, no label names; the first prototype's 76.8 at

@@ -1,6 +1,6 @@
 """Online adaptation: add one new class with K examples to a model adapted on all the others.
 
-    .venv/bin/python benchmarks/online.py [--task banking77] [--shots 5] [--seeds 0 1 2] [--steps 0 5]
+    .venv/bin/python experiments/online.py [--task banking77] [--shots 5] [--seeds 0 1 2] [--steps 0 5]
 
 For each seed: draw K examples of every class of the task's train split, hold one class out (a
 different one per seed), adapt the untrained start on the rest with the default `llm-meta adapt`

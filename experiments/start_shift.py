@@ -1,6 +1,6 @@
 """How far a trained start moves the body's sentence embeddings from the untrained start.
 
-    python benchmarks/start_shift.py runs/family_smollm2/starts/protonet-seed0 \
+    python experiments/start_shift.py runs/family_smollm2/starts/protonet-seed0 \
         --config recipes/configs/benchmark_family.yaml --task tweets_apple --texts 48 \
         model.name=SmolLM2-135M-Instruct model.lora_layers=2
 

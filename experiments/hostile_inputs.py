@@ -1,6 +1,6 @@
 """Peak memory and wall time of `llm-meta predict` on inputs too large to hold or to tokenise whole.
 
-    .venv/bin/python benchmarks/hostile_inputs.py [--lines 10000 1000000] [--line-mb 2000] [--model tiny]
+    .venv/bin/python experiments/hostile_inputs.py [--lines 10000 1000000] [--line-mb 2000] [--model tiny]
 
 Writes the inputs into a temporary folder: files of N short lines (one text per line), and one
 file whose first line is `--line-mb` megabytes long (followed by one short line). Adapts a task

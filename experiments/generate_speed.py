@@ -1,6 +1,6 @@
 """Time to write a task's adapter with the LoRA hypernetwork vs adapting one with gradient steps.
 
-    .venv/bin/python benchmarks/generate_speed.py [--hypernet runs/hypernet/adapter] [--task banking77] [--shots 5]
+    .venv/bin/python experiments/generate_speed.py [--hypernet runs/hypernet/adapter] [--task banking77] [--shots 5]
 
 Support set: K examples of every class of the task (77-way 5-shot for BANKING77). Times, each the
 median of --repeats runs in this process after one warm-up: encoding the support texts and label

@@ -22,8 +22,8 @@ scored is scored here, as the benchmark scores it. The script checks that it rep
 reference: the ProtoNet tensors' fingerprints must equal the kept archive's, the episodes' hashes the
 reference's, and the recomputed leave-one-out picks the reference's picks.
 
-    python benchmarks/select_protocol.py --reference benchmarks/results/family_select_protonet3_results.json \\
-        --kept benchmarks/results/family_select_protonet3_kept.tar.gz --out runs/select_protocol/rows.json \\
+    python experiments/select_protocol.py --reference experiments/results/family_select_protonet3_results.json \\
+        --kept experiments/results/family_select_protonet3_kept.tar.gz --out runs/select_protocol/rows.json \\
         output_dir=runs/select_protocol
 
 Trains the ProtoNet starts first (as the benchmark would) where their folders have no tensors.

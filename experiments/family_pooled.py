@@ -1,8 +1,8 @@
 """The task-family study's accuracy-vs-K table pooled over meta-seeds, from one-seed benchmark runs.
 
-    python benchmarks/family_pooled.py benchmarks/results/family_results.json \\
-        benchmarks/results/family_seed1_results.json benchmarks/results/family_seed2_results.json \\
-        --plot benchmarks/results/family_pooled_accuracy_vs_k.png
+    python experiments/family_pooled.py experiments/results/family_results.json \\
+        experiments/results/family_seed1_results.json experiments/results/family_seed2_results.json \\
+        --plot experiments/results/family_pooled_accuracy_vs_k.png
 
 Each results.json holds one meta-seed of benchmark_family.yaml. The episodes must be the same
 (their hashes are checked); the settings that make a start and its adaptation (`model`, `adapt`,

@@ -1,7 +1,7 @@
 """How cost grows: adaptation time and memory vs classes x shots and vs max_length, prediction time
 vs the number of texts, meta-step time vs way and inner steps.
 
-    .venv/bin/python benchmarks/cost_table.py [--parts adapt,predict,metastep]
+    .venv/bin/python experiments/cost_table.py [--parts adapt,predict,metastep]
 
 - Adaptation (`llm_meta.adapt`, untrained start, top-2-layer LoRA (`model.lora_layers=2`), 15 steps of 64):
   CLINC's first C classes x K shots at max_length 64 (C = 5 ... 150, K = 5, 10), and Yahoo's 10
@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from subsets import first_classes  # benchmarks/subsets.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from subsets import first_classes  # noqa: E402 (benchmarks/subsets.py)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

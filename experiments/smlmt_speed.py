@@ -1,6 +1,6 @@
 """SMLMT sampling throughput: index build time and episodes per second from a 100k-sentence corpus.
 
-    .venv/bin/python benchmarks/smlmt_speed.py [--sentences 100000] [--episodes 5000]
+    .venv/bin/python experiments/smlmt_speed.py [--sentences 100000] [--episodes 5000]
 
 The corpus is real text from the bundled packages: every split of every registered task (long
 DBpedia/Yahoo texts cut into sentences) plus the WNUT-16 tweets, de-duplicated, first

@@ -25,8 +25,8 @@ draws, the three ProtoNet starts of meta-seeds 0-2 (fingerprints equal to the `p
 benchmark's kept archive). Criterion: the off-family target, the rule's mean accuracy over the 15
 episodes of each task at most 0.5 points below the untrained start + 15 steps.
 
-    python benchmarks/select_family.py --reference benchmarks/results/family_select_protonet3_results.json \\
-        --kept benchmarks/results/family_select_protonet3_kept.tar.gz --out runs/select_family/rows.json \\
+    python experiments/select_family.py --reference experiments/results/family_select_protonet3_results.json \\
+        --kept experiments/results/family_select_protonet3_kept.tar.gz --out runs/select_family/rows.json \\
         output_dir=runs/select_protocol     # the folder holding (or to train) the three ProtoNet starts
 """
 
