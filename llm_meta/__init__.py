@@ -22,7 +22,8 @@ _EXPORTS = {
     "AdaptConfig": "llm_meta.classifier", "FewShotClassifier": "llm_meta.classifier", "adapt": "llm_meta.classifier",
     "Episode": "llm_meta.episodes", "EpisodeSampler": "llm_meta.episodes", "Examples": "llm_meta.episodes",
     "ContinueConfig": "llm_meta.online", "continue_adapt": "llm_meta.online",
-    "Task": "llm_meta.tasks", "load_task": "llm_meta.tasks",
+    "Task": "llm_meta.tasks", "load_task": "llm_meta.tasks", "ModelConfig": "llm_meta.models",
+    "InnerConfig": "llm_meta.core",
 }
 __all__ = sorted(_EXPORTS)
 
