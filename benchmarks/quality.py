@@ -24,7 +24,9 @@ sentences alike.
 Variants: default = `AdaptConfig()` (`TaggerConfig()` for NER) as `llm-meta adapt` runs it (LoRA on
 every layer); top2 = LoRA on the top 2 layers only (`model.lora_layers=2`, the default until the
 suite measured it); mpnet = the default with the all-mpnet-base-v2 body (`pip install
-"llm_meta[mpnet]"`); others can be added in VARIANTS.
+"llm_meta[mpnet]"`); steps30, lr3e-3, no_label_names, len128, windows = one setting of the default
+changed (30 steps, lr 3e-3, no label names, 128 tokens, long texts read in windows): candidates
+for a default, to be run beside it on every task before one is adopted. Add others in VARIANTS.
 """
 
 from __future__ import annotations
@@ -83,10 +85,21 @@ def _model(**changes: Any) -> Callable[[Any], Any]:
     return lambda cfg: dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
 
 
+def _inner(**changes: Any) -> Callable[[Any], Any]:
+    """A variant that changes `cfg.inner` (the adaptation)."""
+    return lambda cfg: dataclasses.replace(cfg, inner=dataclasses.replace(cfg.inner, **changes))
+
+
+# Candidates for a default are variants: run them next to "default" on every suite task.
 VARIANTS: dict[str, Callable[[Any], Any]] = {
     "default": lambda cfg: cfg,
     "top2": _model(lora_layers=2),
     "mpnet": _model(name="all-mpnet-base-v2"),
+    "steps30": _inner(steps=30),
+    "lr3e-3": _inner(lr=3e-3),
+    "no_label_names": _inner(label_examples=0),
+    "len128": _model(max_length=128),
+    "windows": _model(long_texts="windows"),
 }
 
 
