@@ -30,7 +30,7 @@ cfg = llm_meta.AdaptConfig(model=llm_meta.ModelConfig(name=args.model))
 clf = llm_meta.adapt(support=str(work / "support.csv"), cfg=cfg, text_column="utterance", label_column="intent")
 
 # 3. Use it, save it (a plain peft adapter + head), load it back, score it on labelled texts.
-print(clf.predict(["how can I donate to help", "hello there"]))  # [(label, probability), ...]
+print(clf.predict(["how can I donate to help", "hello there"]))  # [label, label]
 clf.save_pretrained(work / "my_model")
 clf = llm_meta.FewShotClassifier.from_pretrained(work / "my_model")
 print(clf.evaluate(str(work / "support.csv"))["accuracy"])  # the columns it was adapted with are reused

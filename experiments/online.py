@@ -31,7 +31,7 @@ from llm_meta.online import ContinueConfig, continue_adapt  # noqa: E402
 
 
 def accuracy(clf: FewShotClassifier, texts: list[str], labels: list[str]) -> float:
-    return sum(p == y for (p, _), y in zip(clf.predict(texts), labels)) / max(1, len(labels))
+    return sum(p == y for p, y in zip(clf.predict(texts), labels)) / max(1, len(labels))
 
 
 def main() -> None:

@@ -1,14 +1,14 @@
 """llm_meta: few-shot fine-tuning of language models by meta-learning LoRA adapters.
 
-The three everyday verbs:
+The everyday verbs:
 
-    import llm_meta
-    clf = llm_meta.adapt(task="my_intents.csv", shots=5, adapter="runs/meta_train/adapter",
-                         text_column="utterance", label_column="intent")
-    clf.save("my_model")
-    llm_meta.FewShotClassifier.load("my_model").predict(["where is my card?"])
+    from llm_meta import FewShotClassifier
+    clf = FewShotClassifier.from_pretrained("all-MiniLM-L6-v2").fit(texts, labels)  # or an adapter folder
+    clf.predict(["where is my card?"])  # -> ["card_arrival"]
+    clf.save_pretrained("my_model")     # FewShotClassifier.from_pretrained("my_model") loads it
     clf.evaluate("my_intents_test.csv")  # one file: scored whole, with the columns adapted on
     clf = llm_meta.continue_adapt(clf, ["cancel my order"], ["cancel"], new_classes=["cancel"])  # online
+    clf = llm_meta.adapt(task="banking77", shots=5)  # K examples per class drawn from a task
 
 The names below are imported when first used (PEP 562), so `import llm_meta.outputs` or the
 `llm-meta` command's argument checks do not wait for torch and transformers to load.
@@ -23,7 +23,8 @@ _EXPORTS = {
     "Episode": "llm_meta.episodes", "EpisodeSampler": "llm_meta.episodes", "Examples": "llm_meta.episodes",
     "ContinueConfig": "llm_meta.online", "continue_adapt": "llm_meta.online",
     "Task": "llm_meta.tasks", "load_task": "llm_meta.tasks", "ModelConfig": "llm_meta.models",
-    "InnerConfig": "llm_meta.core",
+    "InnerConfig": "llm_meta.core", "FewShotTagger": "llm_meta.tagger", "TaggerConfig": "llm_meta.tagger",
+    "adapt_tagger": "llm_meta.tagger",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,9 +1,10 @@
 """The everyday job: adapt a (meta-learned or untrained) start to a new task from K examples per
 class, then predict and evaluate. The same `adapt` inner loop as meta-training does the work.
 
-    clf = llm_meta.adapt(task="my_intents.csv", shots=5, adapter="runs/meta_train/adapter")
+    clf = FewShotClassifier.from_pretrained("all-MiniLM-L6-v2").fit(texts, labels)  # every example used
+    clf = llm_meta.adapt(task="my_intents.csv", shots=5, adapter="runs/meta_train/adapter")  # K per class drawn
     clf.save("my_model")
-    FewShotClassifier.load("my_model").predict(["where is my card?"])
+    FewShotClassifier.load("my_model").predict(["where is my card?"])  # -> ["card_arrival"]
 
 A saved task model is a folder with a standard PEFT adapter (the adapted LoRA), `head.safetensors`
 (the adapted classifier head), `labels.json`, `support.jsonl` (the support set it was adapted on,
@@ -20,30 +21,34 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from safetensors.torch import save_file
 
 from llm_meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation, predict_logits
-from llm_meta.checkpoint import (ADAPTER_FILES, METADATA_FILE as METADATA, CheckpointError, load_adapter_params,
-                                 read_metadata, read_start, read_tensors, readable_folder, save_adapter, verify_folder)
-from llm_meta.config import to_dict
+from llm_meta.checkpoint import (ADAPTER_FILES, ADAPTER_FORMAT, METADATA_FILE as METADATA, CheckpointError,
+                                 load_adapter_params, read_metadata, read_start, read_tensors, readable_folder,
+                                 save_adapter, verify_folder)
+from llm_meta.config import from_dict, to_dict
 from llm_meta.core import InnerConfig, interpolate
 from llm_meta.episodes import Episode, Examples
 from llm_meta.heads import HEAD_KEYS
-from llm_meta.hub import HubMixin
+from llm_meta.hub import HUB_PREFIX, HubMixin
 from llm_meta.metrics import classification_metrics
+from llm_meta.model_files import BUNDLED_GGUF, BUNDLED_MODELS, BUNDLED_SPLIT_ZIPS
 from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, recorded_model_config, \
     start_model_config, warn_truncated
 from llm_meta.outputs import claim
 from llm_meta.spans import SPAN_KEYS
-from llm_meta.tasks import SPLIT_ALIASES, Task, TaskError, load_task, task_fingerprint
+from llm_meta.tasks import SPLIT_ALIASES, Task, TaskError, as_task, load_task, task_fingerprint
 from llm_meta.training import environment
 
 log = logging.getLogger(__name__)
 
 CLASSIFIER_FORMAT = "llm_meta.classifier/1"
+BUNDLED_NAMES = {*BUNDLED_MODELS, *BUNDLED_GGUF, *BUNDLED_SPLIT_ZIPS}  # bodies from_pretrained knows by name
 
 
 def default_adapt_config() -> InnerConfig:
@@ -88,7 +93,8 @@ class AdaptConfig:
 
 @dataclass
 class FewShotClassifier(HubMixin):
-    """An adapted model: body with adapted LoRA, a head, and its label names."""
+    """An adapted model: body with adapted LoRA, a head, and its label names; or, from
+    `from_pretrained` of a body or a meta-trained adapter, a start (body None) that `fit` adapts."""
 
     body: Body
     params: Params  # LoRA + head tensors
@@ -96,11 +102,19 @@ class FewShotClassifier(HubMixin):
     scale: float
     metadata: dict[str, Any] = field(default_factory=dict)
     support: Examples | None = None  # what it was adapted on (labels index `labels`); replayed when continuing
+    fit_config: AdaptConfig | None = None  # a start's adaptation, until `fit` (from_pretrained of a body or adapter)
+    trust_remote_code: bool = False  # the caller's choice, kept for `fit`
 
     # ---- use ----
     @torch.no_grad()
     def predict_proba(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
-        """Class probabilities [len(texts), n_labels]; columns follow `self.labels`."""
+        """Class probabilities [len(texts), n_labels]; columns follow `self.labels`.
+
+        Raises:
+            ValueError: a start that has not been fitted yet (`from_pretrained` of a body or adapter).
+        """
+        if self.body is None:
+            raise ValueError("this classifier is a start, not yet adapted: call fit(texts, labels) first")
         if not texts:
             return torch.empty(0, len(self.labels))
         desc = f"predict ({len(texts)} texts)" if progress else None
@@ -109,11 +123,67 @@ class FewShotClassifier(HubMixin):
         return predict_logits(self.body, self.params, texts, self.scale, batch_size, desc, cache=False,
                               what="texts to label").softmax(-1).cpu()
 
-    def predict(self, texts: list[str], progress: bool = False) -> list[tuple[str, float]]:
-        """(label, probability) for each text."""
+    def predict(self, texts: list[str], progress: bool = False) -> list[str]:
+        """The most probable label of each text."""
+        return [label for label, _ in self.predict_scored(texts, progress)]
+
+    def predict_scored(self, texts: list[str], progress: bool = False) -> list[tuple[str, float]]:
+        """(most probable label, its probability) for each text."""
         probs = self.predict_proba(texts, progress=progress)
         best = probs.argmax(1)
         return [(self.labels[i], float(probs[n, i])) for n, i in enumerate(best.tolist())]
+
+    # ---- fit: a start adapted to the user's examples ----
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, token: str | None = None, revision: str | None = None,
+                        trust_remote_code: bool = False, cfg: AdaptConfig | None = None) -> "FewShotClassifier":
+        """A saved task model, ready to predict: a folder written by `save`, or `hf:<org>/<name>` (a
+        Hub repository written by `push_to_hub`, at `revision` if given). Or a start to `fit`: a
+        meta-trained adapter folder, or a body (a bundled name such as all-MiniLM-L6-v2, a model
+        folder, a .gguf file); `cfg` then sets the adaptation (default `AdaptConfig()`).
+
+        Raises:
+            FileNotFoundError: a name that is neither a bundled model nor an existing path.
+        """
+        text = str(name_or_path)
+        folder = Path(text).expanduser()
+        if text.startswith(HUB_PREFIX) or (folder / METADATA).is_file() and \
+                read_metadata(folder).get("format") != ADAPTER_FORMAT:
+            return super().from_pretrained(name_or_path, token, revision, trust_remote_code)
+        start = dataclasses.replace(cfg or AdaptConfig())
+        if (folder / METADATA).is_file():  # a meta-trained adapter: its own body
+            start.adapter = str(folder)
+        elif text in BUNDLED_NAMES or folder.exists() or text.endswith(".gguf"):
+            start.model = dataclasses.replace(start.model, name=text)
+        else:
+            hint = f"; a Hub repository is written {HUB_PREFIX}{text}" if text.count("/") == 1 and \
+                not text.startswith((".", "/", "~")) else ""
+            raise FileNotFoundError(f"no model folder {text}, and not a bundled model ({', '.join(sorted(BUNDLED_NAMES))})"
+                                    f"{hint}")
+        return cls(None, {}, [], start.inner.scale, {}, fit_config=start, trust_remote_code=trust_remote_code)
+
+    def fit(self, texts: Any, labels: Sequence[Any] | None = None, text_column: str = "text",
+            label_column: str = "label", progress: bool = False) -> "FewShotClassifier":
+        """Adapt to these examples, every one of them in the support set (a few per class), and
+        return self, ready to predict. `texts`: a list of texts with `labels` (class names), or a
+        `datasets.Dataset`, a pandas DataFrame or a file with `text_column`/`label_column`
+        (`llm_meta.tasks.as_task`). The start is the one `from_pretrained` was given; on an adapted
+        model, the start it was adapted from, recorded in its metadata (to add examples to what it
+        knows, use `llm_meta.continue_adapt`). `adapt` does the work (`select_start` and all).
+
+        Raises:
+            TaskError, ColumnError: as for a support file (empty labels, one class, a missing column).
+        """
+        cfg = self.fit_config
+        if cfg is None:  # an adapted model: its own start and adaptation, as recorded
+            cfg = from_dict(AdaptConfig, {k: v for k, v in self.metadata.get("adapt_config", {}).items()
+                                                 if k not in ("task", "support")})
+        data = as_task(texts, labels, text_column, label_column)
+        fitted = adapt(support=data, cfg=dataclasses.replace(cfg, task=None, support=None),
+                       trust_remote_code=self.trust_remote_code, progress=progress)
+        self.body, self.params, self.labels, self.scale = fitted.body, fitted.params, fitted.labels, fitted.scale
+        self.metadata, self.support, self.fit_config = fitted.metadata, fitted.support, cfg
+        return self
 
     @property
     def columns(self) -> tuple[str, str]:
@@ -164,6 +234,8 @@ class FewShotClassifier(HubMixin):
             OutputError: `folder` exists and was not written by llm_meta, or was and `overwrite`
                 is False; or another process is writing it (`llm_meta.outputs`).
         """
+        if self.body is None:
+            raise ValueError("this classifier is a start, not yet adapted: call fit(texts, labels) before saving it")
         extra = {} if self.support is None else {SUPPORT_FILE: lambda path: write_support(path, self.support, self.labels)}
         return save_task_model(self.body, self.params, self.labels, self.scale, self.metadata, CLASSIFIER_FORMAT,
                                folder, extra, overwrite)
@@ -339,13 +411,13 @@ def scored_split(task: Task) -> str:
 
 
 def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str | Path | None = None,
-          support: str | None = None, cfg: AdaptConfig | None = None, trust_remote_code: bool = False,
+          support: str | Task | None = None, cfg: AdaptConfig | None = None, trust_remote_code: bool = False,
           text_column: str | None = None, label_column: str | None = None, progress: bool = False
           ) -> FewShotClassifier:
     """Adapt a start (an llm_meta adapter folder, or the untrained LoRA) to a new task.
 
     Give `task` (K = `shots` examples per class are drawn from its train split) or `support`
-    (a labelled file used whole). Arguments given here override the same fields of `cfg`
+    (a labelled file, or a Task such as `llm_meta.tasks.as_task(texts, labels)`, used whole). Arguments given here override the same fields of `cfg`
     (see `AdaptConfig`); `cfg` itself is not modified. `trust_remote_code`: let the base model's
     repo run its own code (the caller's choice only; no config or adapter folder can set it).
     `text_column`/`label_column`: the file's columns (recorded in the model: `FewShotClassifier.columns`).
@@ -360,8 +432,9 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         cfg.shots = shots
     if adapter is not None:
         cfg.adapter = str(adapter)
+    given = support if isinstance(support, Task) else None  # in-memory examples: recorded by their source
     if support is not None:
-        cfg.support = support
+        cfg.support = support.source if given else support
     if (cfg.task is None) == (cfg.support is None):
         raise ValueError("give either a task (K examples per class are drawn from it) or a support file, not both")
     if cfg.select_start not in ("auto", "support", "off"):  # a config file or the command line checks it already
@@ -389,7 +462,7 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
     lap("model_load")
     if cfg.support is not None:
-        data = load_task(cfg.support, cfg.text_column, cfg.label_column)
+        data = given or load_task(cfg.support, cfg.text_column, cfg.label_column)
         labels = data.label_names
         index = {name: i for i, name in enumerate(labels)}
         examples = Examples(list(data.split("train")["text"]), [index[y] for y in data.split("train")["label"]])

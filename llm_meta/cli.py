@@ -351,7 +351,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
                     raise ValueError(f"an empty or whitespace-only text in {args.input} at line/row {first_empty} (a "
                                      f"missing text counts as empty; --empty skip labels it null)")
             found = model.predict([texts[i] for i in keep], first_row=row + 1) if tagger else \
-                model.predict([texts[i] for i in keep])
+                model.predict_scored([texts[i] for i in keep])
             answers = dict(zip(keep, found))
             for i, text in enumerate(texts):
                 # An empty line has no entities; a missing text gets null, as a classifier's label does.

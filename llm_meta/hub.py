@@ -79,8 +79,9 @@ def model_card(metadata: dict[str, Any], files: list[str]) -> ModelCard:
                   'print(model.predict(["your text"]))' if not token_level else
                   'print(model.predict(["Some sentence to tag"]))']
     else:
-        lines += ["import llm_meta", "", "# adapt the start to your task from a few labelled examples per class",
-                  'clf = llm_meta.adapt(adapter="path/to/this/folder", task="your.csv", shots=5)']
+        lines += ["from llm_meta import FewShotClassifier", "",
+                  "# adapt the start to your task from a few labelled examples per class",
+                  'clf = FewShotClassifier.from_pretrained("path/to/this/folder").fit(texts, labels)']
     lines += ["```", "", "It is a standard PEFT LoRA adapter: `peft.PeftModel.from_pretrained(base, folder)` loads "
               "the LoRA weights."]
     extra = [f"`{name}` ({what})" for name, what in EXTRA_FILES.items() if name in files]

@@ -1,6 +1,6 @@
 """Few-shot NER task models: adapt a start to new entity types from K mentions each, then tag text.
 
-    tagger = adapt_tagger("my_ner.conll", shots=5, adapter="runs/ner_fomaml/adapter")
+    tagger = adapt_tagger(TaggerConfig(data="my_ner.conll", shots=5, adapter="runs/ner_fomaml/adapter"))
     tagger.save("my_tagger")
     FewShotTagger.load("my_tagger").predict(["Paris Hilton flew to Paris"])   # entity spans
 

@@ -30,7 +30,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,40 @@ def load_task(spec: str, text_column: str = "text", label_column: str = "label")
         return _load_registered(spec, registry[spec])
     name, raw, source = load_raw(spec, f"not a registry name ({', '.join(registry)})")
     return _make_task(name, raw, text_column, label_column, source=source)
+
+
+def as_task(data: Any, labels: Sequence[Any] | None = None, text_column: str = "text",
+            label_column: str = "label") -> Task:
+    """A Task from whatever holds the examples: a list of texts with `labels` (class names; numbers
+    are read as their JSON spelling, 1 -> "1"), a `datasets.Dataset` or a pandas DataFrame with
+    `text_column`/`label_column`, a registry name, file or folder (`load_task`), or a Task.
+    In-memory rows get a file's checks (empty texts skipped with a warning, empty labels refused,
+    repeated rows named; at least 2 classes).
+
+    Raises:
+        TaskError: texts and labels of different lengths, an empty label, fewer than 2 classes.
+        ColumnError: a Dataset or DataFrame without the named columns.
+        TypeError: `labels` with a file, or data of another type.
+    """
+    if isinstance(data, Task):
+        return data
+    if isinstance(data, (str, Path)):
+        if labels is not None:
+            raise TypeError("labels come from the file's label column; give either a file or texts with labels")
+        return load_task(str(data), text_column, label_column)
+    if labels is not None:
+        texts, labels = list(data), list(labels)
+        if len(texts) != len(labels):
+            raise TaskError(f"{len(texts)} texts but {len(labels)} labels: give one label per text")
+        ds, text_column, label_column = datasets.Dataset.from_dict({"text": texts, "label": labels}), "text", "label"
+    elif isinstance(data, datasets.Dataset):
+        ds = data
+    elif hasattr(data, "columns") and hasattr(data, "to_dict"):  # a pandas DataFrame, without importing pandas
+        ds = datasets.Dataset.from_pandas(data, preserve_index=False)
+    else:
+        raise TypeError(f"examples must be texts with labels, a datasets.Dataset, a pandas DataFrame or a file path, "
+                        f"not {type(data).__name__}")
+    return _make_task("examples", ds, text_column, label_column, source="the examples given")
 
 
 def load_raw(spec: str, other: str = "") -> tuple[str, datasets.DatasetDict, str]:

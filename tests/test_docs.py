@@ -2,7 +2,6 @@
 real parser, every Python block compiles and the README's runs, every relative link resolves,
 and the front page stays a front page."""
 
-import csv
 import re
 import shlex
 import subprocess
@@ -90,23 +89,10 @@ def test_every_relative_link_resolves():
             assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to a missing {target}"
 
 
-def test_the_readme_python_example_runs_on_a_support_file(tmp_path):
-    # The README's example, as written, on the real bundled model and a real task's texts.
-    from llm_meta.tasks import load_task
-
-    task = load_task("mcid")
-    train, test = task.split("train"), task.split("test")
-    classes = task.label_names[:4]  # a small task keeps the test quick; the code path is the same
-    per_class: dict[str, list[str]] = {label: [] for label in classes}
-    for text, label in zip(train["text"], train["label"]):
-        if label in per_class and len(per_class[label]) < 3:
-            per_class[label].append(text)
-    for name, rows in (("support.csv", [(t, y) for y, texts in per_class.items() for t in texts]),
-                       ("test.csv", [(t, y) for t, y in zip(test["text"], test["label"]) if y in per_class][:40])):
-        with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows([("text", "label"), *rows])
+def test_the_readme_python_example_runs(tmp_path):
+    # The README's example, as written, on the real bundled model.
     [example] = blocks(ROOT / "README.md", "python")
     done = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "accuracy" in done.stdout
+    assert done.stdout.splitlines()[0] == "['donate', 'greet']"  # what the comment in the README says
     assert (tmp_path / "my_model" / "adapter_model.safetensors").is_file()

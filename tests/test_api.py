@@ -1,0 +1,64 @@
+"""The SetFit-level Python API: `FewShotClassifier.from_pretrained(start).fit(texts, labels)` on
+in-memory lists, a datasets.Dataset, a pandas DataFrame and a file with other column names;
+`predict` returns labels, `predict_proba` an (n, n_classes) array."""
+
+import datasets
+import pandas as pd
+import pytest
+import torch
+
+from llm_meta import FewShotClassifier
+from llm_meta.tasks import TaskError, as_task
+
+TEXTS = ["wake me up at seven", "set an alarm for six", "alarm at noon please", "what is the weather today",
+         "will it rain tomorrow", "is it sunny outside", "play some jazz", "put on my workout playlist",
+         "play the next song"]
+LABELS = ["alarm"] * 3 + ["weather"] * 3 + ["music"] * 3
+QUERIES = ["wake me at five", "is it cold out", "play a song"]
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_bert_dir):
+    return FewShotClassifier.from_pretrained(str(tiny_bert_dir)).fit(TEXTS, LABELS)
+
+
+def test_fit_on_lists_then_predict_labels_and_probabilities(fitted):
+    assert sorted(fitted.labels) == ["alarm", "music", "weather"]
+    predicted = fitted.predict(QUERIES)
+    assert len(predicted) == 3 and all(label in fitted.labels for label in predicted)
+    probs = fitted.predict_proba(QUERIES)
+    assert probs.shape == (3, 3) and torch.allclose(probs.sum(1), torch.ones(3))
+    assert predicted == [fitted.labels[i] for i in probs.argmax(1).tolist()]
+    assert [label for label, _ in fitted.predict_scored(QUERIES)] == predicted
+
+
+def test_a_dataset_a_dataframe_and_a_file_with_other_columns_fit_the_same_model(fitted, tiny_bert_dir, tmp_path):
+    frame = pd.DataFrame({"utterance": TEXTS, "intent": LABELS})
+    frame.to_csv(tmp_path / "support.csv", index=False)
+    for data in (datasets.Dataset.from_pandas(frame), frame, str(tmp_path / "support.csv")):
+        other = FewShotClassifier.from_pretrained(str(tiny_bert_dir)).fit(data, text_column="utterance",
+                                                                          label_column="intent")
+        assert torch.equal(other.predict_proba(QUERIES), fitted.predict_proba(QUERIES)), type(data).__name__
+
+
+def test_a_saved_model_loads_predicts_the_same_and_refits_from_its_recorded_start(fitted, tmp_path):
+    fitted.save_pretrained(tmp_path / "m")
+    again = FewShotClassifier.from_pretrained(tmp_path / "m")
+    assert again.predict(QUERIES) == fitted.predict(QUERIES)
+    assert torch.equal(again.fit(TEXTS, LABELS).predict_proba(QUERIES), fitted.predict_proba(QUERIES))
+
+
+def test_a_start_says_it_must_be_fitted_and_a_bad_start_or_bad_examples_are_clear_errors(tiny_bert_dir, tmp_path):
+    start = FewShotClassifier.from_pretrained(str(tiny_bert_dir))
+    with pytest.raises(ValueError, match=r"call fit\(texts, labels\) first"):
+        start.predict(QUERIES)
+    with pytest.raises(ValueError, match="before saving"):
+        start.save(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="not a bundled model"):
+        FewShotClassifier.from_pretrained("no-such-model")
+    with pytest.raises(TaskError, match="9 texts but 8 labels"):
+        start.fit(TEXTS, LABELS[:-1])
+    with pytest.raises(TaskError, match="at least 2"):
+        start.fit(TEXTS[:3], LABELS[:3])
+    with pytest.raises(TypeError, match="either a file or texts with labels"):
+        as_task("support.csv", LABELS)
