@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quality import NER_TASKS, ROOT, SUITE, table, test_sample  # benchmarks/quality.py, beside this script
+from quality import NER_TASKS, ROOT, SUITE, run_draws, scored, table, test_sample  # benchmarks/quality.py, beside this script
 
 from llm_meta.classifier import support_set
-from llm_meta.metrics import classification_metrics
 from llm_meta.model_files import resolve_model_path
 from llm_meta.tasks import load_task
 
@@ -57,11 +56,7 @@ def setfit_run(body: str, texts: list[str], labels: list[str], test_texts: list[
     seconds = time.perf_counter() - start
     shutil.rmtree(scratch, ignore_errors=True)
     predicted = [str(p) for p in model.predict(test_texts, as_numpy=True)]
-    names = sorted(set(labels) | set(test_labels))
-    index = {name: i for i, name in enumerate(names)}
-    metrics = classification_metrics([index[p] for p in predicted], [index[y] for y in test_labels])
-    return {"correct": [int(p == y) for p, y in zip(predicted, test_labels)], **metrics,
-            "adapt_seconds": round(seconds, 2), "steps": min(full_steps, max_steps), "uncapped_steps": full_steps,
+    return {**scored(predicted, test_labels), "adapt_seconds": round(seconds, 2), "steps": min(full_steps, max_steps), "uncapped_steps": full_steps,
             "capped": full_steps > max_steps}
 
 
@@ -87,18 +82,15 @@ def main() -> None:
             task = load_task(registry_name)
             test_texts, test_labels = test_sample(task)
             for shots in args.shots:
-                key = f"{name}/K{shots}/{variant}"
-                runs = results.get(key, {}).get("runs", [])
-                for draw in range(len(runs), args.draws):
+                def one(draw: int) -> dict[str, Any]:
                     support, label_names = support_set(task, shots, "train", draw)
-                    runs.append(setfit_run(BODIES[body], support.texts, [label_names[y] for y in support.labels],
-                                           test_texts, test_labels, args.max_steps, draw))
-                    print(f"{key} draw {draw}: accuracy {100 * sum(runs[-1]['correct']) / len(test_texts):.1f}, "
-                          f"{runs[-1]['adapt_seconds']:.1f} s{' (steps capped)' if runs[-1]['capped'] else ''}",
-                          flush=True)
-                    results[key] = {"task": name, "kind": kind, "shots": shots, "variant": variant,
-                                    "test_texts": len(test_texts), "runs": runs}
-                    out_path.write_text(json.dumps(results))
+                    return setfit_run(BODIES[body], support.texts, [label_names[y] for y in support.labels],
+                                      test_texts, test_labels, args.max_steps, draw)
+
+                entry = {"task": name, "kind": kind, "shots": shots, "variant": variant, "test_texts": len(test_texts)}
+                run_draws(results, out_path, f"{name}/K{shots}/{variant}", entry, one, args.draws,
+                          lambda r: f"accuracy {100 * r['accuracy']:.1f}, {r['adapt_seconds']:.1f} s"
+                                    + (" (steps capped)" if r["capped"] else ""))
     table(results, ["default", *variants])
 
 

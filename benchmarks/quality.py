@@ -51,6 +51,7 @@ for _key in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):  # the table, not 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+from llm_meta.checkpoint import write_atomic  # noqa: E402
 from llm_meta.classifier import AdaptConfig, adapt  # noqa: E402
 from llm_meta.config import to_dict  # noqa: E402
 from llm_meta.evaluation import entity_counts  # noqa: E402
@@ -111,6 +112,25 @@ def test_sample(task: Task, cap: int = TEST_CAP) -> tuple[list[str], list[str]]:
     return [texts[i] for i in rows], [labels[i] for i in rows]
 
 
+def scored(predicted: list[str], labels: list[str]) -> dict[str, Any]:
+    """Per-text correctness, accuracy and macro-F1 of predicted class names against the test labels."""
+    index = {name: i for i, name in enumerate(sorted(set(predicted) | set(labels)))}
+    metrics = classification_metrics([index[p] for p in predicted], [index[y] for y in labels])
+    return {"correct": [int(p == y) for p, y in zip(predicted, labels)], **metrics}
+
+
+def run_draws(results: dict[str, Any], out_path: Path, key: str, entry: dict[str, Any],
+              one: Callable[[int], dict[str, Any]], draws: int, describe: Callable[[dict[str, Any]], str]) -> None:
+    """Draws len(runs) .. draws-1 of row `key` (`one(draw)` each), the JSON rewritten whole after each
+    draw, so an interrupted run loses at most the draw in progress and a rerun goes on from there."""
+    runs = results.get(key, {}).get("runs", [])
+    for draw in range(len(runs), draws):
+        runs.append(one(draw))
+        print(f"{key} draw {draw}: {describe(runs[-1])}", flush=True)
+        results[key] = {**entry, "runs": runs}
+        write_atomic(out_path, json.dumps(results))
+
+
 def run_one(task: Task, model_overrides: dict[str, Any], variant: str, shots: int, draw: int,
             texts: list[str], labels: list[str]) -> dict[str, Any]:
     """One support draw: adapt, label the test sample, and score it."""
@@ -118,11 +138,8 @@ def run_one(task: Task, model_overrides: dict[str, Any], variant: str, shots: in
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model_overrides))
     clf = adapt(task=task, cfg=VARIANTS[variant](cfg))
     start = time.perf_counter()
-    index = {name: i for i, name in enumerate(clf.labels)}
-    predicted = clf.predict_proba(texts).argmax(1).tolist()
-    references = [index[y] for y in labels]
-    metrics = classification_metrics(predicted, references)
-    return {"correct": [int(p == r) for p, r in zip(predicted, references)], **metrics,
+    predicted = [clf.labels[i] for i in clf.predict_proba(texts).argmax(1).tolist()]
+    return {**scored(predicted, labels),
             "adapt_seconds": clf.metadata["adapt_seconds"] - clf.metadata["adapt_timings"].get("model_load", 0.0),
             "predict_seconds": round(time.perf_counter() - start, 2)}
 
@@ -203,19 +220,14 @@ def main() -> None:
             texts, labels = test_sample(task)
             n_texts, one = len(texts), lambda variant, shots, draw: run_one(task, overrides, variant, shots, draw,
                                                                             texts, labels)
+        metric = "micro F1" if name in NER_TASKS else "accuracy"
         for shots in args.shots:
             for variant in variants:
-                key = f"{name}/K{shots}/{variant}"
-                runs = results.get(key, {}).get("runs", [])
-                for draw in range(len(runs), args.draws):
-                    runs.append(one(variant, shots, draw))
-                    score = runs[-1]["micro_f1"] if name in NER_TASKS else np.mean(runs[-1]["correct"])
-                    print(f"{key} draw {draw}: {'micro F1' if name in NER_TASKS else 'accuracy'} {100 * score:.1f}, "
-                          f"{runs[-1]['adapt_seconds']:.1f} s", flush=True)
-                    results[key] = {"task": name, "kind": kind, "shots": shots, "variant": variant,
-                                    "test_texts": n_texts, "runs": runs}
-                    out_path.write_text(json.dumps(results))  # each draw kept: an interrupted run goes on
-    out_path.write_text(json.dumps(results))
+                entry = {"task": name, "kind": kind, "shots": shots, "variant": variant, "test_texts": n_texts}
+                run_draws(results, out_path, f"{name}/K{shots}/{variant}", entry,
+                          lambda draw: one(variant, shots, draw), args.draws,
+                          lambda r: f"{metric} {100 * (r['micro_f1'] if 'counts' in r else np.mean(r['correct'])):.1f}, "
+                                    f"{r['adapt_seconds']:.1f} s")
     table(results, variants)
 
 
