@@ -176,11 +176,10 @@ class FewShotClassifier(HubMixin):
         """
         cfg = self.fit_config
         if cfg is None:  # an adapted model: its own start and adaptation, as recorded
-            cfg = from_dict(AdaptConfig, {k: v for k, v in self.metadata.get("adapt_config", {}).items()
-                                                 if k not in ("task", "support")})
+            cfg = from_dict(AdaptConfig, self.metadata.get("adapt_config", {}))
         data = as_task(texts, labels, text_column, label_column)
-        fitted = adapt(support=data, cfg=dataclasses.replace(cfg, task=None, support=None),
-                       trust_remote_code=self.trust_remote_code, progress=progress)
+        fitted = adapt(support=data, cfg=dataclasses.replace(cfg, task=None, support=None), text_column=text_column,
+                       label_column=label_column, trust_remote_code=self.trust_remote_code, progress=progress)
         self.body, self.params, self.labels, self.scale = fitted.body, fitted.params, fitted.labels, fitted.scale
         self.metadata, self.support, self.fit_config = fitted.metadata, fitted.support, cfg
         return self

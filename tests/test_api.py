@@ -39,6 +39,9 @@ def test_a_dataset_a_dataframe_and_a_file_with_other_columns_fit_the_same_model(
         other = FewShotClassifier.from_pretrained(str(tiny_bert_dir)).fit(data, text_column="utterance",
                                                                           label_column="intent")
         assert torch.equal(other.predict_proba(QUERIES), fitted.predict_proba(QUERIES)), type(data).__name__
+    # the columns fitted on are the model's: evaluate reads a file of them without being told
+    assert other.columns == ("utterance", "intent")
+    assert other.evaluate(str(tmp_path / "support.csv"))["examples"] == len(TEXTS)
 
 
 def test_a_saved_model_loads_predicts_the_same_and_refits_from_its_recorded_start(fitted, tmp_path):
