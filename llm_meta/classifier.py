@@ -42,7 +42,7 @@ from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, r
     start_model_config, warn_truncated
 from llm_meta.outputs import claim
 from llm_meta.spans import SPAN_KEYS
-from llm_meta.tasks import SPLIT_ALIASES, Task, TaskError, as_task, load_task, task_fingerprint
+from llm_meta.tasks import SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns, task_fingerprint
 from llm_meta.training import environment
 
 log = logging.getLogger(__name__)
@@ -145,29 +145,23 @@ class FewShotClassifier(HubMixin):
         Raises:
             FileNotFoundError: a name that is neither a bundled model nor an existing path.
         """
-        text = str(name_or_path)
-        folder = Path(text).expanduser()
-        if text.startswith(HUB_PREFIX) or (folder / METADATA).is_file() and \
-                read_metadata(folder).get("format") != ADAPTER_FORMAT:
+        kind = pretrained_kind(name_or_path)
+        if kind == "task model":
             return super().from_pretrained(name_or_path, token, revision, trust_remote_code)
         start = dataclasses.replace(cfg or AdaptConfig())
-        if (folder / METADATA).is_file():  # a meta-trained adapter: its own body
-            start.adapter = str(folder)
-        elif text in BUNDLED_NAMES or folder.exists() or text.endswith(".gguf"):
-            start.model = dataclasses.replace(start.model, name=text)
+        if kind == "adapter":  # a meta-trained adapter: its own body
+            start.adapter = str(Path(name_or_path).expanduser())
         else:
-            hint = f"; a Hub repository is written {HUB_PREFIX}{text}" if text.count("/") == 1 and \
-                not text.startswith((".", "/", "~")) else ""
-            raise FileNotFoundError(f"no model folder {text}, and not a bundled model ({', '.join(sorted(BUNDLED_NAMES))})"
-                                    f"{hint}")
+            start.model = dataclasses.replace(start.model, name=str(name_or_path))
         return cls(None, {}, [], start.inner.scale, {}, fit_config=start, trust_remote_code=trust_remote_code)
 
     def fit(self, texts: Any, labels: Sequence[Any] | None = None, text_column: str = "text",
-            label_column: str = "label", progress: bool = False) -> "FewShotClassifier":
+            label_column: str = "label", progress: bool = False, column_mapping: dict[str, str] | None = None
+            ) -> "FewShotClassifier":
         """Adapt to these examples, every one of them in the support set (a few per class), and
         return self, ready to predict. `texts`: a list of texts with `labels` (class names), or a
         `datasets.Dataset`, a pandas DataFrame or a file with `text_column`/`label_column`
-        (`llm_meta.tasks.as_task`). The start is the one `from_pretrained` was given; on an adapted
+        (`llm_meta.tasks.as_task`), or SetFit's `column_mapping={"utterance": "text", "intent": "label"}`. The start is the one `from_pretrained` was given; on an adapted
         model, the start it was adapted from, recorded in its metadata (to add examples to what it
         knows, use `llm_meta.continue_adapt`). `adapt` does the work (`select_start` and all).
 
@@ -177,6 +171,8 @@ class FewShotClassifier(HubMixin):
         cfg = self.fit_config
         if cfg is None:  # an adapted model: its own start and adaptation, as recorded
             cfg = from_dict(AdaptConfig, self.metadata.get("adapt_config", {}))
+        columns = mapped_columns(column_mapping, {"text": text_column, "label": label_column})
+        text_column, label_column = columns["text"], columns["label"]
         data = as_task(texts, labels, text_column, label_column)
         fitted = adapt(support=data, cfg=dataclasses.replace(cfg, task=None, support=None), text_column=text_column,
                        label_column=label_column, trust_remote_code=self.trust_remote_code, progress=progress)
@@ -252,6 +248,27 @@ class FewShotClassifier(HubMixin):
 
 
 SUPPORT_FILE = "support.jsonl"
+
+
+def pretrained_kind(name_or_path: str | Path) -> Literal["task model", "adapter", "body"]:
+    """What `from_pretrained` was given: a task model (a folder `save` wrote, or `hf:<org>/<name>`),
+    a meta-trained adapter folder, or a body (a bundled model name, a model folder, a .gguf file).
+
+    Raises:
+        FileNotFoundError: a name that is neither a bundled model nor an existing path.
+    """
+    text = str(name_or_path)
+    folder = Path(text).expanduser()
+    if text.startswith(HUB_PREFIX):
+        return "task model"
+    if (folder / METADATA).is_file():
+        return "adapter" if read_metadata(folder).get("format") == ADAPTER_FORMAT else "task model"
+    if text in BUNDLED_NAMES or folder.exists() or text.endswith(".gguf"):
+        return "body"
+    hint = f"; a Hub repository is written {HUB_PREFIX}{text}" if text.count("/") == 1 and \
+        not text.startswith((".", "/", "~")) else ""
+    raise FileNotFoundError(f"no model folder {text}, and not a bundled model ({', '.join(sorted(BUNDLED_NAMES))})"
+                            f"{hint}")
 
 
 def write_support(path: Path, support: Examples, labels: list[str]) -> None:

@@ -14,10 +14,15 @@ import hashlib
 import logging
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import datasets
 
 from llm_meta.registry import package_dir
+from llm_meta.errors import ColumnError
 from llm_meta.tasks import FILE_BUILDERS, TaskError, load_raw, text_codec
 
 log = logging.getLogger(__name__)
@@ -175,8 +180,13 @@ def to_bio(sentences: list[Sentence], where: str) -> str:
 
 def load_ner(spec: str, tokens_column: str = "tokens", tags_column: str = "ner_tags") -> list[Sentence]:
     """Tagged sentences from a bundled name (`wnut16`; `silver`: the spaCy-tagged corpus of
-    `llm_meta.silver`), a CoNLL file, or a dataset with token and tag columns (a local .jsonl/.json/.parquet file or `hf:<id>[:<config>]`, e.g. `hf:wnut_17`):
-    the train split; integer tags are mapped through the column's ClassLabel names."""
+    `llm_meta.silver`), a CoNLL file (a .tsv file too, unless its first line names `tokens_column`),
+    or a dataset with token and tag columns (a local .jsonl/.json/.parquet/.csv file or
+    `hf:<id>[:<config>]`, e.g. `hf:wnut_17`): the train split; see `dataset_sentences`.
+
+    Raises:
+        TaskError: an unknown name, a malformed file, a missing column (`ColumnError`).
+    """
     if spec in BUNDLED_NER:
         package, sub = BUNDLED_NER[spec]
         return read_conll(package_dir(package) / sub)
@@ -184,18 +194,44 @@ def load_ner(spec: str, tokens_column: str = "tokens", tags_column: str = "ner_t
         from llm_meta.silver import silver_corpus
 
         return silver_corpus()
-    if not spec.startswith("hf:") and Path(spec).suffix.lower() not in FILE_BUILDERS:
+    suffix = Path(spec).suffix.lower()
+    if not spec.startswith("hf:") and (suffix not in FILE_BUILDERS or suffix == ".tsv" and not _names_column(
+            Path(spec), tokens_column)):
         return read_conll(spec)
     _, raw, source = load_raw(spec, f"not a bundled NER set ({', '.join(BUNDLED_NER)})")
-    ds = raw["train"]
-    for column in (tokens_column, tags_column):
+    return dataset_sentences(raw["train"], tokens_column, tags_column, source)
+
+
+def _names_column(path: Path, column: str) -> bool:
+    """Whether a .tsv file's first line is a header naming `column` (else it is read as CoNLL)."""
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            return column in f.readline().rstrip("\r\n").split("\t")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def dataset_sentences(ds: datasets.Dataset, tokens_column: str = "tokens", tags_column: str = "ner_tags",
+                      source: str = "the sentences given") -> list[Sentence]:
+    """Tagged sentences from a token column and a tag column: lists (a .jsonl or parquet file, a
+    Hub dataset) or, as a CSV file holds them, strings split on whitespace ("Paris Hilton flew",
+    "B-PER I-PER O"). Integer tags are read through the column's ClassLabel names; BIO, IO, BIOES
+    and BILOU tags are brought to BIO, broken I- tags repaired (with a warning), rows without tokens
+    skipped.
+
+    Raises:
+        ColumnError: a missing column. TaskError: a row whose token and tag counts differ, integer
+            tags without names, a tag that is not a BIO/IO tag, no entity tag at all.
+    """
+    for role, column in (("tokens", tokens_column), ("tags", tags_column)):
         if column not in ds.column_names:
-            raise TaskError(f"{source}: no column '{column}' (columns: {', '.join(ds.column_names)}); a token task "
-                            f"needs a token-list column and a tag-list column")
+            raise ColumnError(source, role, column, ds.column_names)
     feature = getattr(ds.features[tags_column], "feature", None)
     names = getattr(feature, "names", None)
     sentences = []
     for i, (tokens, tags) in enumerate(zip(ds[tokens_column], ds[tags_column])):
+        tokens = (tokens or "").split() if isinstance(tokens, str) or tokens is None else tokens
+        tags = (tags or "").split() if isinstance(tags, str) or tags is None else tags
         if len(tokens) != len(tags):
             raise TaskError(f"{source} row {i}: {len(tokens)} tokens but {len(tags)} tags")
         if tags and isinstance(tags[0], int):
@@ -208,12 +244,46 @@ def load_ner(spec: str, tokens_column: str = "tokens", tags_column: str = "ner_t
             raise TaskError(f"{source} row {i}: {bad[0]!r} is not a BIO/IO tag (expected O, B-TYPE, I-TYPE or TYPE)")
         if tokens:
             sentences.append(Sentence([str(t) for t in tokens], list(tags)))
+    if not entity_types(sentences):
+        raise TaskError(f"{source}: no entity tags in {len(sentences)} sentence(s) (every tag is O)")
     to_bio(sentences, source)
     merge_type_spellings(sentences, source)
     repaired = sum(len(repair_bio(s.tags)) for s in sentences)
     if repaired:
         log.warning("%s: repaired %d I- tag(s) that did not continue an entity of their type to B-", source, repaired)
     return sentences
+
+
+def as_sentences(data: Any, tags: Sequence[Sequence[str]] | None = None, tokens_column: str = "tokens",
+                 tags_column: str = "ner_tags") -> list[Sentence]:
+    """Tagged sentences from whatever holds them: word lists with `tags` (one tag list per
+    sentence), a `datasets.Dataset` or a pandas DataFrame with `tokens_column`/`tags_column`, a
+    name or file `load_ner` reads, or a list of `Sentence`. The NER twin of `tasks.as_task`.
+
+    Raises:
+        TaskError, ColumnError: as `dataset_sentences`. TypeError: `tags` with a file, or data of
+            another type.
+    """
+    if isinstance(data, (str, Path)):
+        if tags is not None:
+            raise TypeError("tags come from the file's tag column; give either a file or word lists with tags")
+        return load_ner(str(data), tokens_column, tags_column)
+    if tags is not None:
+        words = [list(w.split()) if isinstance(w, str) else list(w) for w in data]
+        if len(words) != len(tags):
+            raise TaskError(f"{len(words)} sentences but {len(tags)} tag lists: give one tag list per sentence")
+        ds = datasets.Dataset.from_dict({"tokens": words, "ner_tags": [list(t) for t in tags]})
+        tokens_column, tags_column = "tokens", "ner_tags"
+    elif isinstance(data, list) and all(isinstance(s, Sentence) for s in data):
+        return data
+    elif isinstance(data, datasets.Dataset):
+        ds = data
+    elif hasattr(data, "columns") and hasattr(data, "to_dict"):  # a pandas DataFrame, without importing pandas
+        ds = datasets.Dataset.from_pandas(data, preserve_index=False)
+    else:
+        raise TypeError(f"NER examples must be word lists with tag lists, a datasets.Dataset, a pandas DataFrame or "
+                        f"a file path, not {type(data).__name__}")
+    return dataset_sentences(ds, tokens_column, tags_column)
 
 
 def merge_type_spellings(sentences: list[Sentence], where: str) -> None:

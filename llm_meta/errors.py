@@ -36,4 +36,6 @@ class ColumnError(TaskError):
         return f"{self.where}: no {self.role} column '{self.column}' (columns: {', '.join(self.columns)}); pass {how}"
 
     def cli_message(self) -> str:
+        if self.role in ("tokens", "tags"):  # NER columns are config keys (TaggerConfig), not flags
+            return self._message(f"the override {self.role}_column=<name>")
         return self._message(f"--{self.role}-column <name>")

@@ -14,6 +14,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from llm_meta.tasks import IN_MEMORY
+
 CARD_FILE = "README.md"
 # Bundled model names (llm_meta.models.BUNDLED_MODELS / BUNDLED_GGUF) and the Hub repositories they come from.
 HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
@@ -44,8 +46,8 @@ def model_card(metadata: dict[str, Any], files: list[str]) -> ModelCard:
     if metadata.get("algorithm"):
         tags.append(str(metadata["algorithm"]))
     task = metadata.get("task")
-    datasets = [str(task)[3:] if str(task).startswith("hf:") else Path(str(task)).name] if task_model and task else \
-        sorted(metadata.get("tasks") or [])
+    datasets = [str(task)[3:] if str(task).startswith("hf:") else Path(str(task)).name] if task_model and task \
+        and task != IN_MEMORY else [] if task_model else sorted(metadata.get("tasks") or [])
     data = ModelCardData(library_name="peft", base_model=hub_model_id(base), tags=tags, datasets=datasets or None,
                          metrics=["seqeval"] if token_level else ["accuracy"])
     lines = [f"# {'NER task model' if token_level else 'Task model' if task_model else 'Meta-learned LoRA start'}"

@@ -103,6 +103,13 @@ def _mentions(tags: list[str]) -> dict[str, int]:
     return counts
 
 
+def word_examples(sentences: list[Sentence], types: list[str]) -> WordExamples:
+    """Sentences as IO class ids per word: 0 for O and for any type not in `types`, i for types[i-1]."""
+    index = {t: y for y, t in enumerate(types, start=1)}
+    return WordExamples([list(s.tokens) for s in sentences],
+                        [[index.get(entity_type(tag), 0) for tag in s.tags] for s in sentences])
+
+
 class NerEpisodeSampler:
     """Few-NERD's greedy N-way K~2K-shot sampler (Ding et al., 2021), seeded per episode.
 
@@ -159,9 +166,7 @@ class NerEpisodeSampler:
         if short:
             raise TaskError(f"'{self.name}': not enough sentences for a {len(types)}-way {k}-shot set of types "
                             f"{types} (mentions found: {short}); lower K or N")
-        index = {t: y for y, t in enumerate(types, start=1)}
-        return WordExamples([list(self.sentences[i].tokens) for i in picked],
-                        [[index.get(entity_type(tag), 0) for tag in self.sentences[i].tags] for i in picked])
+        return word_examples([self.sentences[i] for i in picked], types)
 
     def episodes(self, count: int, start: int = 0) -> list[Episode]:
         return [self.episode(i) for i in range(start, start + count)]

@@ -1,8 +1,10 @@
-"""Few-shot NER task models: adapt a start to new entity types from K mentions each, then tag text.
+"""Few-shot NER task models: adapt a start to new entity types from a few tagged sentences, then tag text.
 
-    tagger = adapt_tagger(TaggerConfig(data="my_ner.conll", shots=5, adapter="runs/ner_fomaml/adapter"))
-    tagger.save("my_tagger")
-    FewShotTagger.load("my_tagger").predict(["Paris Hilton flew to Paris"])   # entity spans
+    tagger = FewShotTagger.from_pretrained("all-MiniLM-L6-v2")       # or a meta-trained adapter folder
+    tagger.fit([["Ada", "lives", "in", "Paris"]], [["B-person", "O", "O", "B-city"]])  # or a Dataset, frame, CoNLL file
+    tagger.predict(["Paris Hilton flew to Paris"])   # [[{"start": 0, "end": 2, "type": "person", "text": ...}, ...]]
+    tagger.save_pretrained("my_tagger"); FewShotTagger.from_pretrained("my_tagger")
+    tagger = adapt_tagger(TaggerConfig(data="my_ner.conll", shots=5))  # K~2K mentions per type drawn from a file
 
 The same `adapt` inner loop and folder format as `FewShotClassifier` (PEFT adapter, head,
 labels, metadata, checksums); labels are ["O", type, ...]. By default the head is decomposed
@@ -12,25 +14,28 @@ classified over O and the types (IO).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llm_meta.adaptation import adapt as adapt_params
 from llm_meta.checkpoint import load_adapter_params, read_start
-from llm_meta.classifier import load_task_model, save_task_model
-from llm_meta.config import to_dict
+from llm_meta.classifier import load_task_model, pretrained_kind, save_task_model
+from llm_meta.config import from_dict, to_dict
 from llm_meta.core import InnerConfig
 from llm_meta.episodes import WordExamples
 from llm_meta.hub import HubMixin
 from llm_meta.metrics import entity_metrics
 from llm_meta.models import Body, ModelConfig, Params, capped, load_body, lora_params, recorded_model_config, \
     start_model_config
+from llm_meta.conll import as_sentences
 from llm_meta.ner import NerEpisodeSampler, Sentence, entity_type, entity_types, io_to_bio, load_ner, report_cut, \
-    sentences_fingerprint, tag_words
-from llm_meta.tasks import TaskError
+    sentences_fingerprint, tag_words, word_examples
+from llm_meta.tasks import IN_MEMORY, TaskError, mapped_columns
 from llm_meta.training import environment
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,9 @@ TAGGER_FORMAT = "llm_meta.tagger/1"
 class TaggerConfig:
     """Config of `llm-meta adapt --ner` (and of `adapt_tagger`)."""
 
-    data: str | None = None  # wnut16, a CoNLL file, a .jsonl/.parquet with tokens/ner_tags, hf:<id>
+    data: str | None = None  # wnut16, a CoNLL file, a .jsonl/.parquet/.csv with token and tag columns, hf:<id>
+    tokens_column: str = "tokens"  # of a dataset file (a CSV cell holds the words split by spaces)
+    tags_column: str = "ner_tags"
     adapter: str | None = None  # an llm_meta adapter folder (e.g. from ner_fomaml.yaml); None: untrained LoRA
     shots: int = 5  # K: mentions per entity type in the support set (Few-NERD's K~2K sampling)
     types: list[str] = field(default_factory=list)  # entity types to learn; empty: every type of the data
@@ -60,21 +67,80 @@ class TaggerConfig:
 
 @dataclass
 class FewShotTagger(HubMixin):
+    """An adapted NER model: body with adapted LoRA, a head, and its labels ["O", type, ...]; or,
+    from `from_pretrained` of a body or a meta-trained adapter, a start (body None) that `fit` adapts."""
+
     body: Body
     params: Params  # LoRA + head tensors
     labels: list[str]  # ["O", type, ...]
     scale: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    fit_config: TaggerConfig | None = None  # a start's adaptation, until `fit`
+    trust_remote_code: bool = False  # the caller's choice, kept for `fit`
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, token: str | None = None, revision: str | None = None,
+                        trust_remote_code: bool = False, cfg: TaggerConfig | None = None) -> "FewShotTagger":
+        """A saved tagger, ready to predict (a folder `save` wrote, or `hf:<org>/<name>`); or a start to
+        `fit`: a meta-trained adapter folder or a body, as for `FewShotClassifier.from_pretrained`;
+        `cfg` then sets the adaptation (default `TaggerConfig()`).
+
+        Raises:
+            FileNotFoundError: a name that is neither a bundled model nor an existing path.
+        """
+        kind = pretrained_kind(name_or_path)
+        if kind == "task model":
+            return super().from_pretrained(name_or_path, token, revision, trust_remote_code)
+        start = dataclasses.replace(cfg or TaggerConfig())
+        if kind == "adapter":
+            start.adapter = str(Path(name_or_path).expanduser())
+        else:
+            start.model = dataclasses.replace(start.model, name=str(name_or_path))
+        return cls(None, {}, [], start.inner.scale, {}, fit_config=start, trust_remote_code=trust_remote_code)
+
+    def fit(self, sentences: Any, tags: Sequence[Sequence[str]] | None = None, tokens_column: str = "tokens",
+            tags_column: str = "ner_tags", progress: bool = False, column_mapping: dict[str, str] | None = None
+            ) -> "FewShotTagger":
+        """Adapt to these tagged sentences, every one of them in the support set, and return self,
+        ready to predict. `sentences`: word lists (or texts split on whitespace) with `tags` (one BIO
+        or IO tag per word), or a `datasets.Dataset`, a pandas DataFrame or a file with
+        `tokens_column`/`tags_column` (or `column_mapping={"words": "tokens", "labels": "tags"}`), or a
+        CoNLL file (`llm_meta.conll.as_sentences`). The entity types are the data's (or `cfg.types`).
+
+        Raises:
+            TaskError, ColumnError: no entity tags, tag counts that differ from word counts, a missing column.
+        """
+        cfg = self.fit_config
+        if cfg is None:  # an adapted tagger: its own start and adaptation, as recorded
+            cfg = from_dict(TaggerConfig, self.metadata.get("adapt_config", {}))
+        columns = mapped_columns(column_mapping, {"tokens": tokens_column, "tags": tags_column})
+        data = as_sentences(sentences, tags, columns["tokens"], columns["tags"])
+        fitted = adapt_tagger(dataclasses.replace(cfg, data=None), self.trust_remote_code, progress, support=data)
+        self.body, self.params, self.labels, self.scale = fitted.body, fitted.params, fitted.labels, fitted.scale
+        self.metadata, self.fit_config = fitted.metadata, cfg
+        return self
 
     def tag(self, sentences: list[list[str]]) -> list[list[int]]:
         """Class id per word (0 = O); words past max_length are tagged O (align_words warns)."""
         return tag_words(self.body, self.params, sentences, self.scale)
 
-    def predict(self, texts: list[str], first_row: int = 1) -> list[list[dict[str, Any]]]:
-        """Entity spans of each text (split into words on whitespace): word start/end (exclusive), type,
-        text. Words past `model.max_length` tokens are not tagged, and a warning names them (by row,
-        counted from `first_row`)."""
-        sentences = [t.split() for t in capped(self.body, texts)[0]]  # characters past the window never read
+    def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], first_row: int = 1) -> list[list[dict[str, Any]]]:
+        """Entity spans of each text (a string, split into words on whitespace, or a word list): word
+        start/end (exclusive), type, text. Words past `model.max_length` tokens are not tagged, and a
+        warning names them (by row, counted from `first_row`).
+
+        Raises:
+            ValueError: a start that has not been fitted yet.
+        """
+        if self.body is None:
+            raise ValueError("this tagger is a start, not yet adapted: call fit(sentences, tags) first")
+        texts = list(texts)
+        if not texts:
+            return []
+        sentences = [list(t) if not isinstance(t, str) else t for t in texts]
+        strings = [t for t in sentences if isinstance(t, str)]
+        cut = iter(capped(self.body, strings)[0])  # characters past the window never read
+        sentences = [next(cut).split() if isinstance(t, str) else [str(w) for w in t] for t in sentences]
         report_cut(self.body, sentences, role="tag", first_row=first_row)
         spans = []
         for words, ys in zip(sentences, self.tag(sentences)):
@@ -89,10 +155,18 @@ class FewShotTagger(HubMixin):
             spans.append(found)
         return spans
 
-    def evaluate(self, data: str | list[Sentence]) -> dict[str, Any]:
-        """Entity precision/recall/F1 (seqeval through `evaluate`) on every sentence of `data`;
-        entities of types this model does not know count as O in the references."""
-        sentences = load_ner(data) if isinstance(data, str) else data
+    def evaluate(self, data: Any, tags: Sequence[Sequence[str]] | None = None, tokens_column: str = "tokens",
+                 tags_column: str = "ner_tags") -> dict[str, Any]:
+        """Entity precision/recall/F1 (seqeval through `evaluate`) on every sentence of `data` (what
+        `fit` reads: word lists with `tags`, a Dataset, a frame, a file); entities of types this
+        model does not know count as O in the references.
+
+        Raises:
+            ValueError: a start that has not been fitted yet. TaskError, ColumnError: as for `fit`.
+        """
+        if self.body is None:
+            raise ValueError("this tagger is a start, not yet adapted: call fit(sentences, tags) first")
+        sentences = as_sentences(data, tags, tokens_column, tags_column)
         index = {t: y for y, t in enumerate(self.labels)}
         refs = [[index.get(entity_type(t), 0) for t in s.tags] for s in sentences]
         report_cut(self.body, [s.tokens for s in sentences], refs, self.labels, role="score")
@@ -103,6 +177,8 @@ class FewShotTagger(HubMixin):
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write the tagger folder atomically; see `FewShotClassifier.save` for what is refused."""
+        if self.body is None:
+            raise ValueError("this tagger is a start, not yet adapted: call fit(sentences, tags) before saving it")
         return save_task_model(self.body, self.params, self.labels, self.scale, self.metadata, TAGGER_FORMAT, folder,
                                overwrite=overwrite)
 
@@ -122,34 +198,52 @@ def support_sentences(sentences: list[Sentence], cfg: TaggerConfig) -> tuple[Wor
     return sampler.episode(0).support, ["O", *sorted(types)]
 
 
-def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False, progress: bool = False) -> FewShotTagger:
-    """Adapt a start to the entity types of `cfg.data` from a K~2K-mention support set.
-    `trust_remote_code`: as for `llm_meta.adapt` (the caller's choice only)."""
+def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False, progress: bool = False,
+                 support: list[Sentence] | None = None) -> FewShotTagger:
+    """Adapt a start to new entity types: to every sentence of `support` when given (what
+    `FewShotTagger.fit` does), else to a K~2K-mention support set drawn from `cfg.data`.
+    `cfg` is not changed. `trust_remote_code`: as for `llm_meta.adapt` (the caller's choice only).
+
+    Raises:
+        ValueError: neither `support` nor `cfg.data`. TaskError: K below 1, types absent from the data,
+            no support sentences.
+    """
     start_time = time.perf_counter()
-    if cfg.data is None:
+    cfg = dataclasses.replace(cfg)
+    if support is None and cfg.data is None:
         raise ValueError("give the NER data to draw the support set from (--task or data=)")
     if cfg.adapter is not None:
         meta = read_start(cfg.adapter)
         cfg.model = start_model_config(recorded_model_config(meta["config"]["model"]), cfg.model,
                                        TaggerConfig().model, cfg.adapter)
-    if cfg.shots < 1:
-        raise TaskError(f"K (--shots; Python: shots=) must be at least 1 mention per entity type, got {cfg.shots}")
-    sentences = load_ner(cfg.data)
-    support, labels = support_sentences(sentences, cfg)
+    if support is None:
+        if cfg.shots < 1:
+            raise TaskError(f"K (--shots; Python: shots=) must be at least 1 mention per entity type, got {cfg.shots}")
+        sentences = load_ner(cfg.data, cfg.tokens_column, cfg.tags_column)
+        examples, labels = support_sentences(sentences, cfg)
+    else:
+        sentences = support
+        types = cfg.types or entity_types(sentences)
+        missing = sorted(set(types) - set(entity_types(sentences)))
+        if missing:
+            raise TaskError(f"entity type(s) {missing} do not occur in the sentences given (they have: "
+                            f"{entity_types(sentences)})")
+        examples, labels = word_examples(sentences, sorted(types)), ["O", *sorted(types)]
     types = labels[1:]
-    if support.texts == []:
+    if examples.texts == []:
         raise TaskError(f"{cfg.data}: no support sentences for types {types}")
     load_start = time.perf_counter()
     body = load_body(cfg.model, seed=cfg.seed, trust_remote_code=trust_remote_code)
     params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
     model_load = round(time.perf_counter() - load_start, 3)
-    report_cut(body, support.texts, support.labels, labels, role="train")
-    fast = adapt_params(body, params, support, len(labels), cfg.inner, seed=cfg.seed, label_names=labels,
+    report_cut(body, examples.texts, examples.labels, labels, role="train")
+    fast = adapt_params(body, params, examples, len(labels), cfg.inner, seed=cfg.seed, label_names=labels,
                         progress=progress)
     meta = {"base_model": cfg.model.name, "model": to_dict(cfg.model), "start": cfg.adapter or "untrained",
-            "task": str(cfg.data), "task_hash": sentences_fingerprint(sentences), "support_size": len(support),
+            "task": str(cfg.data) if support is None else IN_MEMORY,
+            "task_hash": sentences_fingerprint(sentences), "support_size": len(examples),
             "adapt_config": to_dict(cfg), "adapt_seconds": round(time.perf_counter() - start_time, 2),
             "adapt_timings": {"model_load": model_load}, "environment": environment()}
-    log.info("adapted to %d entity types from %d support sentences in %.1f s", len(types), len(support),
+    log.info("adapted to %d entity types from %d support sentences in %.1f s", len(types), len(examples),
              meta["adapt_seconds"])
     return FewShotTagger(body, fast, labels, cfg.inner.scale, meta)

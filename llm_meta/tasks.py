@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 FAMILIES_PATH = Path(__file__).resolve().parent / "families.yaml"  # domain rules of task families
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# The task name of examples given in memory (lists, a Dataset, a frame): not a dataset a card may name.
+IN_MEMORY = "examples"
 SPLIT_ALIASES = {"train": "train", "dev": "validation", "validation": "validation", "valid": "validation", "test": "test"}
 CLASS_ROLES = ("meta_train", "meta_val", "meta_test")
 
@@ -149,6 +151,21 @@ def load_task(spec: str, text_column: str = "text", label_column: str = "label")
     return _make_task(name, raw, text_column, label_column, source=source)
 
 
+def mapped_columns(column_mapping: dict[str, str] | None, columns: dict[str, str]) -> dict[str, str]:
+    """role -> column name: `columns` (e.g. {"text": "text", "label": "label"}) with SetFit's
+    `column_mapping` ({data column: role}, e.g. {"utterance": "text", "intent": "label"}) over it.
+
+    Raises:
+        ValueError: a mapping to a role that is not one of `columns`' keys.
+    """
+    mapped = dict(columns)
+    for column, role in (column_mapping or {}).items():
+        if role not in mapped:
+            raise ValueError(f"column_mapping maps '{column}' to '{role}'; the roles are {', '.join(columns)}")
+        mapped[role] = column
+    return mapped
+
+
 def as_task(data: Any, labels: Sequence[Any] | None = None, text_column: str = "text",
             label_column: str = "label") -> Task:
     """A Task from whatever holds the examples: a list of texts with `labels` (class names; numbers
@@ -180,7 +197,7 @@ def as_task(data: Any, labels: Sequence[Any] | None = None, text_column: str = "
     else:
         raise TypeError(f"examples must be texts with labels, a datasets.Dataset, a pandas DataFrame or a file path, "
                         f"not {type(data).__name__}")
-    return _make_task("examples", ds, text_column, label_column, source="the examples given")
+    return _make_task(IN_MEMORY, ds, text_column, label_column, source="the examples given")
 
 
 def load_raw(spec: str, other: str = "") -> tuple[str, datasets.DatasetDict, str]:

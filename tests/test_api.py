@@ -1,13 +1,17 @@
-"""The SetFit-level Python API: `FewShotClassifier.from_pretrained(start).fit(texts, labels)` on
-in-memory lists, a datasets.Dataset, a pandas DataFrame and a file with other column names;
-`predict` returns labels, `predict_proba` an (n, n_classes) array."""
+"""The SetFit-level Python API, the same verbs for both task kinds:
+`FewShotClassifier.from_pretrained(start).fit(texts, labels)` and
+`FewShotTagger.from_pretrained(start).fit(word_lists, tag_lists)` on in-memory lists, a
+datasets.Dataset, a pandas DataFrame and a CSV with other column names (also through SetFit's
+`column_mapping`); `predict` returns labels (entity spans for the tagger), `predict_proba` an
+(n, n_classes) array."""
 
 import datasets
 import pandas as pd
 import pytest
 import torch
 
-from llm_meta import FewShotClassifier
+from llm_meta import FewShotClassifier, FewShotTagger
+from llm_meta.errors import ColumnError
 from llm_meta.tasks import TaskError, as_task
 
 TEXTS = ["wake me up at seven", "set an alarm for six", "alarm at noon please", "what is the weather today",
@@ -39,6 +43,11 @@ def test_a_dataset_a_dataframe_and_a_file_with_other_columns_fit_the_same_model(
         other = FewShotClassifier.from_pretrained(str(tiny_bert_dir)).fit(data, text_column="utterance",
                                                                           label_column="intent")
         assert torch.equal(other.predict_proba(QUERIES), fitted.predict_proba(QUERIES)), type(data).__name__
+    mapped = FewShotClassifier.from_pretrained(str(tiny_bert_dir)).fit(
+        frame, column_mapping={"utterance": "text", "intent": "label"})  # SetFit's spelling
+    assert torch.equal(mapped.predict_proba(QUERIES), fitted.predict_proba(QUERIES))
+    with pytest.raises(ValueError, match="the roles are text, label"):
+        FewShotClassifier.from_pretrained(str(tiny_bert_dir)).fit(frame, column_mapping={"utterance": "sentence"})
     # the columns fitted on are the model's: evaluate reads a file of them without being told
     assert other.columns == ("utterance", "intent")
     assert other.evaluate(str(tmp_path / "support.csv"))["examples"] == len(TEXTS)
@@ -65,3 +74,55 @@ def test_a_start_says_it_must_be_fitted_and_a_bad_start_or_bad_examples_are_clea
         start.fit(TEXTS[:3], LABELS[:3])
     with pytest.raises(TypeError, match="either a file or texts with labels"):
         as_task("support.csv", LABELS)
+
+
+WORDS = [["Ada", "Lovelace", "lives", "in", "London"], ["Alan", "Turing", "visited", "Paris", "today"],
+         ["I", "met", "Grace", "Hopper", "in", "Boston"], ["Berlin", "is", "cold"]]
+TAGS = [["B-person", "I-person", "O", "O", "B-city"], ["B-person", "I-person", "O", "B-city", "O"],
+        ["O", "O", "B-person", "I-person", "O", "B-city"], ["B-city", "O", "O"]]
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_bert_dir):
+    return FewShotTagger.from_pretrained(str(tiny_bert_dir)).fit(WORDS, TAGS)
+
+
+def test_the_tagger_fits_word_lists_and_predicts_spans_of_texts_and_of_word_lists(tagger):
+    assert tagger.labels == ["O", "city", "person"]
+    assert tagger.metadata["support_size"] == len(WORDS)  # every sentence given, none drawn away
+    as_text, as_words = tagger.predict(["Marie Curie moved to Paris", ["Marie", "Curie", "moved", "to", "Paris"]])
+    assert as_text == as_words
+    for span in as_text:
+        assert set(span) == {"start", "end", "type", "text"} and span["type"] in ("city", "person")
+    assert tagger.predict([]) == []
+    assert 0.0 <= tagger.evaluate(WORDS, TAGS)["f1"] <= 1.0
+
+
+def test_the_tagger_fits_a_dataset_a_dataframe_and_a_csv_with_other_columns_the_same(tagger, tiny_bert_dir, tmp_path):
+    queries = ["Marie Curie moved to Paris", "Tim lives in Rome"]
+    frame = pd.DataFrame({"words": WORDS, "bio": TAGS})
+    # a CSV cell holds a sentence's words, and its tags, split by spaces
+    pd.DataFrame({"words": [" ".join(w) for w in WORDS], "bio": [" ".join(t) for t in TAGS]}).to_csv(
+        tmp_path / "ner.csv", index=False)
+    for data in (datasets.Dataset.from_pandas(frame), frame, str(tmp_path / "ner.csv")):
+        other = FewShotTagger.from_pretrained(str(tiny_bert_dir)).fit(
+            data, column_mapping={"words": "tokens", "bio": "tags"})
+        assert other.predict(queries) == tagger.predict(queries), type(data).__name__
+        assert torch.equal(other.params[next(iter(other.params))], tagger.params[next(iter(tagger.params))])
+    with pytest.raises(ColumnError, match="no tokens column 'tokens'.*tokens_column=<name>"):
+        FewShotTagger.from_pretrained(str(tiny_bert_dir)).fit(str(tmp_path / "ner.csv"))
+
+
+def test_a_saved_tagger_loads_and_predicts_the_same_and_bad_examples_are_clear_errors(tagger, tiny_bert_dir, tmp_path):
+    tagger.save_pretrained(tmp_path / "t")
+    again = FewShotTagger.from_pretrained(tmp_path / "t")
+    assert again.predict(["Marie Curie moved to Paris"]) == tagger.predict(["Marie Curie moved to Paris"])
+    start = FewShotTagger.from_pretrained(str(tiny_bert_dir))
+    with pytest.raises(ValueError, match=r"call fit\(sentences, tags\) first"):
+        start.predict(["Paris"])
+    with pytest.raises(TaskError, match="5 tokens but 4 tags"):
+        start.fit(WORDS[:1], [TAGS[0][:4]])
+    with pytest.raises(TaskError, match="no entity tags"):
+        start.fit([["nothing", "here"]], [["O", "O"]])
+    with pytest.raises(TaskError, match="not a BIO/IO tag"):
+        start.fit([["Paris"]], [["?"]])

@@ -241,7 +241,7 @@ def test_bundled_wnut16_and_dataset_files_with_classlabel_tags(tmp_path):
     sents = load_ner(str(tmp_path / "ner.parquet"))
     assert sents[0].tags == ["B-PER", "I-PER", "O"] and sents[1].tokens == ["hi"]
     (tmp_path / "bad.jsonl").write_text('{"words": ["a"], "ner_tags": ["O"]}\n')
-    with pytest.raises(TaskError, match="no column 'tokens' \\(columns: words, ner_tags\\)"):
+    with pytest.raises(TaskError, match="no tokens column 'tokens' \\(columns: words, ner_tags\\); pass tokens_column"):
         load_ner(str(tmp_path / "bad.jsonl"))
     (tmp_path / "len.jsonl").write_text('{"tokens": ["a", "b"], "ner_tags": ["O"]}\n')
     with pytest.raises(TaskError, match="row 0: 2 tokens but 1 tags"):
