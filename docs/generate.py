@@ -17,9 +17,10 @@ HERE = Path(__file__).resolve().parent
 # The public Python API, by module: the package's exports, the tagger, and the algorithm core.
 API = {
     "llm_meta": ["adapt", "AdaptConfig", "FewShotClassifier", "continue_adapt", "ContinueConfig", "load_task", "Task",
-                 "EpisodeSampler", "Episode", "Examples"],
+                 "EpisodeSampler", "Episode", "Examples", "meta_train"],
     "llm_meta.tagger": ["adapt_tagger", "TaggerConfig", "FewShotTagger"],
-    "llm_meta.core": ["InnerConfig", "inner_loop", "maml_gradient", "reptile_gradient"],
+    "llm_meta.meta": ["trainable", "model_loss", "InnerConfig", "inner_batches", "inner_loop", "maml_gradient",
+                      "reptile_gradient", "meta_sgd_rates", "interpolate"],
 }
 
 

@@ -24,7 +24,7 @@ from llm_meta.checkpoint import load_adapter_params  # noqa: E402
 from llm_meta.config import load_config  # noqa: E402
 from llm_meta.evaluation import mean_ci, paired_difference, score_episodes  # noqa: E402
 from llm_meta.models import load_body, lora_params  # noqa: E402
-from recipes.meta_train import Config, eval_episodes  # noqa: E402
+from llm_meta.meta_training import Config, eval_episodes  # noqa: E402
 
 
 def main() -> None:

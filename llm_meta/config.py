@@ -53,12 +53,24 @@ CALLER_ONLY = {"trust_remote_code": "running a model repo's own code is allowed 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build `cls` from an optional YAML file and `key.sub=value` overrides (applied last)."""
     data = read_yaml(resolve_config_path(path)) if path is not None else {}
-    for item in overrides or []:
+    return from_dict(cls, _overridden(data, overrides or []))
+
+
+def with_overrides(cfg: T, overrides: list[str]) -> T:
+    """A new config: `cfg` with `key.sub=value` overrides applied (checked as a file's keys are;
+    the caller-only keys, which no override may set, keep `cfg`'s values)."""
+    data = to_dict(cfg)
+    kept = {key: data.pop(key) for key in CALLER_ONLY if key in data}
+    return dataclasses.replace(from_dict(type(cfg), _overridden(data, overrides)), **kept)
+
+
+def _overridden(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         _set_dotted(data, key.strip(), parse_yaml(raw) if raw.strip() else "")
-    return from_dict(cls, data)
+    return data
 
 
 def resolve_config_path(path: str | Path) -> Path:

@@ -200,7 +200,7 @@ def maml_gradient(params: Params, head: Params, trainable: list[str], support_lo
 
     `params` are the meta-parameters (weights, plus Meta-SGD rates under LR_PREFIX); `head` holds
     per-episode tensors the inner loop trains but that get no meta-gradient. `query(fast)` returns
-    (loss, metric). First order without rates: the gradient at the adapted weights (FOMAML); with
+    (loss, metric), or the loss alone (the metric is then the loss). First order without rates: the gradient at the adapted weights (FOMAML); with
     `query_parts` (query indices in chunks) it is summed chunk by chunk from `query(fast, part)`.
     Returns (gradients, query loss, query metric), both detached.
     """
@@ -209,7 +209,7 @@ def maml_gradient(params: Params, head: Params, trainable: list[str], support_lo
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         weights, lrs = split_rates(leaves)
         fast = inner_loop({**weights, **head}, trainable, support_loss, batches, cfg, lrs, second_order)
-        loss, metric = query(fast)
+        loss, metric = _with_metric(query(fast))
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         grads = {k: g if g is not None else torch.zeros_like(leaves[k]) for k, g in zip(leaves, grads)}
     else:
@@ -221,15 +221,19 @@ def maml_gradient(params: Params, head: Params, trainable: list[str], support_lo
 
             def chunk_losses() -> Iterable[tuple[Tensor, float]]:
                 for part in query_parts:
-                    value, part_metric = query(fast, part)
+                    value, part_metric = _with_metric(query(fast, part))
                     seen.append((value.detach() * len(part) / n, part_metric.detach() * len(part) / n))
                     yield value, len(part) / n
             grads = dict(zip(weights, summed_grad(chunk_losses(), wrt)))
             loss, metric = sum(v for v, _ in seen), sum(m for _, m in seen)
         else:
-            loss, metric = query(fast)
+            loss, metric = _with_metric(query(fast))
             grads = dict(zip(weights, torch.autograd.grad(loss, wrt)))
     return grads, loss.detach(), metric.detach()
+
+
+def _with_metric(out: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return out if isinstance(out, tuple) else (out, out)
 
 
 def reptile_gradient(params: Params, head: Params, trainable: list[str], loss: Loss, batches: list[list[int]],

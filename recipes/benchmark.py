@@ -52,7 +52,7 @@ from llm_meta.progress import progress_bar
 from llm_meta.statistics import (UNIT, Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, text_index,
                                  verdict)
 from llm_meta.tasks import Task, load_task
-from recipes import meta_train
+from llm_meta import meta_training as meta_train
 
 # method -> (which start it adapts from, how its inner loop differs from the shared one)
 METHODS: dict[str, tuple[str, Callable[[InnerConfig], InnerConfig]]] = {
@@ -403,7 +403,7 @@ def _train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str,
         train_cfg.init = str(_train_start(cfg, first, seed, out, (*chain, name), "tensors", trust_remote_code) / "adapter")
     tqdm.write(f"training start '{name}' (meta-seed {seed}) -> {run_dir}", file=sys.stderr)
     began = time.perf_counter()
-    meta_train.main(train_cfg, trust_remote_code)
+    meta_train.main(train_cfg, trust_remote_code=trust_remote_code)
     write_atomic(run_dir / "timing.json", json.dumps({"train_seconds": round(time.perf_counter() - began, 1)}))
     write_atomic(done, key)
     return run_dir

@@ -117,7 +117,7 @@ def test_untrained_start_is_the_training_runs_step_zero(tmp_path, tiny_bert_dir,
 
     from llm_meta.checkpoint import load_adapter_params
     from llm_meta.config import load_config
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
 
     overrides = [*tiny_overrides(tiny_bert_dir, toy / "train.csv", tmp_path, steps=1), "outer.lr=0.0", "seed=3"]
     cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
@@ -345,7 +345,7 @@ def test_a_run_resumes_from_its_kept_archive_without_the_tensors(results_dir, tm
     assert {n.split("/")[1] for n in names if n.startswith("starts/")} == {f"{m}-seed{s}" for m in TRAINED for s in (0, 1)}
     trained, scored = [], []
     real_train, real_score = benchmark.meta_train.main, benchmark.score_outcomes
-    monkeypatch.setattr(benchmark.meta_train, "main", lambda c, *a: trained.append(c.seed) or real_train(c, *a))
+    monkeypatch.setattr(benchmark.meta_train, "main", lambda c, **kw: trained.append(c.seed) or real_train(c, **kw))
     monkeypatch.setattr(benchmark, "score_outcomes",
                         lambda *a, **k: scored.append(benchmark._params_fingerprint(a[1])) or real_score(*a, **k))
     again = benchmark.main(dataclasses.replace(cfg, output_dir=str(tmp_path)))

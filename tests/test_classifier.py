@@ -49,8 +49,8 @@ def test_support_set_draws_k_per_class_reproducibly(toy):
 
 def test_whole_split_episode_has_every_class_and_the_rest_of_the_split_as_query(toy):
     from llm_meta.classifier import whole_split_episode
-    from recipes import meta_train
-    from recipes.meta_train import EvalConfig
+    from llm_meta import meta_training as meta_train
+    from llm_meta.meta_training import EvalConfig
 
     task = load_task(str(toy))
     ep = whole_split_episode(task, 2, "train", "train", seed=1)

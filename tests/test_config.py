@@ -67,7 +67,7 @@ def test_words_that_yaml_1_1_reads_as_booleans_stay_words(tmp_path):
     # `llm-meta adapt ... select_start=off` (docs/concepts/start-selection.md) and `mixed_precision=no`
     # are words of a choice; YAML 1.1 reads on/off/yes/no as booleans, which failed as a type error. Only true/false are.
     from llm_meta.classifier import AdaptConfig
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
 
     assert load_config(AdaptConfig, None, ["select_start=off"]).select_start == "off"
     (tmp_path / "adapt.yaml").write_text("select_start: off\n")
@@ -82,7 +82,8 @@ def test_words_that_yaml_1_1_reads_as_booleans_stay_words(tmp_path):
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads_into_its_recipe(path):
     # Each YAML's first line is its launch command; the config must fit that recipe's dataclass.
-    from recipes import benchmark, meta_train
+    from llm_meta import meta_training as meta_train
+    from recipes import benchmark
 
     command = path.read_text().splitlines()[0]
     recipe = {"llm-meta meta-train": meta_train, "llm-meta benchmark": benchmark}
@@ -98,7 +99,7 @@ def test_default_job_selects_with_the_adaptation_users_get():
     # Selection must score checkpoints the way `llm-meta adapt` will adapt them (issue: make
     # meta-learning pay off, item 1), on a dataset never trained on, with step 0 a candidate.
     from llm_meta.classifier import default_adapt_config
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
 
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(meta_train.Config, root / "recipes/configs/meta_train.yaml")
@@ -110,7 +111,7 @@ def test_default_job_selects_with_the_adaptation_users_get():
 def test_there_is_one_default_and_meta_train_yaml_writes_it_out():
     # `llm-meta meta-train` with no --config, `make quickstart` and the base of every meta-train
     # config are the same configuration.
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
 
     root = Path(__file__).resolve().parent.parent
     written = load_config(meta_train.Config, root / "recipes/configs/meta_train.yaml")
@@ -138,7 +139,7 @@ ALGORITHM_KEYS = {"reptile": {"outer.optimizer", "outer.lr"}, "maml": set(),
 @pytest.mark.parametrize("name", sorted(ALGORITHM_KEYS))
 def test_each_algorithm_config_differs_from_the_default_only_in_what_defines_it(name):
     from llm_meta.config import to_dict
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
 
     root = Path(__file__).resolve().parent.parent
     default = to_dict(meta_train.Config())

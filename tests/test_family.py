@@ -59,7 +59,7 @@ def test_drug_reviews_load_from_the_installed_package_as_clean_texts():
 
 
 def test_a_held_out_domain_may_not_share_texts_with_training():
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
     from llm_meta.config import load_config
 
     assert shares_texts("tweet_sentiment", "tweets_claritin") and not shares_texts("tweets_apple", "tweets_claritin")
@@ -80,7 +80,7 @@ def tiny_family(tiny_bert_dir, out: Path) -> list[str]:
 def test_a_tiny_family_run_trains_on_some_domains_and_tests_on_held_out_ones(tiny_bert_dir, tmp_path):
     # The shipped family config end to end, on a tiny random model: domains in, a PEFT adapter and
     # a held-out comparison (Apple tweets, drug reviews) out.
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
     from llm_meta.config import load_config
 
     cfg = load_config(meta_train.Config, "recipes/configs/sentiment_family.yaml", [
@@ -102,7 +102,7 @@ def test_the_protonet_family_recipe_gives_an_adapter_that_both_readme_adapt_comm
     from llm_meta.checkpoint import load_adapter_params, read_metadata
     from llm_meta.classifier import AdaptConfig, adapt
     from llm_meta.config import load_config
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
 
     cfg = load_config(meta_train.Config, "recipes/configs/sentiment_family_protonet.yaml", [
         *tiny_family(tiny_bert_dir, tmp_path / "family"), "validate_every=1", "test.tasks=[]"])
@@ -139,7 +139,8 @@ def test_the_family_benchmark_trains_its_start_exactly_as_the_shipped_family_rec
     # ProtoNet starts must be the shipped family recipes themselves, and its transfer start the
     # README's command for it, so they cannot drift apart.
     from llm_meta.config import load_config, to_dict
-    from recipes import benchmark, meta_train
+    from llm_meta import meta_training as meta_train
+    from recipes import benchmark
 
     cfg = load_config(benchmark.Config, "recipes/configs/benchmark_family.yaml")
     shipped = to_dict(load_config(meta_train.Config, f"recipes/configs/{recipe}", overrides))
@@ -244,7 +245,7 @@ def test_family_labels_are_the_class_names_meta_training_draws_from():
     # What a saved adapter records as its family's labels (llm_meta.adaptation.in_family reads them):
     # the sentiment family's three, and for a registry task with class roles only its meta_train classes.
     from llm_meta.config import load_config
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
 
     family = load_config(meta_train.Config, "recipes/configs/sentiment_family.yaml")
     assert meta_train.family_labels(family) == ["negative", "neutral", "positive"]
@@ -287,7 +288,7 @@ def test_the_readme_walkthrough_with_your_own_domain_files(tiny_bert_dir, tmp_pa
     from llm_meta.checkpoint import load_adapter_params, read_metadata
     from llm_meta.classifier import AdaptConfig, adapt
     from llm_meta.config import load_config
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
 
     def write(name: str, task: str, per_class: int, labels=None) -> str:
         rows = load_task(task).split("train")

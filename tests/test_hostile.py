@@ -238,7 +238,7 @@ def test_a_finished_run_is_continued_or_restarted_only_when_asked(tiny_bert_dir,
     assert digest(out) == kept
     (out / "notes.txt").write_text("mine")  # a user's file in the run folder survives --overwrite
     from llm_meta.config import load_config
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
 
     cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml",
                       tiny_overrides(tiny_bert_dir, toy_csv, out, steps=1))

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from llm_meta.checkpoint import CheckpointError, verify_folder
 from llm_meta.config import load_config
-from recipes import meta_train
+import llm_meta
+from llm_meta import meta_training as meta_train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,9 +43,8 @@ def tiny_overrides(model_dir: Path, data: Path, out: Path, steps: int = 4, **ext
 
 
 def run(overrides: list[str], resume: bool = False, force: bool = False) -> dict:
-    cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
-    cfg.resume, cfg.force = resume, force
-    return meta_train.main(cfg)
+    # The public Python entry, as a user calls it: a config file and command-line-style overrides.
+    return llm_meta.meta_train(ROOT / "recipes/configs/meta_train.yaml", *overrides, resume=resume, force=force)
 
 
 def final_params(out: Path, step: int) -> dict:
@@ -72,6 +72,7 @@ def test_run_writes_peft_adapter_and_metadata(tiny_bert_dir, toy_csv, tmp_path, 
     assert closing[-2].startswith("The meta-learned start ")
     assert closing[-1] == f"Next: llm-meta adapt --adapter {out / 'adapter'} --support your_examples.csv --output my_model"
     verify_folder(out / "adapter")
+    assert results["adapter"] == str(out / "adapter")
     meta = json.loads((out / "adapter" / "llm_meta.json").read_text())
     assert meta["algorithm"] == "fomaml" and meta["step"] == results["best_step"]
     assert meta["base_model"] == str(tiny_bert_dir) and "toy" in meta["tasks"]

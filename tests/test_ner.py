@@ -371,7 +371,7 @@ def test_extra_ner_corpora_join_meta_training_only(tiny_bert_dir, tmp_path):
     # drop_types takes the sentences that mention those types out of it.
     from llm_meta.config import load_config
     from llm_meta.models import ModelConfig, load_body
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
 
     extra = tmp_path / "extra.conll"
     extra.write_text("".join(f"Mara{i}\tB-PERSON\nvisits\tO\nOslo{i}\tB-GPE\n\nAcme{i}\tB-ORG\nhires\tO\nKell{i}\tB-PERSON\n\n"

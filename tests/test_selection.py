@@ -128,7 +128,7 @@ def test_transductive_scoring_runs_on_an_episode(tiny_bert_dir):
 
 def test_way_shot_curriculum_changes_episode_shape_at_its_step(tiny_bert_dir, toy_csv, tmp_path):  # noqa: F811
     from llm_meta.config import load_config
-    from recipes import meta_train
+    from llm_meta import meta_training as meta_train
     from tests.test_meta_train import ROOT
 
     overrides = [*tiny_overrides(tiny_bert_dir, toy_csv, tmp_path, steps=4),
