@@ -32,7 +32,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from subsets import first_classes  # benchmarks/subsets.py, beside this script
+
+def first_classes(name: str, classes: int, folder: Path, splits: tuple[str, ...] = ("train", "test")) -> str:
+    """Task `name`'s first `classes` labels (alphabetical), every row of `splits` with one of them,
+    written to `folder`/SPLIT.csv (columns text, label); returns the folder for `load_task`."""
+    from llm_meta.tasks import load_task
+
+    task = load_task(name)
+    keep = set(sorted(task.label_names)[:classes])
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        task.split(split).filter(lambda row: row["label"] in keep).to_csv(folder / f"{split}.csv", index=False)
+    return str(folder)
+
 
 VARIANTS = {
     "top2": [],

@@ -25,9 +25,9 @@ rows = [(t, y) for y in intents for t in [t for t, z in zip(train["text"], train
 with open(work / "support.csv", "w", newline="") as f:
     csv.writer(f).writerows([("utterance", "intent"), *rows])
 
-# 2. Adapt the untrained start (LoRA on every layer + a prototype head, 15 Adam steps).
-cfg = llm_meta.AdaptConfig(model=llm_meta.ModelConfig(name=args.model))
-clf = llm_meta.adapt(support=str(work / "support.csv"), cfg=cfg, text_column="utterance", label_column="intent")
+# 2. Adapt the untrained start (LoRA on every layer + a prototype head, 15 Adam steps) to every row.
+clf = llm_meta.FewShotClassifier.from_pretrained(args.model)  # or a meta-trained adapter folder
+clf.fit(str(work / "support.csv"), column_mapping={"utterance": "text", "intent": "label"})
 
 # 3. Use it, save it (a plain peft adapter + head), load it back, score it on labelled texts.
 print(clf.predict(["how can I donate to help", "hello there"]))  # [label, label]

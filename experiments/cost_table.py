@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from subsets import first_classes  # noqa: E402 (benchmarks/subsets.py)
+from adapt_speed import first_classes  # noqa: E402 (benchmarks/adapt_speed.py)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -31,7 +31,7 @@ from llm_meta.classifier import AdaptConfig  # noqa: E402
 from llm_meta.models import ModelConfig, warn_truncated  # noqa: E402
 from llm_meta.tasks import load_task  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from subsets import first_classes  # noqa: E402 (benchmarks/subsets.py)
+from adapt_speed import first_classes  # noqa: E402 (benchmarks/adapt_speed.py)
 
 SETTINGS = {
     "truncate 64 (default)": {},
