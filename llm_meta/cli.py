@@ -106,7 +106,9 @@ def cmd_recipe(args: argparse.Namespace) -> None:
         if getattr(args, flag, False):
             setattr(cfg, flag, True)
     if getattr(args, "text_column", None) or getattr(args, "label_column", None):  # meta-train's file tasks
-        cfg.tasks = [_task_columns(t, args, module.TaskSource) for t in cfg.tasks]
+        from llm_meta.meta_training import TaskSource
+
+        cfg.tasks = [_task_columns(t, args, TaskSource) for t in cfg.tasks]
     if getattr(args, "force", False) and not getattr(args, "resume", False):
         raise ValueError("--force accepts a changed config when resuming: use it with --resume")
     if "trust_remote_code" in args:
