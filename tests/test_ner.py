@@ -511,3 +511,15 @@ def test_short_sentences_get_their_own_pass_and_the_loss_is_unchanged(tiny_bert_
     g1 = torch.autograd.grad(grouped, list(params.values()))
     g2 = torch.autograd.grad(single, list(params.values()))
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g2))
+
+
+def test_a_tsv_file_is_conll_unless_its_header_names_the_token_column(tmp_path):
+    from llm_meta.conll import load_ner
+
+    conll = tmp_path / "conll.tsv"  # CoNLL with tabs, saved with the spreadsheet extension
+    conll.write_text("Ada\tB-PER\nLovelace\tI-PER\nsings\tO\n\nOslo\tB-LOC\n", encoding="utf-8")
+    assert [s.tags for s in load_ner(str(conll))] == [["B-PER", "I-PER", "O"], ["B-LOC"]]
+    table = tmp_path / "table.tsv"  # a table: one sentence per row, words and tags split by spaces
+    table.write_text("tokens\tner_tags\nAda Lovelace sings\tB-PER I-PER O\nOslo\tB-LOC\n", encoding="utf-8")
+    assert [s.tokens for s in load_ner(str(table))] == [["Ada", "Lovelace", "sings"], ["Oslo"]]
+    assert [s.tags for s in load_ner(str(table))] == [["B-PER", "I-PER", "O"], ["B-LOC"]]
