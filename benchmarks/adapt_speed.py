@@ -75,7 +75,7 @@ def child(args: argparse.Namespace) -> None:
         clf.save(Path(folder) / "model")
         save = time.perf_counter() - began
     began = time.perf_counter()
-    accuracy = clf.evaluate(args.task, "test")["accuracy"]
+    accuracy = clf.evaluate(args.task, split="test")["accuracy"]
     print(json.dumps({"import_s": imported, "adapt_s": total, "save_s": save, **clf.metadata["adapt_timings"],
                       "accuracy": 100 * accuracy, "eval_s": time.perf_counter() - began,
                       "classes": len(clf.labels), "support": clf.metadata["support_size"]}))

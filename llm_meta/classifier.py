@@ -187,19 +187,23 @@ class FewShotClassifier(HubMixin):
         cfg = self.metadata.get("adapt_config") or {}
         return cfg.get("text_column") or "text", cfg.get("label_column") or "label"
 
-    def evaluate(self, task: Task | str, split: str | None = None, progress: bool = False,
-                 text_column: str | None = None, label_column: str | None = None) -> dict[str, Any]:
-        """Accuracy and macro-F1 (through `evaluate`) on a labelled split, plus the most confused pairs.
+    def evaluate(self, task: Any, labels: Sequence[Any] | None = None, split: str | None = None,
+                 progress: bool = False, text_column: str | None = None, label_column: str | None = None,
+                 column_mapping: dict[str, str] | None = None) -> dict[str, Any]:
+        """Accuracy and macro-F1 (through `evaluate`) on labelled texts, plus the most confused pairs.
 
-        `task`: a Task, or a registry name, file or folder read with `text_column`/`label_column`
-        (default: the columns this model was adapted with, `columns`). `split`: default "test",
-        or the whole file when `task` is one file (its only split); the report's "split" says which.
+        `task`: what `fit` reads (texts with `labels`, a Dataset, a DataFrame, a file), a Task, or a
+        registry name or folder; files and frames are read with `text_column`/`label_column` or
+        `column_mapping` (default: the columns this model was adapted with, `columns`). `split`:
+        default "test", or the whole file when `task` is one file (its only split) or examples given
+        in memory; the report's "split" says which.
 
         Raises:
             TaskError: a missing split or column, or labels this model does not know.
         """
-        if isinstance(task, str):
-            task = load_task(task, text_column or self.columns[0], label_column or self.columns[1])
+        columns = mapped_columns(column_mapping, {"text": text_column or self.columns[0],
+                                                  "label": label_column or self.columns[1]})
+        task = as_task(task, labels, columns["text"], columns["label"])
         split = split or scored_split(task)
         if len(task.splits) == 1 and split not in task.splits and SPLIT_ALIASES.get(split, split) not in task.splits:
             raise TaskError(f"{task.source} is one file, scored whole: leave out the split ({split!r})")

@@ -406,7 +406,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                  f"eval-{name}.json" if shown == WHOLE_FILE else f"eval-{name}-{split}.json")
         with _output_file(args, output, [args.task]):
             report = _load_model(args).evaluate(args.task) if tagger else \
-                _load_model(args).evaluate(task, split, progress=True)
+                _load_model(args).evaluate(task, split=split, progress=True)
             _write_json(Path(output), report)
     if tagger:
         print(f"{args.task} [{report['sentences']} sentences]: entity precision {100 * report['precision']:.2f}, "

@@ -51,6 +51,9 @@ def test_a_dataset_a_dataframe_and_a_file_with_other_columns_fit_the_same_model(
     # the columns fitted on are the model's: evaluate reads a file of them without being told
     assert other.columns == ("utterance", "intent")
     assert other.evaluate(str(tmp_path / "support.csv"))["examples"] == len(TEXTS)
+    # evaluate reads what fit reads: lists, a frame with its columns
+    assert fitted.evaluate(TEXTS, LABELS)["accuracy"] == other.evaluate(frame)["accuracy"]
+    assert fitted.evaluate(frame, column_mapping={"utterance": "text", "intent": "label"})["examples"] == len(TEXTS)
 
 
 def test_a_saved_model_loads_predicts_the_same_and_refits_from_its_recorded_start(fitted, tmp_path):
