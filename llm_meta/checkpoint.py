@@ -22,11 +22,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from llm_meta.atomic import atomic_file
+from llm_meta.atomic import write_atomic
 from llm_meta.core import LR_PREFIX
 from llm_meta.errors import CheckpointError  # noqa: F401 (raised here; importable from here too)
 from llm_meta.heads import HEAD_KEYS
-from llm_meta.hub import write_model_card
+from llm_meta.card import write_model_card
 from llm_meta.hypernet import HYPER_PREFIX, split_hypernet
 from llm_meta.models import Body, Params, set_lora_params
 
@@ -334,13 +334,6 @@ def load_checkpoint(run_dir: Path, params: Params, optimizer: torch.optim.Optimi
     if candidates:
         raise CheckpointError(f"{run_dir}: every checkpoint is corrupt; nothing to resume from")
     return None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file whole (`llm_meta.atomic.atomic_file`): a crash or a concurrent writer never
-    leaves half a file."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

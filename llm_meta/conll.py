@@ -179,8 +179,8 @@ def to_bio(sentences: list[Sentence], where: str) -> str:
 
 
 def load_ner(spec: str, tokens_column: str = "tokens", tags_column: str = "ner_tags") -> list[Sentence]:
-    """Tagged sentences from a bundled name (`wnut16`; `silver`: the spaCy-tagged corpus of
-    `llm_meta.silver`), a CoNLL file (a .tsv file too, unless its first line names `tokens_column`),
+    """Tagged sentences from a bundled name (`wnut16`; `llm_meta.ner.load_ner` also reads `silver`,
+    the spaCy-tagged corpus of `llm_meta.silver`, which is built from this module), a CoNLL file (a .tsv file too, unless its first line names `tokens_column`),
     or a dataset with token and tag columns (a local .jsonl/.json/.parquet/.csv file or
     `hf:<id>[:<config>]`, e.g. `hf:wnut_17`): the train split; see `dataset_sentences`.
 
@@ -190,10 +190,6 @@ def load_ner(spec: str, tokens_column: str = "tokens", tags_column: str = "ner_t
     if spec in BUNDLED_NER:
         package, sub = BUNDLED_NER[spec]
         return read_conll(package_dir(package) / sub)
-    if spec == "silver":  # spaCy-tagged bundled sentences (llm_meta.silver), built once and cached
-        from llm_meta.silver import silver_corpus
-
-        return silver_corpus()
     suffix = Path(spec).suffix.lower()
     if not spec.startswith("hf:") and (suffix not in FILE_BUILDERS or suffix == ".tsv" and not _names_column(
             Path(spec), tokens_column)):

@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from llm_meta.algorithms import ALGORITHMS
 from llm_meta.baselines import ner_transfer_heads, transfer_heads
+from llm_meta.atomic import write_atomic
 from llm_meta.checkpoint import (ADAPTER_FORMAT, CheckpointError, load_adapter_params, load_checkpoint, read_metadata, save_adapter,
-                                 save_checkpoint, write_atomic)
+                                 save_checkpoint)
 from llm_meta.classifier import default_adapt_config, whole_split_episode
 from llm_meta.config import load_config, to_dict, with_overrides
 from llm_meta.core import LR_PREFIX, InnerConfig, interpolate, meta_sgd_rates, outer_lr

@@ -18,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_meta.conll import (BUNDLED_NER, Sentence, entity_type, entity_types, load_ner, read_conll,  # noqa: F401
+from llm_meta import conll
+from llm_meta.conll import (BUNDLED_NER, Sentence, entity_type, entity_types, read_conll,  # noqa: F401
                             repair_bio, sentences_fingerprint, to_bio)
 from llm_meta.episodes import Episode, WordExamples
 from llm_meta.heads import head_logits
 from llm_meta.models import Body, Params, by_tokens, embed_tokens, folded_pass, position_limit, token_counts
+from llm_meta.silver import silver_corpus
 from llm_meta.spans import decomposed_loss, is_decomposed, word_classes
 from llm_meta.tasks import TaskError
 
@@ -44,6 +46,14 @@ class NerConfig:
     # Sentences of the extra corpora that mention these types are left out, e.g. the OntoNotes types
     # whose meaning overlaps the held-out ones (silver.OVERLAPPING_WNUT_HELD_OUT), so those stay unseen.
     drop_types: list[str] = field(default_factory=list)
+
+
+def load_ner(spec: str, tokens_column: str = "tokens", tags_column: str = "ner_tags") -> list[Sentence]:
+    """`llm_meta.conll.load_ner`, plus `silver`: the spaCy-tagged corpus of the bundled texts
+    (`llm_meta.silver`, built once and cached), which only meta-training reads."""
+    if spec == "silver":
+        return silver_corpus()
+    return conll.load_ner(spec, tokens_column, tags_column)
 
 
 def extra_corpora(cfg: NerConfig) -> list[tuple[str, list[Sentence], list[str]]]:

@@ -24,7 +24,7 @@ import random
 import time
 from pathlib import Path
 
-from llm_meta.checkpoint import write_atomic
+from llm_meta.atomic import write_atomic
 from llm_meta.conll import Sentence, read_conll
 from llm_meta.model_files import cache_dir
 from llm_meta.tasks import TaskError, load_task, task_fingerprint

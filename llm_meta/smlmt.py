@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_meta.checkpoint import write_atomic
+from llm_meta.atomic import write_atomic
 from llm_meta.episodes import Episode, Examples
 from llm_meta.tasks import TaskError, load_raw, load_registry, load_task, text_codec
 

@@ -38,7 +38,8 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from llm_meta.atomic import atomic_file
-from llm_meta.checkpoint import load_adapter_params, read_metadata, write_atomic
+from llm_meta.atomic import write_atomic
+from llm_meta.checkpoint import load_adapter_params, read_metadata
 from llm_meta.classifier import default_adapt_config, whole_split_episode
 from llm_meta.config import from_dict, load_config, parse_yaml, to_dict
 from llm_meta.core import InnerConfig, interpolate
@@ -780,7 +781,14 @@ def _fmt_diff(c: dict) -> str:
 
 
 def _plot(cfg: Config, settings: dict, estimates: dict, path: Path) -> None:
-    import matplotlib
+    """accuracy_vs_k.png, when matplotlib is installed (the `plots` extra); else one warning line:
+    the report and the JSON, already written, hold every number the plot shows."""
+    try:
+        import matplotlib
+    except ImportError:
+        tqdm.write(f"no {path.name}: matplotlib is not installed (pip install \"llm_meta[plots]\"); the report "
+                   "and results.json hold the same numbers", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -375,3 +376,10 @@ def _extract(archive: Path, folder: Path) -> list[str]:
     with tarfile.open(archive) as tar:
         tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         return tar.getnames()
+
+
+def test_without_matplotlib_the_plot_is_skipped_with_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    benchmark._plot(Config(), {}, {}, tmp_path / "accuracy_vs_k.png")
+    assert not (tmp_path / "accuracy_vs_k.png").exists()
+    assert 'pip install "llm_meta[plots]"' in capsys.readouterr().err

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 import llm_meta
 from llm_meta.classifier import AdaptConfig, FewShotClassifier
 from llm_meta.core import InnerConfig
-from llm_meta.hub import hub_model_id, model_card
+from llm_meta.card import hub_model_id, model_card
 from llm_meta.models import ModelConfig
 from tests.test_meta_train import run, tiny_overrides, toy_csv  # noqa: F401 (toy_csv: a fixture)
 

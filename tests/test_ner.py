@@ -514,7 +514,7 @@ def test_short_sentences_get_their_own_pass_and_the_loss_is_unchanged(tiny_bert_
 
 
 def test_a_tsv_file_is_conll_unless_its_header_names_the_token_column(tmp_path):
-    from llm_meta.conll import load_ner
+    from llm_meta.ner import load_ner
 
     conll = tmp_path / "conll.tsv"  # CoNLL with tabs, saved with the spreadsheet extension
     conll.write_text("Ada\tB-PER\nLovelace\tI-PER\nsings\tO\n\nOslo\tB-LOC\n", encoding="utf-8")
