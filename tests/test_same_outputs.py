@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 
 import llm_meta
 from llm_meta import AdaptConfig, TaggerConfig, adapt_tagger
+from llm_meta.checkpoint import read_metadata, save_adapter
+from llm_meta.models import load_body, recorded_model_config
 
 RECORD = Path(__file__).with_name("same_outputs.json")
 TINY_RUN = ["outer.steps=5", "validate_every=5", "validation.episodes=1", "test.episodes=0", "interpolation=[1.0]"]
@@ -41,12 +43,22 @@ def outputs(work: Path) -> dict[str, str]:
                             f"output_dir={run}")
         found[f"meta_train_{algorithm}_step5"] = digest(load_file(str(run / "checkpoints" / "step-0000005" /
                                                                       "params.safetensors")))
+    # Selection kept step 0 in so short a run: the start below is the step-5 LoRA, saved as an adapter.
+    meta = read_metadata(work / "fomaml" / "adapter")
+    body = load_body(recorded_model_config(meta["config"]["model"]))
+    step5 = load_file(str(work / "fomaml" / "checkpoints" / "step-0000005" / "params.safetensors"))
+    save_adapter(body, {k: v for k, v in step5.items() if k in body.lora_names}, work / "moved",
+                 {**{k: v for k, v in meta.items() if k != "format"}, "step": 5})
     clf = llm_meta.adapt(task="mcid", shots=5, cfg=AdaptConfig(seed=0))
     found["adapt_untrained_mcid"] = digest(clf.params)
-    chosen = llm_meta.adapt(task="mcid", shots=5, adapter=str(work / "fomaml" / "adapter"),
+    chosen = llm_meta.adapt(task="mcid", shots=5, adapter=str(work / "moved"),
                             cfg=AdaptConfig(seed=0, select_start="support"))
     found["adapt_fomaml_start_choice_mcid"] = digest(chosen.params)
     found["adapt_fomaml_start_choice_mcid_chosen"] = chosen.metadata["start_selection"]["chosen"]
+    found["adapt_fomaml_start_choice_mcid_fits"] = repr(chosen.metadata["start_selection"]["leave_one_out_fit"])
+    given = llm_meta.adapt(task="mcid", shots=5, adapter=str(work / "moved"),
+                           cfg=AdaptConfig(seed=0, select_start="off"))  # the meta-trained start as given
+    found["adapt_fomaml_start_as_given_mcid"] = digest(given.params)
     tagger = adapt_tagger(TaggerConfig(data="wnut16", types=["person", "geo-loc"], shots=5, seed=0))
     found["ner_tagger_wnut16"] = digest(tagger.params)
     return found
