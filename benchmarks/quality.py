@@ -268,7 +268,8 @@ def readme_table(results: dict[str, Any], ours: str = "default", peer: str = "se
 def table(results: dict[str, Any], variants: list[str]) -> None:
     """One Markdown table: a row per task and K, a column per variant."""
     print(f"\nAccuracy (micro entity F1 for NER; 95% interval: {UNIT}; here one start, so draws and texts), "
-          f"macro-F1, seconds per adaptation; differences are paired against {variants[0]}.\n")
+          f"macro-F1, seconds per adaptation (*: measured beside other work, not comparable); differences are "
+          f"paired against {variants[0]}.\n")
     print("| task | K | test texts | " + " | ".join(variants) + " |")
     print("|---" * (3 + len(variants)) + "|")
     rows = sorted({(r["task"], r["shots"]) for k, r in results.items() if "/" in k},
@@ -285,7 +286,8 @@ def table(results: dict[str, Any], variants: list[str]) -> None:
             s = summarise(entry["runs"], first["runs"] if paired else None, entry["test_texts"])
             a = s["accuracy"]
             cell = f"{100 * a['mean']:.1f} [{100 * a['low']:.1f}, {100 * a['high']:.1f}], " \
-                   + (f"F1 {100 * s['macro_f1']:.1f}, " if "macro_f1" in s else "") + f"{s['adapt_seconds']:.1f} s"
+                   + (f"F1 {100 * s['macro_f1']:.1f}, " if "macro_f1" in s else "") + f"{s['adapt_seconds']:.1f} s" \
+                   + ("*" if entry.get("timing") == "shared" else "")
             if first and len(entry["runs"]) != len(first["runs"]):  # a row still being run
                 cell += f" ({len(entry['runs'])} draws)"
             if "difference" in s:
