@@ -45,13 +45,13 @@ def atomic_file(final: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file whole (`atomic_file`): a crash or a concurrent writer never leaves half a file."""
     with atomic_file(path) as tmp:
         tmp.write_text(text)
 
 
+@contextlib.contextmanager
 def atomic_folder(final: Path, finished: Callable[[Path], bool] = Path.is_dir) -> Iterator[Path]:
     """Yield an empty temporary folder beside `final` to fill; when the block ends without an error,
     it is renamed to `final`. For write-once caches: if another process finished `final` first
