@@ -22,7 +22,6 @@ import json
 import logging
 import random
 import time
-from pathlib import Path
 
 from llm_meta.atomic import write_atomic
 from llm_meta.conll import Sentence, read_conll
