@@ -42,7 +42,8 @@ from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, r
     start_model_config, warn_truncated
 from llm_meta.outputs import claim
 from llm_meta.spans import SPAN_KEYS
-from llm_meta.tasks import SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns, task_fingerprint
+from llm_meta.tasks import IN_MEMORY, SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns, \
+    task_fingerprint
 from llm_meta.training import environment
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class FewShotClassifier(HubMixin):
         """
         if self.body is None:
             raise ValueError("this classifier is a start, not yet adapted: call fit(texts, labels) first")
+        if isinstance(texts, str):  # a string is a sequence too: it would be labelled character by character
+            raise TypeError("predict takes a list of texts, not one string: predict([text])")
         if not texts:
             return torch.empty(0, len(self.labels))
         desc = f"predict ({len(texts)} texts)" if progress else None
@@ -203,7 +206,7 @@ class FewShotClassifier(HubMixin):
         """
         columns = mapped_columns(column_mapping, {"text": text_column or self.columns[0],
                                                   "label": label_column or self.columns[1]})
-        task = as_task(task, labels, columns["text"], columns["label"])
+        task = as_task(task, labels, columns["text"], columns["label"], min_classes=1)  # a test set may hold one class
         split = split or scored_split(task)
         if len(task.splits) == 1 and split not in task.splits and SPLIT_ALIASES.get(split, split) not in task.splits:
             raise TaskError(f"{task.source} is one file, scored whole: leave out the split ({split!r})")
@@ -219,7 +222,8 @@ class FewShotClassifier(HubMixin):
         preds = self.predict_proba(ds["text"], progress=progress).argmax(1).tolist()
         confused = Counter((self.labels[r], self.labels[p]) for r, p in zip(refs, preds) if r != p)
         return {
-            "task": task.name, "source": task.source, "split": WHOLE_FILE if len(task.splits) == 1 else split,
+            "task": task.name, "source": task.source,
+            "split": ("all given" if task.name == IN_MEMORY else WHOLE_FILE) if len(task.splits) == 1 else split,
             "examples": len(refs),
             **classification_metrics(preds, refs),
             "most_confused": [{"true": t, "predicted": p, "count": c} for (t, p), c in confused.most_common(10)],

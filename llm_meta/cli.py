@@ -394,7 +394,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                              "not --text-column/--label-column")
         adapted = (read_metadata(args.model).get("adapt_config") or {}) if not tagger else {}
         task = None if tagger else load_task(args.task, args.text_column or adapted.get("text_column") or "text",
-                                             args.label_column or adapted.get("label_column") or "label")
+                                             args.label_column or adapted.get("label_column") or "label",
+                                             min_classes=1)  # a test set may hold one class
         if not tagger and args.split and len(task.splits) == 1 and SPLIT_ALIASES.get(args.split, args.split) \
                 not in task.splits:
             raise ValueError(f"{args.task} is one file, scored whole: leave out --split")

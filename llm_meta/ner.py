@@ -385,7 +385,8 @@ def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: flo
         return out
     dropped = 0
     # Batches of similar token count: padding to a batch's longest sentence is the waste.
-    order = by_tokens(body, [" ".join(words) for words in sentences])
+    # An empty sentence has no word to tag: it stays [] (a batch of them would have no word to embed).
+    order = [i for i in by_tokens(body, [" ".join(words) for words in sentences]) if sentences[i]]
     with folded_pass(body, params) as folded:  # no gradient: the LoRA folded into the base weights
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]

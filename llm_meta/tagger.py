@@ -134,6 +134,8 @@ class FewShotTagger(HubMixin):
         """
         if self.body is None:
             raise ValueError("this tagger is a start, not yet adapted: call fit(sentences, tags) first")
+        if isinstance(texts, str):  # a string is a sequence too: it would be tagged character by character
+            raise TypeError("predict takes a list of texts (or of word lists), not one string: predict([text])")
         texts = list(texts)
         if not texts:
             return []

@@ -142,13 +142,14 @@ class Task:
         return self.class_roles[role]
 
 
-def load_task(spec: str, text_column: str = "text", label_column: str = "label") -> Task:
-    """Load a task from a registry name, a local file or folder, or `hf:<id>[:<config>]`."""
+def load_task(spec: str, text_column: str = "text", label_column: str = "label", min_classes: int = 2) -> Task:
+    """Load a task from a registry name, a local file or folder, or `hf:<id>[:<config>]`.
+    `min_classes`: fewer classes in a file is an error (2 to learn from; 1 for a test set)."""
     registry = load_registry()
     if spec in registry:
         return _load_registered(spec, registry[spec])
     name, raw, source = load_raw(spec, f"not a registry name ({', '.join(registry)})")
-    return _make_task(name, raw, text_column, label_column, source=source)
+    return _make_task(name, raw, text_column, label_column, source=source, min_classes=min_classes)
 
 
 def mapped_columns(column_mapping: dict[str, str] | None, columns: dict[str, str]) -> dict[str, str]:
@@ -167,7 +168,7 @@ def mapped_columns(column_mapping: dict[str, str] | None, columns: dict[str, str
 
 
 def as_task(data: Any, labels: Sequence[Any] | None = None, text_column: str = "text",
-            label_column: str = "label") -> Task:
+            label_column: str = "label", min_classes: int = 2) -> Task:
     """A Task from whatever holds the examples: a list of texts with `labels` (class names; numbers
     are read as their JSON spelling, 1 -> "1"), a `datasets.Dataset` or a pandas DataFrame with
     `text_column`/`label_column`, a registry name, file or folder (`load_task`), or a Task.
@@ -184,7 +185,7 @@ def as_task(data: Any, labels: Sequence[Any] | None = None, text_column: str = "
     if isinstance(data, (str, Path)):
         if labels is not None:
             raise TypeError("labels come from the file's label column; give either a file or texts with labels")
-        return load_task(str(data), text_column, label_column)
+        return load_task(str(data), text_column, label_column, min_classes)
     if labels is not None:
         texts, labels = list(data), list(labels)
         if len(texts) != len(labels):
@@ -197,7 +198,7 @@ def as_task(data: Any, labels: Sequence[Any] | None = None, text_column: str = "
     else:
         raise TypeError(f"examples must be texts with labels, a datasets.Dataset, a pandas DataFrame or a file path, "
                         f"not {type(data).__name__}")
-    return _make_task(IN_MEMORY, ds, text_column, label_column, source="the examples given")
+    return _make_task(IN_MEMORY, ds, text_column, label_column, source="the examples given", min_classes=min_classes)
 
 
 def load_raw(spec: str, other: str = "") -> tuple[str, datasets.DatasetDict, str]:
@@ -615,7 +616,7 @@ def split_classes(labels: list[str], meta_val: float, meta_test: float, seed: in
 
 
 def _make_task(name: str, raw: datasets.DatasetDict, text_column: str, label_column: str, source: str,
-               user_file: bool = True) -> Task:
+               user_file: bool = True, min_classes: int = 2) -> Task:
     """A Task of normalised splits; a user's file (not a registered corpus) is also checked for
     repeated rows, texts with two labels and labels that differ only by whitespace or case."""
     if isinstance(raw, datasets.Dataset):
@@ -627,7 +628,7 @@ def _make_task(name: str, raw: datasets.DatasetDict, text_column: str, label_col
     task = Task(name=name, splits=splits, source=source)
     if user_file:
         warn_label_spellings(task.label_names, source)
-    if len(task.label_names) < 2:
+    if len(task.label_names) < min_classes:
         raise TaskError(f"{source}: label column '{label_column}' has {len(task.label_names)} class(es) "
                         f"({', '.join(task.label_names)}); a classification task needs at least 2")
     return task

@@ -34,6 +34,11 @@ def test_fit_on_lists_then_predict_labels_and_probabilities(fitted):
     assert probs.shape == (3, 3) and torch.allclose(probs.sum(1), torch.ones(3))
     assert predicted == [fitted.labels[i] for i in probs.argmax(1).tolist()]
     assert [label for label, _ in fitted.predict_scored(QUERIES)] == predicted
+    with pytest.raises(TypeError, match=r"not one string: predict\(\[text\]\)"):
+        fitted.predict("wake me at five")  # would otherwise be labelled character by character
+    # a test set may hold a single class (fitting may not)
+    one = fitted.evaluate(["wake me at five", "alarm at six"], ["alarm", "alarm"])
+    assert one["examples"] == 2 and one["split"] == "all given"
 
 
 def test_a_dataset_a_dataframe_and_a_file_with_other_columns_fit_the_same_model(fitted, tiny_bert_dir, tmp_path):
@@ -98,6 +103,9 @@ def test_the_tagger_fits_word_lists_and_predicts_spans_of_texts_and_of_word_list
     for span in as_text:
         assert set(span) == {"start", "end", "type", "text"} and span["type"] in ("city", "person")
     assert tagger.predict([]) == []
+    assert tagger.predict(["", "Marie Curie moved to Paris"])[0] == []  # an empty text has no entity
+    with pytest.raises(TypeError, match=r"not one string: predict\(\[text\]\)"):
+        tagger.predict("Marie Curie moved to Paris")
     assert 0.0 <= tagger.evaluate(WORDS, TAGS)["f1"] <= 1.0
 
 
