@@ -151,11 +151,7 @@ class FewShotClassifier(HubMixin):
         kind = pretrained_kind(name_or_path)
         if kind == "task model":
             return super().from_pretrained(name_or_path, token, revision, trust_remote_code)
-        start = dataclasses.replace(cfg or AdaptConfig())
-        if kind == "adapter":  # a meta-trained adapter: its own body
-            start.adapter = str(Path(name_or_path).expanduser())
-        else:
-            start.model = dataclasses.replace(start.model, name=str(name_or_path))
+        start = start_config(kind, name_or_path, cfg or AdaptConfig())
         return cls(None, {}, [], start.inner.scale, {}, fit_config=start, trust_remote_code=trust_remote_code)
 
     def fit(self, texts: Any, labels: Sequence[Any] | None = None, text_column: str = "text",
@@ -256,6 +252,17 @@ class FewShotClassifier(HubMixin):
 
 
 SUPPORT_FILE = "support.jsonl"
+
+
+def start_config(kind: str, name_or_path: str | Path, cfg: Any) -> Any:
+    """A copy of an adaptation config (AdaptConfig or TaggerConfig) that starts from `name_or_path`:
+    a meta-trained adapter (with its own body) or a body, as `pretrained_kind` says."""
+    start = dataclasses.replace(cfg)
+    if kind == "adapter":
+        start.adapter = str(Path(name_or_path).expanduser())
+    else:
+        start.model = dataclasses.replace(start.model, name=str(name_or_path))
+    return start
 
 
 def pretrained_kind(name_or_path: str | Path) -> Literal["task model", "adapter", "body"]:

@@ -23,7 +23,7 @@ import datasets
 
 from llm_meta.registry import package_dir
 from llm_meta.errors import ColumnError
-from llm_meta.tasks import FILE_BUILDERS, TaskError, load_raw, text_codec
+from llm_meta.tasks import FILE_BUILDERS, TaskError, load_raw, table_of, text_codec
 
 log = logging.getLogger(__name__)
 
@@ -272,13 +272,8 @@ def as_sentences(data: Any, tags: Sequence[Sequence[str]] | None = None, tokens_
         tokens_column, tags_column = "tokens", "ner_tags"
     elif isinstance(data, list) and all(isinstance(s, Sentence) for s in data):
         return data
-    elif isinstance(data, datasets.Dataset):
-        ds = data
-    elif hasattr(data, "columns") and hasattr(data, "to_dict"):  # a pandas DataFrame, without importing pandas
-        ds = datasets.Dataset.from_pandas(data, preserve_index=False)
     else:
-        raise TypeError(f"NER examples must be word lists with tag lists, a datasets.Dataset, a pandas DataFrame or "
-                        f"a file path, not {type(data).__name__}")
+        ds = table_of(data, "NER examples must be word lists with tag lists")
     return dataset_sentences(ds, tokens_column, tags_column)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from llm_meta.adaptation import adapt as adapt_params
 from llm_meta.checkpoint import load_adapter_params, read_start
-from llm_meta.classifier import load_task_model, pretrained_kind, save_task_model
+from llm_meta.classifier import load_task_model, pretrained_kind, save_task_model, start_config
 from llm_meta.config import from_dict, to_dict
 from llm_meta.core import InnerConfig
 from llm_meta.episodes import WordExamples
@@ -91,11 +91,7 @@ class FewShotTagger(HubMixin):
         kind = pretrained_kind(name_or_path)
         if kind == "task model":
             return super().from_pretrained(name_or_path, token, revision, trust_remote_code)
-        start = dataclasses.replace(cfg or TaggerConfig())
-        if kind == "adapter":
-            start.adapter = str(Path(name_or_path).expanduser())
-        else:
-            start.model = dataclasses.replace(start.model, name=str(name_or_path))
+        start = start_config(kind, name_or_path, cfg or TaggerConfig())
         return cls(None, {}, [], start.inner.scale, {}, fit_config=start, trust_remote_code=trust_remote_code)
 
     def fit(self, sentences: Any, tags: Sequence[Sequence[str]] | None = None, tokens_column: str = "tokens",

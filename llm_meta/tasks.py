@@ -191,14 +191,22 @@ def as_task(data: Any, labels: Sequence[Any] | None = None, text_column: str = "
         if len(texts) != len(labels):
             raise TaskError(f"{len(texts)} texts but {len(labels)} labels: give one label per text")
         ds, text_column, label_column = datasets.Dataset.from_dict({"text": texts, "label": labels}), "text", "label"
-    elif isinstance(data, datasets.Dataset):
-        ds = data
-    elif hasattr(data, "columns") and hasattr(data, "to_dict"):  # a pandas DataFrame, without importing pandas
-        ds = datasets.Dataset.from_pandas(data, preserve_index=False)
     else:
-        raise TypeError(f"examples must be texts with labels, a datasets.Dataset, a pandas DataFrame or a file path, "
-                        f"not {type(data).__name__}")
+        ds = table_of(data, "examples must be texts with labels")
     return _make_task(IN_MEMORY, ds, text_column, label_column, source="the examples given", min_classes=min_classes)
+
+
+def table_of(data: Any, what: str) -> datasets.Dataset:
+    """`data` as a Dataset when it is one or a pandas DataFrame (read without importing pandas).
+
+    Raises:
+        TypeError: anything else, with `what` the caller's other accepted forms.
+    """
+    if isinstance(data, datasets.Dataset):
+        return data
+    if hasattr(data, "columns") and hasattr(data, "to_dict"):
+        return datasets.Dataset.from_pandas(data, preserve_index=False)
+    raise TypeError(f"{what}, a datasets.Dataset, a pandas DataFrame or a file path, not {type(data).__name__}")
 
 
 def load_raw(spec: str, other: str = "") -> tuple[str, datasets.DatasetDict, str]:
