@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from safetensors.torch import save_file
@@ -92,8 +92,32 @@ class AdaptConfig:
     select_start: Literal["auto", "support", "off"] = "auto"
 
 
+class PretrainedMixin(HubMixin):
+    """`from_pretrained` for both task models: a saved one, ready to predict, or a start to `fit`."""
+
+    config_class: ClassVar[type]  # AdaptConfig or TaggerConfig: the adaptation `fit` runs
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, token: str | None = None, revision: str | None = None,
+                        trust_remote_code: bool = False, cfg: Any = None) -> Any:
+        """A saved task model, ready to predict: a folder written by `save`, or `hf:<org>/<name>` (a
+        Hub repository written by `push_to_hub`, at `revision` if given). Or a start to `fit`: a
+        meta-trained adapter folder, or a body (a bundled name such as all-MiniLM-L6-v2, a model
+        folder, a .gguf file); `cfg` then sets the adaptation (default: the class's config,
+        `AdaptConfig()` or `TaggerConfig()`).
+
+        Raises:
+            FileNotFoundError: a name that is neither a bundled model nor an existing path.
+        """
+        kind = pretrained_kind(name_or_path)
+        if kind == "task model":
+            return super().from_pretrained(name_or_path, token, revision, trust_remote_code)
+        start = start_config(kind, name_or_path, cfg or cls.config_class())
+        return cls(None, {}, [], start.inner.scale, {}, fit_config=start, trust_remote_code=trust_remote_code)
+
+
 @dataclass
-class FewShotClassifier(HubMixin):
+class FewShotClassifier(PretrainedMixin):
     """An adapted model: body with adapted LoRA, a head, and its label names; or, from
     `from_pretrained` of a body or a meta-trained adapter, a start (body None) that `fit` adapts."""
 
@@ -105,6 +129,7 @@ class FewShotClassifier(HubMixin):
     support: Examples | None = None  # what it was adapted on (labels index `labels`); replayed when continuing
     fit_config: AdaptConfig | None = None  # a start's adaptation, until `fit` (from_pretrained of a body or adapter)
     trust_remote_code: bool = False  # the caller's choice, kept for `fit`
+    config_class: ClassVar[type] = AdaptConfig
 
     # ---- use ----
     @torch.no_grad()
@@ -136,24 +161,7 @@ class FewShotClassifier(HubMixin):
         best = probs.argmax(1)
         return [(self.labels[i], float(probs[n, i])) for n, i in enumerate(best.tolist())]
 
-    # ---- fit: a start adapted to the user's examples ----
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, token: str | None = None, revision: str | None = None,
-                        trust_remote_code: bool = False, cfg: AdaptConfig | None = None) -> "FewShotClassifier":
-        """A saved task model, ready to predict: a folder written by `save`, or `hf:<org>/<name>` (a
-        Hub repository written by `push_to_hub`, at `revision` if given). Or a start to `fit`: a
-        meta-trained adapter folder, or a body (a bundled name such as all-MiniLM-L6-v2, a model
-        folder, a .gguf file); `cfg` then sets the adaptation (default `AdaptConfig()`).
-
-        Raises:
-            FileNotFoundError: a name that is neither a bundled model nor an existing path.
-        """
-        kind = pretrained_kind(name_or_path)
-        if kind == "task model":
-            return super().from_pretrained(name_or_path, token, revision, trust_remote_code)
-        start = start_config(kind, name_or_path, cfg or AdaptConfig())
-        return cls(None, {}, [], start.inner.scale, {}, fit_config=start, trust_remote_code=trust_remote_code)
-
+    # ---- fit: a start adapted to the user's examples (from_pretrained: PretrainedMixin) ----
     def fit(self, texts: Any, labels: Sequence[Any] | None = None, text_column: str = "text",
             label_column: str = "label", progress: bool = False, column_mapping: dict[str, str] | None = None
             ) -> "FewShotClassifier":

@@ -20,15 +20,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from llm_meta.adaptation import adapt as adapt_params
 from llm_meta.checkpoint import load_adapter_params, read_start
-from llm_meta.classifier import load_task_model, pretrained_kind, save_task_model, start_config
+from llm_meta.classifier import PretrainedMixin, load_task_model, save_task_model
 from llm_meta.config import from_dict, to_dict
 from llm_meta.core import InnerConfig
 from llm_meta.episodes import WordExamples
-from llm_meta.hub import HubMixin
 from llm_meta.metrics import entity_metrics
 from llm_meta.models import Body, ModelConfig, Params, capped, load_body, lora_params, recorded_model_config, \
     start_model_config
@@ -66,7 +65,7 @@ class TaggerConfig:
 
 
 @dataclass
-class FewShotTagger(HubMixin):
+class FewShotTagger(PretrainedMixin):
     """An adapted NER model: body with adapted LoRA, a head, and its labels ["O", type, ...]; or,
     from `from_pretrained` of a body or a meta-trained adapter, a start (body None) that `fit` adapts."""
 
@@ -77,22 +76,7 @@ class FewShotTagger(HubMixin):
     metadata: dict[str, Any] = field(default_factory=dict)
     fit_config: TaggerConfig | None = None  # a start's adaptation, until `fit`
     trust_remote_code: bool = False  # the caller's choice, kept for `fit`
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, token: str | None = None, revision: str | None = None,
-                        trust_remote_code: bool = False, cfg: TaggerConfig | None = None) -> "FewShotTagger":
-        """A saved tagger, ready to predict (a folder `save` wrote, or `hf:<org>/<name>`); or a start to
-        `fit`: a meta-trained adapter folder or a body, as for `FewShotClassifier.from_pretrained`;
-        `cfg` then sets the adaptation (default `TaggerConfig()`).
-
-        Raises:
-            FileNotFoundError: a name that is neither a bundled model nor an existing path.
-        """
-        kind = pretrained_kind(name_or_path)
-        if kind == "task model":
-            return super().from_pretrained(name_or_path, token, revision, trust_remote_code)
-        start = start_config(kind, name_or_path, cfg or TaggerConfig())
-        return cls(None, {}, [], start.inner.scale, {}, fit_config=start, trust_remote_code=trust_remote_code)
+    config_class: ClassVar[type] = TaggerConfig  # from_pretrained (PretrainedMixin): a start's adaptation
 
     def fit(self, sentences: Any, tags: Sequence[Sequence[str]] | None = None, tokens_column: str = "tokens",
             tags_column: str = "ner_tags", progress: bool = False, column_mapping: dict[str, str] | None = None
