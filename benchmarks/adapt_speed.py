@@ -36,7 +36,7 @@ from pathlib import Path
 def first_classes(name: str, classes: int, folder: Path, splits: tuple[str, ...] = ("train", "test")) -> str:
     """Task `name`'s first `classes` labels (alphabetical), every row of `splits` with one of them,
     written to `folder`/SPLIT.csv (columns text, label); returns the folder for `load_task`."""
-    from llm_meta.tasks import load_task
+    from llm_meta.data.tasks import load_task
 
     task = load_task(name)
     keep = set(sorted(task.label_names)[:classes])
@@ -60,7 +60,7 @@ def child(args: argparse.Namespace) -> None:
     began = time.perf_counter()
     import llm_meta
     from llm_meta.classifier import AdaptConfig
-    from llm_meta.models import ModelConfig
+    from llm_meta.modeling.models import ModelConfig
 
     imported = time.perf_counter() - began
     model = ModelConfig(lora_layers=None if args.all_layers else 2, autocast="bf16" if args.bf16 else "auto")

@@ -28,8 +28,8 @@ from typing import Any
 from quality import NER_TASKS, ROOT, SUITE, run_draws, scored, table, test_sample  # benchmarks/quality.py, beside this script
 
 from llm_meta.classifier import support_set
-from llm_meta.model_files import resolve_model_path
-from llm_meta.tasks import load_task
+from llm_meta.modeling.model_files import resolve_model_path
+from llm_meta.data.tasks import load_task
 
 BODIES = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
 

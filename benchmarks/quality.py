@@ -8,7 +8,7 @@ For each task, variant, K and support draw d (seed d): K examples per class from
 `adapt` with the variant's config, then every text of a fixed sample of the test split (the
 whole split, capped at 2,000 texts; the same texts for every variant and draw) is labelled.
 Reported per task: accuracy with a 95% crossed-bootstrap interval over draws and test texts
-(`llm_meta.statistics`), macro-F1 (mean over draws, with its lowest and highest draw), and seconds
+(`llm_meta.eval.statistics`), macro-F1 (mean over draws, with its lowest and highest draw), and seconds
 per adaptation (model load excluded). A variant other than the first is also given as its paired
 difference from the first (same draws, same texts).
 
@@ -51,15 +51,16 @@ for _key in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):  # the table, not 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-from llm_meta.atomic import write_atomic  # noqa: E402
+from llm_meta.io.atomic import write_atomic  # noqa: E402
 from llm_meta.classifier import AdaptConfig, adapt  # noqa: E402
 from llm_meta.config import to_dict  # noqa: E402
-from llm_meta.evaluation import entity_counts  # noqa: E402
-from llm_meta.metrics import classification_metrics  # noqa: E402
-from llm_meta.ner import NerConfig, Sentence, entity_type, io_to_bio, load_ner, split_ner  # noqa: E402
-from llm_meta.statistics import UNIT, Outcomes, crossed_bootstrap  # noqa: E402
+from llm_meta.eval.evaluation import entity_counts  # noqa: E402
+from llm_meta.eval.metrics import classification_metrics  # noqa: E402
+from llm_meta.data.ner import NerConfig, io_to_bio, load_ner, split_ner
+from llm_meta.data.conll import Sentence, entity_type
+from llm_meta.eval.statistics import UNIT, Outcomes, crossed_bootstrap  # noqa: E402
 from llm_meta.tagger import TaggerConfig, adapt_tagger, support_sentences  # noqa: E402
-from llm_meta.tasks import Task, load_task  # noqa: E402
+from llm_meta.data.tasks import Task, load_task  # noqa: E402
 
 TEST_CAP = 2000  # test texts per task (a fixed random sample of a larger split)
 # name -> (registry task, kind, model overrides)

@@ -34,12 +34,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from llm_meta.adaptation import init_head  # noqa: E402
-from llm_meta.algorithms import ALGORITHMS, InnerConfig  # noqa: E402
-from llm_meta.episodes import Episode, EpisodeSampler, Examples  # noqa: E402
-from llm_meta.heads import head_logits  # noqa: E402
-from llm_meta.models import Body, ModelConfig, default_targets, load_body, lora_params, pool, tokenize  # noqa: E402
-from llm_meta.tasks import load_task  # noqa: E402
+from llm_meta.meta.adaptation import init_head  # noqa: E402
+from llm_meta.meta.algorithms import ALGORITHMS, InnerConfig  # noqa: E402
+from llm_meta.data.episodes import Episode, EpisodeSampler, Examples  # noqa: E402
+from llm_meta.meta.heads import head_logits  # noqa: E402
+from llm_meta.modeling.models import Body, ModelConfig, default_targets, load_body, lora_params, pool, tokenize  # noqa: E402
+from llm_meta.data.tasks import load_task  # noqa: E402
 
 
 def plain_passes(body: Body, episode: Episode, cfg: InnerConfig, algorithm: str) -> None:

@@ -13,7 +13,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from llm_meta import EpisodeSampler, load_task, meta
-from llm_meta.model_files import resolve_model_path  # a bundled name -> its folder; a folder or Hub id as is
+from llm_meta.modeling.model_files import resolve_model_path  # a bundled name -> its folder; a folder or Hub id as is
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="all-MiniLM-L6-v2")

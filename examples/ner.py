@@ -9,7 +9,7 @@ own file's path instead) with Few-NERD's sampler: K to 2K mentions of each type.
 import argparse
 
 from llm_meta import ModelConfig
-from llm_meta.conll import load_ner
+from llm_meta.data.conll import load_ner
 from llm_meta.tagger import TaggerConfig, adapt_tagger
 
 parser = argparse.ArgumentParser()

@@ -45,7 +45,7 @@ def rss_mib() -> float:
 def child(args: argparse.Namespace) -> None:
     import llm_meta
     from llm_meta.classifier import AdaptConfig
-    from llm_meta.models import ModelConfig
+    from llm_meta.modeling.models import ModelConfig
 
     cfg = AdaptConfig(model=ModelConfig(lora_layers=2, max_length=args.max_length))
     before = rss_mib()
@@ -104,7 +104,7 @@ def adapt_tables() -> None:
 
 def predict_table() -> None:
     import llm_meta
-    from llm_meta.tasks import load_task
+    from llm_meta.data.tasks import load_task
 
     texts = list(load_task("clinc").split("train")["text"])
     clf = llm_meta.adapt(task="clinc", shots=5)

@@ -12,11 +12,11 @@ judge whether it matters. The benchmark itself pools
 meta-seeds only within one run, and the three seeds' runs were made at different commits (their
 scores are keyed on the llm_meta sources, so one run would score all of them again, about 3 h on
 2 cores). A results.json keeps each episode's accuracy, not its per-text outcomes, so the
-intervals here resample meta-seeds and support draws (crossed, as `llm_meta.statistics`
+intervals here resample meta-seeds and support draws (crossed, as `llm_meta.eval.statistics`
 does: seeds separately for each side of a difference, draws shared) but **not test texts**: they
 are narrower than the single runs' intervals, which also resample texts. Paired differences of
 every method against each of the runs' `references` (finetune vs transfer once, as transfer vs
-finetune, as the benchmark does); no primary contrast: Holm over all of them (`llm_meta.statistics.holm`), with enough bootstrap
+finetune, as the benchmark does); no primary contrast: Holm over all of them (`llm_meta.eval.statistics.holm`), with enough bootstrap
 replicates for Holm to reach 5% (`replicates_for`). Only the methods present in every file are
 pooled. Reads only what the benchmarks wrote: no model is loaded.
 """
@@ -30,7 +30,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from llm_meta.statistics import Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, verdict
+from llm_meta.eval.statistics import Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, verdict
 from recipes import benchmark
 
 COMPARED = ("model", "adapt", "train_configs", "train_overrides", "start_overrides", "budget_scale")

@@ -22,9 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import llm_meta  # noqa: E402
-from llm_meta.algorithms import InnerConfig  # noqa: E402
+from llm_meta.meta.algorithms import InnerConfig  # noqa: E402
 from llm_meta.classifier import AdaptConfig, default_adapt_config  # noqa: E402
-from llm_meta.evaluation import mean_ci  # noqa: E402
+from llm_meta.eval.evaluation import mean_ci  # noqa: E402
 
 PROCEDURES = {
     "prototype floor (0 steps)": InnerConfig(steps=0, label_examples=0),

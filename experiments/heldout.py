@@ -20,10 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from llm_meta.checkpoint import load_adapter_params  # noqa: E402
+from llm_meta.saving.checkpoint import load_adapter_params  # noqa: E402
 from llm_meta.config import load_config  # noqa: E402
-from llm_meta.evaluation import mean_ci, paired_difference, score_episodes  # noqa: E402
-from llm_meta.models import load_body, lora_params  # noqa: E402
+from llm_meta.eval.evaluation import mean_ci, paired_difference, score_episodes  # noqa: E402
+from llm_meta.modeling.models import load_body, lora_params  # noqa: E402
 from llm_meta.meta_training import Config, eval_episodes  # noqa: E402
 
 

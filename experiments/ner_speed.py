@@ -26,12 +26,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from llm_meta.adaptation import adapt  # noqa: E402
-from llm_meta.checkpoint import load_adapter_params  # noqa: E402
-from llm_meta.models import (Body, Params, by_tokens, folded_pass, hidden_states, load_body, lora_params,  # noqa: E402
+from llm_meta.meta.adaptation import adapt  # noqa: E402
+from llm_meta.saving.checkpoint import load_adapter_params  # noqa: E402
+from llm_meta.modeling.models import (Body, Params, by_tokens, folded_pass, hidden_states, load_body, lora_params,  # noqa: E402
                              num_layers, tokenize)
-from llm_meta.ner import NerEpisodeSampler, load_ner, tag_words  # noqa: E402
-from llm_meta.prefix import find_layer_stack  # noqa: E402
+from llm_meta.data.ner import NerEpisodeSampler, load_ner  # noqa: E402
+from llm_meta.meta.token_heads import tag_words  # noqa: E402
+from llm_meta.modeling.prefix import find_layer_stack  # noqa: E402
 from llm_meta.tagger import TaggerConfig  # noqa: E402
 
 HELD_OUT = ["movie", "musicartist", "product", "sportsteam"]

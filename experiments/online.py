@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 import llm_meta  # noqa: E402
 from llm_meta.classifier import AdaptConfig, FewShotClassifier, support_set  # noqa: E402
-from llm_meta.evaluation import mean_ci  # noqa: E402
+from llm_meta.eval.evaluation import mean_ci  # noqa: E402
 from llm_meta.online import ContinueConfig, continue_adapt  # noqa: E402
 
 

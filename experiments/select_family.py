@@ -10,7 +10,7 @@ margin tuned on validation tasks changed that.
 
 The rule shipped with this script (`llm-meta adapt`'s `select_start=auto`, the benchmark's
 `+select`): a task whose class names are all among the class names the adapter was meta-trained
-with (`llm_meta.adaptation.in_family`; recorded in the adapter as "label_names") is of its family,
+with (`llm_meta.meta.adaptation.in_family`; recorded in the adapter as "label_names") is of its family,
 and the adapter is used as its algorithm trained it (ProtoNet: no steps); any other task gets the
 leave-one-out choice among the untrained start, the adapter and the halfway point, and the start
 chosen takes the shared 15 steps. The rule was formed after the four test tasks above had been
@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 from select_protocol import START, diff_cell, parser, pending_episodes, protocols
 
-from llm_meta.adaptation import choose_start, in_family
+from llm_meta.meta.adaptation import choose_start, in_family
 from llm_meta.config import load_config
-from llm_meta.evaluation import episode_outcomes, episode_score
-from llm_meta.tasks import load_task
+from llm_meta.eval.evaluation import episode_outcomes, episode_score
+from llm_meta.data.tasks import load_task
 from recipes import benchmark
 
 FRESH = ["banking77", "clinc"]  # off family, never used to choose or tune a selection rule

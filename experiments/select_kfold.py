@@ -40,12 +40,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from llm_meta.adaptation import adapt, choose_start, predict_logits
+from llm_meta.meta.adaptation import adapt, choose_start, predict_logits
 from llm_meta.config import load_config
-from llm_meta.core import InnerConfig
-from llm_meta.episodes import Episode, Examples
-from llm_meta.models import Body, Params
-from llm_meta.tasks import load_task
+from llm_meta.meta.core import InnerConfig
+from llm_meta.data.episodes import Episode, Examples
+from llm_meta.modeling.models import Body, Params
+from llm_meta.data.tasks import load_task
 from recipes import benchmark
 
 FOLDS = 2

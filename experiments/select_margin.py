@@ -56,9 +56,9 @@ import numpy as np
 from select_protocol import (K, START, best_other, diff_cell, parser, pending_episodes, protocols,
                              protonet_candidates, reference_episodes)
 
-from llm_meta.adaptation import choose_start
+from llm_meta.meta.adaptation import choose_start
 from llm_meta.config import load_config
-from llm_meta.evaluation import episode_outcomes, episode_score
+from llm_meta.eval.evaluation import episode_outcomes, episode_score
 from recipes import benchmark
 
 IN_FAMILY, OFF_FAMILY = ["tweets_coachella"], ["stackoverflow", "hwu"]

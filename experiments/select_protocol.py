@@ -43,14 +43,14 @@ import numpy as np
 from scipy import stats
 from select_kfold import held_out_logits
 
-from llm_meta.adaptation import adapt, choose_start
+from llm_meta.meta.adaptation import adapt, choose_start
 from llm_meta.classifier import whole_split_episode
 from llm_meta.config import load_config
-from llm_meta.core import InnerConfig
-from llm_meta.episodes import Episode
-from llm_meta.evaluation import episode_outcomes, episode_score
-from llm_meta.models import Body, Params
-from llm_meta.tasks import load_task
+from llm_meta.meta.core import InnerConfig
+from llm_meta.data.episodes import Episode
+from llm_meta.eval.evaluation import episode_outcomes, episode_score
+from llm_meta.modeling.models import Body, Params
+from llm_meta.data.tasks import load_task
 from recipes import benchmark
 
 START, METHOD = "protonet", "protonet+select"

@@ -72,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sys.path.insert(0, str(ROOT))
-        from llm_meta.tasks import load_task
+        from llm_meta.data.tasks import load_task
 
         texts = [t.replace("\n", " ") for t in load_task("banking77").splits["test"]["text"][:3000]]
         (work / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")

@@ -12,7 +12,7 @@ The everyday verbs:
     llm_meta.meta_train("recipes/configs/meta_train.yaml", "outer.steps=30")  # a meta-learned start
     from llm_meta import meta  # the algorithm core, for any torch model (examples/meta_core.py)
 
-The names below are imported when first used (PEP 562), so `import llm_meta.outputs` or the
+The names below are imported when first used (PEP 562), so `import llm_meta.io.outputs` or the
 `llm-meta` command's argument checks do not wait for torch and transformers to load.
 """
 
@@ -22,10 +22,10 @@ from typing import Any
 __version__ = "0.1.0"
 _EXPORTS = {
     "AdaptConfig": "llm_meta.classifier", "FewShotClassifier": "llm_meta.classifier", "adapt": "llm_meta.classifier",
-    "Episode": "llm_meta.episodes", "EpisodeSampler": "llm_meta.episodes", "Examples": "llm_meta.episodes",
+    "Episode": "llm_meta.data.episodes", "EpisodeSampler": "llm_meta.data.episodes", "Examples": "llm_meta.data.episodes",
     "ContinueConfig": "llm_meta.online", "continue_adapt": "llm_meta.online",
-    "Task": "llm_meta.tasks", "load_task": "llm_meta.tasks", "ModelConfig": "llm_meta.models",
-    "InnerConfig": "llm_meta.core", "FewShotTagger": "llm_meta.tagger", "TaggerConfig": "llm_meta.tagger",
+    "Task": "llm_meta.data.tasks", "load_task": "llm_meta.data.tasks", "ModelConfig": "llm_meta.modeling.models",
+    "InnerConfig": "llm_meta.meta.core", "FewShotTagger": "llm_meta.tagger", "TaggerConfig": "llm_meta.tagger",
     "adapt_tagger": "llm_meta.tagger", "meta_train": "llm_meta.meta_training",
 }
 _MODULES = {"meta"}  # `from llm_meta import meta`: the algorithm core (llm_meta.meta)

@@ -27,24 +27,24 @@ from typing import Any, ClassVar, Literal
 import torch
 from safetensors.torch import save_file
 
-from llm_meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation, predict_logits
-from llm_meta.checkpoint import (ADAPTER_FILES, ADAPTER_FORMAT, METADATA_FILE as METADATA, CheckpointError,
+from llm_meta.meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation, predict_logits
+from llm_meta.saving.checkpoint import (ADAPTER_FILES, ADAPTER_FORMAT, METADATA_FILE as METADATA, CheckpointError,
                                  load_adapter_params, read_metadata, read_start, read_tensors, readable_folder,
                                  save_adapter, verify_folder)
 from llm_meta.config import from_dict, to_dict
-from llm_meta.core import InnerConfig, interpolate
-from llm_meta.episodes import Episode, Examples
-from llm_meta.heads import HEAD_KEYS
-from llm_meta.hub import HUB_PREFIX, HubMixin
-from llm_meta.metrics import classification_metrics
-from llm_meta.model_files import BUNDLED_GGUF, BUNDLED_MODELS, BUNDLED_SPLIT_ZIPS
-from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params, recorded_model_config, \
+from llm_meta.meta.core import InnerConfig, interpolate
+from llm_meta.data.episodes import Episode, Examples
+from llm_meta.meta.heads import HEAD_KEYS
+from llm_meta.saving.hub import HUB_PREFIX, HubMixin
+from llm_meta.eval.metrics import classification_metrics
+from llm_meta.modeling.model_files import BUNDLED_GGUF, BUNDLED_MODELS, BUNDLED_SPLIT_ZIPS
+from llm_meta.modeling.models import Body, ModelConfig, Params, load_body, lora_params, recorded_model_config, \
     start_model_config, warn_truncated
-from llm_meta.outputs import claim
-from llm_meta.spans import SPAN_KEYS
-from llm_meta.tasks import IN_MEMORY, SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns, \
+from llm_meta.io.outputs import claim
+from llm_meta.meta.spans import SPAN_KEYS
+from llm_meta.data.tasks import IN_MEMORY, SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns, \
     task_fingerprint
-from llm_meta.training import environment
+from llm_meta.meta.training import environment
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class FewShotClassifier(PretrainedMixin):
         """Adapt to these examples, every one of them in the support set (a few per class), and
         return self, ready to predict. `texts`: a list of texts with `labels` (class names), or a
         `datasets.Dataset`, a pandas DataFrame or a file with `text_column`/`label_column`
-        (`llm_meta.tasks.as_task`), or SetFit's `column_mapping={"utterance": "text", "intent": "label"}`. The start is the one `from_pretrained` was given; on an adapted
+        (`llm_meta.data.tasks.as_task`), or SetFit's `column_mapping={"utterance": "text", "intent": "label"}`. The start is the one `from_pretrained` was given; on an adapted
         model, the start it was adapted from, recorded in its metadata (to add examples to what it
         knows, use `llm_meta.continue_adapt`). `adapt` does the work (`select_start` and all).
 
@@ -239,7 +239,7 @@ class FewShotClassifier(PretrainedMixin):
 
         Raises:
             OutputError: `folder` exists and was not written by llm_meta, or was and `overwrite`
-                is False; or another process is writing it (`llm_meta.outputs`).
+                is False; or another process is writing it (`llm_meta.io.outputs`).
         """
         if self.body is None:
             raise ValueError("this classifier is a start, not yet adapted: call fit(texts, labels) before saving it")
@@ -322,7 +322,7 @@ def save_task_model(body: Body, params: Params, labels: list[str], scale: float,
                     fmt: str, folder: str | Path, extra_files: dict[str, Any] | None = None,
                     overwrite: bool = False) -> Path:
     """A task model folder (classifier or NER tagger): PEFT adapter, head, labels, metadata,
-    checksums; claimed first (`llm_meta.outputs.claim`: never over a folder llm_meta did not write,
+    checksums; claimed first (`llm_meta.io.outputs.claim`: never over a folder llm_meta did not write,
     over one of ours only with `overwrite`)."""
     heads = [k for k in (*HEAD_KEYS, *SPAN_KEYS) if k in params]  # a decomposed NER head has both
     lora = {k: v for k, v in params.items() if k not in heads}
@@ -456,7 +456,7 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     """Adapt a start (an llm_meta adapter folder, or the untrained LoRA) to a new task.
 
     Give `task` (K = `shots` examples per class are drawn from its train split) or `support`
-    (a labelled file, or a Task such as `llm_meta.tasks.as_task(texts, labels)`, used whole). Arguments given here override the same fields of `cfg`
+    (a labelled file, or a Task such as `llm_meta.data.tasks.as_task(texts, labels)`, used whole). Arguments given here override the same fields of `cfg`
     (see `AdaptConfig`); `cfg` itself is not modified. `trust_remote_code`: let the base model's
     repo run its own code (the caller's choice only; no config or adapter folder can set it).
     `text_column`/`label_column`: the file's columns (recorded in the model: `FewShotClassifier.columns`).

@@ -18,7 +18,7 @@ from pathlib import Path
 # Only light modules at the top: an output refused, or a bad flag, answers before torch and
 # transformers are imported (seconds); each command imports what it needs after its checks.
 from llm_meta.errors import CheckpointError, ColumnError, ConfigError, ModelLoadError, OutputError, TaskError
-from llm_meta.outputs import claim
+from llm_meta.io.outputs import claim
 
 
 def _quiet_libraries() -> None:
@@ -40,13 +40,13 @@ def _quiet_libraries() -> None:
 def cmd_tasks(args: argparse.Namespace) -> None:
     """The registered tasks with their counts: from the cache (under a second) unless a task's files
     changed; a task whose data package is missing is listed with the line that installs it."""
-    from llm_meta.registry import task_summaries
+    from llm_meta.data.registry import task_summaries
 
     def summarise(name: str) -> dict:
-        from llm_meta.tasks import load_task
+        from llm_meta.data.tasks import load_task
 
         print(f"counting the rows of {name} (once: the counts are cached until its files change)", file=sys.stderr)
-        quiet = logging.getLogger("llm_meta.tasks")  # the duplicates each task drops are in the table; -v logs them
+        quiet = logging.getLogger("llm_meta.data.tasks")  # the duplicates each task drops are in the table; -v logs them
         level = quiet.level
         quiet.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
         try:
@@ -79,8 +79,8 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_episode(args: argparse.Namespace) -> None:
-    from llm_meta.episodes import EpisodeSampler
-    from llm_meta.tasks import load_task
+    from llm_meta.data.episodes import EpisodeSampler
+    from llm_meta.data.tasks import load_task
 
     _columns_name_files(args, args.task)
     tasks = [load_task(t, args.text_column or "text", args.label_column or "label") for t in args.task]
@@ -192,7 +192,7 @@ def _adapt(args: argparse.Namespace) -> None:
 
 def _columns_name_files(args: argparse.Namespace, tasks: list) -> None:
     """Refuse --text-column/--label-column for a bundled task: it has its own columns."""
-    from llm_meta.registry import load_registry
+    from llm_meta.data.registry import load_registry
 
     bundled = [t for t in tasks if t in load_registry()]
     if bundled and (getattr(args, "text_column", None) or getattr(args, "label_column", None)):
@@ -217,11 +217,11 @@ def _with_columns(cfg, args: argparse.Namespace, recorded: dict | None = None):
 
 
 def _hypernet_folder(folder: str) -> str:
-    from llm_meta.checkpoint import HYPERNET_FILE, read_metadata
+    from llm_meta.saving.checkpoint import HYPERNET_FILE, read_metadata
 
     meta = read_metadata(folder)
     if not (Path(folder) / HYPERNET_FILE).is_file():
-        from llm_meta.outputs import describe
+        from llm_meta.io.outputs import describe
 
         raise CheckpointError(f"{folder} is a {describe(meta.get('format') or 'llm_meta.adapter')} without a "
                               f"hypernetwork (meta-train one with algorithm=hypernet)")
@@ -247,9 +247,9 @@ def _continue(args: argparse.Namespace) -> None:
     from llm_meta.classifier import FewShotClassifier
     from llm_meta.config import load_config
     from llm_meta.online import ContinueConfig, continue_adapt
-    from llm_meta.tasks import load_rows
+    from llm_meta.data.tasks import load_rows
 
-    from llm_meta.checkpoint import read_metadata
+    from llm_meta.saving.checkpoint import read_metadata
 
     recorded = read_metadata(args.continue_from).get("adapt_config")  # the columns it was adapted with
     cfg = _with_columns(load_config(ContinueConfig, args.config, args.overrides), args, recorded)
@@ -285,7 +285,7 @@ def _adapt_tagger(args: argparse.Namespace) -> None:
 
 
 def _is_tagger(folder: str) -> bool:
-    from llm_meta.checkpoint import read_metadata
+    from llm_meta.saving.checkpoint import read_metadata
     from llm_meta.tagger import TAGGER_FORMAT
 
     return read_metadata(folder).get("format") == TAGGER_FORMAT
@@ -301,7 +301,7 @@ def _load_model(args: argparse.Namespace):
 
 
 def _output_file(args: argparse.Namespace, path: str | None, inputs: list) -> contextlib.AbstractContextManager:
-    """The claim on an output file (checked and locked before the work: `llm_meta.outputs`), or
+    """The claim on an output file (checked and locked before the work: `llm_meta.io.outputs`), or
     nothing for stdout."""
     return claim(path, "file", args.overwrite, inputs) if path else contextlib.nullcontext()
 
@@ -322,14 +322,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     import csv
     import json
 
-    from llm_meta.atomic import atomic_file
+    from llm_meta.io.atomic import atomic_file
     from llm_meta.progress import progress_bar
 
     if args.output == "-":  # as for --input: standard output
         args.output = None
     with _output_file(args, args.output, [args.input]), contextlib.ExitStack() as stack:
         from llm_meta.tagger import FewShotTagger
-        from llm_meta.tasks import iter_inputs
+        from llm_meta.data.tasks import iter_inputs
 
         model = _load_model(args)
         tagger = isinstance(model, FewShotTagger)
@@ -383,9 +383,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     anything is loaded) or, by default, to eval-<task>[-<split>].json (checked once the task is read).
     The file's columns are those the model was adapted with unless --text-column/--label-column."""
     with _output_file(args, args.output, [args.task]):
-        from llm_meta.checkpoint import read_metadata
+        from llm_meta.saving.checkpoint import read_metadata
         from llm_meta.classifier import WHOLE_FILE, scored_split
-        from llm_meta.tasks import SPLIT_ALIASES, load_task
+        from llm_meta.data.tasks import SPLIT_ALIASES, load_task
 
         tagger = _is_tagger(args.model)
         _columns_name_files(args, [args.task])
@@ -425,7 +425,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def _write_json(path: Path, data: object) -> None:
     import json
 
-    from llm_meta.atomic import atomic_file
+    from llm_meta.io.atomic import atomic_file
 
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")

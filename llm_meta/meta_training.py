@@ -27,26 +27,27 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.algorithms import ALGORITHMS
-from llm_meta.baselines import ner_transfer_heads, transfer_heads
-from llm_meta.atomic import write_atomic
-from llm_meta.checkpoint import (ADAPTER_FORMAT, CheckpointError, load_adapter_params, load_checkpoint, read_metadata, save_adapter,
+from llm_meta.meta.algorithms import ALGORITHMS
+from llm_meta.meta.transfer import ner_transfer_heads, transfer_heads
+from llm_meta.io.atomic import write_atomic
+from llm_meta.saving.checkpoint import (ADAPTER_FORMAT, CheckpointError, load_adapter_params, load_checkpoint, read_metadata, save_adapter,
                                  save_checkpoint)
 from llm_meta.classifier import default_adapt_config, whole_split_episode
 from llm_meta.config import load_config, to_dict, with_overrides
-from llm_meta.core import LR_PREFIX, InnerConfig, interpolate, meta_sgd_rates, outer_lr
-from llm_meta.episodes import Episode, EpisodeSampler, StagedSampler
-from llm_meta.evaluation import Interval, mean_ci, paired_difference, score_episodes
-from llm_meta.heads import HEAD_KEYS
-from llm_meta.hypernet import HYPER_PREFIX, HypernetConfig, count_parameters, init_hypernet
-from llm_meta.models import ModelConfig, load_body, lora_params
-from llm_meta.outputs import claim_run
-from llm_meta.ner import (NerConfig, NerEpisodeSampler, entity_type, extra_corpora, report_cut, sentences_fingerprint,
-                          split_ner)
+from llm_meta.meta.core import LR_PREFIX, InnerConfig, interpolate, meta_sgd_rates, outer_lr
+from llm_meta.data.episodes import Episode, EpisodeSampler, StagedSampler
+from llm_meta.eval.evaluation import Interval, mean_ci, paired_difference, score_episodes
+from llm_meta.meta.heads import HEAD_KEYS
+from llm_meta.meta.hypernet import HYPER_PREFIX, HypernetConfig, count_parameters, init_hypernet
+from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+from llm_meta.io.outputs import claim_run
+from llm_meta.data.ner import NerConfig, NerEpisodeSampler, extra_corpora, split_ner
+from llm_meta.data.conll import entity_type, sentences_fingerprint
+from llm_meta.modeling.words import report_cut
 from llm_meta.progress import progress_bar
-from llm_meta.smlmt import MixtureSampler, SmlmtConfig, SmlmtSampler, corpus_key, load_corpus
-from llm_meta.tasks import load_task, shares_texts, task_fingerprint
-from llm_meta.training import RunLog, check_step, environment, meta_gradient, tracker_config
+from llm_meta.data.smlmt import MixtureSampler, SmlmtConfig, SmlmtSampler, corpus_key, load_corpus
+from llm_meta.data.tasks import load_task, shares_texts, task_fingerprint
+from llm_meta.meta.training import RunLog, check_step, environment, meta_gradient, tracker_config
 
 log = logging.getLogger("llm_meta.meta_train")
 
@@ -81,7 +82,7 @@ class TaskSource:
     name: str | None = None  # registry name, local file/folder, or hf:<id>
     text_column: str = "text"  # a file's columns (`llm-meta meta-train --text-column` sets them for every file task)
     label_column: str = "label"
-    smlmt: str | None = None  # a corpus spec (see llm_meta.smlmt.load_corpus), settings from the smlmt section
+    smlmt: str | None = None  # a corpus spec (see llm_meta.data.smlmt.load_corpus), settings from the smlmt section
     ner: bool = False  # the NER task of the ner section
     weight: float = 1.0  # share of episodes
 
@@ -185,7 +186,7 @@ def meta_train(config: Config | str | Path | None = None, *overrides: str, resum
     model's repo run its own code (the caller's choice only).
 
     Raises:
-        OutputError: output_dir is not a folder this recipe may write (see `llm_meta.outputs.claim_run`).
+        OutputError: output_dir is not a folder this recipe may write (see `llm_meta.io.outputs.claim_run`).
         CheckpointError: `--resume` with no intact checkpoint, or one of another config (without force).
         ValueError / ConfigError / TaskError / ModelLoadError: a config, task or model that cannot be used.
     """
@@ -432,7 +433,7 @@ def training_sampler(cfg: Config, body) -> tuple[Any, dict[str, str]]:
 def family_labels(cfg: Config) -> list[str]:
     """The class names the labelled meta-training tasks are drawn with (their `meta_train` classes;
     every label of a user's file), sorted: recorded in every saved adapter, so that `llm-meta adapt`
-    can tell a task of the family by its labels (`llm_meta.adaptation.in_family`). SMLMT corpora and
+    can tell a task of the family by its labels (`llm_meta.meta.adaptation.in_family`). SMLMT corpora and
     NER sources contribute none (no fixed names). Raises TaskError for a task that cannot be loaded."""
     entries = [] if ner_only(cfg) else [TaskSource(name=t) if isinstance(t, str) else t for t in cfg.tasks]
     return sorted({label for t in entries if t.name

@@ -8,7 +8,7 @@
 
 The same `adapt` inner loop and folder format as `FewShotClassifier` (PEFT adapter, head,
 labels, metadata, checksums); labels are ["O", type, ...]. By default the head is decomposed
-(`llm_meta.spans`: detected spans, each typed as a whole); with `inner.ner_head=io` every word is
+(`llm_meta.meta.spans`: detected spans, each typed as a whole); with `inner.ner_head=io` every word is
 classified over O and the types (IO).
 """
 
@@ -22,20 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from llm_meta.adaptation import adapt as adapt_params
-from llm_meta.checkpoint import load_adapter_params, read_start
+from llm_meta.meta.adaptation import adapt as adapt_params
+from llm_meta.saving.checkpoint import load_adapter_params, read_start
 from llm_meta.classifier import PretrainedMixin, load_task_model, save_task_model
 from llm_meta.config import from_dict, to_dict
-from llm_meta.core import InnerConfig
-from llm_meta.episodes import WordExamples
-from llm_meta.metrics import entity_metrics
-from llm_meta.models import Body, ModelConfig, Params, capped, load_body, lora_params, recorded_model_config, \
+from llm_meta.meta.core import InnerConfig
+from llm_meta.data.episodes import WordExamples
+from llm_meta.eval.metrics import entity_metrics
+from llm_meta.modeling.models import Body, ModelConfig, Params, capped, load_body, lora_params, recorded_model_config, \
     start_model_config
-from llm_meta.conll import as_sentences
-from llm_meta.ner import NerEpisodeSampler, Sentence, entity_type, entity_types, io_to_bio, load_ner, report_cut, \
-    sentences_fingerprint, tag_words, word_examples
-from llm_meta.tasks import IN_MEMORY, TaskError, mapped_columns
-from llm_meta.training import environment
+from llm_meta.data.conll import as_sentences
+from llm_meta.data.ner import NerEpisodeSampler, io_to_bio, load_ner, word_examples
+from llm_meta.data.conll import Sentence, entity_type, entity_types, sentences_fingerprint
+from llm_meta.modeling.words import report_cut
+from llm_meta.meta.token_heads import tag_words
+from llm_meta.data.tasks import IN_MEMORY, TaskError, mapped_columns
+from llm_meta.meta.training import environment
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class TaggerConfig:
     types: list[str] = field(default_factory=list)  # entity types to learn; empty: every type of the data
     seed: int = 0
     model: ModelConfig = field(default_factory=lambda: ModelConfig(max_length=128))  # when adapter is None
-    # Decomposed head (span detection, then typing; llm_meta.spans): on held-out WNUT-16 types it
+    # Decomposed head (span detection, then typing; llm_meta.meta.spans): on held-out WNUT-16 types it
     # scored several times the IO head's entity F1 (experiments/BENCHMARKS.md, "Few-shot NER: silver corpus and
     # decomposed heads"); `inner.ner_head=io` gives the IO head. Each entity-type name joins the
     # support set twice as a sentence of its type: +5.2 micro F1 at K = 5 and +5.9 at K = 1 from the
@@ -85,7 +87,7 @@ class FewShotTagger(PretrainedMixin):
         ready to predict. `sentences`: word lists (or texts split on whitespace) with `tags` (one BIO
         or IO tag per word), or a `datasets.Dataset`, a pandas DataFrame or a file with
         `tokens_column`/`tags_column` (or `column_mapping={"words": "tokens", "labels": "tags"}`), or a
-        CoNLL file (`llm_meta.conll.as_sentences`). The entity types are the data's (or `cfg.types`).
+        CoNLL file (`llm_meta.data.conll.as_sentences`). The entity types are the data's (or `cfg.types`).
 
         Raises:
             TaskError, ColumnError: no entity tags, tag counts that differ from word counts, a missing column.

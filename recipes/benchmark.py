@@ -37,22 +37,22 @@ import torch
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.atomic import atomic_file
-from llm_meta.atomic import write_atomic
-from llm_meta.checkpoint import load_adapter_params, read_metadata
+from llm_meta.io.atomic import atomic_file
+from llm_meta.io.atomic import write_atomic
+from llm_meta.saving.checkpoint import load_adapter_params, read_metadata
 from llm_meta.classifier import default_adapt_config, whole_split_episode
 from llm_meta.config import from_dict, load_config, parse_yaml, to_dict
-from llm_meta.core import InnerConfig, interpolate
-from llm_meta.episodes import Episode, EpisodeSampler, Examples, WordExamples
-from llm_meta.adaptation import choose_start, in_family, own_adaptation
-from llm_meta.evaluation import episode_outcomes, episode_score, score_outcomes
-from llm_meta.models import Body, ModelConfig, Params, load_body, lora_params
-from llm_meta.ner import NerConfig, NerEpisodeSampler, split_ner
-from llm_meta.outputs import OWN_FILE, claim_run
+from llm_meta.meta.core import InnerConfig, interpolate
+from llm_meta.data.episodes import Episode, EpisodeSampler, Examples, WordExamples
+from llm_meta.meta.adaptation import choose_start, in_family, own_adaptation
+from llm_meta.eval.evaluation import episode_outcomes, episode_score, score_outcomes
+from llm_meta.modeling.models import Body, ModelConfig, Params, load_body, lora_params
+from llm_meta.data.ner import NerConfig, NerEpisodeSampler, split_ner
+from llm_meta.io.outputs import OWN_FILE, claim_run
 from llm_meta.progress import progress_bar
-from llm_meta.statistics import (UNIT, Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, text_index,
+from llm_meta.eval.statistics import (UNIT, Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, text_index,
                                  verdict)
-from llm_meta.tasks import Task, load_task
+from llm_meta.data.tasks import Task, load_task
 from llm_meta import meta_training as meta_train
 
 # method -> (which start it adapts from, how its inner loop differs from the shared one)
@@ -89,7 +89,7 @@ def method_spec(name: str, algorithms: dict[str, str]) -> tuple[str, Callable[[I
     """(start, inner-loop change) of a method: a built-in one, or any start named in `algorithms`
     (trained start -> the algorithm its training config runs, `start_algorithms`; e.g. `fomaml_smlmt`).
     A trained start adapts by its algorithm's own protocol, as `llm-meta adapt` adapts an adapter on
-    a task of its family's labels (`llm_meta.adaptation.own_adaptation`: a ProtoNet-trained start
+    a task of its family's labels (`llm_meta.meta.adaptation.own_adaptation`: a ProtoNet-trained start
     takes no steps, under any name). `method@key=value,...` is that method with its adaptation changed (e.g.
     `finetune@transductive=5`, `protonet@steps=15`): how the ablation rows of one adaptation option
     sit next to the others in one report. `method+select` (before any `@`) is that method with its
@@ -217,7 +217,7 @@ def main(cfg: Config, trust_remote_code: bool = False) -> dict:
     `trust_remote_code`: let the base model's repo run its own code (the caller's choice only).
 
     Raises:
-        OutputError: output_dir is not a folder the benchmark may write (`llm_meta.outputs.claim_run`).
+        OutputError: output_dir is not a folder the benchmark may write (`llm_meta.io.outputs.claim_run`).
         ValueError: a method without a training config, or a primary contrast naming no method run.
     """
     algorithms = start_algorithms(cfg)  # reads every training config once
@@ -487,8 +487,8 @@ def _start_config(cfg: Config, name: str, seed: int, run_dir: Path) -> meta_trai
 
 def _runtime(body: Body | None, mixed_precision: str = "no") -> dict:
     """What a result depends on beyond config and code: device, dtype and library versions."""
-    from llm_meta.models import autocast_dtype
-    from llm_meta.training import environment
+    from llm_meta.modeling.models import autocast_dtype
+    from llm_meta.meta.training import environment
 
     device = str(body.device) if body is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = str(autocast_dtype(body)) if body is not None else mixed_precision

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm_meta.adaptation import adapt, init_head
-from llm_meta.algorithms import fomaml, reptile
-from llm_meta.core import InnerConfig
-from llm_meta.episodes import Episode, Examples
-from llm_meta.heads import head_logits, prototypes, proto_head
-from llm_meta.models import ModelConfig, embed, load_body, lora_params, set_lora_params, tokenize
+from llm_meta.meta.adaptation import adapt, init_head
+from llm_meta.meta.algorithms import fomaml, reptile
+from llm_meta.meta.core import InnerConfig
+from llm_meta.data.episodes import Episode, Examples
+from llm_meta.meta.heads import head_logits, prototypes, proto_head
+from llm_meta.modeling.models import ModelConfig, embed, load_body, lora_params, set_lora_params, tokenize
 from tests.test_models import perturbed
 
 SUPPORT = Examples(["reset my card pin", "card has not arrived", "play some jazz", "play music now",
@@ -153,9 +153,9 @@ def test_head_only_adaptation_keeps_lora(body):
 def test_head_only_shortcut_equals_running_the_body_every_step(body):
     # adapt() embeds the support set once when the body is frozen; the result must be the same
     # as re-running the body at every step (mini-batches smaller than the support set included).
-    from llm_meta.adaptation import init_head
-    from llm_meta.core import inner_batches, inner_loop
-    from llm_meta.losses import loss_and_accuracy
+    from llm_meta.meta.adaptation import init_head
+    from llm_meta.meta.core import inner_batches, inner_loop
+    from llm_meta.meta.losses import loss_and_accuracy
 
     theta = perturbed(lora_params(body))
     cfg = InnerConfig(steps=4, lr=5e-2, batch_size=4, train_lora=False)
@@ -172,7 +172,7 @@ def test_head_only_shortcut_equals_running_the_body_every_step(body):
 
 
 def test_transfer_gradient_covers_lora_and_own_task_head_only(body):
-    from llm_meta.baselines import transfer, transfer_head_key, transfer_heads
+    from llm_meta.meta.transfer import transfer, transfer_head_key, transfer_heads
 
     theta = perturbed(lora_params(body))
     pools = {"toy": {"card": SUPPORT.texts[:2], "music": SUPPORT.texts[2:4], "weather": SUPPORT.texts[4:]},
@@ -202,7 +202,7 @@ def _mlp_problem(seed=0):
 
 
 def _meta_objective(params, support_loss, query_loss, cfg):
-    from llm_meta.core import inner_loop
+    from llm_meta.meta.core import inner_loop
 
     fast = inner_loop(params, list(params), support_loss, [list(range(6))] * cfg.steps, cfg)
     return query_loss(fast, list(range(6))).item()
@@ -210,7 +210,7 @@ def _meta_objective(params, support_loss, query_loss, cfg):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_second_order_meta_gradient_matches_finite_differences(optimizer):
-    from llm_meta.core import maml_gradient
+    from llm_meta.meta.core import maml_gradient
 
     params, support_loss, query_loss = _mlp_problem()
     cfg = InnerConfig(steps=3, lr=0.1 if optimizer == "sgd" else 0.01, optimizer=optimizer)
@@ -237,7 +237,7 @@ def test_second_order_meta_gradient_matches_finite_differences(optimizer):
 def test_first_order_meta_sgd_rate_gradient_is_minus_support_dot_query_gradient():
     # One SGD step θ' = θ - α g_s(θ), α = exp(ρ) with ρ the stored log rate; first order:
     # dL_q/dρ = -α <g_s(θ), ∇L_q(θ')> per tensor.
-    from llm_meta.core import LR_PREFIX, inner_loop, maml_gradient
+    from llm_meta.meta.core import LR_PREFIX, inner_loop, maml_gradient
 
     params, support_loss, query_loss = _mlp_problem()
     cfg = InnerConfig(steps=1, optimizer="adam")  # Meta-SGD's step is SGD whatever the optimizer says
@@ -264,7 +264,7 @@ def test_first_order_meta_sgd_rate_gradient_is_minus_support_dot_query_gradient(
 def test_meta_sgd_rates_stay_positive_whatever_the_outer_step():
     # An outer step far larger than the rate itself: a raw rate would go negative (an inner step
     # *up* the loss); the log-parametrised rate only gets smaller.
-    from llm_meta.core import LR_PREFIX, meta_sgd_rates, split_rates
+    from llm_meta.meta.core import LR_PREFIX, meta_sgd_rates, split_rates
 
     weights = {"w": torch.zeros(3)}
     log_rates = meta_sgd_rates(weights, 1e-2)
@@ -277,8 +277,8 @@ def test_meta_sgd_rates_stay_positive_whatever_the_outer_step():
 
 
 def test_metasgd_rates_receive_gradients_on_the_language_model(body):
-    from llm_meta.algorithms import metasgd
-    from llm_meta.core import LR_PREFIX, meta_sgd_rates
+    from llm_meta.meta.algorithms import metasgd
+    from llm_meta.meta.core import LR_PREFIX, meta_sgd_rates
 
     theta = perturbed(lora_params(body))
     rates = meta_sgd_rates(theta, 1e-2, ["head.weight", "head.bias"])
@@ -291,7 +291,7 @@ def test_metasgd_rates_receive_gradients_on_the_language_model(body):
 
 
 def test_second_order_maml_on_the_language_model_differs_from_first_order(body):
-    from llm_meta.algorithms import maml
+    from llm_meta.meta.algorithms import maml
 
     theta = perturbed(lora_params(body))
     cfg = InnerConfig(steps=2, lr=0.5, optimizer="sgd")
@@ -308,7 +308,7 @@ def test_second_order_maml_on_the_language_model_differs_from_first_order(body):
 
 
 def test_protonet_loss_equals_hand_computation():
-    from llm_meta.algorithms import protonet_loss
+    from llm_meta.meta.algorithms import protonet_loss
 
     s = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
     ys = torch.tensor([0, 0, 1])
@@ -322,7 +322,7 @@ def test_protonet_loss_equals_hand_computation():
 
 
 def test_protonet_gradient_flows_through_prototypes_into_lora(body):
-    from llm_meta.algorithms import protonet
+    from llm_meta.meta.algorithms import protonet
 
     theta = perturbed(lora_params(body))
     grads, stats = protonet(body, theta, EPISODE, InnerConfig(), 0)

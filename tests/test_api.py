@@ -12,7 +12,7 @@ import torch
 
 from llm_meta import FewShotClassifier, FewShotTagger
 from llm_meta.errors import ColumnError
-from llm_meta.tasks import TaskError, as_task
+from llm_meta.data.tasks import TaskError, as_task
 
 TEXTS = ["wake me up at seven", "set an alarm for six", "alarm at noon please", "what is the weather today",
          "will it rain tomorrow", "is it sunny outside", "play some jazz", "put on my workout playlist",

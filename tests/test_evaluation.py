@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from llm_meta.evaluation import mean_ci, paired_difference
+from llm_meta.eval.evaluation import mean_ci, paired_difference
 
 
 def test_mean_ci_on_known_numbers():
@@ -25,8 +25,8 @@ def test_paired_difference():
 def test_entity_counts_and_micro_f1_against_hand_counted_spans():
     import numpy as np
 
-    from llm_meta.evaluation import entity_counts, episode_score
-    from llm_meta.metrics import entity_metrics
+    from llm_meta.eval.evaluation import entity_counts, episode_score
+    from llm_meta.eval.metrics import entity_metrics
 
     pred = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-PER"]]
     ref = [["B-PER", "I-PER", "O", "B-ORG"], ["B-PER", "I-PER"]]

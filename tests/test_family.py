@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_meta.tasks import load_families, load_task, shares_texts
+from llm_meta.data.tasks import load_families, load_task, shares_texts
 
 DOMAINS = {"airline": 14592, "deflategate": 9377, "self_driving": 4687, "apple": 3803, "coachella": 3756,
            "claritin": 1696}  # rows matching exactly one pattern; 247 of the 38,158 match none or several
@@ -99,7 +99,7 @@ def test_the_protonet_family_recipe_gives_an_adapter_that_both_readme_adapt_comm
     # adapted model keeps the meta-trained LoRA untouched, as the study scored it.
     import torch
 
-    from llm_meta.checkpoint import load_adapter_params, read_metadata
+    from llm_meta.saving.checkpoint import load_adapter_params, read_metadata
     from llm_meta.classifier import AdaptConfig, adapt
     from llm_meta.config import load_config
     from llm_meta import meta_training as meta_train
@@ -181,7 +181,7 @@ def test_start_shift_reads_zero_for_the_untrained_start_and_the_norm_of_b_a_for_
     # start itself moves nothing; one whose B was set moves the embedding, and its |B·A| is printed.
     import torch
 
-    from llm_meta.checkpoint import save_adapter
+    from llm_meta.saving.checkpoint import save_adapter
     from llm_meta.config import load_config
     from recipes import benchmark
 
@@ -207,7 +207,7 @@ def test_start_shift_reads_zero_for_the_untrained_start_and_the_norm_of_b_a_for_
 
 
 def test_the_drug_reviews_zip_is_unpacked_once_into_a_fresh_cache_without_temporaries(tmp_path, monkeypatch):
-    # llm_meta.tasks._unzipped on an empty cache: the data folder appears whole (atomic_folder) and is
+    # llm_meta.data.tasks._unzipped on an empty cache: the data folder appears whole (atomic_folder) and is
     # reused, not unpacked again, by the next load.
     monkeypatch.setenv("LLM_META_CACHE", str(tmp_path))
     assert len(load_task("drug_reviews").split("test")) == 378
@@ -242,7 +242,7 @@ def test_the_pooled_table_pools_one_seed_runs_and_refuses_runs_that_do_not_pair(
 
 
 def test_family_labels_are_the_class_names_meta_training_draws_from():
-    # What a saved adapter records as its family's labels (llm_meta.adaptation.in_family reads them):
+    # What a saved adapter records as its family's labels (llm_meta.meta.adaptation.in_family reads them):
     # the sentiment family's three, and for a registry task with class roles only its meta_train classes.
     from llm_meta.config import load_config
     from llm_meta import meta_training as meta_train
@@ -285,7 +285,7 @@ def test_the_readme_walkthrough_with_your_own_domain_files(tiny_bert_dir, tmp_pa
     # other labels chooses on the support set.
     import csv
 
-    from llm_meta.checkpoint import load_adapter_params, read_metadata
+    from llm_meta.saving.checkpoint import load_adapter_params, read_metadata
     from llm_meta.classifier import AdaptConfig, adapt
     from llm_meta.config import load_config
     from llm_meta import meta_training as meta_train

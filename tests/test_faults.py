@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm_meta.checkpoint import CheckpointError, load_checkpoint, readable_folder, save_adapter, verify_folder
-from llm_meta.models import ModelConfig, load_body, lora_params
+from llm_meta.saving.checkpoint import CheckpointError, load_checkpoint, readable_folder, save_adapter, verify_folder
+from llm_meta.modeling.models import ModelConfig, load_body, lora_params
 from tests.test_meta_train import ROOT, final_params, tiny_overrides, toy_csv  # noqa: F401 (fixture)
 
 STEPS = 16
@@ -121,7 +121,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_with_a_warning(t
 
 
 def test_adapter_replacement_cut_between_renames_is_read_in_place_then_restored(tiny_bert_dir, tmp_path, caplog):
-    from llm_meta.checkpoint import read_metadata
+    from llm_meta.saving.checkpoint import read_metadata
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir)))
     folder = save_adapter(body, lora_params(body), tmp_path / "adapter", {"step": 0})
@@ -139,9 +139,9 @@ def test_adapter_replacement_cut_between_renames_is_read_in_place_then_restored(
 
 
 def test_an_atomic_file_or_folder_appears_whole_or_not_at_all(tmp_path):
-    # llm_meta.atomic: an error inside the block leaves the final name untouched and no temporary
+    # llm_meta.io.atomic: an error inside the block leaves the final name untouched and no temporary
     # behind; a write-once folder that another process finished first is kept, ours dropped.
-    from llm_meta.atomic import atomic_file, atomic_folder
+    from llm_meta.io.atomic import atomic_file, atomic_folder
 
     final = tmp_path / "scores" / "a.json"
     with atomic_file(final) as tmp:

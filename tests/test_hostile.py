@@ -21,12 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import llm_meta
-from llm_meta.checkpoint import CheckpointError, read_metadata, write_manifest
+from llm_meta.saving.checkpoint import CheckpointError, read_metadata, write_manifest
 from llm_meta.classifier import AdaptConfig, FewShotClassifier
 from llm_meta.cli import main as cli_main
-from llm_meta.core import InnerConfig
+from llm_meta.meta.core import InnerConfig
 from llm_meta.errors import ModelLoadError, OutputError
-from llm_meta.models import ModelConfig
+from llm_meta.modeling.models import ModelConfig
 from tests.test_meta_train import run, tiny_overrides, toy_csv  # noqa: F401 (toy_csv: a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,7 +188,7 @@ def _writer(target: str, model_dir: str, writer: int, rounds: int, barrier, resu
     """One of two processes that write the same task-model folder at the same moments."""
     from llm_meta.classifier import FewShotClassifier
     from llm_meta.errors import OutputError
-    from llm_meta.outputs import claim
+    from llm_meta.io.outputs import claim
 
     clf = FewShotClassifier.load(model_dir)
     clf.params["head.bias"] = torch.full_like(clf.params["head.bias"], float(writer))  # whose head it is
@@ -251,7 +251,7 @@ def test_a_finished_run_is_continued_or_restarted_only_when_asked(tiny_bert_dir,
 # --- inputs too long to hold or to tokenise ----------------------------------------------------------
 
 def test_a_million_line_input_is_read_in_bounded_memory(tmp_path):
-    from llm_meta.tasks import iter_inputs
+    from llm_meta.data.tasks import iter_inputs
 
     # 1M lines of text; JSON lines and CSV (slower to parse) at 200,000, where holding the texts would
     # already take ~16 MiB. Each reader is warmed up first (its first call builds caches and imports).
@@ -331,7 +331,7 @@ def test_a_nan_or_misshapen_head_is_refused(model, change, message):
 
 
 def test_a_model_file_missing_weights_is_refused(tiny_bert_dir, tmp_path):
-    from llm_meta.models import load_body
+    from llm_meta.modeling.models import load_body
 
     folder = tmp_path / "partial"
     shutil.copytree(tiny_bert_dir, folder)
@@ -345,7 +345,7 @@ def test_a_model_file_missing_weights_is_refused(tiny_bert_dir, tmp_path):
 
 
 def test_caches_are_keyed_by_content_not_name_and_size(tmp_path, monkeypatch):
-    from llm_meta.atomic import content_key
+    from llm_meta.io.atomic import content_key
 
     monkeypatch.setenv("LLM_META_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "model.gguf"
@@ -402,7 +402,7 @@ def test_links_and_the_current_folder_are_refused_as_outputs(model, data, tmp_pa
 
 
 def _hold(target: str, ready, release) -> None:
-    from llm_meta.outputs import claim_run
+    from llm_meta.io.outputs import claim_run
 
     with claim_run(target, "llm_meta.run/1", ("adapter",)):
         ready.set()
@@ -410,7 +410,7 @@ def _hold(target: str, ready, release) -> None:
 
 
 def test_a_folder_inside_one_another_process_is_writing_is_refused(tmp_path):
-    from llm_meta.outputs import claim
+    from llm_meta.io.outputs import claim
 
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()

@@ -11,9 +11,9 @@ from huggingface_hub import ModelCard
 
 import llm_meta
 from llm_meta.classifier import AdaptConfig, FewShotClassifier
-from llm_meta.core import InnerConfig
-from llm_meta.card import hub_model_id, model_card
-from llm_meta.models import ModelConfig
+from llm_meta.meta.core import InnerConfig
+from llm_meta.saving.card import hub_model_id, model_card
+from llm_meta.modeling.models import ModelConfig
 from tests.test_meta_train import run, tiny_overrides, toy_csv  # noqa: F401 (toy_csv: a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def test_push_to_hub_uploads_what_may_be_shared(task_model, monkeypatch, tmp_pat
     clf, saved = task_model
     import huggingface_hub
 
-    from llm_meta.checkpoint import verify_folder
+    from llm_meta.saving.checkpoint import verify_folder
 
     uploaded = []
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm_meta.adaptation import adapt, predict_logits
-from llm_meta.algorithms import ALGORITHMS, protonet
+from llm_meta.meta.adaptation import adapt, predict_logits
+from llm_meta.meta.algorithms import ALGORITHMS, protonet
 from llm_meta.classifier import FewShotClassifier
-from llm_meta.core import InnerConfig
-from llm_meta.episodes import Episode, Examples
-from llm_meta.hypernet import (HYPER_PREFIX, HypernetConfig, count_parameters, generated_params, init_hypernet,
+from llm_meta.meta.core import InnerConfig
+from llm_meta.data.episodes import Episode, Examples
+from llm_meta.meta.hypernet import (HYPER_PREFIX, HypernetConfig, count_parameters, generated_params, init_hypernet,
                                slot, split_hypernet)
-from llm_meta.models import ModelConfig, load_body, lora_params
+from llm_meta.modeling.models import ModelConfig, load_body, lora_params
 from tests.test_meta_train import run, tiny_overrides, toy_csv  # noqa: F401 (fixture)
 
 TEXTS = ["card payment please", "pay with my card", "play my music playlist", "next song in the playlist",
@@ -107,7 +107,7 @@ def test_meta_train_generate_and_plain_peft(algorithm, tiny_bert_dir, toy_csv, t
     # The trained run may have kept step 0; generate from the trained step-4 tensors to test the real path.
     adapter = out / "adapter"
     if meta["step"] == 0:
-        from llm_meta.checkpoint import save_adapter
+        from llm_meta.saving.checkpoint import save_adapter
         b = load_body(ModelConfig(name=str(tiny_bert_dir)))
         adapter = save_adapter(b, {k: v for k, v in trained.items()}, tmp_path / "step4", meta)
     cmd = [sys.executable, "-m", "llm_meta.cli", "generate", "--hypernet", str(adapter), "--support", str(support),

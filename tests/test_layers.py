@@ -23,10 +23,10 @@ def test_the_import_contracts_hold():
 
 
 def test_a_broken_contract_is_reported(tmp_path):
-    # models imports core: a contract forbidding it must break
+    # adaptation imports the model layer: a contract forbidding it must break
     config = tmp_path / "contracts.toml"
     config.write_text('[tool.importlinter]\nroot_packages = ["llm_meta"]\n\n[[tool.importlinter.contracts]]\n'
-                      'name = "must break"\ntype = "forbidden"\nsource_modules = ["llm_meta.models"]\n'
-                      'forbidden_modules = ["llm_meta.core"]\n')
-    done = lint("--config", str(config))
+                      'name = "must break"\ntype = "forbidden"\nsource_modules = ["llm_meta.meta.adaptation"]\n'
+                      'forbidden_modules = ["llm_meta.modeling.models"]\n')
+    done = lint(str(config))
     assert done.returncode == 1 and "BROKEN" in done.stdout, done.stdout[-2000:]

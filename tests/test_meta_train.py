@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm_meta.checkpoint import CheckpointError, verify_folder
+from llm_meta.saving.checkpoint import CheckpointError, verify_folder
 from llm_meta.config import load_config
 import llm_meta
 from llm_meta import meta_training as meta_train
@@ -134,9 +134,9 @@ def test_two_processes_match_one(tiny_bert_dir, toy_csv, tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["maml", "metasgd", "protonet"])
 def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_bert_dir, toy_csv, tmp_path, caplog):
-    from llm_meta.checkpoint import RATES_FILE, load_adapter_params
-    from llm_meta.core import LR_PREFIX
-    from llm_meta.models import ModelConfig, load_body
+    from llm_meta.saving.checkpoint import RATES_FILE, load_adapter_params
+    from llm_meta.meta.core import LR_PREFIX
+    from llm_meta.modeling.models import ModelConfig, load_body
 
     out = tmp_path / algorithm
     results = run(tiny_overrides(tiny_bert_dir, toy_csv, out, steps=2, algorithm=algorithm, **{"outer.lr": 0.05}))
@@ -161,7 +161,7 @@ def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_ber
         for k, v in saved.items():
             torch.testing.assert_close(loaded[LR_PREFIX + k].exp(), v)
         # A rates file of the earlier format (rates that scaled Adam's step, no mark) is refused.
-        from llm_meta.checkpoint import MANIFEST, CheckpointError, _sha256
+        from llm_meta.saving.checkpoint import MANIFEST, CheckpointError, _sha256
 
         old = tmp_path / "old-adapter"
         shutil.copytree(out / "adapter", old)
@@ -174,7 +174,7 @@ def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_ber
         import logging
 
         import llm_meta
-        from llm_meta.core import InnerConfig
+        from llm_meta.meta.core import InnerConfig
         from llm_meta.classifier import AdaptConfig
 
         with caplog.at_level(logging.WARNING):

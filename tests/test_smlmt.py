@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-import llm_meta.smlmt as smlmt
-from llm_meta.models import resolve_model_path
-from llm_meta.smlmt import MixtureSampler, SmlmtSampler, load_corpus, mask_word
-from llm_meta.tasks import TaskError, load_task
+import llm_meta.data.smlmt as smlmt
+from llm_meta.modeling.models import resolve_model_path
+from llm_meta.data.smlmt import MixtureSampler, SmlmtSampler, load_corpus, mask_word
+from llm_meta.data.tasks import TaskError, load_task
 from tests.test_meta_train import run, tiny_overrides
 from tests.tiny import CORPUS
 
@@ -125,7 +125,7 @@ def test_tokenizer_without_mask_token_gets_a_placeholder(tmp_path):
 
 def test_mixture_follows_weights_and_is_reproducible(sampler):
     clinc = load_task("clinc")
-    from llm_meta.episodes import EpisodeSampler
+    from llm_meta.data.episodes import EpisodeSampler
 
     supervised = EpisodeSampler([clinc], 5, 5, 5, class_role="meta_train", seed=0)
     mix = MixtureSampler([(supervised, 1.0), (sampler, 3.0)], seed=0)
@@ -137,9 +137,9 @@ def test_mixture_follows_weights_and_is_reproducible(sampler):
 
 def test_meta_train_from_a_users_text_file_then_adapt(tiny_bert_dir, corpus_file, tmp_path):
     import llm_meta
-    from llm_meta.checkpoint import read_metadata
+    from llm_meta.saving.checkpoint import read_metadata
     from llm_meta.classifier import AdaptConfig
-    from llm_meta.core import InnerConfig
+    from llm_meta.meta.core import InnerConfig
 
     # SMLMT only: no labelled task at all, a plain text file the user brings
     out = tmp_path / "smlmt"

@@ -8,9 +8,9 @@ import logging
 import pytest
 import torch
 
-from llm_meta.adaptation import predict_logits
-from llm_meta.heads import zero_head
-from llm_meta.models import (WINDOWS_KEY, ModelConfig, by_tokens, embed, embed_texts, folded_lora, hidden_states,
+from llm_meta.meta.adaptation import predict_logits
+from llm_meta.meta.heads import zero_head
+from llm_meta.modeling.models import (WINDOWS_KEY, ModelConfig, by_tokens, embed, embed_texts, folded_lora, hidden_states,
                              load_body, lora_params, split_windows, tokenize, tokenize_counted, warn_truncated)
 
 TEXTS = ["a short text", "where is my card", "a somewhat longer text about a transfer that did not arrive on time",
@@ -131,8 +131,9 @@ def test_long_text_settings_are_checked(tiny_bert_dir):
 
 
 def test_ner_tagging_on_folded_lora_gives_the_lora_forward_tags(tiny_bert_dir):
-    from llm_meta.heads import head_logits
-    from llm_meta.ner import align_words, tag_words, word_embeddings
+    from llm_meta.meta.heads import head_logits
+    from llm_meta.modeling.words import align_words, word_embeddings
+    from llm_meta.meta.token_heads import tag_words
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir), max_length=32), seed=0)
     head = torch.randn(3, body.hidden_size, generator=torch.Generator().manual_seed(0))  # not the global state

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from llm_meta.statistics import Outcomes, crossed_bootstrap, holm, replicates_for, text_index, verdict
+from llm_meta.eval.statistics import Outcomes, crossed_bootstrap, holm, replicates_for, text_index, verdict
 
 
 def test_holm_on_a_hand_example():
@@ -75,7 +75,7 @@ def test_the_interval_covers_the_truth_at_about_the_nominal_rate():
 def test_an_interval_over_episodes_alone_undercovers_when_texts_recur():
     """Why the text level matters: a t-interval over per-episode means ignores that the episodes
     share one small pool of texts, and misses the truth far more often than 5% of the time."""
-    from llm_meta.evaluation import mean_ci
+    from llm_meta.eval.evaluation import mean_ci
 
     rng = np.random.default_rng(2)
     hits = []

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from llm_meta.tasks import TaskError, load_task, split_classes, task_fingerprint
+from llm_meta.data.tasks import TaskError, load_task, split_classes, task_fingerprint
 
 
 def write_csv(path, rows, header="text,label"):

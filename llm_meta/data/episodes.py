@@ -1,0 +1,184 @@
+"""N-way K-shot episodes: seeded samplers over one or many tasks.
+
+Episode `i` of a sampler depends only on (seed, i), never on which episodes were drawn before.
+That makes resumed runs and multi-process meta-batches see exactly the episodes a single
+uninterrupted process would, and lets evaluation episodes be regenerated and hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from llm_meta.data.tasks import Task, TaskError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Examples:
+    """Texts with integer labels in 0..N-1 (indices into the episode's `label_names`): a sequence
+    task, one label per text. `WordExamples` is the token task; code that treats the two
+    differently asks `token_level`, never the type of a text."""
+
+    texts: list[str]
+    labels: list[int]
+    token_level: ClassVar[bool] = False
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx: list[int] | range) -> Examples:
+        """The examples at `idx`, in that order, of the same kind."""
+        return type(self)([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+
+    def __add__(self, other: Examples) -> Examples:
+        if type(other) is not type(self):
+            raise TypeError(f"cannot join {type(self).__name__} and {type(other).__name__}")
+        return type(self)(self.texts + other.texts, self.labels + other.labels)
+
+
+@dataclass
+class WordExamples(Examples):
+    """Sentences as word lists with one label per word (NER): `texts[i]` is a list of words and
+    `labels[i]` a list of the same length, 0 for O and 1..N-1 for the episode's entity types."""
+
+    texts: list[list[str]]  # type: ignore[assignment]
+    labels: list[list[int]]  # type: ignore[assignment]
+    token_level: ClassVar[bool] = True
+
+
+@dataclass
+class Episode:
+    """One few-shot task instance: a support set to adapt on and a disjoint query set to score."""
+
+    support: Examples
+    query: Examples
+    label_names: list[str]
+    task: str
+
+    @property
+    def n_way(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def token_level(self) -> bool:
+        """True for an NER episode (word-level labels, scored by entity F1)."""
+        return self.support.token_level
+
+    def fingerprint(self) -> str:
+        """A hash of the episode's exact content (for checking that methods saw the same episodes)."""
+        blob = json.dumps([self.task, self.label_names, self.support.texts, self.support.labels,
+                           self.query.texts, self.query.labels], ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class EpisodeSampler:
+    """Seeded N-way K-shot Q-query episodes over one or many tasks.
+
+    Args:
+        tasks: the tasks to draw from.
+        n_way, k_shot, q_query: classes per episode, support and query examples per class.
+        split: which split of each task to draw texts from.
+        class_role: restrict each task to its registry class split (meta_train / meta_val /
+            meta_test); None uses every class.
+        weighting: how to choose the task of an episode: "uniform", or "size" (proportional to
+            the number of usable examples).
+        seed: episodes are a pure function of (seed, index).
+        task_weights: explicit relative weights, one per task (replace `weighting`).
+        cap_way: a task with fewer usable classes than n_way gives full-way episodes (all its
+            classes) instead of an error: how "up to the full label set" mixes datasets of any size.
+    """
+
+    def __init__(self, tasks: list[Task], n_way: int, k_shot: int, q_query: int, split: str = "train",
+                 class_role: str | None = None, weighting: str = "uniform", seed: int = 0,
+                 task_weights: list[float] | None = None, cap_way: bool = False) -> None:
+        if n_way < 2 or k_shot < 1 or q_query < 0:
+            raise ValueError(f"need n_way >= 2, k_shot >= 1, q_query >= 0; got {n_way}, {k_shot}, {q_query}")
+        if weighting not in ("uniform", "size"):
+            raise ValueError(f"weighting must be 'uniform' or 'size', got {weighting!r}")
+        self.n_way, self.k_shot, self.q_query, self.seed, self.cap_way = n_way, k_shot, q_query, seed, cap_way
+        self.pools: list[tuple[str, dict[str, list[str]]]] = []
+        for task in tasks:
+            self.pools.append((task.name, self._class_pool(task, split, class_role)))
+        sizes = [sum(len(v) for v in pool.values()) for _, pool in self.pools]
+        self.weights = [1.0] * len(self.pools) if weighting == "uniform" else [float(s) for s in sizes]
+        if task_weights is not None:
+            if len(task_weights) != len(tasks) or any(w <= 0 for w in task_weights):
+                raise ValueError(f"task_weights needs one weight > 0 per task, got {task_weights} for {len(tasks)}")
+            self.weights = [float(w) for w in task_weights]
+
+    def _class_pool(self, task: Task, split: str, class_role: str | None) -> dict[str, list[str]]:
+        """Texts per usable class; classes too small for K + Q are skipped with one warning."""
+        wanted = set(task.classes(class_role))
+        by_class: dict[str, list[str]] = {}
+        ds = task.split(split)
+        for text, label in zip(ds["text"], ds["label"]):
+            if label in wanted:
+                by_class.setdefault(label, []).append(text)
+        need = self.k_shot + self.q_query
+        # Duplicate texts within a class would let one text land in both support and query.
+        by_class = {c: list(dict.fromkeys(texts)) for c, texts in by_class.items()}
+        small = sorted(c for c, texts in by_class.items() if len(texts) < need)
+        if small:
+            log.warning("task '%s' (%s split): skipping %d class(es) with fewer than K+Q=%d examples: %s",
+                        task.name, split, len(small), need, ", ".join(small))
+        pool = {c: texts for c, texts in sorted(by_class.items()) if len(texts) >= need}
+        if len(pool) < (2 if self.cap_way else self.n_way):
+            raise TaskError(
+                f"task '{task.name}' ({split} split, classes: {class_role or 'all'}) has {len(pool)} class(es) "
+                f"with at least K+Q={need} examples; {self.n_way}-way episodes need {self.n_way}"
+            )
+        return pool
+
+    def source_of(self, index: int) -> str:
+        """The task episode `index` is drawn from (without drawing the episode)."""
+        return random.Random(f"{self.seed}:{index}").choices(self.pools, weights=self.weights)[0][0]
+
+    def episode(self, index: int) -> Episode:
+        """The episode at `index`: the same for the same (seed, index), whatever came before."""
+        rng = random.Random(f"{self.seed}:{index}")  # str seeds hash with sha512: stable across runs
+        name, pool = rng.choices(self.pools, weights=self.weights)[0]
+        classes = rng.sample(sorted(pool), min(self.n_way, len(pool)))
+        support, query = Examples([], []), Examples([], [])
+        for label, cls in enumerate(classes):
+            picked = rng.sample(pool[cls], self.k_shot + self.q_query)
+            support.texts += picked[: self.k_shot]
+            support.labels += [label] * self.k_shot
+            query.texts += picked[self.k_shot :]
+            query.labels += [label] * self.q_query
+        return Episode(support=support, query=query, label_names=classes, task=name)
+
+    def episodes(self, count: int, start: int = 0) -> list[Episode]:
+        """Episodes start, ..., start + count - 1: each the same for the same (seed, index)."""
+        return [self.episode(i) for i in range(start, start + count)]
+
+
+class StagedSampler:
+    """A way/shot curriculum over samplers: episode `i` comes from the last stage whose first
+    episode is at or before `i`, and is that sampler's episode `i` (still a pure function of i)."""
+
+    def __init__(self, stages: list[tuple[int, Any]]) -> None:
+        if not stages or stages[0][0] != 0:
+            raise ValueError("a curriculum needs a stage starting at episode 0")
+        self.stages = sorted(stages, key=lambda s: s[0])
+
+    def _sampler(self, index: int) -> Any:
+        return [sampler for first, sampler in self.stages if first <= index][-1]
+
+    def source_of(self, index: int) -> str:
+        return self._sampler(index).source_of(index)
+
+    def episode(self, index: int) -> Episode:
+        return self._sampler(index).episode(index)
+
+    def episodes(self, count: int, start: int = 0) -> list[Episode]:
+        return [self.episode(i) for i in range(start, start + count)]
+
+    @property
+    def pools(self) -> list:
+        return self.stages[0][1].pools

@@ -1,0 +1,2 @@
+"""The evaluation layer: metrics (through `evaluate`), episode scoring, statistics (crossed
+bootstrap intervals, paired differences, Holm's correction)."""
