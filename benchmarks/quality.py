@@ -54,7 +54,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 from llm_meta.io.atomic import write_atomic  # noqa: E402
 from llm_meta.classifier import AdaptConfig, adapt  # noqa: E402
 from llm_meta.config import to_dict  # noqa: E402
-from llm_meta.eval.evaluation import entity_counts  # noqa: E402
+from llm_meta.meta.token_heads import entity_counts  # noqa: E402
 from llm_meta.eval.metrics import classification_metrics  # noqa: E402
 from llm_meta.data.ner import NerConfig, io_to_bio, load_ner, split_ner
 from llm_meta.data.conll import Sentence, entity_type

@@ -40,7 +40,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from llm_meta.meta.adaptation import adapt, choose_start, predict_logits
+from llm_meta.meta.adaptation import adapt, choose_start
+from llm_meta.meta.kinds import predict_logits
 from llm_meta.config import load_config
 from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Episode, Examples

@@ -27,7 +27,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from safetensors.torch import save_file
 
-from llm_meta.meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation, predict_logits
+from llm_meta.data.kinds import SEQUENCE
+from llm_meta.meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation
+from llm_meta.meta.kinds import predict_logits
 from llm_meta.saving.checkpoint import (ADAPTER_FILES, ADAPTER_FORMAT, METADATA_FILE as METADATA, CheckpointError,
                                  load_adapter_params, read_metadata, read_start, read_tensors, readable_folder,
                                  save_adapter, verify_folder)
@@ -48,7 +50,7 @@ from llm_meta.meta.training import environment
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_FORMAT = "llm_meta.classifier/1"
+CLASSIFIER_FORMAT = SEQUENCE.folder_format
 BUNDLED_NAMES = {*BUNDLED_MODELS, *BUNDLED_GGUF, *BUNDLED_SPLIT_ZIPS}  # bodies from_pretrained knows by name
 
 

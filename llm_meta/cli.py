@@ -284,19 +284,20 @@ def _adapt_tagger(args: argparse.Namespace) -> None:
           f"({tagger.metadata['support_size']} support sentences, {tagger.metadata['adapt_seconds']} s) -> {args.output}")
 
 
-def _is_tagger(folder: str) -> bool:
+def _kind_of(folder: str):
+    """The task kind (`llm_meta.data.kinds`) of the task model in `folder`, by its format; a folder
+    of no task model is left to the sequence kind's loader, whose error names what it is."""
+    from llm_meta.data.kinds import SEQUENCE, kind_of_format
     from llm_meta.saving.checkpoint import read_metadata
-    from llm_meta.tagger import TAGGER_FORMAT
 
-    return read_metadata(folder).get("format") == TAGGER_FORMAT
+    return kind_of_format(read_metadata(folder).get("format")) or SEQUENCE
 
 
 def _load_model(args: argparse.Namespace):
     """The task model of --model: a FewShotTagger or a FewShotClassifier, by what its folder says."""
-    from llm_meta.classifier import FewShotClassifier
-    from llm_meta.tagger import FewShotTagger
+    import llm_meta
 
-    cls = FewShotTagger if _is_tagger(args.model) else FewShotClassifier
+    cls = getattr(llm_meta, _kind_of(args.model).model_class)
     return cls.load(args.model, trust_remote_code=args.trust_remote_code)
 
 
@@ -383,36 +384,44 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     anything is loaded) or, by default, to eval-<task>[-<split>].json (checked once the task is read).
     The file's columns are those the model was adapted with unless --text-column/--label-column."""
     with _output_file(args, args.output, [args.task]):
-        from llm_meta.saving.checkpoint import read_metadata
+        _columns_name_files(args, [args.task])
+        evaluate = {"sequence": _evaluate_classifier, "token": _evaluate_tagger}[_kind_of(args.model).name]
+    evaluate(args)
+
+
+def _evaluate_tagger(args: argparse.Namespace) -> None:
+    if args.text_column or args.label_column:
+        raise ValueError("this model is an NER tagger: it reads a CoNLL file or tokens/ner_tags columns, "
+                         "not --text-column/--label-column")
+    # A task name may be hf:org/name or a path: the default file name keeps only its safe characters.
+    name = re.sub(r"[^\w.-]+", "_", Path(args.task).stem).strip("_")
+    output = args.output or f"eval-{name}-ner.json"
+    with _output_file(args, output, [args.task]):
+        report = _load_model(args).evaluate(args.task)
+        _write_json(Path(output), report)
+    print(f"{args.task} [{report['sentences']} sentences]: entity precision {100 * report['precision']:.2f}, "
+          f"recall {100 * report['recall']:.2f}, F1 {100 * report['f1']:.2f}  (written to {output})")
+
+
+def _evaluate_classifier(args: argparse.Namespace) -> None:
+    with _output_file(args, args.output, [args.task]):
         from llm_meta.classifier import WHOLE_FILE, scored_split
         from llm_meta.data.tasks import SPLIT_ALIASES, load_task
+        from llm_meta.saving.checkpoint import read_metadata
 
-        tagger = _is_tagger(args.model)
-        _columns_name_files(args, [args.task])
-        if tagger and (args.text_column or args.label_column):
-            raise ValueError("this model is an NER tagger: it reads a CoNLL file or tokens/ner_tags columns, "
-                             "not --text-column/--label-column")
-        adapted = (read_metadata(args.model).get("adapt_config") or {}) if not tagger else {}
-        task = None if tagger else load_task(args.task, args.text_column or adapted.get("text_column") or "text",
-                                             args.label_column or adapted.get("label_column") or "label",
-                                             min_classes=1)  # a test set may hold one class
-        if not tagger and args.split and len(task.splits) == 1 and SPLIT_ALIASES.get(args.split, args.split) \
-                not in task.splits:
+        adapted = read_metadata(args.model).get("adapt_config") or {}
+        task = load_task(args.task, args.text_column or adapted.get("text_column") or "text",
+                         args.label_column or adapted.get("label_column") or "label",
+                         min_classes=1)  # a test set may hold one class
+        if args.split and len(task.splits) == 1 and SPLIT_ALIASES.get(args.split, args.split) not in task.splits:
             raise ValueError(f"{args.task} is one file, scored whole: leave out --split")
-        split = None if tagger else (args.split or scored_split(task))
-        shown = None if tagger else (WHOLE_FILE if len(task.splits) == 1 else split)
-        # A task name may be hf:org/name or a path: the default file name keeps only its safe characters.
-        name = re.sub(r"[^\w.-]+", "_", Path(args.task).stem if tagger else task.name).strip("_")
-        output = args.output or (f"eval-{name}-ner.json" if tagger else
-                                 f"eval-{name}.json" if shown == WHOLE_FILE else f"eval-{name}-{split}.json")
+        split = args.split or scored_split(task)
+        shown = WHOLE_FILE if len(task.splits) == 1 else split
+        name = re.sub(r"[^\w.-]+", "_", task.name).strip("_")
+        output = args.output or (f"eval-{name}.json" if shown == WHOLE_FILE else f"eval-{name}-{split}.json")
         with _output_file(args, output, [args.task]):
-            report = _load_model(args).evaluate(args.task) if tagger else \
-                _load_model(args).evaluate(task, split=split, progress=True)
+            report = _load_model(args).evaluate(task, split=split, progress=True)
             _write_json(Path(output), report)
-    if tagger:
-        print(f"{args.task} [{report['sentences']} sentences]: entity precision {100 * report['precision']:.2f}, "
-              f"recall {100 * report['recall']:.2f}, F1 {100 * report['f1']:.2f}  (written to {output})")
-        return
     what = f"{args.task} [{WHOLE_FILE}" if shown == WHOLE_FILE else f"{task.name} [{split}"
     print(f"{what}, {report['examples']} examples]: accuracy {100 * report['accuracy']:.2f}, "
           f"macro-F1 {100 * report['macro_f1']:.2f}  (written to {output})")

@@ -26,8 +26,8 @@ from llm_meta.classifier import FewShotClassifier, default_adapt_config
 from llm_meta.config import from_dict
 from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Examples
-from llm_meta.meta.heads import HEAD_KEYS, proto_head, with_label_names
-from llm_meta.meta.losses import labelled_embeddings
+from llm_meta.meta.heads import HEAD_KEYS, proto_head
+from llm_meta.meta.kinds import labelled_embeddings
 from llm_meta.data.tasks import TaskError
 
 
@@ -89,7 +89,7 @@ def continue_adapt(clf: FewShotClassifier, texts: Sequence[str], labels: Sequenc
         fresh = Examples([t for t, y in zip(new.texts, new.labels) if y >= len(clf.labels)],
                          [y - len(clf.labels) for y in new.labels if y >= len(clf.labels)])
         if inner.label_examples:
-            fresh = with_label_names(fresh, list(new_classes), inner.label_examples)
+            fresh = fresh.with_label_names(list(new_classes), inner.label_examples)
         rows = proto_head(*labelled_embeddings(clf.body, lora, fresh), len(new_classes))
         head = {k: torch.cat([head[k], rows[k].to(head[k].dtype)]) for k in HEAD_KEYS}
     support = Examples(clf.support.texts + new.texts, clf.support.labels + new.labels)

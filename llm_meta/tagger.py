@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from llm_meta.data.kinds import TOKEN
 from llm_meta.meta.adaptation import adapt as adapt_params
 from llm_meta.saving.checkpoint import load_adapter_params, read_start
 from llm_meta.classifier import PretrainedMixin, load_task_model, save_task_model
@@ -41,7 +42,7 @@ from llm_meta.meta.training import environment
 
 log = logging.getLogger(__name__)
 
-TAGGER_FORMAT = "llm_meta.tagger/1"
+TAGGER_FORMAT = TOKEN.folder_format
 
 
 @dataclass

@@ -155,7 +155,7 @@ def test_head_only_shortcut_equals_running_the_body_every_step(body):
     # as re-running the body at every step (mini-batches smaller than the support set included).
     from llm_meta.meta.adaptation import init_head
     from llm_meta.meta.core import inner_batches, inner_loop
-    from llm_meta.meta.losses import loss_and_accuracy
+    from llm_meta.meta.kinds import loss_and_accuracy
 
     theta = perturbed(lora_params(body))
     cfg = InnerConfig(steps=4, lr=5e-2, batch_size=4, train_lora=False)
@@ -308,7 +308,7 @@ def test_second_order_maml_on_the_language_model_differs_from_first_order(body):
 
 
 def test_protonet_loss_equals_hand_computation():
-    from llm_meta.meta.algorithms import protonet_loss
+    from llm_meta.meta.heads import protonet_loss
 
     s = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
     ys = torch.tensor([0, 0, 1])

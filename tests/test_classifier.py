@@ -13,7 +13,6 @@ from llm_meta.saving.checkpoint import CheckpointError
 from llm_meta.classifier import AdaptConfig, FewShotClassifier, support_set
 from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Examples
-from llm_meta.meta.heads import with_label_names
 from llm_meta.modeling.models import ModelConfig
 from llm_meta.data.tasks import TaskError, load_task
 
@@ -76,7 +75,7 @@ def test_k_larger_than_a_class_names_it(toy, caplog):
 
 
 def test_label_names_join_the_support_set():
-    s = with_label_names(Examples(["a"], [0]), ["card_arrival", "top-up"], 2)
+    s = Examples(["a"], [0]).with_label_names(["card_arrival", "top-up"], 2)
     assert s.texts == ["a", "card arrival", "card arrival", "top up", "top up"] and s.labels == [0, 0, 0, 1, 1]
 
 
@@ -188,14 +187,14 @@ def test_round_trip_in_fresh_processes_on_real_model(tmp_path):
 def test_leave_one_out_fit_matches_a_plain_loop_and_choose_start_prefers_the_first_on_ties(tiny_bert_dir, toy):
     from llm_meta.meta.adaptation import choose_start, leave_one_out_fit
     from llm_meta.meta.heads import head_logits, proto_head
-    from llm_meta.meta.losses import labelled_embeddings
+    from llm_meta.meta.kinds import labelled_embeddings
     from llm_meta.modeling.models import load_body, lora_params
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir)), seed=0)
     params = lora_params(body)
     support, labels = support_set(load_task(str(toy)), 2, seed=0)
     cfg = InnerConfig(label_examples=1)
-    extended = with_label_names(support, labels, 1)
+    extended = support.with_label_names(labels, 1)
     emb, ys = labelled_embeddings(body, params, extended)
     plain = []
     for i in range(len(support)):  # the class of example i from the prototypes of every other example

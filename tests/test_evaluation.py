@@ -25,7 +25,8 @@ def test_paired_difference():
 def test_entity_counts_and_micro_f1_against_hand_counted_spans():
     import numpy as np
 
-    from llm_meta.eval.evaluation import entity_counts, episode_score
+    from llm_meta.eval.evaluation import episode_score
+    from llm_meta.meta.token_heads import entity_counts
     from llm_meta.eval.metrics import entity_metrics
 
     pred = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-PER"]]

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm_meta.meta.adaptation import adapt, predict_logits
+from llm_meta.meta.adaptation import adapt
+from llm_meta.meta.kinds import predict_logits
 from llm_meta.meta.algorithms import ALGORITHMS, protonet
 from llm_meta.classifier import FewShotClassifier
 from llm_meta.meta.core import InnerConfig

@@ -4,6 +4,7 @@ no text library, and imports go downward through the layers listed there. Checke
 import-linter, whose analysis also runs here on a contract that must break (so a checker that
 saw no imports could not pass)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,17 @@ def test_a_broken_contract_is_reported(tmp_path):
                       'forbidden_modules = ["llm_meta.modeling.models"]\n')
     done = lint(str(config))
     assert done.returncode == 1 and "BROKEN" in done.stdout, done.stdout[-2000:]
+
+
+def test_only_the_task_kind_modules_tell_the_kinds_apart():
+    # The kinds are told apart in llm_meta/data/kinds.py and llm_meta/meta/kinds.py; the examples
+    # types name theirs, and the NER modules are NER's. No other module may branch on a flag, a
+    # kind constant or an isinstance of the examples.
+    allowed_token = {"data/kinds.py", "meta/kinds.py", "data/episodes.py", "tagger.py"}
+    for path in sorted((ROOT / "llm_meta").rglob("*.py")):
+        name = path.relative_to(ROOT / "llm_meta").as_posix()
+        text = path.read_text(encoding="utf-8")
+        assert "token_level" not in text, name
+        assert "isinstance" not in text or "WordExamples)" not in text, name
+        if name not in allowed_token:
+            assert not re.search(r"\bTOKEN\b", text), f"{name} names the token kind"

@@ -210,9 +210,8 @@ def test_fomaml_reptile_protonet_and_adapt_run_on_token_episodes(tiny_bert_dir):
     assert not torch.equal(head_only["head.weight"], head["head.weight"])
     # entity-type names as extra examples: each name a sentence of its type's words; O gets none
     from llm_meta.data.episodes import WordExamples
-    from llm_meta.meta.heads import with_label_names
 
-    named = with_label_names(WordExamples([["Paris", "is", "nice"]], [[1, 0, 0]]), ["O", "geo-loc", "person"], 2)
+    named = WordExamples([["Paris", "is", "nice"]], [[1, 0, 0]]).with_label_names(["O", "geo-loc", "person"], 2)
     assert named.texts[1:] == [["geo", "loc"]] * 2 + [["person"]] * 2
     assert named.labels[1:] == [[1, 1]] * 2 + [[2]] * 2
     from llm_meta.meta.adaptation import episode_start

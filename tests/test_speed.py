@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from llm_meta.meta.adaptation import predict_logits
+from llm_meta.meta.kinds import predict_logits
 from llm_meta.meta.heads import zero_head
 from llm_meta.modeling.models import (WINDOWS_KEY, ModelConfig, by_tokens, embed, embed_texts, folded_lora, hidden_states,
                              load_body, lora_params, split_windows, tokenize, tokenize_counted, warn_truncated)

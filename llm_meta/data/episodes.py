@@ -14,20 +14,26 @@ import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from llm_meta.data.kinds import SEQUENCE, TOKEN, TaskKind
 from llm_meta.data.tasks import Task, TaskError
 
 log = logging.getLogger(__name__)
+
+
+def label_name_text(name: str) -> str:
+    """How a label name is read as text: `card_arrival` -> "card arrival"."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split())
 
 
 @dataclass
 class Examples:
     """Texts with integer labels in 0..N-1 (indices into the episode's `label_names`): a sequence
     task, one label per text. `WordExamples` is the token task; code that treats the two
-    differently asks `token_level`, never the type of a text."""
+    differently asks their `kind` (`llm_meta.meta.kinds.kind_ops`), never the type of a text."""
 
     texts: list[str]
     labels: list[int]
-    token_level: ClassVar[bool] = False
+    kind: ClassVar[TaskKind] = SEQUENCE
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -41,6 +47,21 @@ class Examples:
             raise TypeError(f"cannot join {type(self).__name__} and {type(other).__name__}")
         return type(self)(self.texts + other.texts, self.labels + other.labels)
 
+    def relabelled(self, new_ids: list[int]) -> Examples:
+        """The same examples with each class id `y` replaced by `new_ids[y]`."""
+        return type(self)(self.texts, [new_ids[y] for y in self.labels])
+
+    def with_label_names(self, label_names: list[str], times: int) -> Examples:
+        """The examples plus each label name, read as text (`label_name_text`), `times` times,
+        labelled with its class.
+
+        Label names carry the task's semantics for free: the project's first prototype measured +4
+        points on BANKING77 77-way 5-shot from adding each name twice before adaptation.
+        """
+        names = [label_name_text(n) for n in label_names]
+        return type(self)(self.texts + [n for n in names for _ in range(times)],
+                          self.labels + [y for y in range(len(names)) for _ in range(times)])
+
 
 @dataclass
 class WordExamples(Examples):
@@ -49,7 +70,17 @@ class WordExamples(Examples):
 
     texts: list[list[str]]  # type: ignore[assignment]
     labels: list[list[int]]  # type: ignore[assignment]
-    token_level: ClassVar[bool] = True
+    kind: ClassVar[TaskKind] = TOKEN
+
+    def relabelled(self, new_ids: list[int]) -> WordExamples:
+        return type(self)(self.texts, [[new_ids[y] for y in ys] for ys in self.labels])
+
+    def with_label_names(self, label_names: list[str], times: int) -> WordExamples:
+        """Each entity-type name as a sentence of its words, every word of that type, so the name's
+        words join the type's prototype; class 0 is O, which has no name to add."""
+        named = [(label_name_text(n).split(), y) for y, n in enumerate(label_names) if y > 0 and label_name_text(n)]
+        return type(self)(self.texts + [words for words, _ in named for _ in range(times)],
+                          self.labels + [[y] * len(words) for words, y in named for _ in range(times)])
 
 
 @dataclass
@@ -66,9 +97,9 @@ class Episode:
         return len(self.label_names)
 
     @property
-    def token_level(self) -> bool:
-        """True for an NER episode (word-level labels, scored by entity F1)."""
-        return self.support.token_level
+    def kind(self) -> TaskKind:
+        """The kind of task (`llm_meta.data.kinds`): its support set's."""
+        return self.support.kind
 
     def fingerprint(self) -> str:
         """A hash of the episode's exact content (for checking that methods saw the same episodes)."""

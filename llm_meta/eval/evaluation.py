@@ -8,12 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from llm_meta.meta.adaptation import adapt, episode_accuracy, query_correct
-from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Episode
+from llm_meta.meta.adaptation import episode_outcomes  # noqa: F401 (importable from here too)
+from llm_meta.meta.core import InnerConfig
 from llm_meta.modeling.models import Body, Params
-from llm_meta.data.ner import io_to_bio
-from llm_meta.meta.token_heads import tag_words
 from llm_meta.progress import progress_bar
 
 
@@ -57,9 +55,7 @@ def score_episodes(body: Body, params: Params, episodes: list[Episode], cfg: Inn
     The inner-loop seed is the episode's position, so every start sees the same mini-batches.
     """
     bar = progress_bar(episodes, desc=desc, enabled=progress, leave=False)
-    # NER episodes are scored by entity F1, everything else by query accuracy.
-    return [(episode_entity_f1 if ep.token_level else episode_accuracy)(body, params, ep, cfg, seed=i)
-            for i, ep in enumerate(bar)]
+    return [episode_score(episode_outcomes(body, params, ep, cfg, seed=i)) for i, ep in enumerate(bar)]
 
 
 def episode_entity_f1(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> float:
@@ -75,29 +71,6 @@ def score_outcomes(body: Body, params: Params, episodes: list[Episode], cfg: Inn
     """`episode_outcomes` of every episode, with the inner-loop seed of `score_episodes` (the
     episode's position), so the per-episode scores are exactly the same."""
     return [episode_outcomes(body, params, ep, cfg, seed=i) for i, ep in enumerate(episodes)]
-
-
-def episode_outcomes(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> np.ndarray:
-    """Per-query outcomes after adapting on the support set, the rows `llm_meta.eval.statistics` resamples:
-    [Q, 1] correct (1.0 / 0.0) for a sequence episode; [Q, 3] entity counts (true positives, false
-    positives, false negatives: exact span and type, as seqeval counts them) per query sentence
-    for an NER episode."""
-    if not episode.token_level:
-        return query_correct(body, params, episode, cfg, seed).float().numpy()[:, None].astype(np.float64)
-    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
-    predicted = tag_words(body, fast, episode.query.texts, cfg.scale)
-    return np.array([entity_counts(io_to_bio(p, episode.label_names), io_to_bio(r, episode.label_names))
-                     for p, r in zip(predicted, episode.query.labels)], dtype=np.float64).reshape(-1, 3)
-
-
-def entity_counts(predicted: list[str], reference: list[str]) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives) of one sentence's BIO tags: entities
-    (type, first, last) as seqeval extracts them; summed over sentences they give micro F1."""
-    from seqeval.metrics.sequence_labeling import get_entities
-
-    pred, ref = set(get_entities(predicted)), set(get_entities(reference))
-    tp = len(pred & ref)
-    return tp, len(pred) - tp, len(ref) - tp
 
 
 def episode_score(outcomes: np.ndarray) -> float:

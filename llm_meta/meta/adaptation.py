@@ -9,18 +9,16 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
-from torch import Tensor
 
 from llm_meta.meta.core import LR_PREFIX, InnerConfig, inner_batches, inner_loop, split_rates
 from llm_meta.data.episodes import Episode, Examples
-from llm_meta.meta.heads import head_logits, proto_head, prototype_head, soft_kmeans, with_label_names, zero_head
+from llm_meta.meta.heads import zero_head
 from llm_meta.meta.hypernet import generated_params, has_hypernet
-from llm_meta.meta.losses import labelled_embeddings, support_loss_fn, text_lengths
-from llm_meta.modeling.models import Body, Params, embed_texts
+from llm_meta.meta.kinds import kind_ops, labelled_embeddings, support_loss_fn, text_lengths
+from llm_meta.modeling.models import Body, Params
 from llm_meta.progress import progress_bar
-from llm_meta.meta.token_heads import word_loss_and_accuracy
-from llm_meta.meta.spans import decomposed_head
 
 NER_HEADS = ("io", "decomposed")
 # Inner steps of the adaptation an algorithm meta-trains its start for, where that is not the shared
@@ -36,20 +34,18 @@ def init_head(body: Body, params: Params, support: Examples, n_way: int, cfg: In
     [N]; for a token task with `cfg.ner_head` = "decomposed" also the span detector "span.weight"
     [2, hidden], "span.bias" [2]; constants: no gradient flows into them). Raises ValueError for an
     unknown `cfg.head_init` or `cfg.ner_head`, or a decomposed head asked with another head_init."""
-    if cfg.ner_head == "decomposed" and cfg.head_init != "proto" and support.token_level:
-        raise ValueError("ner_head=decomposed builds both heads from support prototypes: use head_init=proto")
+    ops = kind_ops(support)
+    ops.check_head(cfg)
     if cfg.head_init == "zero":
         return zero_head(body.hidden_size, n_way, body.device)
     if cfg.head_init == "label_names":
-        support = with_label_names(Examples([], []), _need_names(label_names, cfg), 1)
+        support = Examples([], []).with_label_names(_need_names(label_names, cfg), 1)
     elif cfg.head_init != "proto":
         raise ValueError(f"head_init must be 'proto', 'zero' or 'label_names', got {cfg.head_init!r}")
     if cfg.ner_head not in NER_HEADS:
         raise ValueError(f"ner_head must be one of {NER_HEADS}, got {cfg.ner_head!r}")
     emb, labels = labelled_embeddings(body, params, support)
-    if support.token_level and cfg.ner_head == "decomposed":
-        return decomposed_head(emb, labels, n_way)
-    return proto_head(emb, labels, n_way)
+    return ops.head(emb, labels, n_way, cfg)
 
 
 def _need_names(label_names: list[str] | None, cfg: InnerConfig) -> list[str]:
@@ -62,10 +58,9 @@ def episode_start(body: Body, params: Params, support: Examples, n_way: int, cfg
                   label_names: list[str] | None, head: Params | None = None) -> tuple[Examples, Params]:
     """The support set the inner loop trains on (label names added if asked) and the fresh head.
     Raises ValueError for settings that are for sequence tasks only, given a token task."""
-    if cfg.chunk and support.token_level:  # chunks are weighted by sentences, the loss by words
-        raise ValueError("inner.chunk splits batches of texts: it is for sequence tasks, not NER (set it to 0)")
-    if cfg.label_examples:  # for NER: each entity-type name as a sentence of that type (heads.with_label_names)
-        support = with_label_names(support, _need_names(label_names, cfg), cfg.label_examples)
+    kind_ops(support).check_batches(cfg)
+    if cfg.label_examples:  # for NER: each entity-type name as a sentence of that type (WordExamples.with_label_names)
+        support = support.with_label_names(_need_names(label_names, cfg), cfg.label_examples)
     weights = {k: v.detach() for k, v in params.items() if not k.startswith(LR_PREFIX)}
     return support, head if head is not None else init_head(body, weights, support, n_way, cfg, label_names)
 
@@ -167,38 +162,23 @@ def own_adaptation(cfg: InnerConfig, algorithm: str | None) -> InnerConfig:
     return cfg if steps is None else dataclasses.replace(cfg, steps=steps)
 
 
-@torch.no_grad()
-def predict_logits(body: Body, fast: Params, texts: list[str], scale: float, batch_size: int = 128,
-                   progress: str | None = None, cache: bool = True, what: str | None = None) -> Tensor:
-    """Logits [len(texts), N] of an adapted model (LoRA + head in `fast`); `progress`: a bar's title;
-    `cache`: keep the texts' frozen-layer states (top-layer LoRA) for a later pass over them; `what`:
-    name the texts to warn how many were truncated (`embed_texts`)."""
-    emb = embed_texts(body, fast, texts, batch_size, progress, cache, what)
-    return head_logits(fast, emb, scale)
+def adapted(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, Examples]:
+    """`params` adapted on the episode's support set, and that support set as the inner loop saw it
+    (label names added when `cfg.label_examples`)."""
+    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
+    support, _ = episode_start(body, params, episode.support, episode.n_way, cfg, episode.label_names, head={})
+    return fast, support
 
 
 def episode_accuracy(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> float:
     """Query accuracy (a fraction) after adapting `params` on the episode's support set; per word for
-    an NER episode (its entity F1: `evaluation.episode_entity_f1`)."""
-    if episode.token_level:
-        fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
-        emb, labels = labelled_embeddings(body, fast, episode.query)
-        return word_loss_and_accuracy(fast, emb, labels, cfg.scale)[1].item()
-    return query_correct(body, params, episode, cfg, seed).float().mean().item()
+    an NER episode (its entity F1 is `llm_meta.eval.evaluation.episode_entity_f1`)."""
+    return kind_ops(episode).query_accuracy(body, *adapted(body, params, episode, cfg, seed), episode, cfg)
 
 
-def query_correct(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> Tensor:
-    """[Q] bool: whether each query text of a sequence episode is classified right after adapting
-    `params` on its support set (the unit the benchmark's bootstrap resamples). With
-    `cfg.transductive`, queries are classified by prototypes refined with the queries themselves
-    (soft k-means)."""
-    fast = adapt(body, params, episode.support, episode.n_way, cfg, seed, label_names=episode.label_names)
-    if cfg.transductive:
-        support, _ = episode_start(body, params, episode.support, episode.n_way, cfg, episode.label_names, head={})
-        s_emb, s_labels = labelled_embeddings(body, fast, support)
-        q_emb = embed_texts(body, fast, episode.query.texts)
-        c = soft_kmeans(s_emb, s_labels, q_emb, episode.n_way, cfg.transductive, cfg.scale, cfg.transductive_confidence)
-        logits = head_logits(prototype_head(c), q_emb, cfg.scale)
-    else:
-        logits = predict_logits(body, fast, episode.query.texts, cfg.scale)
-    return logits.argmax(1).cpu() == torch.tensor(episode.query.labels)
+def episode_outcomes(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> np.ndarray:
+    """Per-query outcomes after adapting on the support set, the rows `llm_meta.eval.statistics`
+    resamples: [Q, 1] correct (1.0 / 0.0) for a sequence episode; [Q, 3] entity counts (true
+    positives, false positives, false negatives: exact span and type, as seqeval counts them) per
+    query sentence for an NER episode (`llm_meta.meta.kinds`)."""
+    return kind_ops(episode).query_outcomes(body, *adapted(body, params, episode, cfg, seed), episode, cfg)

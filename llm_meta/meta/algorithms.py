@@ -7,7 +7,7 @@ a meta-gradient dict over `params` and the episode's query loss/accuracy (`StepS
 averages the gradients over the meta-batch (and across processes) before the outer optimiser step.
 
 The gradients themselves come from the text-free core (`llm_meta.meta.core`); the episode losses from
-`llm_meta.meta.losses`; the transfer baseline lives in `llm_meta.meta.transfer`.
+`llm_meta.meta.kinds`; the transfer baseline lives in `llm_meta.meta.transfer`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import contextlib
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -24,11 +23,9 @@ from llm_meta.meta.adaptation import episode_start, support_batches
 from llm_meta.meta.transfer import transfer
 from llm_meta.meta.core import InnerConfig, StepStats, chunks, maml_gradient, reptile_gradient, split_rates
 from llm_meta.data.episodes import Episode
-from llm_meta.meta.heads import prototypes
 from llm_meta.meta.hypernet import generated_params
-from llm_meta.meta.losses import loss_and_accuracy, support_loss_fn, text_lengths
-from llm_meta.modeling.models import Body, Params, embed, tokenize
-from llm_meta.modeling.words import align_words, word_embeddings, word_labels
+from llm_meta.meta.kinds import kind_ops, loss_and_accuracy, support_loss_fn, text_lengths
+from llm_meta.modeling.models import Body, Params
 
 Algorithm = Callable[[Body, Params, Episode, InnerConfig, int], tuple[Params, StepStats]]
 
@@ -91,47 +88,13 @@ def reptile(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed
     return grads, StepStats(loss.item(), acc.item())
 
 
-def protonet_loss(support_emb: Tensor, support_labels: Tensor, query_emb: Tensor, query_labels: Tensor, n_way: int,
-                  scale: float) -> tuple[Tensor, Tensor]:
-    """Prototypical networks (Snell et al. 2017): cross-entropy of -scale·‖q - c_k‖² over the
-    support prototypes c_k. Embeddings [S, H] and [Q, H], labels [S] and [Q]."""
-    c = prototypes(support_emb, support_labels, n_way)
-    logits = -scale * ((query_emb.unsqueeze(1) - c.unsqueeze(0)) ** 2).sum(-1)
-    return F.cross_entropy(logits, query_labels), (logits.argmax(1) == query_labels).float().mean()
-
-
-def decomposed_protonet_loss(support_emb: Tensor, support_labels: Tensor, query_emb: Tensor, query_labels: Tensor,
-                             n_way: int, scale: float) -> tuple[Tensor, Tensor]:
-    """ProtoNet over the two decisions of decomposed NER (`llm_meta.meta.spans`): inside vs outside an
-    entity (prototypes of all entity words and of O words), plus the entity type of the query's
-    entity words (prototypes of each type's support words). Word embeddings [S, H] and [Q, H],
-    class ids [S] and [Q] (0 = O); the accuracy is the detection's."""
-    loss, acc = protonet_loss(support_emb, (support_labels > 0).long(), query_emb, (query_labels > 0).long(), 2, scale)
-    s_in, q_in = support_labels > 0, query_labels > 0
-    if q_in.any():
-        typing, _ = protonet_loss(support_emb[s_in], support_labels[s_in] - 1, query_emb[q_in], query_labels[q_in] - 1,
-                                  n_way - 1, scale)
-        loss = loss + typing
-    return loss, acc
-
-
 def protonet(body: Body, params: Params, episode: Episode, cfg: InnerConfig, seed: int = 0) -> tuple[Params, StepStats]:
     """ProtoNet meta-training: no inner loop; the gradient flows through the prototypes and the
-    queries. For NER every word is an example and O is a class with its own prototype, or, with
-    `cfg.ner_head` = "decomposed", the detection and typing losses of `decomposed_protonet_loss`."""
+    queries (support and query embedded in one pass; for NER every word is an example and O a class
+    with its own prototype, or with `cfg.ner_head` = "decomposed" the detection and typing losses:
+    `llm_meta.meta.kinds`)."""
     live = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    both = episode.support + episode.query  # one forward pass: the gradient flows through both sides
-    if both.token_level:
-        aligned = align_words(body, both.texts)
-        emb, ys = word_embeddings(body, live, aligned), word_labels(aligned, both.labels, body.device)
-        s = sum(1 for sentence, _ in aligned.words if sentence < len(episode.support))
-    else:
-        emb = embed(body, live, tokenize(body, both.texts)).float()
-        ys, s = torch.tensor(both.labels, device=emb.device), len(episode.support)
-    if both.token_level and cfg.ner_head == "decomposed":
-        loss, acc = decomposed_protonet_loss(emb[:s], ys[:s], emb[s:], ys[s:], episode.n_way, cfg.scale)
-    else:
-        loss, acc = protonet_loss(emb[:s], ys[:s], emb[s:], ys[s:], episode.n_way, cfg.scale)
+    loss, acc = kind_ops(episode).protonet_loss(body, live, episode, cfg)
     grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
     return grads, StepStats(loss.item(), acc.item())
 

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_meta.data.episodes import Examples
-from llm_meta.meta.heads import label_name_text, prototypes
-from llm_meta.meta.losses import labelled_embeddings
+from llm_meta.data.episodes import Examples, label_name_text
+from llm_meta.meta.heads import prototypes
+from llm_meta.meta.kinds import labelled_embeddings
 from llm_meta.modeling.models import Body, Params, embed_texts
 
 HYPER_PREFIX = "hyper."

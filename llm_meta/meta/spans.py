@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_meta.meta.heads import head_logits, proto_head
+from llm_meta.meta.heads import head_logits, proto_head, protonet_loss
 from llm_meta.modeling.models import Params
 
 SPAN_KEYS = ("span.weight", "span.bias")
@@ -92,3 +92,18 @@ def word_classes(params: Params, emb: Tensor, words: list[tuple[int, int]], scal
         out[i:j] = [int(typing[i:j].sum(0).argmax()) + 1] * (j - i)
         i = j
     return out
+
+
+def decomposed_protonet_loss(support_emb: Tensor, support_labels: Tensor, query_emb: Tensor, query_labels: Tensor,
+                             n_way: int, scale: float) -> tuple[Tensor, Tensor]:
+    """ProtoNet over the two decisions of decomposed NER (`llm_meta.meta.spans`): inside vs outside an
+    entity (prototypes of all entity words and of O words), plus the entity type of the query's
+    entity words (prototypes of each type's support words). Word embeddings [S, H] and [Q, H],
+    class ids [S] and [Q] (0 = O); the accuracy is the detection's."""
+    loss, acc = protonet_loss(support_emb, (support_labels > 0).long(), query_emb, (query_labels > 0).long(), 2, scale)
+    s_in, q_in = support_labels > 0, query_labels > 0
+    if q_in.any():
+        typing, _ = protonet_loss(support_emb[s_in], support_labels[s_in] - 1, query_emb[q_in], query_labels[q_in] - 1,
+                                  n_way - 1, scale)
+        loss = loss + typing
+    return loss, acc

@@ -58,3 +58,13 @@ def tag_words(body: Body, params: Params, sentences: list[list[str]], scale: flo
                 out[idx[s]][w] = y
     _warn_dropped(dropped, len(sentences), body.max_length)
     return out
+
+
+def entity_counts(predicted: list[str], reference: list[str]) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of one sentence's BIO tags: entities
+    (type, first, last) as seqeval extracts them; summed over sentences they give micro F1."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    pred, ref = set(get_entities(predicted)), set(get_entities(reference))
+    tp = len(pred & ref)
+    return tp, len(pred) - tp, len(ref) - tp

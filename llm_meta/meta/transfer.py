@@ -8,7 +8,6 @@ baseline meta-learning has to beat (CrossFit, Ye et al. 2021, found it often doe
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -16,7 +15,7 @@ from torch import Tensor
 from llm_meta.meta.core import InnerConfig, StepStats
 from llm_meta.data.episodes import Episode, WordExamples
 from llm_meta.meta.heads import proto_head
-from llm_meta.meta.losses import labelled_embeddings, loss_and_accuracy
+from llm_meta.meta.kinds import labelled_embeddings, loss_and_accuracy
 from llm_meta.modeling.models import Body, Params, embed_texts
 from llm_meta.data.conll import entity_type
 
@@ -40,8 +39,7 @@ def transfer(body: Body, params: Params, episode: Episode, cfg: InnerConfig, see
     head = {"head.weight": table[:, :-1], "head.bias": table[:, -1]}
     to_row = [rows.index(prefix + name) for name in episode.label_names]
     both = episode.support + episode.query
-    labels = [[to_row[y] for y in ys] for ys in both.labels] if both.token_level else [to_row[y] for y in both.labels]
-    loss, acc = loss_and_accuracy(body, {**live, **head}, replace(both, labels=labels), cfg.scale)
+    loss, acc = loss_and_accuracy(body, {**live, **head}, both.relabelled(to_row), cfg.scale)
     grads = dict(zip(keys, torch.autograd.grad(loss, [live[k] for k in keys])))
     return {k: grads.get(k, torch.zeros_like(v)) for k, v in params.items()}, StepStats(loss.item(), acc.item())
 

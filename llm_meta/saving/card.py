@@ -11,6 +11,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from llm_meta.data.kinds import SEQUENCE, kind_of_format
 from llm_meta.data.tasks import IN_MEMORY
 
 CARD_FILE = "README.md"
@@ -34,26 +35,26 @@ def hub_model_id(name: str) -> str | None:
 
 def model_card(metadata: dict[str, Any], files: list[str]) -> ModelCard:
     """The card of a saved folder from its llm_meta metadata (`llm_meta.json`) and file names."""
-    fmt = metadata.get("format", "")
-    token_level = fmt.startswith("llm_meta.tagger")
+    # A task model's kind is its format's; a meta-learned start keeps the sequence kind's tags.
+    kind = kind_of_format(metadata.get("format", "")) or SEQUENCE
     task_model = "labels" in metadata
     base = metadata.get("base_model", "?")
     tags = ["llm_meta", "lora", "few-shot", "meta-learning",
-            "token-classification" if token_level else "text-classification"]
+            kind.pipeline_tag]
     if metadata.get("algorithm"):
         tags.append(str(metadata["algorithm"]))
     task = metadata.get("task")
     datasets = [str(task)[3:] if str(task).startswith("hf:") else Path(str(task)).name] if task_model and task \
         and task != IN_MEMORY else [] if task_model else sorted(metadata.get("tasks") or [])
     data = ModelCardData(library_name="peft", base_model=hub_model_id(base), tags=tags, datasets=datasets or None,
-                         metrics=["seqeval"] if token_level else ["accuracy"])
-    lines = [f"# {'NER task model' if token_level else 'Task model' if task_model else 'Meta-learned LoRA start'}"
+                         metrics=[kind.metric])
+    lines = [f"# {kind.title if task_model else 'Meta-learned LoRA start'}"
              f" on `{base}`", "", "Made with llm_meta (few-shot fine-tuning of language models by meta-learning "
              "LoRA adapters).", "", "## How it was made", ""]
     if task_model:
         lines += [f"- adapted from: `{metadata.get('start', 'untrained')}` (meta-learned start, or the untrained LoRA)",
                   f"- task: `{task}`, {metadata.get('support_size', '?')} support "
-                  f"{'sentences' if token_level else 'examples'}, labels: {', '.join(map(str, metadata['labels'][:20]))}"
+                  f"{kind.unit}, labels: {', '.join(map(str, metadata['labels'][:20]))}"
                   f"{' ...' if len(metadata['labels']) > 20 else ''}",
                   f"- adaptation: {_inner(metadata.get('adapt_config', {}).get('inner', {}))}"]
         if selection := metadata.get("start_selection"):
@@ -73,10 +74,9 @@ def model_card(metadata: dict[str, Any], files: list[str]) -> ModelCard:
                          f"start ({100 * (kept - step0):+.1f})")
     lines += ["", "## How to load", "", "```python"]
     if task_model:
-        cls = "FewShotTagger" if token_level else "FewShotClassifier"
+        cls = kind.model_class
         lines += [f"from llm_meta import {cls}", "", f'model = {cls}.from_pretrained("hf:org/name")  # or a local folder',
-                  'print(model.predict(["your text"]))' if not token_level else
-                  'print(model.predict(["Some sentence to tag"]))']
+                  kind.usage]
     else:
         lines += ["from llm_meta import FewShotClassifier", "",
                   "# adapt the start to your task from a few labelled examples per class",

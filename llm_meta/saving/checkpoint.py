@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from llm_meta.data.kinds import kind_of_format
 from llm_meta.io.atomic import write_atomic
 from llm_meta.meta.core import LR_PREFIX
 from llm_meta.errors import CheckpointError  # noqa: F401 (raised here; importable from here too)
@@ -262,7 +263,7 @@ def read_start(folder: str | Path) -> dict[str, Any]:
     """
     meta = read_metadata(folder)
     fmt = str(meta.get("format"))
-    if fmt.startswith(("llm_meta.classifier", "llm_meta.tagger")):
+    if kind_of_format(fmt):
         raise CheckpointError(f"{folder} is an adapted task model; start from a meta-trained adapter or none")
     if fmt != ADAPTER_FORMAT:
         inside = f" (its adapter is {Path(folder) / 'adapter'})" if fmt.startswith("llm_meta.run") else ""
