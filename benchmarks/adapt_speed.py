@@ -60,7 +60,7 @@ def child(args: argparse.Namespace) -> None:
     began = time.perf_counter()
     import llm_meta
     from llm_meta.classifier import AdaptConfig
-    from llm_meta.modeling.models import ModelConfig
+    from llm_meta.modeling.body import ModelConfig
 
     imported = time.perf_counter() - began
     model = ModelConfig(lora_layers=None if args.all_layers else 2, autocast="bf16" if args.bf16 else "auto")

@@ -33,7 +33,7 @@ from transformers import AutoModel  # noqa: E402
 from llm_meta.classifier import AdaptConfig, adapt  # noqa: E402
 from llm_meta.meta.core import InnerConfig  # noqa: E402
 from llm_meta.modeling.model_files import resolve_model_path  # noqa: E402
-from llm_meta.modeling.models import ModelConfig  # noqa: E402
+from llm_meta.modeling.body import ModelConfig  # noqa: E402
 from llm_meta.data.tasks import load_task  # noqa: E402
 
 

@@ -56,8 +56,8 @@ from llm_meta.classifier import AdaptConfig, adapt  # noqa: E402
 from llm_meta.config import to_dict  # noqa: E402
 from llm_meta.meta.token_heads import entity_counts  # noqa: E402
 from llm_meta.eval.metrics import classification_metrics  # noqa: E402
-from llm_meta.data.ner import NerConfig, io_to_bio, load_ner, split_ner
-from llm_meta.data.conll import Sentence, entity_type
+from llm_meta.data.ner import NerConfig, io_to_bio, load_ner, split_ner  # noqa: E402
+from llm_meta.data.conll import Sentence, entity_type  # noqa: E402
 from llm_meta.eval.statistics import UNIT, Outcomes, crossed_bootstrap  # noqa: E402
 from llm_meta.tagger import TaggerConfig, adapt_tagger, support_sentences  # noqa: E402
 from llm_meta.data.tasks import Task, load_task  # noqa: E402

@@ -38,7 +38,9 @@ from llm_meta.meta.adaptation import init_head  # noqa: E402
 from llm_meta.meta.algorithms import ALGORITHMS, InnerConfig  # noqa: E402
 from llm_meta.data.episodes import Episode, EpisodeSampler, Examples  # noqa: E402
 from llm_meta.meta.heads import head_logits  # noqa: E402
-from llm_meta.modeling.models import Body, ModelConfig, default_targets, load_body, lora_params, pool, tokenize  # noqa: E402
+from llm_meta.modeling.body import Body, ModelConfig, lora_params  # noqa: E402
+from llm_meta.modeling.loading import default_targets, load_body  # noqa: E402
+from llm_meta.modeling.forward import pool, tokenize  # noqa: E402
 from llm_meta.data.tasks import load_task  # noqa: E402
 
 

@@ -45,7 +45,7 @@ def rss_mib() -> float:
 def child(args: argparse.Namespace) -> None:
     import llm_meta
     from llm_meta.classifier import AdaptConfig
-    from llm_meta.modeling.models import ModelConfig
+    from llm_meta.modeling.body import ModelConfig
 
     cfg = AdaptConfig(model=ModelConfig(lora_layers=2, max_length=args.max_length))
     before = rss_mib()

@@ -29,7 +29,8 @@ from llm_meta.saving.checkpoint import load_adapter_params, save_adapter  # noqa
 from llm_meta.classifier import AdaptConfig, default_adapt_config, support_set  # noqa: E402
 from llm_meta.meta.hypernet import (HypernetConfig, class_features, count_parameters, generate,  # noqa: E402
                                init_hypernet, split_hypernet)
-from llm_meta.modeling.models import ModelConfig, load_body, lora_params  # noqa: E402
+from llm_meta.modeling.body import ModelConfig, lora_params  # noqa: E402
+from llm_meta.modeling.loading import load_body  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:

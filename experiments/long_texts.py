@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 import llm_meta  # noqa: E402
 from llm_meta.classifier import AdaptConfig  # noqa: E402
-from llm_meta.modeling.models import ModelConfig, warn_truncated  # noqa: E402
+from llm_meta.modeling.body import ModelConfig  # noqa: E402
+from llm_meta.modeling.forward import warn_truncated  # noqa: E402
 from llm_meta.data.tasks import load_task  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from adapt_speed import first_classes  # noqa: E402 (benchmarks/adapt_speed.py)

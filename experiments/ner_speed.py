@@ -28,8 +28,9 @@ import torch  # noqa: E402
 
 from llm_meta.meta.adaptation import adapt  # noqa: E402
 from llm_meta.saving.checkpoint import load_adapter_params  # noqa: E402
-from llm_meta.modeling.models import (Body, Params, by_tokens, folded_pass, hidden_states, load_body, lora_params,  # noqa: E402
-                             num_layers, tokenize)
+from llm_meta.modeling.body import Body, Params, lora_params, num_layers  # noqa: E402
+from llm_meta.modeling.forward import by_tokens, folded_pass, hidden_states, tokenize  # noqa: E402
+from llm_meta.modeling.loading import load_body  # noqa: E402
 from llm_meta.data.ner import NerEpisodeSampler, load_ner  # noqa: E402
 from llm_meta.meta.token_heads import tag_words  # noqa: E402
 from llm_meta.modeling.prefix import find_layer_stack  # noqa: E402

@@ -45,7 +45,7 @@ from llm_meta.meta.kinds import predict_logits
 from llm_meta.config import load_config
 from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Episode, Examples
-from llm_meta.modeling.models import Body, Params
+from llm_meta.modeling.body import Body, Params
 from llm_meta.data.tasks import load_task
 from recipes import benchmark
 

@@ -23,9 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import AutoTokenizer  # noqa: E402
 
-from llm_meta.modeling.models import resolve_model_path  # noqa: E402
+from llm_meta.modeling.model_files import resolve_model_path  # noqa: E402
 from llm_meta.data.smlmt import SmlmtSampler, load_corpus  # noqa: E402
-from llm_meta.data.tasks import load_registry, load_task  # noqa: E402
+from llm_meta.data.registry import load_registry  # noqa: E402
+from llm_meta.data.tasks import load_task  # noqa: E402
 
 
 def real_sentences(limit: int) -> list[str]:

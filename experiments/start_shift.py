@@ -11,7 +11,7 @@ untrained LoRA of meta-seed `--seed` (as the benchmark builds them), then the st
 the mean L2 distance between the two unit-length embeddings of each text, the least cosine between
 them, the mean pairwise cosine among the untrained embeddings (how crowded the space is), and the
 Frobenius norm of each adapted matrix's B·A (before the LoRA scale). The embeddings are the ones
-the prototype heads use (`llm_meta.modeling.models.embed_texts`, normalised as `model.normalize` says).
+the prototype heads use (`llm_meta.modeling.forward.embed_texts`, normalised as `model.normalize` says).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from llm_meta.saving.checkpoint import load_adapter_params
 from llm_meta.config import load_config
-from llm_meta.modeling.models import embed_texts
+from llm_meta.modeling.forward import embed_texts
 from llm_meta.data.tasks import load_task
 from recipes.benchmark import Config, untrained_start
 

@@ -24,7 +24,7 @@ _EXPORTS = {
     "AdaptConfig": "llm_meta.classifier", "FewShotClassifier": "llm_meta.classifier", "adapt": "llm_meta.classifier",
     "Episode": "llm_meta.data.episodes", "EpisodeSampler": "llm_meta.data.episodes", "Examples": "llm_meta.data.episodes",
     "ContinueConfig": "llm_meta.online", "continue_adapt": "llm_meta.online",
-    "Task": "llm_meta.data.tasks", "load_task": "llm_meta.data.tasks", "ModelConfig": "llm_meta.modeling.models",
+    "Task": "llm_meta.data.tasks", "load_task": "llm_meta.data.tasks", "ModelConfig": "llm_meta.modeling.body",
     "InnerConfig": "llm_meta.meta.core", "FewShotTagger": "llm_meta.tagger", "TaggerConfig": "llm_meta.tagger",
     "adapt_tagger": "llm_meta.tagger", "meta_train": "llm_meta.meta_training",
 }

@@ -40,12 +40,12 @@ from llm_meta.meta.heads import HEAD_KEYS
 from llm_meta.saving.hub import HUB_PREFIX, HubMixin
 from llm_meta.eval.metrics import classification_metrics
 from llm_meta.modeling.model_files import BUNDLED_GGUF, BUNDLED_MODELS, BUNDLED_SPLIT_ZIPS
-from llm_meta.modeling.models import Body, ModelConfig, Params, load_body, lora_params, recorded_model_config, \
-    start_model_config, warn_truncated
+from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
+from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
+from llm_meta.modeling.forward import warn_truncated
 from llm_meta.io.outputs import claim
 from llm_meta.meta.spans import SPAN_KEYS
-from llm_meta.data.tasks import IN_MEMORY, SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns, \
-    task_fingerprint
+from llm_meta.data.tasks import IN_MEMORY, SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns, task_fingerprint
 from llm_meta.meta.training import environment
 
 log = logging.getLogger(__name__)

@@ -330,7 +330,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         args.output = None
     with _output_file(args, args.output, [args.input]), contextlib.ExitStack() as stack:
         from llm_meta.tagger import FewShotTagger
-        from llm_meta.data.tasks import iter_inputs
+        from llm_meta.data.files import iter_inputs
 
         model = _load_model(args)
         tagger = isinstance(model, FewShotTagger)

@@ -39,7 +39,8 @@ from llm_meta.data.episodes import Episode, EpisodeSampler, StagedSampler
 from llm_meta.eval.evaluation import Interval, mean_ci, paired_difference, score_episodes
 from llm_meta.meta.heads import HEAD_KEYS
 from llm_meta.meta.hypernet import HYPER_PREFIX, HypernetConfig, count_parameters, init_hypernet
-from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+from llm_meta.modeling.body import ModelConfig, lora_params
+from llm_meta.modeling.loading import load_body
 from llm_meta.io.outputs import claim_run
 from llm_meta.data.ner import NerConfig, NerEpisodeSampler, extra_corpora, split_ner
 from llm_meta.data.conll import entity_type, sentences_fingerprint

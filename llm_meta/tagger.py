@@ -30,8 +30,9 @@ from llm_meta.config import from_dict, to_dict
 from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import WordExamples
 from llm_meta.eval.metrics import entity_metrics
-from llm_meta.modeling.models import Body, ModelConfig, Params, capped, load_body, lora_params, recorded_model_config, \
-    start_model_config
+from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
+from llm_meta.modeling.forward import capped
+from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
 from llm_meta.data.conll import as_sentences
 from llm_meta.data.ner import NerEpisodeSampler, io_to_bio, load_ner, word_examples
 from llm_meta.data.conll import Sentence, entity_type, entity_types, sentences_fingerprint

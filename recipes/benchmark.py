@@ -46,7 +46,8 @@ from llm_meta.meta.core import InnerConfig, interpolate
 from llm_meta.data.episodes import Episode, EpisodeSampler, Examples, WordExamples
 from llm_meta.meta.adaptation import choose_start, in_family, own_adaptation
 from llm_meta.eval.evaluation import episode_outcomes, episode_score, score_outcomes
-from llm_meta.modeling.models import Body, ModelConfig, Params, load_body, lora_params
+from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
+from llm_meta.modeling.loading import load_body
 from llm_meta.data.ner import NerConfig, NerEpisodeSampler, split_ner
 from llm_meta.io.outputs import OWN_FILE, claim_run
 from llm_meta.progress import progress_bar
@@ -487,7 +488,7 @@ def _start_config(cfg: Config, name: str, seed: int, run_dir: Path) -> meta_trai
 
 def _runtime(body: Body | None, mixed_precision: str = "no") -> dict:
     """What a result depends on beyond config and code: device, dtype and library versions."""
-    from llm_meta.modeling.models import autocast_dtype
+    from llm_meta.modeling.body import autocast_dtype
     from llm_meta.meta.training import environment
 
     device = str(body.device) if body is not None else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,7 +18,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from llm_meta.modeling.models import Body, ModelConfig, load_body  # noqa: E402
+from llm_meta.modeling.body import Body, ModelConfig
+from llm_meta.modeling.loading import load_body
 from tests.tiny import make_tiny_model  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

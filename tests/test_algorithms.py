@@ -11,7 +11,9 @@ from llm_meta.meta.algorithms import fomaml, reptile
 from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Episode, Examples
 from llm_meta.meta.heads import head_logits, prototypes, proto_head
-from llm_meta.modeling.models import ModelConfig, embed, load_body, lora_params, set_lora_params, tokenize
+from llm_meta.modeling.body import ModelConfig, lora_params, set_lora_params
+from llm_meta.modeling.forward import embed, tokenize
+from llm_meta.modeling.loading import load_body
 from tests.test_models import perturbed
 
 SUPPORT = Examples(["reset my card pin", "card has not arrived", "play some jazz", "play music now",

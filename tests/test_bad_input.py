@@ -259,7 +259,9 @@ def one_line_error_and_nothing_damaged(argv: list[str], message: str, row: str, 
 def test_pickle_only_model_folder_is_refused(tiny_bert_dir, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    from llm_meta.modeling.models import ModelConfig, ModelLoadError, load_body
+    from llm_meta.modeling.body import ModelConfig
+    from llm_meta.modeling.model_files import ModelLoadError
+    from llm_meta.modeling.loading import load_body
 
     import torch
 
@@ -274,7 +276,9 @@ def test_pickle_only_model_folder_is_refused(tiny_bert_dir, tmp_path):
 
 
 def test_remote_code_never_runs_unless_asked(tiny_bert_dir, tmp_path):
-    from llm_meta.modeling.models import ModelConfig, ModelLoadError, load_body
+    from llm_meta.modeling.body import ModelConfig
+    from llm_meta.modeling.model_files import ModelLoadError
+    from llm_meta.modeling.loading import load_body
     from tests.test_hostile import evil_model_folder
 
     folder, marker = evil_model_folder(tiny_bert_dir, tmp_path)  # only the repo's own code knows its architecture

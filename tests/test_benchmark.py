@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_meta.meta.core import InnerConfig
-from llm_meta.modeling.models import ModelConfig
+from llm_meta.modeling.body import ModelConfig
 from recipes import benchmark
 from recipes.benchmark import Config, EpisodicConfig, FullwayConfig
 from tests.test_classifier import toy  # noqa: F401  (fixture: a folder with train/test csv files)
@@ -235,7 +235,7 @@ def test_a_start_trained_from_another_start(tmp_path, tiny_bert_dir, toy):  # no
     import torch
 
     from llm_meta.saving.checkpoint import load_adapter_params
-    from llm_meta.modeling.models import load_body
+    from llm_meta.modeling.loading import load_body
 
     train = [o for o in tiny_overrides(tiny_bert_dir, toy / "train.csv", tmp_path / "unused", steps=2)
              if not o.startswith("output_dir=")]

@@ -13,7 +13,7 @@ from llm_meta.saving.checkpoint import CheckpointError
 from llm_meta.classifier import AdaptConfig, FewShotClassifier, support_set
 from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Examples
-from llm_meta.modeling.models import ModelConfig
+from llm_meta.modeling.body import ModelConfig
 from llm_meta.data.tasks import TaskError, load_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,7 +188,8 @@ def test_leave_one_out_fit_matches_a_plain_loop_and_choose_start_prefers_the_fir
     from llm_meta.meta.adaptation import choose_start, leave_one_out_fit
     from llm_meta.meta.heads import head_logits, proto_head
     from llm_meta.meta.kinds import labelled_embeddings
-    from llm_meta.modeling.models import load_body, lora_params
+    from llm_meta.modeling.loading import load_body
+    from llm_meta.modeling.body import lora_params
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir)), seed=0)
     params = lora_params(body)
@@ -212,7 +213,8 @@ def test_adapt_chooses_its_start_on_the_support_set(tiny_bert_dir, toy, tmp_path
     import dataclasses
 
     from llm_meta.saving.checkpoint import save_adapter
-    from llm_meta.modeling.models import load_body, lora_params
+    from llm_meta.modeling.loading import load_body
+    from llm_meta.modeling.body import lora_params
 
     body = load_body(tiny_cfg.model, seed=0)
     noise = torch.Generator().manual_seed(0)
@@ -258,7 +260,8 @@ def test_a_protonet_adapter_takes_no_steps_on_its_familys_labels_and_the_steps_w
     from llm_meta import classifier
     from llm_meta.meta.adaptation import OWN_STEPS, own_adaptation
     from llm_meta.saving.checkpoint import load_adapter_params, save_adapter
-    from llm_meta.modeling.models import load_body, lora_params
+    from llm_meta.modeling.loading import load_body
+    from llm_meta.modeling.body import lora_params
     from llm_meta.data.tasks import load_task
 
     assert own_adaptation(tiny_cfg.inner, "protonet").steps == OWN_STEPS["protonet"] == 0

@@ -138,7 +138,7 @@ def test_columns_named_once_at_adapt_are_remembered_by_predict_and_evaluate(tmp_
 def test_a_missing_column_hint_is_written_in_the_syntax_of_the_caller(tmp_path, tiny_bert_dir, capsys):
     import llm_meta
     from llm_meta.errors import ColumnError
-    from llm_meta.modeling.models import ModelConfig
+    from llm_meta.modeling.body import ModelConfig
 
     support, test, unlabelled = _ticket_files(tmp_path)
     with pytest.raises(SystemExit):

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from llm_meta.config import ConfigError, load_config
-from llm_meta.modeling.models import ModelConfig
+from llm_meta.modeling.body import ModelConfig
 
 
 @dataclass

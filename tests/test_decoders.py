@@ -15,8 +15,10 @@ import llm_meta
 from llm_meta.saving.checkpoint import read_metadata
 from llm_meta.classifier import AdaptConfig, FewShotClassifier
 from llm_meta.meta.core import InnerConfig
-from llm_meta.modeling.models import (BUNDLED_GGUF, ModelConfig, ModelLoadError, embed, load_body, lora_params,
-                             resolve_model_path, tokenize)
+from llm_meta.modeling.model_files import BUNDLED_GGUF, ModelLoadError, resolve_model_path
+from llm_meta.modeling.body import ModelConfig, lora_params
+from llm_meta.modeling.forward import embed, tokenize
+from llm_meta.modeling.loading import load_body
 from recipes import benchmark
 from recipes.benchmark import Config, EpisodicConfig, FullwayConfig
 from tests.test_classifier import toy  # noqa: F401  (fixture: a folder with train/test csv files)

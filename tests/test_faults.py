@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from llm_meta.saving.checkpoint import CheckpointError, load_checkpoint, readable_folder, save_adapter, verify_folder
-from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+from llm_meta.modeling.body import ModelConfig, lora_params
+from llm_meta.modeling.loading import load_body
 from tests.test_meta_train import ROOT, final_params, tiny_overrides, toy_csv  # noqa: F401 (fixture)
 
 STEPS = 16

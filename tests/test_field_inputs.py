@@ -14,7 +14,8 @@ import pytest
 from llm_meta.cli import main as cli_main
 from llm_meta.data.ner import load_ner
 from llm_meta.data.conll import read_conll
-from llm_meta.data.tasks import TaskError, load_task, read_inputs
+from llm_meta.data.tasks import TaskError, load_task
+from llm_meta.data.files import read_inputs
 
 TEXTS = {"01": ["the box is dented", "item arrived broken", "the lid was cracked"],
          "02": ["still waiting for my parcel", "where is my order", "delivery is late"],
@@ -183,7 +184,7 @@ def test_truncation_is_announced_with_a_count(tiny_bert_dir, tmp_path, caplog):
 def test_adapter_keeps_its_model_but_takes_runtime_overrides(tiny_bert_dir, tmp_path, caplog):
     import llm_meta
     from llm_meta.classifier import AdaptConfig
-    from llm_meta.modeling.models import ModelConfig
+    from llm_meta.modeling.body import ModelConfig
     from tests.test_meta_train import run, tiny_overrides
 
     data = write(tmp_path / "d.csv", "text,label\n" + "\n".join(
@@ -301,7 +302,8 @@ def test_the_same_command_gives_the_same_adapter_bit_for_bit(tiny_bert_dir, tmp_
 def test_the_seed_reaches_the_fresh_lora_and_leaves_the_global_state_alone(tiny_bert_dir):
     import torch
 
-    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.modeling.body import ModelConfig, lora_params
+    from llm_meta.modeling.loading import load_body
 
     cfg = ModelConfig(name=str(tiny_bert_dir))
     before = torch.random.get_rng_state()

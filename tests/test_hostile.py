@@ -26,7 +26,7 @@ from llm_meta.classifier import AdaptConfig, FewShotClassifier
 from llm_meta.cli import main as cli_main
 from llm_meta.meta.core import InnerConfig
 from llm_meta.errors import ModelLoadError, OutputError
-from llm_meta.modeling.models import ModelConfig
+from llm_meta.modeling.body import ModelConfig
 from tests.test_meta_train import run, tiny_overrides, toy_csv  # noqa: F401 (toy_csv: a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,7 +251,7 @@ def test_a_finished_run_is_continued_or_restarted_only_when_asked(tiny_bert_dir,
 # --- inputs too long to hold or to tokenise ----------------------------------------------------------
 
 def test_a_million_line_input_is_read_in_bounded_memory(tmp_path):
-    from llm_meta.data.tasks import iter_inputs
+    from llm_meta.data.files import iter_inputs
 
     # 1M lines of text; JSON lines and CSV (slower to parse) at 200,000, where holding the texts would
     # already take ~16 MiB. Each reader is warmed up first (its first call builds caches and imports).
@@ -331,7 +331,7 @@ def test_a_nan_or_misshapen_head_is_refused(model, change, message):
 
 
 def test_a_model_file_missing_weights_is_refused(tiny_bert_dir, tmp_path):
-    from llm_meta.modeling.models import load_body
+    from llm_meta.modeling.loading import load_body
 
     folder = tmp_path / "partial"
     shutil.copytree(tiny_bert_dir, folder)

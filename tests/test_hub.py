@@ -13,7 +13,7 @@ import llm_meta
 from llm_meta.classifier import AdaptConfig, FewShotClassifier
 from llm_meta.meta.core import InnerConfig
 from llm_meta.saving.card import hub_model_id, model_card
-from llm_meta.modeling.models import ModelConfig
+from llm_meta.modeling.body import ModelConfig
 from tests.test_meta_train import run, tiny_overrides, toy_csv  # noqa: F401 (toy_csv: a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

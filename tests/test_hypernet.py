@@ -17,7 +17,8 @@ from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Episode, Examples
 from llm_meta.meta.hypernet import (HYPER_PREFIX, HypernetConfig, count_parameters, generated_params, init_hypernet,
                                slot, split_hypernet)
-from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+from llm_meta.modeling.body import ModelConfig, lora_params
+from llm_meta.modeling.loading import load_body
 from tests.test_meta_train import run, tiny_overrides, toy_csv  # noqa: F401 (fixture)
 
 TEXTS = ["card payment please", "pay with my card", "play my music playlist", "next song in the playlist",

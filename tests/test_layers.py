@@ -28,7 +28,7 @@ def test_a_broken_contract_is_reported(tmp_path):
     config = tmp_path / "contracts.toml"
     config.write_text('[tool.importlinter]\nroot_packages = ["llm_meta"]\n\n[[tool.importlinter.contracts]]\n'
                       'name = "must break"\ntype = "forbidden"\nsource_modules = ["llm_meta.meta.adaptation"]\n'
-                      'forbidden_modules = ["llm_meta.modeling.models"]\n')
+                      'forbidden_modules = ["llm_meta.modeling.forward"]\n')
     done = lint(str(config))
     assert done.returncode == 1 and "BROKEN" in done.stdout, done.stdout[-2000:]
 

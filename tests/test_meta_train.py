@@ -136,7 +136,8 @@ def test_two_processes_match_one(tiny_bert_dir, toy_csv, tmp_path):
 def test_every_algorithm_trains_and_saves_a_loadable_adapter(algorithm, tiny_bert_dir, toy_csv, tmp_path, caplog):
     from llm_meta.saving.checkpoint import RATES_FILE, load_adapter_params
     from llm_meta.meta.core import LR_PREFIX
-    from llm_meta.modeling.models import ModelConfig, load_body
+    from llm_meta.modeling.body import ModelConfig
+    from llm_meta.modeling.loading import load_body
 
     out = tmp_path / algorithm
     results = run(tiny_overrides(tiny_bert_dir, toy_csv, out, steps=2, algorithm=algorithm, **{"outer.lr": 0.05}))

@@ -2,8 +2,10 @@ import pytest
 import torch
 from peft import PeftModel
 
-from llm_meta.modeling.models import (ModelConfig, ModelLoadError, embed, embed_tokens, hidden_states, load_base, load_body,
-                             lora_params, set_lora_params, tokenize)
+from llm_meta.modeling.body import ModelConfig, lora_params, set_lora_params
+from llm_meta.modeling.model_files import ModelLoadError
+from llm_meta.modeling.forward import embed, embed_tokens, hidden_states, tokenize
+from llm_meta.modeling.loading import load_base, load_body
 
 TEXTS = ["how do i reset my card pin", "play some jazz music", "will it rain tomorrow in paris"]
 

@@ -137,7 +137,8 @@ def test_sampler_errors():
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
 def test_first_subtoken_alignment_for_wordpiece_and_bpe(kind, tiny_bert_dir, tiny_gpt2_dir):
-    from llm_meta.modeling.models import ModelConfig, load_body
+    from llm_meta.modeling.body import ModelConfig
+    from llm_meta.modeling.loading import load_body
     from llm_meta.modeling.words import align_words
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir if kind == "bert" else tiny_gpt2_dir)))
@@ -155,7 +156,8 @@ def test_first_subtoken_alignment_for_wordpiece_and_bpe(kind, tiny_bert_dir, tin
 
 def test_words_past_max_length_are_reported_once_in_entity_terms(tiny_bert_dir, caplog):
     from llm_meta.meta.heads import HEAD_KEYS
-    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.modeling.body import ModelConfig, lora_params
+    from llm_meta.modeling.loading import load_body
     from llm_meta.modeling.words import align_words, report_cut, words_read
     from llm_meta.meta.token_heads import tag_words
 
@@ -189,7 +191,8 @@ def test_fomaml_reptile_protonet_and_adapt_run_on_token_episodes(tiny_bert_dir):
     from llm_meta.meta.adaptation import adapt, episode_accuracy, init_head
     from llm_meta.meta.algorithms import fomaml, protonet, reptile
     from llm_meta.meta.core import InnerConfig
-    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.modeling.body import ModelConfig, lora_params
+    from llm_meta.modeling.loading import load_body
     from llm_meta.data.ner import NerEpisodeSampler
     from tests.test_models import perturbed
 
@@ -265,7 +268,8 @@ def test_io_to_bio_and_entity_f1():
 def test_entity_f1_of_an_adapted_episode(tiny_bert_dir):
     from llm_meta.meta.core import InnerConfig
     from llm_meta.eval.evaluation import episode_entity_f1
-    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.modeling.body import ModelConfig, lora_params
+    from llm_meta.modeling.loading import load_body
     from llm_meta.data.ner import NerEpisodeSampler
 
     body = load_body(ModelConfig(name=str(tiny_bert_dir)))
@@ -275,7 +279,7 @@ def test_entity_f1_of_an_adapted_episode(tiny_bert_dir):
 
 
 def test_ner_meta_training_and_benchmark_run_end_to_end(tiny_bert_dir, tmp_path):
-    from llm_meta.modeling.models import ModelConfig
+    from llm_meta.modeling.body import ModelConfig
     from llm_meta.data.ner import NerConfig
     from recipes import benchmark
 
@@ -372,7 +376,8 @@ def test_extra_ner_corpora_join_meta_training_only(tiny_bert_dir, tmp_path):
     # source of its own in meta-training; its sentences never reach validation or test, and
     # drop_types takes the sentences that mention those types out of it.
     from llm_meta.config import load_config
-    from llm_meta.modeling.models import ModelConfig, load_body
+    from llm_meta.modeling.body import ModelConfig
+    from llm_meta.modeling.loading import load_body
     from llm_meta import meta_training as meta_train
 
     extra = tmp_path / "extra.conll"
@@ -432,7 +437,8 @@ def test_decomposed_ner_adapts_tags_saves_and_meta_trains_on_a_tiny_model(tiny_b
     from llm_meta.meta.algorithms import fomaml, reptile
     from llm_meta.meta.core import InnerConfig
     from llm_meta.eval.evaluation import episode_outcomes
-    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.modeling.body import ModelConfig, lora_params
+    from llm_meta.modeling.loading import load_body
     from llm_meta.data.ner import NerEpisodeSampler
     from llm_meta.meta.token_heads import tag_words
     from llm_meta.tagger import FewShotTagger
@@ -475,7 +481,8 @@ def test_decomposed_ner_adapts_tags_saves_and_meta_trains_on_a_tiny_model(tiny_b
 def test_tagging_in_length_sorted_batches_equals_one_sentence_at_a_time(tiny_bert_dir):
     from llm_meta.meta.adaptation import adapt
     from llm_meta.meta.core import InnerConfig
-    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.modeling.body import ModelConfig, lora_params
+    from llm_meta.modeling.loading import load_body
     from llm_meta.data.ner import NerEpisodeSampler
     from llm_meta.meta.token_heads import tag_words
 
@@ -492,7 +499,8 @@ def test_short_sentences_get_their_own_pass_and_the_loss_is_unchanged(tiny_bert_
     # adaptation's compute. align_groups cuts the length-sorted batch once where padding is least;
     # the loss over the same words, and its gradient, must not change.
     from llm_meta.meta.heads import HEAD_KEYS
-    from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+    from llm_meta.modeling.body import ModelConfig, lora_params
+    from llm_meta.modeling.loading import load_body
     from llm_meta.modeling.words import align_groups, align_words, word_embeddings, word_labels
     from llm_meta.meta.token_heads import token_loss_and_accuracy, word_loss_and_accuracy
 

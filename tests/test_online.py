@@ -12,7 +12,7 @@ import llm_meta
 from llm_meta.classifier import AdaptConfig, FewShotClassifier
 from llm_meta.meta.core import InnerConfig
 from llm_meta.meta.heads import HEAD_KEYS
-from llm_meta.modeling.models import ModelConfig
+from llm_meta.modeling.body import ModelConfig
 from llm_meta.online import ContinueConfig, continue_adapt
 from llm_meta.data.tasks import TaskError
 

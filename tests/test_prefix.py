@@ -4,7 +4,9 @@ pass, the lower layers really skipped, and adapters that plain peft loads."""
 import pytest
 import torch
 
-from llm_meta.modeling.models import ModelConfig, embed, load_body, lora_params, tokenize
+from llm_meta.modeling.body import ModelConfig, lora_params
+from llm_meta.modeling.forward import embed, tokenize
+from llm_meta.modeling.loading import load_body
 from llm_meta.modeling.prefix import find_layer_stack, frozen_fingerprint
 
 TEXTS = ["how do i reset my card pin", "set an alarm for six am please", "will it rain tomorrow", "hi"]

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 import llm_meta
 from llm_meta import AdaptConfig, TaggerConfig, adapt_tagger
 from llm_meta.saving.checkpoint import read_metadata, save_adapter
-from llm_meta.modeling.models import load_body, recorded_model_config
+from llm_meta.modeling.loading import load_body, recorded_model_config
 
 RECORD = Path(__file__).with_name("same_outputs.json")
 TINY_RUN = ["outer.steps=5", "validate_every=5", "validation.episodes=1", "test.episodes=0", "interpolation=[1.0]"]

@@ -11,7 +11,8 @@ from llm_meta.saving.checkpoint import read_metadata
 from llm_meta.meta.core import InnerConfig, interpolate, outer_lr
 from llm_meta.data.episodes import Examples
 from llm_meta.meta.kinds import support_loss_fn
-from llm_meta.modeling.models import ModelConfig, load_body, lora_params
+from llm_meta.modeling.body import ModelConfig, lora_params
+from llm_meta.modeling.loading import load_body
 from tests.test_meta_train import run, tiny_overrides, toy_csv  # noqa: F401  (fixture)
 
 

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 import llm_meta.data.smlmt as smlmt
-from llm_meta.modeling.models import resolve_model_path
+from llm_meta.modeling.model_files import resolve_model_path
 from llm_meta.data.smlmt import MixtureSampler, SmlmtSampler, load_corpus, mask_word
 from llm_meta.data.tasks import TaskError, load_task
 from tests.test_meta_train import run, tiny_overrides

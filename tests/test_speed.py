@@ -10,8 +10,9 @@ import torch
 
 from llm_meta.meta.kinds import predict_logits
 from llm_meta.meta.heads import zero_head
-from llm_meta.modeling.models import (WINDOWS_KEY, ModelConfig, by_tokens, embed, embed_texts, folded_lora, hidden_states,
-                             load_body, lora_params, split_windows, tokenize, tokenize_counted, warn_truncated)
+from llm_meta.modeling.forward import WINDOWS_KEY, by_tokens, embed, embed_texts, folded_lora, hidden_states, split_windows, tokenize, tokenize_counted, warn_truncated
+from llm_meta.modeling.body import ModelConfig, lora_params
+from llm_meta.modeling.loading import load_body
 
 TEXTS = ["a short text", "where is my card", "a somewhat longer text about a transfer that did not arrive on time",
          "hi"]

@@ -12,7 +12,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import (AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, GPT2TokenizerFast,
                           LlamaConfig, LlamaModel, MPNetConfig, MPNetModel)
 
-from llm_meta.modeling.models import resolve_model_path
+from llm_meta.modeling.model_files import resolve_model_path
 
 CORPUS = [
     "how do i reset my card pin", "my card has not arrived yet", "what is the exchange rate today",

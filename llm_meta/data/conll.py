@@ -23,7 +23,8 @@ import datasets
 
 from llm_meta.data.registry import package_dir
 from llm_meta.errors import ColumnError
-from llm_meta.data.tasks import FILE_BUILDERS, TaskError, load_raw, table_of, text_codec
+from llm_meta.data.files import FILE_BUILDERS, load_raw, text_codec
+from llm_meta.data.tasks import TaskError, table_of
 
 log = logging.getLogger(__name__)
 

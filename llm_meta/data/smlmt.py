@@ -25,7 +25,9 @@ from typing import Any
 
 from llm_meta.io.atomic import write_atomic
 from llm_meta.data.episodes import Episode, Examples
-from llm_meta.data.tasks import TaskError, load_raw, load_registry, load_task, text_codec
+from llm_meta.data.tasks import TaskError, load_task
+from llm_meta.data.files import load_raw, text_codec
+from llm_meta.data.registry import load_registry
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from scipy import stats
 from llm_meta.data.episodes import Episode
 from llm_meta.meta.adaptation import episode_outcomes  # noqa: F401 (importable from here too)
 from llm_meta.meta.core import InnerConfig
-from llm_meta.modeling.models import Body, Params
+from llm_meta.modeling.body import Body, Params
 from llm_meta.progress import progress_bar
 
 

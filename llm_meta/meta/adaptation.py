@@ -17,7 +17,7 @@ from llm_meta.data.episodes import Episode, Examples
 from llm_meta.meta.heads import zero_head
 from llm_meta.meta.hypernet import generated_params, has_hypernet
 from llm_meta.meta.kinds import kind_ops, labelled_embeddings, support_loss_fn, text_lengths
-from llm_meta.modeling.models import Body, Params
+from llm_meta.modeling.body import Body, Params
 from llm_meta.progress import progress_bar
 
 NER_HEADS = ("io", "decomposed")

@@ -25,7 +25,7 @@ from llm_meta.meta.core import InnerConfig, StepStats, chunks, maml_gradient, re
 from llm_meta.data.episodes import Episode
 from llm_meta.meta.hypernet import generated_params
 from llm_meta.meta.kinds import kind_ops, loss_and_accuracy, support_loss_fn, text_lengths
-from llm_meta.modeling.models import Body, Params
+from llm_meta.modeling.body import Body, Params
 
 Algorithm = Callable[[Body, Params, Episode, InnerConfig, int], tuple[Params, StepStats]]
 

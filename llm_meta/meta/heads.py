@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_meta.modeling.models import Params
+from llm_meta.modeling.body import Params
 
 HEAD_KEYS = ("head.weight", "head.bias")
 

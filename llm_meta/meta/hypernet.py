@@ -33,7 +33,8 @@ from torch import Tensor
 from llm_meta.data.episodes import Examples, label_name_text
 from llm_meta.meta.heads import prototypes
 from llm_meta.meta.kinds import labelled_embeddings
-from llm_meta.modeling.models import Body, Params, embed_texts
+from llm_meta.modeling.body import Body, Params
+from llm_meta.modeling.forward import embed_texts
 
 HYPER_PREFIX = "hyper."
 _SLOT = re.compile(r"\.(\d+)\.(.+?)\.lora_([AB])\.")

@@ -23,7 +23,8 @@ from llm_meta.meta.core import InnerConfig, Loss
 from llm_meta.meta.heads import head_logits, proto_head, protonet_loss, prototype_head, soft_kmeans
 from llm_meta.meta.spans import decomposed_head, decomposed_protonet_loss
 from llm_meta.meta.token_heads import entity_counts, tag_words, token_loss_and_accuracy, word_loss_and_accuracy
-from llm_meta.modeling.models import Body, Params, embed, embed_texts, tokenize
+from llm_meta.modeling.body import Body, Params
+from llm_meta.modeling.forward import embed, embed_texts, tokenize
 from llm_meta.modeling.words import align_groups, align_words, embed_words, word_embeddings, word_labels
 
 @torch.no_grad()

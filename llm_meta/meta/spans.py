@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llm_meta.meta.heads import head_logits, proto_head, protonet_loss
-from llm_meta.modeling.models import Params
+from llm_meta.modeling.body import Params
 
 SPAN_KEYS = ("span.weight", "span.bias")
 

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from llm_meta.meta.heads import head_logits
 from llm_meta.meta.spans import decomposed_loss, is_decomposed, word_classes
-from llm_meta.modeling.models import Body, Params, by_tokens, folded_pass
+from llm_meta.modeling.body import Body, Params
+from llm_meta.modeling.forward import by_tokens, folded_pass
 from llm_meta.modeling.words import AlignedBatch, _warn_dropped, align_groups, align_words, word_embeddings, word_labels
 
 

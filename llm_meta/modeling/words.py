@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from llm_meta.modeling.models import Body, Params, embed_tokens, folded_pass, position_limit, token_counts
+from llm_meta.modeling.body import Body, Params, position_limit
+from llm_meta.modeling.forward import embed_tokens, folded_pass, token_counts
 
 log = logging.getLogger(__name__)
 

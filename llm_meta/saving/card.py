@@ -15,7 +15,7 @@ from llm_meta.data.kinds import SEQUENCE, kind_of_format
 from llm_meta.data.tasks import IN_MEMORY
 
 CARD_FILE = "README.md"
-# Bundled model names (llm_meta.modeling.models.BUNDLED_MODELS / BUNDLED_GGUF) and the Hub repositories they come from.
+# Bundled model names (llm_meta.modeling.model_files.BUNDLED_MODELS / BUNDLED_GGUF) and the Hub repositories they come from.
 HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
            "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 # Files beside the PEFT adapter that plain `PeftModel.from_pretrained` does not read.

@@ -29,7 +29,7 @@ from llm_meta.errors import CheckpointError  # noqa: F401 (raised here; importab
 from llm_meta.meta.heads import HEAD_KEYS
 from llm_meta.saving.card import write_model_card
 from llm_meta.meta.hypernet import HYPER_PREFIX, split_hypernet
-from llm_meta.modeling.models import Body, Params, set_lora_params
+from llm_meta.modeling.body import Body, Params, set_lora_params
 
 log = logging.getLogger(__name__)
 
