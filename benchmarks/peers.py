@@ -27,7 +27,7 @@ from typing import Any
 
 from quality import NER_TASKS, ROOT, SUITE, run_draws, scored, table, test_sample  # benchmarks/quality.py, beside this script
 
-from llm_meta.classifier import support_set
+from llm_meta.data.episodes import support_set
 from llm_meta.modeling.model_files import resolve_model_path
 from llm_meta.data.tasks import load_task
 

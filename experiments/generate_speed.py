@@ -26,7 +26,8 @@ import torch  # noqa: E402
 
 import llm_meta  # noqa: E402
 from llm_meta.saving.checkpoint import load_adapter_params, save_adapter  # noqa: E402
-from llm_meta.classifier import AdaptConfig, default_adapt_config, support_set  # noqa: E402
+from llm_meta.classifier import AdaptConfig, default_adapt_config  # noqa: E402
+from llm_meta.data.episodes import support_set  # noqa: E402
 from llm_meta.meta.hypernet import (HypernetConfig, class_features, count_parameters, generate,  # noqa: E402
                                init_hypernet, split_hypernet)
 from llm_meta.modeling.body import ModelConfig, lora_params  # noqa: E402

@@ -25,7 +25,8 @@ from llm_meta.config import load_config  # noqa: E402
 from llm_meta.eval.evaluation import mean_ci, paired_difference, score_episodes  # noqa: E402
 from llm_meta.modeling.loading import load_body  # noqa: E402
 from llm_meta.modeling.body import lora_params  # noqa: E402
-from llm_meta.meta_training import Config, eval_episodes  # noqa: E402
+from llm_meta.meta_config import Config  # noqa: E402
+from llm_meta.meta_sources import eval_episodes  # noqa: E402
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import llm_meta  # noqa: E402
-from llm_meta.classifier import AdaptConfig, FewShotClassifier, support_set  # noqa: E402
+from llm_meta.classifier import AdaptConfig, FewShotClassifier  # noqa: E402
+from llm_meta.data.episodes import support_set  # noqa: E402
 from llm_meta.eval.evaluation import mean_ci  # noqa: E402
 from llm_meta.online import ContinueConfig, continue_adapt  # noqa: E402
 

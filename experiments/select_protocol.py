@@ -44,7 +44,7 @@ from scipy import stats
 from select_kfold import held_out_logits
 
 from llm_meta.meta.adaptation import adapt, choose_start
-from llm_meta.classifier import whole_split_episode
+from llm_meta.data.episodes import whole_split_episode
 from llm_meta.config import load_config
 from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Episode

@@ -6,17 +6,13 @@ class, then predict and evaluate. The same `adapt` inner loop as meta-training d
     clf.save("my_model")
     FewShotClassifier.load("my_model").predict(["where is my card?"])  # -> ["card_arrival"]
 
-A saved task model is a folder with a standard PEFT adapter (the adapted LoRA), `head.safetensors`
-(the adapted classifier head), `labels.json`, `support.jsonl` (the support set it was adapted on,
-replayed by `llm_meta.online.continue_adapt`), `llm_meta.json` and `manifest.json` (checksums).
+A saved task model is the folder of `llm_meta.task_model` (format `llm_meta.classifier/1`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,33 +21,30 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
-from safetensors.torch import save_file
 
 from llm_meta.data.kinds import SEQUENCE
 from llm_meta.meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation
 from llm_meta.meta.kinds import predict_logits
-from llm_meta.saving.checkpoint import (ADAPTER_FILES, ADAPTER_FORMAT, METADATA_FILE as METADATA, CheckpointError,
-                                 load_adapter_params, read_metadata, read_start, read_tensors, readable_folder,
-                                 save_adapter, verify_folder)
+from llm_meta.saving.checkpoint import load_adapter_params, read_start
 from llm_meta.config import from_dict, to_dict
 from llm_meta.meta.core import InnerConfig, interpolate
-from llm_meta.data.episodes import Episode, Examples
-from llm_meta.meta.heads import HEAD_KEYS
-from llm_meta.saving.hub import HUB_PREFIX, HubMixin
+from llm_meta.data.episodes import Examples
 from llm_meta.eval.metrics import classification_metrics
-from llm_meta.modeling.model_files import BUNDLED_GGUF, BUNDLED_MODELS, BUNDLED_SPLIT_ZIPS
 from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
 from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
 from llm_meta.modeling.forward import warn_truncated
-from llm_meta.io.outputs import claim
-from llm_meta.meta.spans import SPAN_KEYS
 from llm_meta.data.tasks import IN_MEMORY, SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns, task_fingerprint
 from llm_meta.meta.training import environment
 
+from llm_meta.task_model import (SUPPORT_FILE, PretrainedMixin, load_task_model, read_support, save_task_model,
+                                 write_support)
+from llm_meta.data.episodes import WHOLE_FILE, scored_split, support_set
+
+
 log = logging.getLogger(__name__)
 
+
 CLASSIFIER_FORMAT = SEQUENCE.folder_format
-BUNDLED_NAMES = {*BUNDLED_MODELS, *BUNDLED_GGUF, *BUNDLED_SPLIT_ZIPS}  # bodies from_pretrained knows by name
 
 
 def default_adapt_config() -> InnerConfig:
@@ -92,30 +85,6 @@ class AdaptConfig:
     #   the adapter's weight change halved (adaptation.choose_start), then adapt it with `inner`;
     # off: use the adapter as given, with `inner`.
     select_start: Literal["auto", "support", "off"] = "auto"
-
-
-class PretrainedMixin(HubMixin):
-    """`from_pretrained` for both task models: a saved one, ready to predict, or a start to `fit`."""
-
-    config_class: ClassVar[type]  # AdaptConfig or TaggerConfig: the adaptation `fit` runs
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, token: str | None = None, revision: str | None = None,
-                        trust_remote_code: bool = False, cfg: Any = None) -> Any:
-        """A saved task model, ready to predict: a folder written by `save`, or `hf:<org>/<name>` (a
-        Hub repository written by `push_to_hub`, at `revision` if given). Or a start to `fit`: a
-        meta-trained adapter folder, or a body (a bundled name such as all-MiniLM-L6-v2, a model
-        folder, a .gguf file); `cfg` then sets the adaptation (default: the class's config,
-        `AdaptConfig()` or `TaggerConfig()`).
-
-        Raises:
-            FileNotFoundError: a name that is neither a bundled model nor an existing path.
-        """
-        kind = pretrained_kind(name_or_path)
-        if kind == "task model":
-            return super().from_pretrained(name_or_path, token, revision, trust_remote_code)
-        start = start_config(kind, name_or_path, cfg or cls.config_class())
-        return cls(None, {}, [], start.inner.scale, {}, fit_config=start, trust_remote_code=trust_remote_code)
 
 
 @dataclass
@@ -259,196 +228,6 @@ class FewShotClassifier(PretrainedMixin):
         if (folder / SUPPORT_FILE).is_file():
             clf.support = read_support(folder / SUPPORT_FILE, clf.labels)
         return clf
-
-
-SUPPORT_FILE = "support.jsonl"
-
-
-def start_config(kind: str, name_or_path: str | Path, cfg: Any) -> Any:
-    """A copy of an adaptation config (AdaptConfig or TaggerConfig) that starts from `name_or_path`:
-    a meta-trained adapter (with its own body) or a body, as `pretrained_kind` says."""
-    start = dataclasses.replace(cfg)
-    if kind == "adapter":
-        start.adapter = str(Path(name_or_path).expanduser())
-    else:
-        start.model = dataclasses.replace(start.model, name=str(name_or_path))
-    return start
-
-
-def pretrained_kind(name_or_path: str | Path) -> Literal["task model", "adapter", "body"]:
-    """What `from_pretrained` was given: a task model (a folder `save` wrote, or `hf:<org>/<name>`),
-    a meta-trained adapter folder, or a body (a bundled model name, a model folder, a .gguf file).
-
-    Raises:
-        FileNotFoundError: a name that is neither a bundled model nor an existing path.
-    """
-    text = str(name_or_path)
-    folder = Path(text).expanduser()
-    if text.startswith(HUB_PREFIX):
-        return "task model"
-    if (folder / METADATA).is_file():
-        return "adapter" if read_metadata(folder).get("format") == ADAPTER_FORMAT else "task model"
-    if text in BUNDLED_NAMES or folder.exists() or text.endswith(".gguf"):
-        return "body"
-    hint = f"; a Hub repository is written {HUB_PREFIX}{text}" if text.count("/") == 1 and \
-        not text.startswith((".", "/", "~")) else ""
-    raise FileNotFoundError(f"no model folder {text}, and not a bundled model ({', '.join(sorted(BUNDLED_NAMES))})"
-                            f"{hint}")
-
-
-def write_support(path: Path, support: Examples, labels: list[str]) -> None:
-    """The support set as JSON lines of {"text", "label"} (label names, so the file reads on its own)."""
-    with path.open("w", encoding="utf-8") as f:
-        for text, y in zip(support.texts, support.labels):
-            f.write(json.dumps({"text": text, "label": labels[y]}, ensure_ascii=False) + "\n")
-
-
-def read_support(path: Path, labels: list[str]) -> Examples:
-    index = {name: i for i, name in enumerate(labels)}
-    # Split at "\n" only: str.splitlines would also split at U+2028, U+2029 and U+0085, which
-    # json.dumps(ensure_ascii=False) leaves raw inside a text.
-    try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not JSON lines ({err})") from err
-    if not all(isinstance(r, dict) and isinstance(r.get("text"), str) and isinstance(r.get("label"), str)
-               for r in rows):
-        raise CheckpointError(f"{path}: every line must be an object with a string text and label")
-    unknown = sorted({r["label"] for r in rows} - set(index))
-    if unknown:
-        raise CheckpointError(f"{path} has labels the model does not know: {', '.join(unknown[:10])}")
-    return Examples([r["text"] for r in rows], [index[r["label"]] for r in rows])
-
-
-def save_task_model(body: Body, params: Params, labels: list[str], scale: float, metadata: dict[str, Any],
-                    fmt: str, folder: str | Path, extra_files: dict[str, Any] | None = None,
-                    overwrite: bool = False) -> Path:
-    """A task model folder (classifier or NER tagger): PEFT adapter, head, labels, metadata,
-    checksums; claimed first (`llm_meta.io.outputs.claim`: never over a folder llm_meta did not write,
-    over one of ours only with `overwrite`)."""
-    heads = [k for k in (*HEAD_KEYS, *SPAN_KEYS) if k in params]  # a decomposed NER head has both
-    lora = {k: v for k, v in params.items() if k not in heads}
-    head = {k: params[k].detach().contiguous().cpu() for k in heads}
-    meta = {**metadata, "format": fmt, "labels": labels, "scale": scale}
-    with claim(folder, overwrite=overwrite):
-        return save_adapter(body, lora, folder, meta, extra_files={
-            "head.safetensors": lambda path: save_file(head, str(path)),
-            "labels.json": lambda path: path.write_text(json.dumps(labels, ensure_ascii=False, indent=1)),
-            **(extra_files or {}),
-        })
-
-
-TASK_MODEL_FILES = ("head.safetensors", "labels.json")  # beside the adapter's own files
-
-
-def load_task_model(folder: str | Path, fmt: str, what: str, trust_remote_code: bool = False
-                    ) -> tuple[Body, Params, list[str], float, dict[str, Any], Path]:
-    """(body, params, labels, scale, metadata, the folder read) of a folder written by
-    `save_task_model` with format `fmt`. The manifest must list every file a task model needs, the
-    labels must agree with the metadata, and the head must have one finite row per label.
-
-    Raises:
-        CheckpointError: a missing, foreign, corrupt or inconsistent folder, or one of another format.
-    """
-    folder = readable_folder(folder)
-    meta = read_metadata(folder)
-    if meta.get("format") != fmt:
-        raise CheckpointError(f"{folder} is an llm_meta {meta.get('format', 'folder')}, not {what}")
-    verify_folder(folder, (*ADAPTER_FILES, *TASK_MODEL_FILES))
-    try:
-        labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{folder}: labels.json is not JSON ({err})") from err
-    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)
-            and labels == meta.get("labels") and len(set(labels)) == len(labels)):
-        raise CheckpointError(f"{folder}: labels.json is not the list of distinct label names that {METADATA} records")
-    head = read_tensors(folder / "head.safetensors")
-    _check_head(folder, head, len(labels))
-    read_tensors(folder / "adapter_model.safetensors")  # readable and finite before peft is handed it
-    body = load_body(recorded_model_config(meta["model"]), adapter=folder, trust_remote_code=trust_remote_code)
-    params = {**lora_params(body), **{k: v.to(body.device) for k, v in head.items()}}
-    return body, params, list(labels), float(meta["scale"]), meta, folder
-
-
-def _check_head(folder: Path, head: dict[str, torch.Tensor], n_labels: int) -> None:
-    """head.weight [labels, hidden] and head.bias [labels] (and a decomposed NER head's detection
-    rows, span.weight [2, hidden] and span.bias [2]), nothing else."""
-    rows = {"head.weight": n_labels, "head.bias": n_labels, "span.weight": 2, "span.bias": 2}
-    wrong = sorted(set(head) - set(rows)) or [k for k in HEAD_KEYS if k not in head]
-    if wrong:
-        raise CheckpointError(f"{folder}: head.safetensors has tensors {sorted(head)}, expected {list(HEAD_KEYS)} "
-                              f"(and {list(SPAN_KEYS)} for a decomposed NER head)")
-    for key, tensor in head.items():
-        expected_dims = 2 if key.endswith("weight") else 1
-        if tensor.dim() != expected_dims or tensor.shape[0] != rows[key]:
-            raise CheckpointError(f"{folder}: {key} has shape {list(tensor.shape)}, but labels.json has {n_labels} "
-                                  f"labels: the head and the labels do not belong together")
-
-
-def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> tuple[Examples, list[str]]:
-    """K examples of every class of `task` (seeded): K distinct texts, so a row repeated in the
-    file is never a second shot.
-
-    A class with fewer than K distinct texts joins with all it has, and a warning names it: dropping
-    it would silently remove a class, and failing would refuse the imbalanced data users have.
-
-    Raises:
-        TaskError: K < 1.
-    """
-    if shots < 1:
-        raise TaskError(f"K (--shots; Python: shots=) must be at least 1 example per class, got {shots}")
-    ds = task.split(split)
-    by_class: dict[str, dict[str, None]] = {}
-    for text, label in zip(ds["text"], ds["label"]):
-        by_class.setdefault(label, {})[text] = None  # distinct texts, in file order
-    small = {c: len(t) for c, t in sorted(by_class.items()) if len(t) < shots}
-    if small:
-        listed = ", ".join(f"'{c}' has {n}" for c, n in list(small.items())[:10])
-        log.warning("task '%s' (%s): %d class(es) have fewer than K=%d distinct texts and join with all they have: "
-                    "%s%s", task.name, split, len(small), shots, listed, " ..." if len(small) > 10 else "")
-    rng = random.Random(f"support:{seed}")
-    labels = sorted(by_class)
-    support = Examples([], [])
-    for y, label in enumerate(labels):
-        picked = rng.sample(list(by_class[label]), min(shots, len(by_class[label])))
-        support.texts += picked
-        support.labels += [y] * len(picked)
-    return support, labels
-
-
-def whole_split_episode(task: Task, shots: int, support_split: str, query_split: str, seed: int = 0) -> Episode:
-    """An episode of every class of `task`: K examples per class from `support_split` (as
-    `support_set` draws them, seeded) and, as the query, every text of `query_split` that is not
-    in the support: how a user's task is scored (all classes, the real class balance).
-
-    Raises:
-        TaskError: K < 1, or a query label that the support split does not have.
-    """
-    support, labels = support_set(task, shots, support_split, seed)
-    index = {name: i for i, name in enumerate(labels)}
-    chosen = set(support.texts)
-    rows = [(t, y) for t, y in zip(task.split(query_split)["text"], task.split(query_split)["label"]) if t not in chosen]
-    unknown = sorted({y for _, y in rows} - set(index))
-    if unknown:
-        raise TaskError(f"task '{task.name}': {query_split} labels {unknown[:5]} have no {support_split} examples")
-    return Episode(support, Examples([t for t, _ in rows], [index[y] for _, y in rows]), labels, task.name)
-
-
-WHOLE_FILE = "whole file"  # the split name a report gives a single file scored whole
-
-
-def scored_split(task: Task) -> str:
-    """The split to score when none is named: "test", or the only split of a single file (its rows
-    are read as "train"; reports call it `WHOLE_FILE`).
-
-    Raises:
-        TaskError: several splits and none of them "test".
-    """
-    if "test" in task.splits:
-        return "test"
-    if len(task.splits) == 1:
-        return next(iter(task.splits))
-    raise TaskError(f"task '{task.name}' has no test split (it has: {', '.join(task.splits)}); name the split to score")
 
 
 def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str | Path | None = None,

@@ -106,7 +106,7 @@ def cmd_recipe(args: argparse.Namespace) -> None:
         if getattr(args, flag, False):
             setattr(cfg, flag, True)
     if getattr(args, "text_column", None) or getattr(args, "label_column", None):  # meta-train's file tasks
-        from llm_meta.meta_training import TaskSource
+        from llm_meta.meta_config import TaskSource
 
         cfg.tasks = [_task_columns(t, args, TaskSource) for t in cfg.tasks]
     if getattr(args, "force", False) and not getattr(args, "resume", False):
@@ -405,7 +405,7 @@ def _evaluate_tagger(args: argparse.Namespace) -> None:
 
 def _evaluate_classifier(args: argparse.Namespace) -> None:
     with _output_file(args, args.output, [args.task]):
-        from llm_meta.classifier import WHOLE_FILE, scored_split
+        from llm_meta.data.episodes import WHOLE_FILE, scored_split
         from llm_meta.data.tasks import SPLIT_ALIASES, load_task
         from llm_meta.saving.checkpoint import read_metadata
 

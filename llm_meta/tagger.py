@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from llm_meta.data.kinds import TOKEN
 from llm_meta.meta.adaptation import adapt as adapt_params
 from llm_meta.saving.checkpoint import load_adapter_params, read_start
-from llm_meta.classifier import PretrainedMixin, load_task_model, save_task_model
+from llm_meta.task_model import PretrainedMixin, load_task_model, save_task_model
 from llm_meta.config import from_dict, to_dict
 from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import WordExamples

@@ -40,7 +40,8 @@ from tqdm import tqdm
 from llm_meta.io.atomic import atomic_file
 from llm_meta.io.atomic import write_atomic
 from llm_meta.saving.checkpoint import load_adapter_params, read_metadata
-from llm_meta.classifier import default_adapt_config, whole_split_episode
+from llm_meta.classifier import default_adapt_config
+from llm_meta.data.episodes import whole_split_episode
 from llm_meta.config import from_dict, load_config, parse_yaml, to_dict
 from llm_meta.meta.core import InnerConfig, interpolate
 from llm_meta.data.episodes import Episode, EpisodeSampler, Examples, WordExamples

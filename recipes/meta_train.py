@@ -12,7 +12,8 @@ recipes/configs/.
 
 import sys
 
-from llm_meta.meta_training import Config, meta_train as main  # noqa: F401  (the names `llm-meta` reads)
+from llm_meta.meta_config import Config  # noqa: F401  (the names `llm-meta` reads)
+from llm_meta.meta_training import meta_train as main  # noqa: F401  (the names `llm-meta` reads)
 
 if __name__ == "__main__":
     from llm_meta.cli import main as cli_main

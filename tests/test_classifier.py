@@ -10,7 +10,8 @@ import torch
 
 import llm_meta
 from llm_meta.saving.checkpoint import CheckpointError
-from llm_meta.classifier import AdaptConfig, FewShotClassifier, support_set
+from llm_meta.classifier import AdaptConfig, FewShotClassifier
+from llm_meta.data.episodes import support_set
 from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Examples
 from llm_meta.modeling.body import ModelConfig
@@ -47,9 +48,9 @@ def test_support_set_draws_k_per_class_reproducibly(toy):
 
 
 def test_whole_split_episode_has_every_class_and_the_rest_of_the_split_as_query(toy):
-    from llm_meta.classifier import whole_split_episode
+    from llm_meta.data.episodes import whole_split_episode
     from llm_meta import meta_training as meta_train
-    from llm_meta.meta_training import EvalConfig
+    from llm_meta.meta_config import EvalConfig
 
     task = load_task(str(toy))
     ep = whole_split_episode(task, 2, "train", "train", seed=1)

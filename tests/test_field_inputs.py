@@ -375,7 +375,7 @@ def test_labels_that_differ_by_space_or_case_are_kept_and_named(tmp_path, caplog
 
 
 def test_duplicates_and_conflicts_are_named_and_k_shots_are_distinct_texts(tmp_path, caplog):
-    from llm_meta.classifier import support_set
+    from llm_meta.data.episodes import support_set
 
     rows = [("charged twice", "billing")] * 4 + [("wrong invoice", "billing"), ("no order", "billing"),
                                                   ("no order", "delivery"), ("late", "delivery"), ("lost box", "delivery")]

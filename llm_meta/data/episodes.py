@@ -213,3 +213,69 @@ class StagedSampler:
     @property
     def pools(self) -> list:
         return self.stages[0][1].pools
+
+
+def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> tuple[Examples, list[str]]:
+    """K examples of every class of `task` (seeded): K distinct texts, so a row repeated in the
+    file is never a second shot.
+
+    A class with fewer than K distinct texts joins with all it has, and a warning names it: dropping
+    it would silently remove a class, and failing would refuse the imbalanced data users have.
+
+    Raises:
+        TaskError: K < 1.
+    """
+    if shots < 1:
+        raise TaskError(f"K (--shots; Python: shots=) must be at least 1 example per class, got {shots}")
+    ds = task.split(split)
+    by_class: dict[str, dict[str, None]] = {}
+    for text, label in zip(ds["text"], ds["label"]):
+        by_class.setdefault(label, {})[text] = None  # distinct texts, in file order
+    small = {c: len(t) for c, t in sorted(by_class.items()) if len(t) < shots}
+    if small:
+        listed = ", ".join(f"'{c}' has {n}" for c, n in list(small.items())[:10])
+        log.warning("task '%s' (%s): %d class(es) have fewer than K=%d distinct texts and join with all they have: "
+                    "%s%s", task.name, split, len(small), shots, listed, " ..." if len(small) > 10 else "")
+    rng = random.Random(f"support:{seed}")
+    labels = sorted(by_class)
+    support = Examples([], [])
+    for y, label in enumerate(labels):
+        picked = rng.sample(list(by_class[label]), min(shots, len(by_class[label])))
+        support.texts += picked
+        support.labels += [y] * len(picked)
+    return support, labels
+
+
+def whole_split_episode(task: Task, shots: int, support_split: str, query_split: str, seed: int = 0) -> Episode:
+    """An episode of every class of `task`: K examples per class from `support_split` (as
+    `support_set` draws them, seeded) and, as the query, every text of `query_split` that is not
+    in the support: how a user's task is scored (all classes, the real class balance).
+
+    Raises:
+        TaskError: K < 1, or a query label that the support split does not have.
+    """
+    support, labels = support_set(task, shots, support_split, seed)
+    index = {name: i for i, name in enumerate(labels)}
+    chosen = set(support.texts)
+    rows = [(t, y) for t, y in zip(task.split(query_split)["text"], task.split(query_split)["label"]) if t not in chosen]
+    unknown = sorted({y for _, y in rows} - set(index))
+    if unknown:
+        raise TaskError(f"task '{task.name}': {query_split} labels {unknown[:5]} have no {support_split} examples")
+    return Episode(support, Examples([t for t, _ in rows], [index[y] for _, y in rows]), labels, task.name)
+
+
+WHOLE_FILE = "whole file"  # the split name a report gives a single file scored whole
+
+
+def scored_split(task: Task) -> str:
+    """The split to score when none is named: "test", or the only split of a single file (its rows
+    are read as "train"; reports call it `WHOLE_FILE`).
+
+    Raises:
+        TaskError: several splits and none of them "test".
+    """
+    if "test" in task.splits:
+        return "test"
+    if len(task.splits) == 1:
+        return next(iter(task.splits))
+    raise TaskError(f"task '{task.name}' has no test split (it has: {', '.join(task.splits)}); name the split to score")
