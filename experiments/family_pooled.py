@@ -26,12 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from llm_meta.eval.statistics import Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, verdict
-from recipes import benchmark
+from llm_meta.eval.report import plot_scores
 
 COMPARED = ("model", "adapt", "train_configs", "train_overrides", "start_overrides", "budget_scale")
 
@@ -138,7 +137,7 @@ def main() -> None:
         print()
     if args.plot:
         panels = [tuple(s.split("/")[:2]) + (int(s.split("/")[2]),) for s in settings]
-        benchmark._plot(SimpleNamespace(methods=methods), panels,
+        plot_scores(methods, panels,
                         {m: {s: estimates[m, s] for s in settings} for m in methods}, Path(args.plot))
     if args.json:
         def est(e: Estimate) -> dict:

@@ -44,7 +44,7 @@ from llm_meta.meta.adaptation import choose_start, in_family
 from llm_meta.config import load_config
 from llm_meta.eval.evaluation import episode_outcomes, episode_score
 from llm_meta.data.tasks import load_task
-from recipes import benchmark
+from llm_meta import bench
 
 FRESH = ["banking77", "clinc"]  # off family, never used to choose or tune a selection rule
 BOUND = -0.005  # the off-family target: never more than 0.5 points below the untrained start, on average
@@ -69,7 +69,7 @@ def derived(reference: dict, family: list[str]) -> list[dict]:
     return rows
 
 
-def fresh_rows(cfg: benchmark.Config, kept: Path, seeds: list[int], family: list[str], record: Path) -> list[dict]:
+def fresh_rows(cfg: bench.Config, kept: Path, seeds: list[int], family: list[str], record: Path) -> list[dict]:
     """One row per (meta-seed, fresh task, draw): the rule's pick and fits, and the accuracies of the
     untrained start + 15 steps, ProtoNet without steps and the rule. Resumes from `record`,
     rewritten after each row."""
@@ -126,8 +126,8 @@ def table(rows: list[dict], title: str) -> None:
 def main() -> None:
     ap = parser(__doc__.split("\n\n")[0])
     args = ap.parse_args()
-    cfg = load_config(benchmark.Config, args.config, args.overrides)
-    family = benchmark.start_family(cfg, START)
+    cfg = load_config(bench.Config, args.config, args.overrides)
+    family = bench.start_family(cfg, START)
     print("the ProtoNet start's family class names:", family)
     reference = json.loads(Path(args.reference).read_text())
     table(derived(reference, family), "Post hoc: the rule on the four test tasks, from the benchmark's stored scores "

@@ -47,7 +47,7 @@ from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Episode, Examples
 from llm_meta.modeling.body import Body, Params
 from llm_meta.data.tasks import load_task
-from recipes import benchmark
+from llm_meta import bench
 
 FOLDS = 2
 
@@ -97,13 +97,13 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    cfg = load_config(benchmark.Config, args.config, args.overrides)
+    cfg = load_config(bench.Config, args.config, args.overrides)
     ref = json.loads(Path(args.reference).read_text())
     out = Path(cfg.output_dir)
-    body, untrained = benchmark.untrained_start(cfg.model, args.seed)
-    run_dir = benchmark._train_start(cfg, args.start, args.seed, out, need="tensors")
-    trained, fingerprint, _ = benchmark._load_start(body, run_dir)
-    candidates = benchmark._candidates({("untrained", args.seed): untrained, (args.start, args.seed): trained},
+    body, untrained = bench.untrained_start(cfg.model, args.seed)
+    run_dir = bench.train_start(cfg, args.start, args.seed, out, need="tensors")
+    trained, fingerprint, _ = bench.load_start(body, run_dir)
+    candidates = bench.start_candidates({("untrained", args.seed): untrained, (args.start, args.seed): trained},
                                        args.start, args.seed, select=True)
     inner = cfg.adapt
     record = Path(args.out)
@@ -112,7 +112,7 @@ def main() -> None:
     done = {(r["task"], r["draw"]) for r in rows}
     for task in map(load_task, args.tasks or cfg.fullway.tasks):
         key = f"fullway/{task.name}/8"
-        episodes = benchmark._fullway(cfg.fullway, task, 8)
+        episodes = bench.fullway_episodes(cfg.fullway, task, 8)
         for draw, ep in enumerate(episodes):
             if (task.name, draw) in done:
                 continue

@@ -59,7 +59,7 @@ from select_protocol import (K, START, best_other, diff_cell, parser, pending_ep
 from llm_meta.meta.adaptation import choose_start
 from llm_meta.config import load_config
 from llm_meta.eval.evaluation import episode_outcomes, episode_score
-from recipes import benchmark
+from llm_meta import bench
 
 IN_FAMILY, OFF_FAMILY = ["tweets_coachella"], ["stackoverflow", "hwu"]
 BOUND = -0.005  # the off-family target: never more than 0.5 points below the untrained start, on average
@@ -77,7 +77,7 @@ def score_of(row: dict, pick: str) -> float:
     return row["scores"]["reference"] if pick == row.get("reference_pick") else row["scores"][pick]
 
 
-def validation_rows(cfg: benchmark.Config, kept: Path, seeds: list[int], record: Path) -> list[dict]:
+def validation_rows(cfg: bench.Config, kept: Path, seeds: list[int], record: Path) -> list[dict]:
     """One row per (meta-seed, validation task, draw): the candidates' fits, margin, leave-one-out
     pick and the accuracies needed by any m (untrained + 15 steps, ProtoNet no steps, the halfway
     point + 15 steps where it is the pick or the rival). Resumes from `record`, rewritten after each
@@ -127,7 +127,7 @@ def tune(rows: list[dict]) -> float:
     return grid[-1] if chosen is None else chosen
 
 
-def fill_test_scores(cfg: benchmark.Config, kept: Path, reference: dict, test: list[dict], m: float,
+def fill_test_scores(cfg: bench.Config, kept: Path, reference: dict, test: list[dict], m: float,
                      record: Path) -> None:
     """Score (as the benchmark does) the halfway picks of the rule with margin `m` that the test rows
     never scored, in place; the scores are kept in `record` for a rerun. Raises AssertionError when
@@ -178,7 +178,7 @@ def main() -> None:
     ap.add_argument("--post-hoc-margin", type=float, action="append", default=[],
                     help="also report the test tasks at this margin (chosen after seeing them: not a result)")
     args = ap.parse_args()
-    cfg = load_config(benchmark.Config, args.config, args.overrides)
+    cfg = load_config(bench.Config, args.config, args.overrides)
     out = Path(args.out)
     rows = validation_rows(cfg, Path(args.kept), [int(s) for s in args.seeds.split(",")], out)
     m = tune(rows)

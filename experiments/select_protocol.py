@@ -51,7 +51,7 @@ from llm_meta.data.episodes import Episode
 from llm_meta.eval.evaluation import episode_outcomes, episode_score
 from llm_meta.modeling.body import Body, Params
 from llm_meta.data.tasks import load_task
-from recipes import benchmark
+from llm_meta import bench
 
 START, METHOD = "protonet", "protonet+select"
 K, DRAWS = 8, 5  # support texts per class, support draws per task and meta-seed
@@ -85,19 +85,19 @@ def kept_fingerprint(archive: Path, seed: int) -> str:
         return json.load(tar.extractfile(f"starts/{START}-seed{seed}/start.json"))["params_fingerprint"]
 
 
-def protonet_candidates(cfg: benchmark.Config, seed: int, kept: Path) -> tuple[Body, dict[str, Params]]:
+def protonet_candidates(cfg: bench.Config, seed: int, kept: Path) -> tuple[Body, dict[str, Params]]:
     """The body and the candidates `protonet+select` chooses among at meta-seed `seed` (the untrained
     start, the ProtoNet start, their halfway point), the ProtoNet start loaded from
     `cfg.output_dir` (trained first, as the benchmark would, where its folder has no tensors).
 
     Raises AssertionError when its tensors' fingerprint differs from the kept archive's."""
-    body, untrained = benchmark.untrained_start(cfg.model, seed)
-    run_dir = benchmark._run_dir(Path(cfg.output_dir), START, seed)
-    if not benchmark._has_tensors(run_dir):
-        benchmark._train_start(cfg, START, seed, Path(cfg.output_dir), need="tensors")
-    trained, fingerprint, _ = benchmark._load_start(body, run_dir)
+    body, untrained = bench.untrained_start(cfg.model, seed)
+    run_dir = bench.start_dir(Path(cfg.output_dir), START, seed)
+    if not bench.has_tensors(run_dir):
+        bench.train_start(cfg, START, seed, Path(cfg.output_dir), need="tensors")
+    trained, fingerprint, _ = bench.load_start(body, run_dir)
     assert fingerprint == kept_fingerprint(kept, seed), f"seed {seed}: not the reference's start"
-    return body, benchmark._candidates({("untrained", seed): untrained, (START, seed): trained}, START, seed,
+    return body, bench.start_candidates({("untrained", seed): untrained, (START, seed): trained}, START, seed,
                                        select=True)
 
 
@@ -122,23 +122,23 @@ def diff_cell(values: list[float], base: np.ndarray, gain: float) -> str:
     return f"{100 * np.mean(values):.1f} ({100 * diff.mean():+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{share})"
 
 
-def protocols(cfg: benchmark.Config) -> tuple[InnerConfig, InnerConfig]:
+def protocols(cfg: bench.Config) -> tuple[InnerConfig, InnerConfig]:
     """(own, shared): the adaptation of a kept ProtoNet start (its own protocol: no steps) and of the
     other candidates (the shared 15 steps), as the `protonet+select` benchmark adapts them."""
-    own = benchmark.method_spec(METHOD, benchmark.start_algorithms(cfg))[1](cfg.adapt)
-    return own, benchmark._shared_inner(METHOD, cfg)
+    own = bench.method_spec(METHOD, bench.start_algorithms(cfg))[1](cfg.adapt)
+    return own, bench.shared_inner(METHOD, cfg)
 
 
-def reference_episodes(cfg: benchmark.Config, tasks: list[str], reference: dict, k: int = K) -> dict[str, list[Episode]]:
+def reference_episodes(cfg: bench.Config, tasks: list[str], reference: dict, k: int = K) -> dict[str, list[Episode]]:
     """The full-way episodes (K = `k`) of each test task, as the benchmark draws them. Raises
     AssertionError when their hash is not the `reference` results' (other draws, data or config)."""
-    episodes = {name: benchmark._fullway(cfg.fullway, load_task(name), k) for name in tasks}
+    episodes = {name: bench.fullway_episodes(cfg.fullway, load_task(name), k) for name in tasks}
     for name, eps in episodes.items():
-        assert benchmark._hash(eps) == reference["hashes"][f"fullway/{name}/{k}"], f"{name}: not the reference's episodes"
+        assert bench.episodes_hash(eps) == reference["hashes"][f"fullway/{name}/{k}"], f"{name}: not the reference's episodes"
     return episodes
 
 
-def pending_episodes(cfg: benchmark.Config, kept: Path, seeds: list[int], tasks: list[str], split: str,
+def pending_episodes(cfg: bench.Config, kept: Path, seeds: list[int], tasks: list[str], split: str,
                      rows: list[dict]) -> Iterator[tuple[int, str, int, Body, dict[str, Params], Episode]]:
     """(meta-seed, task, draw, body, the `protonet+select` candidates, episode) for every full-way
     episode of `tasks` (K = 8 per class from train, 5 draws, the whole `split` as the query) at
@@ -170,7 +170,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser(__doc__.split("\n\n")[0]).parse_args()
-    cfg = load_config(benchmark.Config, args.config, args.overrides)
+    cfg = load_config(bench.Config, args.config, args.overrides)
     ref = json.loads(Path(args.reference).read_text())
     by_seed, picks = ref["scores_by_meta_seed"], ref["starts_chosen_by_meta_seed"][METHOD]
     own, shared = protocols(cfg)

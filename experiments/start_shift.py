@@ -26,7 +26,8 @@ from llm_meta.saving.checkpoint import load_adapter_params
 from llm_meta.config import load_config
 from llm_meta.modeling.forward import embed_texts
 from llm_meta.data.tasks import load_task
-from recipes.benchmark import Config, untrained_start
+from llm_meta.bench.config import Config
+from llm_meta.bench.starts import untrained_start
 
 
 def lora_norms(params: dict[str, torch.Tensor]) -> dict[str, float]:

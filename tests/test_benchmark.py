@@ -11,8 +11,11 @@ import pytest
 
 from llm_meta.meta.core import InnerConfig
 from llm_meta.modeling.body import ModelConfig
+from llm_meta import bench, meta_training
+from llm_meta.bench import scores as bench_scores
+from llm_meta.eval.report import plot_scores
 from recipes import benchmark
-from recipes.benchmark import Config, EpisodicConfig, FullwayConfig
+from llm_meta.bench.config import Config, EpisodicConfig, FullwayConfig
 from tests.test_classifier import toy  # noqa: F401  (fixture: a folder with train/test csv files)
 from tests.test_meta_train import ROOT, tiny_overrides
 
@@ -63,8 +66,8 @@ def test_rerun_reads_cached_scores_and_rescores_an_unreadable_one(results_dir, m
     assert files and not list((out / "scores").glob("*.tmp*"))
     files[0].write_text('{"scores": [0.5')  # e.g. a disk filled up mid-write by hand
     calls = []
-    real = benchmark.score_outcomes
-    monkeypatch.setattr(benchmark, "score_outcomes", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = bench_scores.score_outcomes
+    monkeypatch.setattr(bench_scores, "score_outcomes", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     again = benchmark.main(cfg)
     assert again["scores"] == first["scores"] and len(calls) == 1  # only the unreadable run was scored
     # cached timings are marked as such, in results.json and in the report
@@ -73,7 +76,7 @@ def test_rerun_reads_cached_scores_and_rescores_an_unreadable_one(results_dir, m
     # The key holds the start's tensors: another start (or any other change) is never served old scores.
     params = {"a": torch.zeros(3, dtype=torch.bfloat16), "b": torch.ones(2)}
     moved = {**params, "b": torch.tensor([1.0, 1.0 + 1e-6])}
-    assert benchmark._params_fingerprint(params) != benchmark._params_fingerprint(moved)
+    assert bench.params_fingerprint(params) != bench.params_fingerprint(moved)
 
 
 def test_outputs(results_dir):
@@ -123,10 +126,10 @@ def test_untrained_start_is_the_training_runs_step_zero(tmp_path, tiny_bert_dir,
     overrides = [*tiny_overrides(tiny_bert_dir, toy / "train.csv", tmp_path, steps=1), "outer.lr=0.0", "seed=3"]
     cfg = load_config(meta_train.Config, ROOT / "recipes/configs/meta_train.yaml", overrides)
     meta_train.main(cfg)
-    body, start = benchmark.untrained_start(cfg.model, seed=3)
+    body, start = bench.untrained_start(cfg.model, seed=3)
     saved = load_adapter_params(body, tmp_path / "adapter")
     assert all(torch.equal(saved[k], start[k]) for k in start)
-    _, other = benchmark.untrained_start(cfg.model, seed=4)
+    _, other = bench.untrained_start(cfg.model, seed=4)
     assert not all(torch.equal(other[k], start[k]) for k in start)
 
 
@@ -153,13 +156,13 @@ def test_method_variants_change_only_the_adaptation(results_dir, tmp_path):
     # prototype is finetune with 0 steps; transductive=0 is the plain prototype head (same numbers)
     assert results["scores"]["finetune@steps=0"] == first["scores"]["prototype"]
     assert results["scores"]["finetune@steps=0,transductive=0"] == first["scores"]["prototype"]
-    start, change = benchmark.method_spec("fomaml@transductive=3,label_examples=1", {})
+    start, change = bench.method_spec("fomaml@transductive=3,label_examples=1", {})
     assert start == "fomaml" and change(InnerConfig(steps=7)) == InnerConfig(steps=7, transductive=3, label_examples=1)
     assert "| finetune@steps=0,transductive=3 |" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="finetune@stepz=1.*did you mean 'steps'"):
-        benchmark.method_spec("finetune@stepz=1", {})
+        bench.method_spec("finetune@stepz=1", {})
     with pytest.raises(ValueError, match="key=value"):
-        benchmark.method_spec("finetune@steps", {})
+        bench.method_spec("finetune@steps", {})
     # A trained start adapts by its algorithm's own protocol (overrides applied), as `llm-meta adapt`
     # adapts an adapter it keeps: a ProtoNet-trained start takes no steps under any name.
     named = Config(train_configs={"proto_long": str(ROOT / "recipes/configs/protonet.yaml"),
@@ -167,19 +170,19 @@ def test_method_variants_change_only_the_adaptation(results_dir, tmp_path):
                                   "switched": str(ROOT / "recipes/configs/meta_train.yaml"),
                                   "fomaml": str(ROOT / "recipes/configs/protonet.yaml")},
                    start_overrides={"switched": ["algorithm=protonet"]})
-    algorithms = benchmark.start_algorithms(named)
+    algorithms = bench.start_algorithms(named)
     assert algorithms == {"proto_long": "protonet", "fomaml_long": "fomaml", "switched": "protonet",
                           "fomaml": "protonet"}
-    steps = {m: benchmark.method_spec(m, algorithms)[1](InnerConfig(steps=7)).steps
+    steps = {m: bench.method_spec(m, algorithms)[1](InnerConfig(steps=7)).steps
              for m in ("proto_long", "fomaml_long", "switched", "fomaml", "switched@steps=15", "hypernet")}
     assert steps == {"proto_long": 0, "fomaml_long": 7, "switched": 0, "fomaml": 0, "switched@steps=15": 15,
                      "hypernet": 0}
     with pytest.raises(ValueError, match="'untrained' names the start without training"):
-        benchmark.start_algorithms(Config(train_configs={"untrained": str(ROOT / "recipes/configs/meta_train.yaml")}))
+        bench.start_algorithms(Config(train_configs={"untrained": str(ROOT / "recipes/configs/meta_train.yaml")}))
     # `+select` needs a trained start to choose against the untrained one.
     for untrained in ("finetune+select", "prototype+select@steps=2", "linear_probe+select"):
         with pytest.raises(ValueError, match="adapts from the untrained start"):
-            benchmark.method_spec(untrained, {})
+            bench.method_spec(untrained, {})
 
 
 def test_a_declared_primary_contrast_is_judged_alone(results_dir, tmp_path):
@@ -259,13 +262,13 @@ def test_a_start_trained_from_another_start(tmp_path, tiny_bert_dir, toy):  # no
     # Resumed from its kept archive with a `+select` variant of the chained start, whose scores are
     # not cached: the chained start and the transfer start it begins from are both trained again
     # (exactly, on CPU), both read back, so the new archive keeps both records and nothing moved aside.
-    _extract(tmp_path / "b" / benchmark.KEPT, tmp_path / "resumed")
+    _extract(tmp_path / "b" / bench.KEPT, tmp_path / "resumed")
     resumed = benchmark.main(dataclasses.replace(cfg, output_dir=str(tmp_path / "resumed"),
                                                  methods=[*cfg.methods, "fomaml_tr+select"]))
     assert resumed["scores"]["transfer"] == results["scores"]["transfer"]
     assert [resumed["starts"][s]["validation_accuracy"] for s in both_names] == \
         [results["starts"][s]["validation_accuracy"] for s in both_names]
-    with tarfile.open(tmp_path / "resumed" / benchmark.KEPT) as tar:
+    with tarfile.open(tmp_path / "resumed" / bench.KEPT) as tar:
         names = tar.getnames()
     assert {"starts/transfer-seed0/start.json", "starts/fomaml_tr-seed0/start.json"} <= set(names)
     assert not [n for n in names if ".replaced-" in n]
@@ -284,7 +287,7 @@ def test_select_methods_choose_a_start_per_episode(results_dir, tmp_path):
     counts = results["starts_chosen"]["fomaml+select"]
     for setting, scores in results["scores"]["fomaml+select"].items():
         assert sum(counts[setting].values()) == len(scores) * len(cfg.meta_seeds)
-        assert set(counts[setting]) <= {"untrained", "fomaml", "fomaml at α=0.5", benchmark.family_pick("fomaml")}
+        assert set(counts[setting]) <= {"untrained", "fomaml", "fomaml at α=0.5", bench.family_pick("fomaml")}
     assert "episodes per start" in (out / "report.md").read_text()
     # Each episode's pick at each meta-seed, beside its score: an episode that picked the untrained
     # start (or FOMAML's) scores exactly what finetune (or fomaml) scores on it at that seed. (On this
@@ -296,7 +299,7 @@ def test_select_methods_choose_a_start_per_episode(results_dir, tmp_path):
         for seed, picks in by_seed.items():
             assert len(picks) == len(per_seed["fomaml+select"][setting][seed])
             for i, pick in enumerate(picks):
-                same = {"untrained": "finetune", "fomaml": "fomaml", benchmark.family_pick("fomaml"): "fomaml"}.get(pick)
+                same = {"untrained": "finetune", "fomaml": "fomaml", bench.family_pick("fomaml"): "fomaml"}.get(pick)
                 if same:
                     assert per_seed["fomaml+select"][setting][seed][i] == per_seed[same][setting][seed][i]
                     matched += 1
@@ -314,25 +317,25 @@ def test_a_select_method_adapts_its_own_start_as_the_method_does_on_its_family_a
     from llm_meta.data.tasks import load_task
 
     out, cfg, _ = results_dir
-    start, change = benchmark.method_spec("protonet+select", benchmark.start_algorithms(cfg))
+    start, change = bench.method_spec("protonet+select", bench.start_algorithms(cfg))
     inner = change(cfg.adapt)
-    shared = benchmark._shared_inner("protonet+select", cfg)
+    shared = bench.shared_inner("protonet+select", cfg)
     assert (start, inner.steps, shared.steps) == ("protonet", 0, cfg.adapt.steps)
-    assert benchmark._shared_inner("protonet+select@steps=5", cfg).steps == 5
-    body, untrained = benchmark.untrained_start(cfg.model, 0)
-    trained = benchmark._load_start(body, benchmark._run_dir(out, "protonet", 0))[0]
-    candidates = benchmark._candidates({("untrained", 0): untrained, ("protonet", 0): trained}, "protonet", 0, True)
+    assert bench.shared_inner("protonet+select@steps=5", cfg).steps == 5
+    body, untrained = bench.untrained_start(cfg.model, 0)
+    trained = bench.load_start(body, bench.start_dir(out, "protonet", 0))[0]
+    candidates = bench.start_candidates({("untrained", 0): untrained, ("protonet", 0): trained}, "protonet", 0, True)
     candidates = {"protonet": candidates["protonet"], **candidates}  # own start first: found by name, not place
-    episodes = benchmark._fullway(cfg.fullway, load_task(str(toy)), 1)
+    episodes = bench.fullway_episodes(cfg.fullway, load_task(str(toy)), 1)
     labels = episodes[0].label_names
     for family, pick, params, used in [([*labels, "other"], "protonet", trained, inner),
                                        (["other"], "protonet", trained, shared), (None, "untrained", untrained, shared)]:
         def forced(*a, p=pick, f=family, **k):
             assert f is None or not set(labels) <= set(f), "chose on a task of the family's labels"
             return p, {}
-        monkeypatch.setattr(benchmark, "choose_start", forced)
-        outcomes, picks = benchmark._score(body, candidates, "protonet", episodes, inner, shared, family)
-        assert picks == [benchmark.family_pick(pick) if used is inner else pick] * len(episodes)
+        monkeypatch.setattr(bench_scores, "choose_start", forced)
+        outcomes, picks = bench.score_candidates(body, candidates, "protonet", episodes, inner, shared, family)
+        assert picks == [bench.family_pick(pick) if used is inner else pick] * len(episodes)
         for i, (got, ep) in enumerate(zip(outcomes, episodes)):
             assert (got == episode_outcomes(body, params, ep, used, seed=i)).all()
 
@@ -341,14 +344,14 @@ def test_a_run_resumes_from_its_kept_archive_without_the_tensors(results_dir, tm
     # kept.tar.gz (scores, each start's DONE key and start.json; no adapter) is what a later run on a
     # fresh machine needs: it trains and scores nothing already done, and only what is new.
     out, cfg, first = results_dir
-    names = _extract(out / benchmark.KEPT, tmp_path)
+    names = _extract(out / bench.KEPT, tmp_path)
     assert names and not [n for n in names if n.endswith(".safetensors")]
     assert {n.split("/")[1] for n in names if n.startswith("starts/")} == {f"{m}-seed{s}" for m in TRAINED for s in (0, 1)}
     trained, scored = [], []
-    real_train, real_score = benchmark.meta_train.main, benchmark.score_outcomes
-    monkeypatch.setattr(benchmark.meta_train, "main", lambda c, **kw: trained.append(c.seed) or real_train(c, **kw))
-    monkeypatch.setattr(benchmark, "score_outcomes",
-                        lambda *a, **k: scored.append(benchmark._params_fingerprint(a[1])) or real_score(*a, **k))
+    real_train, real_score = meta_training.main, bench_scores.score_outcomes
+    monkeypatch.setattr(meta_training, "main", lambda c, **kw: trained.append(c.seed) or real_train(c, **kw))
+    monkeypatch.setattr(bench_scores, "score_outcomes",
+                        lambda *a, **k: scored.append(bench.params_fingerprint(a[1])) or real_score(*a, **k))
     again = benchmark.main(dataclasses.replace(cfg, output_dir=str(tmp_path)))
     assert (trained, scored) == ([], [])
     assert again["scores"] == first["scores"] and again["starts"] == first["starts"]
@@ -357,8 +360,8 @@ def test_a_run_resumes_from_its_kept_archive_without_the_tensors(results_dir, tm
     two = dataclasses.replace(cfg, output_dir=str(tmp_path), methods=["finetune", "fomaml"], meta_seeds=[0, 2])
     more = benchmark.main(two)
     # Each setting scored once per new start; a start that kept its step 0 is the untrained one (one score).
-    new = {benchmark._params_fingerprint(benchmark.untrained_start(cfg.model, 2)[1]),
-           json.loads((tmp_path / "starts/fomaml-seed2" / benchmark.START_RECORD).read_text())["params_fingerprint"]}
+    new = {bench.params_fingerprint(bench.untrained_start(cfg.model, 2)[1]),
+           json.loads((tmp_path / "starts/fomaml-seed2" / bench.START_RECORD).read_text())["params_fingerprint"]}
     assert trained == [2] and set(scored) == new and len(scored) == len(new) * len(first["hashes"])
     assert [v[0] for v in more["mean_by_meta_seed"]["fomaml"].values()] == \
         [v[0] for v in first["mean_by_meta_seed"]["fomaml"].values()]
@@ -380,6 +383,6 @@ def _extract(archive: Path, folder: Path) -> list[str]:
 
 def test_without_matplotlib_the_plot_is_skipped_with_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
-    benchmark._plot(Config(), {}, {}, tmp_path / "accuracy_vs_k.png")
+    plot_scores(Config().methods, {}, {}, tmp_path / "accuracy_vs_k.png")
     assert not (tmp_path / "accuracy_vs_k.png").exists()
     assert 'pip install "llm_meta[plots]"' in capsys.readouterr().err

@@ -20,7 +20,7 @@ from llm_meta.modeling.body import ModelConfig, lora_params
 from llm_meta.modeling.forward import embed, tokenize
 from llm_meta.modeling.loading import load_body
 from recipes import benchmark
-from recipes.benchmark import Config, EpisodicConfig, FullwayConfig
+from llm_meta.bench.config import Config, EpisodicConfig, FullwayConfig
 from tests.test_classifier import toy  # noqa: F401  (fixture: a folder with train/test csv files)
 from tests.test_meta_train import ROOT, run, tiny_overrides
 
@@ -40,7 +40,8 @@ def test_meta_train_adapt_predict_with_a_decoder(kind, request, toy, tmp_path): 
     folder = request.getfixturevalue(f"tiny_{kind}_dir")
     out = tmp_path / "run"
     results = run(tiny_overrides(folder, toy / "train.csv", out, steps=2))
-    assert [h["step"] for h in results["validation"]] == [0, 2]
+    # Step 0 (the untrained start), then step 2 at each interpolation α of the default, largest first.
+    assert [(h["step"], h.get("alpha", 1.0)) for h in results["validation"]] == [(0, 1.0), (2, 1.0), (2, 0.5), (2, 0.25)]
     assert read_metadata(out / "adapter")["base_model"] == str(folder)
 
     # adapt from the meta-trained adapter (the model comes from its metadata), predict, save, reload
@@ -162,7 +163,8 @@ def test_smollm2_end_to_end_on_real_data(smollm2_dir, tmp_path):
                  "outer.steps=2", "validate_every=2", "validation.tasks=[clinc]", "validation.episodes=1",
                  "validation.n_way=3", "validation.q_query=2", "adapt.steps=1", "test.episodes=0"]
     results = run(overrides)
-    assert [h["step"] for h in results["validation"]] == [0, 2]
+    # Step 0 (the untrained start), then step 2 at each interpolation α of the default, largest first.
+    assert [(h["step"], h.get("alpha", 1.0)) for h in results["validation"]] == [(0, 1.0), (2, 1.0), (2, 0.5), (2, 0.25)]
     clf = llm_meta.adapt(task="mcid", shots=2, adapter=out / "adapter",
                          cfg=AdaptConfig(inner=InnerConfig(steps=2, label_examples=1)))
     assert clf.body.is_decoder and len(clf.labels) == 16

@@ -140,11 +140,11 @@ def test_the_family_benchmark_trains_its_start_exactly_as_the_shipped_family_rec
     # README's command for it, so they cannot drift apart.
     from llm_meta.config import load_config, to_dict
     from llm_meta import meta_training as meta_train
-    from recipes import benchmark
+    from llm_meta import bench
 
-    cfg = load_config(benchmark.Config, "recipes/configs/benchmark_family.yaml")
+    cfg = load_config(bench.Config, "recipes/configs/benchmark_family.yaml")
     shipped = to_dict(load_config(meta_train.Config, f"recipes/configs/{recipe}", overrides))
-    started = to_dict(benchmark._start_config(cfg, start, 0, Path("x")))
+    started = to_dict(bench.start_train_config(cfg, start, 0, Path("x")))
     assert {k: v for k, v in started.items() if k not in ("output_dir", "test", "model")} == \
         {k: v for k, v in shipped.items() if k not in ("output_dir", "test", "model")}
     assert started["model"]["max_length"] == shipped["model"]["max_length"] == 128
@@ -153,10 +153,10 @@ def test_the_family_benchmark_trains_its_start_exactly_as_the_shipped_family_rec
 
 def test_meta_learning_from_transfer_starts_at_the_transfer_start():
     from llm_meta.config import load_config
-    from recipes import benchmark
+    from llm_meta import bench
 
-    cfg = load_config(benchmark.Config, "recipes/configs/benchmark_family.yaml")
-    assert benchmark._start_config(cfg, "fomaml_from_transfer", 0, Path("x")).init == "start:transfer_half"
+    cfg = load_config(bench.Config, "recipes/configs/benchmark_family.yaml")
+    assert bench.start_train_config(cfg, "fomaml_from_transfer", 0, Path("x")).init == "start:transfer_half"
 
 
 def family_table(results: str, k: int) -> str:
@@ -183,11 +183,11 @@ def test_start_shift_reads_zero_for_the_untrained_start_and_the_norm_of_b_a_for_
 
     from llm_meta.saving.checkpoint import save_adapter
     from llm_meta.config import load_config
-    from recipes import benchmark
+    from llm_meta import bench
 
     overrides = [f"model.name={tiny_bert_dir}"]
-    cfg = load_config(benchmark.Config, "recipes/configs/benchmark_family.yaml", overrides)
-    body, params = benchmark.untrained_start(cfg.model, 0)
+    cfg = load_config(bench.Config, "recipes/configs/benchmark_family.yaml", overrides)
+    body, params = bench.untrained_start(cfg.model, 0)
     save_adapter(body, params, tmp_path / "same" / "adapter", {})
     moved = {k: (torch.full_like(v, 0.05) if "lora_B" in k else v) for k, v in params.items()}
     save_adapter(body, moved, tmp_path / "moved" / "adapter", {})

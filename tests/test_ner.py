@@ -281,6 +281,8 @@ def test_entity_f1_of_an_adapted_episode(tiny_bert_dir):
 def test_ner_meta_training_and_benchmark_run_end_to_end(tiny_bert_dir, tmp_path):
     from llm_meta.modeling.body import ModelConfig
     from llm_meta.data.ner import NerConfig
+    from llm_meta import bench
+    from llm_meta.meta.core import InnerConfig
     from recipes import benchmark
 
     root = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -295,9 +297,9 @@ def test_ner_meta_training_and_benchmark_run_end_to_end(tiny_bert_dir, tmp_path)
         output_dir=str(tmp_path / "bench"), methods=["prototype", "linear_probe", "finetune", "transfer", "fomaml",
                                                      "reptile"], meta_seeds=[0], train_overrides=train,
         train_configs={m: str(root / f"recipes/configs/ner_{m}.yaml") for m in ("fomaml", "reptile", "transfer")},
-        model=ModelConfig(name=str(tiny_bert_dir), max_length=128), adapt=benchmark.InnerConfig(steps=2),
-        episodic=benchmark.EpisodicConfig(tasks=[]), fullway=benchmark.FullwayConfig(tasks=[]),
-        ner=benchmark.NerProtocolConfig(split=split, n_way=2, shots=[1, 2], episodes=3))
+        model=ModelConfig(name=str(tiny_bert_dir), max_length=128), adapt=InnerConfig(steps=2),
+        episodic=bench.EpisodicConfig(tasks=[]), fullway=bench.FullwayConfig(tasks=[]),
+        ner=bench.NerProtocolConfig(split=split, n_way=2, shots=[1, 2], episodes=3))
     results = benchmark.main(cfg)
     assert set(results["hashes"]) == {"ner/toy/1", "ner/toy/2"}
     for method in cfg.methods:
