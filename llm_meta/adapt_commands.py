@@ -9,9 +9,9 @@ from pathlib import Path
 
 # Only light modules at the top: an output refused, or a bad flag, answers before torch and
 # transformers are imported (seconds); each command imports what it needs after its checks.
+from llm_meta.commands import columns_name_files, with_columns
 from llm_meta.errors import CheckpointError
 from llm_meta.io.outputs import claim
-from llm_meta.commands import columns_name_files, with_columns
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:

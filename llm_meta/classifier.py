@@ -22,23 +22,22 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from llm_meta.data.kinds import SEQUENCE
-from llm_meta.meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation
-from llm_meta.meta.kinds import predict_logits
-from llm_meta.saving.checkpoint import load_adapter_params, read_start
 from llm_meta.config import from_dict, to_dict
-from llm_meta.meta.core import InnerConfig, interpolate
-from llm_meta.data.episodes import Examples
+from llm_meta.data.episodes import WHOLE_FILE, Examples, scored_split, support_set
+from llm_meta.data.kinds import SEQUENCE
+from llm_meta.data.tasks import (IN_MEMORY, SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns,
+                                 task_fingerprint)
 from llm_meta.eval.metrics import classification_metrics
-from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
-from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
-from llm_meta.modeling.forward import warn_truncated
-from llm_meta.data.tasks import IN_MEMORY, SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns, task_fingerprint
+from llm_meta.meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation
+from llm_meta.meta.core import InnerConfig, interpolate
+from llm_meta.meta.kinds import predict_logits
 from llm_meta.meta.training import environment
-
+from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
+from llm_meta.modeling.forward import warn_truncated
+from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
+from llm_meta.saving.checkpoint import load_adapter_params, read_start
 from llm_meta.task_model import (SUPPORT_FILE, PretrainedMixin, load_task_model, read_support, save_task_model,
                                  write_support)
-from llm_meta.data.episodes import WHOLE_FILE, scored_split, support_set
 
 
 log = logging.getLogger(__name__)

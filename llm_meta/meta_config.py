@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 
 from llm_meta.classifier import default_adapt_config
+from llm_meta.data.ner import NerConfig
+from llm_meta.data.smlmt import SmlmtConfig
 from llm_meta.meta.core import InnerConfig
 from llm_meta.meta.hypernet import HypernetConfig
 from llm_meta.modeling.body import ModelConfig
-from llm_meta.data.ner import NerConfig
-from llm_meta.data.smlmt import SmlmtConfig
 
 
 @dataclass

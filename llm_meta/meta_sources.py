@@ -13,16 +13,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llm_meta.data.episodes import whole_split_episode
-from llm_meta.data.episodes import Episode, EpisodeSampler, StagedSampler
-from llm_meta.data.ner import NerConfig, NerEpisodeSampler, extra_corpora, split_ner
 from llm_meta.data.conll import entity_type, sentences_fingerprint
-from llm_meta.modeling.words import report_cut
-from llm_meta.data.smlmt import MixtureSampler, SmlmtSampler, corpus_key, load_corpus
+from llm_meta.data.episodes import Episode, EpisodeSampler, MixtureSampler, StagedSampler, whole_split_episode
+from llm_meta.data.ner import NerConfig, NerEpisodeSampler, extra_corpora, split_ner
+from llm_meta.data.smlmt import SmlmtSampler, corpus_key, load_corpus
 from llm_meta.data.tasks import load_task, shares_texts, task_fingerprint
 from llm_meta.meta.training import RunLog
-
 from llm_meta.meta_config import Config, EvalConfig, TaskSource
+from llm_meta.modeling.words import report_cut
 
 log = logging.getLogger("llm_meta.meta_train")
 

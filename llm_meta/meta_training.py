@@ -24,25 +24,24 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.meta.algorithms import ALGORITHMS
-from llm_meta.meta.transfer import ner_transfer_heads, transfer_heads
-from llm_meta.io.atomic import write_atomic
-from llm_meta.saving.checkpoint import (ADAPTER_FORMAT, CheckpointError, load_adapter_params, load_checkpoint, read_metadata, save_adapter,
-                                 save_checkpoint)
 from llm_meta.config import load_config, to_dict, with_overrides
-from llm_meta.meta.core import LR_PREFIX, interpolate, meta_sgd_rates, outer_lr
 from llm_meta.eval.evaluation import Interval, mean_ci, paired_difference, score_episodes
+from llm_meta.io.atomic import write_atomic
+from llm_meta.io.outputs import claim_run
+from llm_meta.meta.algorithms import ALGORITHMS
+from llm_meta.meta.core import LR_PREFIX, interpolate, meta_sgd_rates, outer_lr
 from llm_meta.meta.heads import HEAD_KEYS
 from llm_meta.meta.hypernet import HYPER_PREFIX, count_parameters, init_hypernet
-from llm_meta.modeling.body import lora_params
-from llm_meta.modeling.loading import load_body
-from llm_meta.io.outputs import claim_run
-from llm_meta.progress import progress_bar
 from llm_meta.meta.training import RunLog, check_step, environment, meta_gradient, tracker_config
-
+from llm_meta.meta.transfer import ner_transfer_heads, transfer_heads
 from llm_meta.meta_config import Config
 from llm_meta.meta_sources import (check_held_out, eval_episodes, family_labels, file_columns, log_sources, ner_only,
                                    training_sampler)
+from llm_meta.modeling.body import lora_params
+from llm_meta.modeling.loading import load_body
+from llm_meta.progress import progress_bar
+from llm_meta.saving.checkpoint import (ADAPTER_FORMAT, CheckpointError, load_adapter_params, load_checkpoint,
+                                        read_metadata, save_adapter, save_checkpoint)
 
 
 log = logging.getLogger("llm_meta.meta_train")

@@ -21,14 +21,14 @@ from typing import Sequence
 
 import torch
 
-from llm_meta.meta.adaptation import adapt as adapt_params
 from llm_meta.classifier import FewShotClassifier, default_adapt_config
 from llm_meta.config import from_dict
-from llm_meta.meta.core import InnerConfig
 from llm_meta.data.episodes import Examples
+from llm_meta.data.tasks import TaskError
+from llm_meta.meta.adaptation import adapt as adapt_params
+from llm_meta.meta.core import InnerConfig
 from llm_meta.meta.heads import HEAD_KEYS, proto_head
 from llm_meta.meta.kinds import labelled_embeddings
-from llm_meta.data.tasks import TaskError
 
 
 @dataclass

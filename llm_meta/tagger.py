@@ -22,24 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from llm_meta.data.kinds import TOKEN
-from llm_meta.meta.adaptation import adapt as adapt_params
-from llm_meta.saving.checkpoint import load_adapter_params, read_start
-from llm_meta.task_model import PretrainedMixin, load_task_model, save_task_model
 from llm_meta.config import from_dict, to_dict
-from llm_meta.meta.core import InnerConfig
+from llm_meta.data.conll import Sentence, as_sentences, entity_type, entity_types, sentences_fingerprint
 from llm_meta.data.episodes import WordExamples
+from llm_meta.data.kinds import TOKEN
+from llm_meta.data.ner import NerEpisodeSampler, io_to_bio, load_ner, word_examples
+from llm_meta.data.tasks import IN_MEMORY, TaskError, mapped_columns
 from llm_meta.eval.metrics import entity_metrics
+from llm_meta.meta.adaptation import adapt as adapt_params
+from llm_meta.meta.core import InnerConfig
+from llm_meta.meta.token_heads import tag_words
+from llm_meta.meta.training import environment
 from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
 from llm_meta.modeling.forward import capped
 from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
-from llm_meta.data.conll import as_sentences
-from llm_meta.data.ner import NerEpisodeSampler, io_to_bio, load_ner, word_examples
-from llm_meta.data.conll import Sentence, entity_type, entity_types, sentences_fingerprint
 from llm_meta.modeling.words import report_cut
-from llm_meta.meta.token_heads import tag_words
-from llm_meta.data.tasks import IN_MEMORY, TaskError, mapped_columns
-from llm_meta.meta.training import environment
+from llm_meta.saving.checkpoint import load_adapter_params, read_start
+from llm_meta.task_model import PretrainedMixin, load_task_model, save_task_model
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from llm_meta.bench.config import SELECT, Config, method_spec, shared_inner, sta
 from llm_meta.bench.scores import (cached_episodes, candidate_ids, episodes_hash, episodic_episodes, fullway_episodes,
                                    load_or_score, ner_episodes, protocol_key, read_scores, score_candidates, score_file,
                                    start_candidates)
-from llm_meta.bench.starts import (KEPT, code_fingerprint, has_tensors, keep_run, load_start, params_fingerprint, runtime,
-                                   start_dir, train_start, untrained_start)
+from llm_meta.bench.starts import (KEPT, code_fingerprint, has_tensors, keep_run, load_start, params_fingerprint,
+                                   runtime, start_dir, train_start, untrained_start)
 from llm_meta.config import to_dict
 from llm_meta.data.episodes import WordExamples
 from llm_meta.data.tasks import load_task

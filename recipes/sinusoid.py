@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from llm_meta.meta.core import (LR_PREFIX, InnerConfig, inner_loop, maml_gradient, meta_sgd_rates, reptile_gradient,
-                           split_rates)
 from llm_meta.eval.evaluation import mean_ci, paired_difference
+from llm_meta.meta.core import (LR_PREFIX, InnerConfig, inner_loop, maml_gradient, meta_sgd_rates, reptile_gradient,
+                                split_rates)
 from llm_meta.modeling.body import Params
 
 METHODS = ("maml", "fomaml", "metasgd", "reptile", "joint", "untrained")

@@ -40,8 +40,7 @@ def test_meta_train_adapt_predict_with_a_decoder(kind, request, toy, tmp_path): 
     folder = request.getfixturevalue(f"tiny_{kind}_dir")
     out = tmp_path / "run"
     results = run(tiny_overrides(folder, toy / "train.csv", out, steps=2))
-    # Step 0 (the untrained start), then step 2 at each interpolation α of the default, largest first.
-    assert [(h["step"], h.get("alpha", 1.0)) for h in results["validation"]] == [(0, 1.0), (2, 1.0), (2, 0.5), (2, 0.25)]
+    assert [h["step"] for h in results["validation"]] == [0, 2]
     assert read_metadata(out / "adapter")["base_model"] == str(folder)
 
     # adapt from the meta-trained adapter (the model comes from its metadata), predict, save, reload

@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 
 import llm_meta.data.smlmt as smlmt
 from llm_meta.modeling.model_files import resolve_model_path
-from llm_meta.data.smlmt import MixtureSampler, SmlmtSampler, load_corpus, mask_word
+from llm_meta.data.episodes import MixtureSampler
+from llm_meta.data.smlmt import SmlmtSampler, load_corpus, mask_word
 from llm_meta.data.tasks import TaskError, load_task
 from tests.test_meta_train import run, tiny_overrides
 from tests.tiny import CORPUS

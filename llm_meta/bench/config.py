@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
+from llm_meta import meta_training as meta_train
 from llm_meta.classifier import default_adapt_config
 from llm_meta.config import from_dict, load_config, parse_yaml, to_dict
-from llm_meta.meta.core import InnerConfig
-from llm_meta.meta.adaptation import own_adaptation
-from llm_meta.modeling.body import ModelConfig
 from llm_meta.data.ner import NerConfig
-from llm_meta import meta_training as meta_train
+from llm_meta.meta.adaptation import own_adaptation
+from llm_meta.meta.core import InnerConfig
+from llm_meta.modeling.body import ModelConfig
 
 
 # method -> (which start it adapts from, how its inner loop differs from the shared one)

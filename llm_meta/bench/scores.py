@@ -17,18 +17,16 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from llm_meta.io.atomic import write_atomic
-from llm_meta.data.episodes import whole_split_episode
+from llm_meta.bench.config import EpisodicConfig, FullwayConfig, NerProtocolConfig
 from llm_meta.config import to_dict
-from llm_meta.meta.core import InnerConfig, interpolate
-from llm_meta.data.episodes import Episode, EpisodeSampler, Examples
-from llm_meta.meta.adaptation import choose_start, in_family
-from llm_meta.eval.evaluation import episode_outcomes, score_outcomes
-from llm_meta.modeling.body import Body, Params
+from llm_meta.data.episodes import Episode, EpisodeSampler, Examples, whole_split_episode
 from llm_meta.data.ner import NerEpisodeSampler, split_ner
 from llm_meta.data.tasks import Task
-
-from llm_meta.bench.config import EpisodicConfig, FullwayConfig, NerProtocolConfig
+from llm_meta.eval.evaluation import episode_outcomes, score_outcomes
+from llm_meta.io.atomic import write_atomic
+from llm_meta.meta.adaptation import choose_start, in_family
+from llm_meta.meta.core import InnerConfig, interpolate
+from llm_meta.modeling.body import Body, Params
 
 
 def ner_episodes(nc: NerProtocolConfig, k: int) -> list[Episode]:

@@ -17,16 +17,14 @@ import torch
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from llm_meta.io.atomic import atomic_file
-from llm_meta.io.atomic import write_atomic
-from llm_meta.saving.checkpoint import load_adapter_params, read_metadata
+from llm_meta import meta_training as meta_train
+from llm_meta.bench.config import Config, method_spec, train_config
 from llm_meta.config import to_dict
+from llm_meta.io.atomic import atomic_file, write_atomic
+from llm_meta.io.outputs import OWN_FILE
 from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
 from llm_meta.modeling.loading import load_body
-from llm_meta.io.outputs import OWN_FILE
-from llm_meta import meta_training as meta_train
-
-from llm_meta.bench.config import Config, train_config, method_spec
+from llm_meta.saving.checkpoint import load_adapter_params, read_metadata
 
 
 # What a trained start leaves beside its adapter: its tensors' fingerprint and what selection chose.

@@ -21,10 +21,10 @@ from typing import Any
 
 import datasets
 
-from llm_meta.data.registry import package_dir
-from llm_meta.errors import ColumnError
 from llm_meta.data.files import FILE_BUILDERS, load_raw, text_codec
+from llm_meta.data.registry import package_dir
 from llm_meta.data.tasks import TaskError, table_of
+from llm_meta.errors import ColumnError
 
 log = logging.getLogger(__name__)
 

@@ -189,7 +189,23 @@ class EpisodeSampler:
         return [self.episode(i) for i in range(start, start + count)]
 
 
-class StagedSampler:
+class ChoosingSampler:
+    """A sampler of samplers: episode `i` is the episode `i` of the sampler `sampler_for(i)` picks."""
+
+    def sampler_for(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def source_of(self, index: int) -> str:
+        return self.sampler_for(index).source_of(index)
+
+    def episode(self, index: int) -> Episode:
+        return self.sampler_for(index).episode(index)
+
+    def episodes(self, count: int, start: int = 0) -> list[Episode]:
+        return [self.episode(i) for i in range(start, start + count)]
+
+
+class StagedSampler(ChoosingSampler):
     """A way/shot curriculum over samplers: episode `i` comes from the last stage whose first
     episode is at or before `i`, and is that sampler's episode `i` (still a pure function of i)."""
 
@@ -198,21 +214,33 @@ class StagedSampler:
             raise ValueError("a curriculum needs a stage starting at episode 0")
         self.stages = sorted(stages, key=lambda s: s[0])
 
-    def _sampler(self, index: int) -> Any:
+    def sampler_for(self, index: int) -> Any:
         return [sampler for first, sampler in self.stages if first <= index][-1]
-
-    def source_of(self, index: int) -> str:
-        return self._sampler(index).source_of(index)
-
-    def episode(self, index: int) -> Episode:
-        return self._sampler(index).episode(index)
-
-    def episodes(self, count: int, start: int = 0) -> list[Episode]:
-        return [self.episode(i) for i in range(start, start + count)]
 
     @property
     def pools(self) -> list:
         return self.stages[0][1].pools
+
+
+class MixtureSampler(ChoosingSampler):
+    """Episodes from several samplers: episode `i` comes from a source chosen by weight, seeded by
+    (seed, i), and is that source's episode `i`; so mixtures are as reproducible as one sampler."""
+
+    def __init__(self, sources: list[tuple[Any, float]], seed: int = 0) -> None:
+        if not sources or any(w <= 0 for _, w in sources):
+            raise ValueError(f"a task mixture needs at least one source, every weight > 0; got weights "
+                             f"{[w for _, w in sources]}")
+        self.samplers = [s for s, _ in sources]
+        self.weights = [float(w) for _, w in sources]
+        self.seed = seed
+
+    def sampler_for(self, index: int) -> Any:
+        return random.Random(f"mix:{self.seed}:{index}").choices(self.samplers, weights=self.weights)[0]
+
+    @property
+    def pools(self) -> list[tuple[str, dict[str, list[str]]]]:
+        """The supervised class pools of the mixture (what the transfer baseline's heads need)."""
+        return [pool for s in self.samplers for pool in getattr(s, "pools", [])]
 
 
 def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> tuple[Examples, list[str]]:

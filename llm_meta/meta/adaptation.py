@@ -12,8 +12,8 @@ import math
 import numpy as np
 import torch
 
-from llm_meta.meta.core import LR_PREFIX, InnerConfig, inner_batches, inner_loop, split_rates
 from llm_meta.data.episodes import Episode, Examples
+from llm_meta.meta.core import LR_PREFIX, InnerConfig, inner_batches, inner_loop, split_rates
 from llm_meta.meta.heads import zero_head
 from llm_meta.meta.hypernet import generated_params, has_hypernet
 from llm_meta.meta.kinds import kind_ops, labelled_embeddings, support_loss_fn, text_lengths

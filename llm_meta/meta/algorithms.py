@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from llm_meta.meta.adaptation import episode_start, support_batches
-from llm_meta.meta.transfer import transfer
-from llm_meta.meta.core import InnerConfig, StepStats, chunks, maml_gradient, reptile_gradient, split_rates
 from llm_meta.data.episodes import Episode
+from llm_meta.meta.adaptation import episode_start, support_batches
+from llm_meta.meta.core import InnerConfig, StepStats, chunks, maml_gradient, reptile_gradient, split_rates
 from llm_meta.meta.hypernet import generated_params
 from llm_meta.meta.kinds import kind_ops, loss_and_accuracy, support_loss_fn, text_lengths
+from llm_meta.meta.transfer import transfer
 from llm_meta.modeling.body import Body, Params
 
 Algorithm = Callable[[Body, Params, Episode, InnerConfig, int], tuple[Params, StepStats]]

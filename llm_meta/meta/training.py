@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from llm_meta.data.episodes import EpisodeSampler
 from llm_meta.meta.algorithms import Algorithm
 from llm_meta.meta.core import InnerConfig, StepStats
-from llm_meta.data.episodes import EpisodeSampler
 from llm_meta.modeling.body import Body, Params
 
 

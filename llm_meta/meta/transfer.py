@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from llm_meta.meta.core import InnerConfig, StepStats
+from llm_meta.data.conll import entity_type
 from llm_meta.data.episodes import Episode, WordExamples
+from llm_meta.meta.core import InnerConfig, StepStats
 from llm_meta.meta.heads import proto_head
 from llm_meta.meta.kinds import labelled_embeddings, loss_and_accuracy
 from llm_meta.modeling.body import Body, Params
 from llm_meta.modeling.forward import embed_texts
-from llm_meta.data.conll import entity_type
 
 TRANSFER_PREFIX = "transfer."
 

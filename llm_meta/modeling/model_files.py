@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from llm_meta.io.atomic import atomic_folder, cache_dir, content_key  # noqa: F401 (cache_dir: importable from here too)
 from llm_meta.errors import ModelLoadError  # noqa: F401 (raised here; importable from here too)
+from llm_meta.io.atomic import atomic_folder, cache_dir, content_key  # noqa: F401 (cache_dir: importable from here too)
 
 log = logging.getLogger(__name__)
 

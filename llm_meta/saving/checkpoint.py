@@ -23,13 +23,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from llm_meta.data.kinds import kind_of_format
+from llm_meta.errors import CheckpointError  # noqa: F401 (raised here; importable from here too)
 from llm_meta.io.atomic import write_atomic
 from llm_meta.meta.core import LR_PREFIX
-from llm_meta.errors import CheckpointError  # noqa: F401 (raised here; importable from here too)
 from llm_meta.meta.heads import HEAD_KEYS
-from llm_meta.saving.card import write_model_card
 from llm_meta.meta.hypernet import HYPER_PREFIX, split_hypernet
 from llm_meta.modeling.body import Body, Params, set_lora_params
+from llm_meta.saving.card import write_model_card
 
 log = logging.getLogger(__name__)
 
