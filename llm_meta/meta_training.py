@@ -29,9 +29,10 @@ from llm_meta.eval.evaluation import Interval, mean_ci, paired_difference, score
 from llm_meta.io.atomic import write_atomic
 from llm_meta.io.outputs import claim_run
 from llm_meta.meta.algorithms import ALGORITHMS
-from llm_meta.meta.core import LR_PREFIX, interpolate, meta_sgd_rates, outer_lr
+from llm_meta.meta.core import interpolate, meta_sgd_rates, outer_lr
 from llm_meta.meta.heads import HEAD_KEYS
-from llm_meta.meta.hypernet import HYPER_PREFIX, count_parameters, init_hypernet
+from llm_meta.meta.hypernet import count_parameters, init_hypernet
+from llm_meta.meta.starts import Start
 from llm_meta.meta.training import RunLog, check_step, environment, meta_gradient, tracker_config
 from llm_meta.meta.transfer import ner_transfer_heads, transfer_heads
 from llm_meta.meta_config import Config
@@ -308,8 +309,7 @@ def _validate(cfg: Config, body, params, start, episodes, step: int, state: dict
     """Score the current start (and its interpolations towards θ0) on meta-validation episodes;
     keep the best candidate so far as the adapter."""
     # LoRA (+ Meta-SGD rates, + hypernetwork), not the transfer baseline's heads.
-    current = {k: v.detach() for k, v in params.items()
-               if k in body.lora_names or k.startswith(LR_PREFIX) or k.startswith(HYPER_PREFIX)}
+    current = {k: v.detach() for k, v in Start.of(params).params(transfer=False).items()}
     metric = "entity F1" if ner_only(cfg) else "accuracy"
     for alpha in sorted(set(cfg.interpolation), reverse=True) if step > 0 else [1.0]:  # at step 0 θ = θ0
         candidate = interpolate(start, current, alpha)

@@ -29,6 +29,7 @@ from llm_meta.meta.adaptation import adapt as adapt_params
 from llm_meta.meta.core import InnerConfig
 from llm_meta.meta.heads import HEAD_KEYS, proto_head
 from llm_meta.meta.kinds import labelled_embeddings
+from llm_meta.meta.starts import Start
 
 
 @dataclass
@@ -82,8 +83,8 @@ def continue_adapt(clf: FewShotClassifier, texts: Sequence[str], labels: Sequenc
     new = Examples(list(texts), [index[y] for y in labels])
     inner = _inner_config(clf, cfg)
 
-    lora = {k: v for k, v in clf.params.items() if k not in HEAD_KEYS}
-    head = {k: clf.params[k] for k in HEAD_KEYS}
+    parts = Start.of(clf.params)
+    lora, head = parts.lora, {k: parts.head[k] for k in HEAD_KEYS}
     if new_classes:
         # Prototype rows for the new classes under the current LoRA (label names included, as adapt does).
         fresh = Examples([t for t, y in zip(new.texts, new.labels) if y >= len(clf.labels)],

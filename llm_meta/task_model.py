@@ -19,6 +19,7 @@ from llm_meta.data.episodes import Examples
 from llm_meta.io.outputs import claim
 from llm_meta.meta.heads import HEAD_KEYS
 from llm_meta.meta.spans import SPAN_KEYS
+from llm_meta.meta.starts import Start
 from llm_meta.modeling.body import Body, Params, lora_params
 from llm_meta.modeling.loading import load_body, recorded_model_config
 from llm_meta.modeling.model_files import BUNDLED_GGUF, BUNDLED_MODELS, BUNDLED_SPLIT_ZIPS
@@ -119,9 +120,9 @@ def save_task_model(body: Body, params: Params, labels: list[str], scale: float,
     """A task model folder (classifier or NER tagger): PEFT adapter, head, labels, metadata,
     checksums; claimed first (`llm_meta.io.outputs.claim`: never over a folder llm_meta did not write,
     over one of ours only with `overwrite`)."""
-    heads = [k for k in (*HEAD_KEYS, *SPAN_KEYS) if k in params]  # a decomposed NER head has both
-    lora = {k: v for k, v in params.items() if k not in heads}
-    head = {k: params[k].detach().contiguous().cpu() for k in heads}
+    parts = Start.of(params)  # LoRA and the head (a decomposed NER head has its span rows too)
+    lora = parts.lora
+    head = {k: parts.head[k].detach().contiguous().cpu() for k in (*HEAD_KEYS, *SPAN_KEYS) if k in parts.head}
     meta = {**metadata, "format": fmt, "labels": labels, "scale": scale}
     with claim(folder, overwrite=overwrite):
         return save_adapter(body, lora, folder, meta, extra_files={

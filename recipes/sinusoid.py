@@ -23,8 +23,7 @@ import torch
 from tqdm import tqdm
 
 from llm_meta.eval.evaluation import mean_ci, paired_difference
-from llm_meta.meta.core import (LR_PREFIX, InnerConfig, inner_loop, maml_gradient, meta_sgd_rates, reptile_gradient,
-                                split_rates)
+from llm_meta.meta.core import InnerConfig, inner_loop, maml_gradient, meta_sgd_rates, reptile_gradient, split_rates
 from llm_meta.modeling.body import Params
 
 METHODS = ("maml", "fomaml", "metasgd", "reptile", "joint", "untrained")
@@ -97,7 +96,7 @@ def task_gradient(method: str, params: Params, cfg: Config, g: torch.Generator) 
     task = sample_task(g)
     xs, ys = sample_points(task, cfg.k_shot, g)
     xq, yq = sample_points(task, cfg.k_shot, g)
-    weights = [k for k in params if not k.startswith(LR_PREFIX)]
+    weights = list(split_rates(params)[0])  # the tensors, without Meta-SGD's learned rates
     if method == "joint":  # plain supervised regression on the pooled points: no inner loop
         live = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         loss = mse_loss(torch.cat([xs, xq]), torch.cat([ys, yq]))(live, list(range(2 * cfg.k_shot)))

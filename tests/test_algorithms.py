@@ -331,3 +331,21 @@ def test_protonet_gradient_flows_through_prototypes_into_lora(body):
     assert set(grads) == set(theta)
     assert all(grads[k].abs().sum() > 0 for k in theta)
     assert 0 <= stats.accuracy <= 1 and stats.loss > 0
+
+
+def test_a_start_splits_into_its_typed_parts_and_joins_back_in_order():
+    from llm_meta.meta.core import meta_sgd_rates
+    from llm_meta.meta.starts import Start
+    from llm_meta.meta.transfer import transfer_head_key
+
+    t = torch.zeros
+    lora = {"layer.0.query.lora_A.default.weight": t(2, 4), "layer.0.query.lora_B.default.weight": t(4, 2)}
+    head = {"head.weight": t(3, 4), "head.bias": t(3), "span.weight": t(2, 4), "span.bias": t(2)}
+    params = {**lora, **head, **meta_sgd_rates(lora, 1e-3), "hyper.out.weight": t(5),
+              transfer_head_key("mcid", "greet"): t(5)}
+    parts = Start.of(params)
+    assert parts.lora == lora and parts.head == head and parts.kind == "hypernetwork"
+    assert set(parts.rates) == set(lora) and set(parts.hypernet) == {"out.weight"}
+    assert list(parts.params()) == list(params)  # the same dict, the same order
+    assert list(parts.params(transfer=False)) == list(params)[:-1]
+    assert Start.of({**lora, **meta_sgd_rates(lora, 1e-3)}).kind == "meta-sgd" and Start.of(lora).kind == "lora"

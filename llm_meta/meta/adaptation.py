@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from llm_meta.data.episodes import Episode, Examples
-from llm_meta.meta.core import LR_PREFIX, InnerConfig, inner_batches, inner_loop, split_rates
+from llm_meta.meta.core import InnerConfig, inner_batches, inner_loop, split_rates
 from llm_meta.meta.heads import zero_head
 from llm_meta.meta.hypernet import generated_params, has_hypernet
 from llm_meta.meta.kinds import kind_ops, labelled_embeddings, support_loss_fn, text_lengths
@@ -61,7 +61,7 @@ def episode_start(body: Body, params: Params, support: Examples, n_way: int, cfg
     kind_ops(support).check_batches(cfg)
     if cfg.label_examples:  # for NER: each entity-type name as a sentence of that type (WordExamples.with_label_names)
         support = support.with_label_names(_need_names(label_names, cfg), cfg.label_examples)
-    weights = {k: v.detach() for k, v in params.items() if not k.startswith(LR_PREFIX)}
+    weights = {k: v.detach() for k, v in split_rates(params)[0].items()}
     return support, head if head is not None else init_head(body, weights, support, n_way, cfg, label_names)
 
 
@@ -106,7 +106,7 @@ def leave_one_out_fit(body: Body, params: Params, support: Examples, n_way: int,
     choose between starts (`choose_start`); it judges the start before any step.
     """
     extended, _ = episode_start(body, params, support, n_way, cfg, label_names, head={})
-    emb, labels = labelled_embeddings(body, {k: v for k, v in params.items() if not k.startswith(LR_PREFIX)}, extended)
+    emb, labels = labelled_embeddings(body, split_rates(params)[0], extended)
     emb = emb.float()
     sums = torch.zeros(n_way, emb.shape[1], dtype=emb.dtype, device=emb.device).index_add_(0, labels, emb)
     counts = torch.bincount(labels, minlength=n_way).to(emb.dtype)

@@ -25,9 +25,8 @@ from safetensors.torch import load_file, save_file
 from llm_meta.data.kinds import kind_of_format
 from llm_meta.errors import CheckpointError  # noqa: F401 (raised here; importable from here too)
 from llm_meta.io.atomic import write_atomic
-from llm_meta.meta.core import LR_PREFIX
 from llm_meta.meta.heads import HEAD_KEYS
-from llm_meta.meta.hypernet import HYPER_PREFIX, split_hypernet
+from llm_meta.meta.starts import Start
 from llm_meta.modeling.body import Body, Params, set_lora_params
 from llm_meta.saving.card import write_model_card
 
@@ -168,10 +167,11 @@ def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[
     folder = Path(folder)
     tmp = _fresh_tmp(folder)
     set_lora_params(body, params)
-    rates = {k[len(LR_PREFIX):]: v.detach().exp().contiguous().cpu() for k, v in params.items() if k.startswith(LR_PREFIX)}
+    start = Start.of(params)
+    rates = {k: v.detach().exp().contiguous().cpu() for k, v in start.rates.items()}
     if rates:
         save_file(rates, str(tmp / RATES_FILE), metadata=RATES_STEP)
-    hyper = {k: v.detach().contiguous().cpu() for k, v in split_hypernet(params)[1].items()}
+    hyper = {k: v.detach().contiguous().cpu() for k, v in start.hypernet.items()}
     if hyper:
         save_file(hyper, str(tmp / HYPERNET_FILE))
     body.model.save_pretrained(str(tmp))
@@ -191,8 +191,7 @@ def save_adapter(body: Body, params: Params, folder: str | Path, metadata: dict[
 
 def load_adapter_params(body: Body, folder: str | Path) -> Params:
     """The LoRA tensors of a saved adapter folder as a params dict keyed like `lora_params(body)`,
-    plus Meta-SGD's learned rates (keys LR_PREFIX + tensor) and a hypernetwork (keys HYPER_PREFIX + …)
-    when the adapter has them."""
+    plus Meta-SGD's learned rates and a hypernetwork when the adapter has them (`Start.params()`)."""
     folder = readable_folder(folder)
     verify_folder(folder, ADAPTER_FILES)
     saved = read_tensors(folder / "adapter_model.safetensors")
@@ -202,7 +201,7 @@ def load_adapter_params(body: Body, folder: str | Path) -> Params:
     if set(saved) != set(live) or any(v.shape != shapes[live[k]] for k, v in saved.items()):
         base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
         raise _layout_error(folder, base, body.name)
-    params = {live[k]: v.to(body.device) for k, v in saved.items()}
+    start = Start({live[k]: v.to(body.device) for k, v in saved.items()})
     if (folder / RATES_FILE).is_file():
         with safe_open(str(folder / RATES_FILE), "pt") as f:
             if f.metadata() != RATES_STEP:
@@ -213,10 +212,10 @@ def load_adapter_params(body: Body, folder: str | Path) -> Params:
             raise CheckpointError(f"{folder}: {RATES_FILE} names tensors this model does not have")
         if not all(bool((v > 0).all()) for v in rates.values()):
             raise CheckpointError(f"{folder}: {RATES_FILE} holds a rate that is not positive")
-        params.update({LR_PREFIX + k: v.log().to(body.device) for k, v in rates.items()})
+        start.rates = {k: v.log().to(body.device) for k, v in rates.items()}
     if (folder / HYPERNET_FILE).is_file():  # its fit to this body's LoRA is checked when it generates
-        params.update({HYPER_PREFIX + k: v.to(body.device) for k, v in read_tensors(folder / HYPERNET_FILE).items()})
-    return params
+        start.hypernet = {k: v.to(body.device) for k, v in read_tensors(folder / HYPERNET_FILE).items()}
+    return start.params()
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
