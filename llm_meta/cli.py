@@ -62,6 +62,19 @@ def _threads_flag(p: argparse.ArgumentParser) -> None:
                    "cores no other process is using at start; or set LLM_META_THREADS)")
 
 
+def _recipe_parser(sub: argparse._SubParsersAction, name: str, help: str, config_help: str) -> argparse.ArgumentParser:
+    """A recipe's command, with its --config (the recipe's flags and `_overrides` follow)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--config", default=None, help=config_help)
+    return p
+
+
+def _overrides(p: argparse.ArgumentParser, recipe: str) -> None:
+    """A recipe command's key.sub=value overrides, and the recipe it runs."""
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.set_defaults(func=cmd_recipe, recipe=recipe)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-meta", description="Few-shot fine-tuning of language models "
                                      "by meta-learning LoRA adapters over N-way K-shot episodes.")
@@ -83,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     _column_flags(p)
     p.set_defaults(func=cmd_episode)
 
-    p = sub.add_parser("meta-train", help="meta-train a LoRA adapter (FOMAML, MAML, Meta-SGD, Reptile, ProtoNet) or a LoRA hypernetwork over episodes")
-    p.add_argument("--config", default=None, help="YAML config (recipes/configs/meta_train.yaml)")
+    p = _recipe_parser(sub, "meta-train", "meta-train a LoRA adapter (FOMAML, MAML, Meta-SGD, Reptile, ProtoNet) or a "
+                       "LoRA hypernetwork over episodes", "YAML config (recipes/configs/meta_train.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint "
                    "(refused if the checkpoint was trained with another config)")
     p.add_argument("--force", action="store_true", help="with --resume: continue even though the config differs "
@@ -93,23 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "(its checkpoints, adapter and log are removed first)")
     _column_flags(p, default="; for every file in tasks")
     _trust_flag(p)
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    p.set_defaults(func=cmd_recipe, recipe="meta_train")
+    _overrides(p, recipe="meta_train")
 
-    p = sub.add_parser("benchmark", help="meta-learned starts vs transfer fine-tuning and baselines on held-out tasks")
-    p.add_argument("--config", default=None, help="YAML config (recipes/configs/benchmark_quick.yaml)")
+    p = _recipe_parser(sub, "benchmark", "meta-learned starts vs transfer fine-tuning and baselines on held-out tasks",
+                       "YAML config (recipes/configs/benchmark_quick.yaml)")
     p.add_argument("--overwrite", action="store_true", help="clear a benchmark output_dir first (by default its "
                    "trained starts and cached scores are reused)")
     _trust_flag(p)
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    p.set_defaults(func=cmd_recipe, recipe="benchmark")
+    _overrides(p, recipe="benchmark")
 
-    p = sub.add_parser("sinusoid", help="the sinusoid regression check of the algorithm core (MAML, FOMAML, "
-                       "Meta-SGD, Reptile vs joint pretraining), a few minutes on CPU")
-    p.add_argument("--config", default=None, help="optional YAML (defaults: recipes/sinusoid.py Config)")
+    p = _recipe_parser(sub, "sinusoid", "the sinusoid regression check of the algorithm core (MAML, FOMAML, "
+                       "Meta-SGD, Reptile vs joint pretraining), a few minutes on CPU",
+                       "optional YAML (defaults: recipes/sinusoid.py Config)")
     _threads_flag(p)
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    p.set_defaults(func=cmd_recipe, recipe="sinusoid")
+    _overrides(p, recipe="sinusoid")
 
     p = sub.add_parser("config", help="print the fully resolved configuration of a recipe config file "
                        "(base: chains merged, overrides applied, defaults filled in)")

@@ -45,3 +45,9 @@ def test_only_the_task_kind_modules_tell_the_kinds_apart():
         assert "isinstance" not in text or "WordExamples)" not in text, name
         if name not in allowed_token:
             assert not re.search(r"\bTOKEN\b", text), f"{name} names the token kind"
+
+
+def test_no_module_of_the_library_or_a_recipe_is_over_400_lines():
+    long = {p.relative_to(ROOT).as_posix(): n for p in [*(ROOT / "llm_meta").rglob("*.py"), *(ROOT / "recipes").glob("*.py")]
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long
