@@ -115,3 +115,29 @@ def _adapt_tagger(args: argparse.Namespace) -> None:
     tagger.save(args.output, overwrite=args.overwrite)
     print(f"adapted {tagger.metadata['start']} to {len(tagger.labels) - 1} entity types of '{cfg.data}' "
           f"({tagger.metadata['support_size']} support sentences, {tagger.metadata['adapt_seconds']} s) -> {args.output}")
+
+
+def cmd_starts(args: argparse.Namespace) -> None:
+    """`starts list`: the starts built on this machine; `starts build NAME`: run its recipe."""
+    from llm_meta.start_library import build_start, built_starts, start_recipes, starts_dir
+
+    if args.action == "build":
+        adapter = build_start(args.name, *args.overrides, recipes=args.recipes, overwrite=args.overwrite,
+                              trust_remote_code=args.trust_remote_code)
+        print(f"built start '{args.name}' -> {adapter} (llm-meta adapt --adapter {adapter} ...)")
+        return
+    rows, recipes = built_starts(), start_recipes(args.recipes)
+    print(f"starts in {starts_dir()}:" if rows else f"no start built in {starts_dir()} yet")
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['name']}: not usable, never chosen: {r['error']}")
+            continue
+        score = f"{100 * r['validation']:.1f} vs {100 * r['step0']:.1f} untrained" if r["validation"] is not None \
+            and r["step0"] is not None else "?"
+        took = f", built in {r['build_seconds'] / 60:.1f} min" if r["build_seconds"] else ""
+        tasks = ", ".join(r["tasks"][:6]) + (" ..." if len(r["tasks"]) > 6 else "")
+        print(f"  {r['name']} [{r['family']}]: {r['algorithm']} on {r['body']}, meta-validation {score}, "
+              f"{r['size_bytes'] / 2**20:.1f} MB{took}; tasks: {tasks or '?'}")
+    missing = [name for name in recipes if name not in {r["name"] for r in rows}]
+    if missing:
+        print(f"not built: {', '.join(missing)} (llm-meta starts build NAME; recipes in {args.recipes})")

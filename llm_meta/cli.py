@@ -15,7 +15,7 @@ import warnings
 
 # Only light modules at the top: an output refused, or a bad flag, answers before torch and
 # transformers are imported (seconds); each command imports what it needs after its checks.
-from llm_meta.adapt_commands import cmd_adapt, cmd_generate
+from llm_meta.adapt_commands import cmd_adapt, cmd_generate, cmd_starts
 from llm_meta.commands import cmd_config, cmd_episode, cmd_evaluate, cmd_predict, cmd_recipe, cmd_tasks
 from llm_meta.errors import CheckpointError, ColumnError, ConfigError, ModelLoadError, OutputError, TaskError
 
@@ -128,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which recipe reads it (default: the one whose keys the file uses)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("starts", help="the meta-learned starts built on this machine: list them, or build one by "
+                       "its recipe into the cache")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, about in (("list", "what is built: body, family, training tasks, validation score, size"),
+                          ("build", "meta-train one start by its recipe (recipes/configs/starts.yaml) into the cache")):
+        q = actions.add_parser(action, help=about)
+        q.add_argument("--recipes", default="recipes/configs/starts.yaml", help="the start recipes (YAML)")
+        q.set_defaults(func=cmd_starts, command_parser=q)
+    q.add_argument("name", help="a start recipe's name (llm-meta starts list shows them)")
+    q.add_argument("--overwrite", action="store_true", help="build again over a start built before")
+    _trust_flag(q)
+    q.add_argument("overrides", nargs="*", metavar="key.sub=value")
 
     p = sub.add_parser("adapt", help="adapt a meta-trained adapter (or none) to a new task from K examples per class")
     p.add_argument("--adapter", default=None, help="llm_meta adapter folder, or 'none' for the untrained start")

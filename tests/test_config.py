@@ -86,6 +86,12 @@ def test_every_shipped_config_loads_into_its_recipe(path):
     from recipes import benchmark
 
     command = path.read_text().splitlines()[0]
+    if command.startswith("# llm-meta starts build"):  # the start recipes: each a meta-training config + overrides
+        from llm_meta.start_library import start_recipes
+
+        for start in start_recipes(path).values():
+            load_config(meta_train.Config, Path(__file__).resolve().parent.parent / start.config, start.overrides)
+        return
     recipe = {"llm-meta meta-train": meta_train, "llm-meta benchmark": benchmark}
     module = next(m for prefix, m in recipe.items() if command.startswith(f"# {prefix} --config {path.parent.name}")
                   or command.startswith(f"# {prefix} --config recipes/configs/{path.name}"))

@@ -1,0 +1,44 @@
+"""`llm-meta starts`: a start built by its recipe into the cache, listed with what it is; a corrupt
+or foreign folder in the cache listed as not usable; a second build refused without --overwrite."""
+
+import pytest
+import yaml
+
+from llm_meta.cli import main as cli_main
+from llm_meta.start_library import built_starts, start_recipes
+from tests.test_meta_train import ROOT, tiny_overrides, toy_csv  # noqa: F401  (fixture: a small labelled CSV)
+
+
+def test_a_start_is_built_listed_and_a_corrupt_or_foreign_one_refused(tiny_bert_dir, toy_csv, tmp_path,  # noqa: F811
+                                                                     monkeypatch, capsys):
+    monkeypatch.setenv("LLM_META_CACHE", str(tmp_path / "cache"))
+    recipes = tmp_path / "starts.yaml"
+    overrides = [o for o in tiny_overrides(tiny_bert_dir, toy_csv, tmp_path) if not o.startswith("output_dir=")]
+    recipes.write_text(yaml.safe_dump({"toy": {"family": "toys", "config": str(ROOT / "recipes/configs/meta_train.yaml"),
+                                               "overrides": overrides, "about": "a tiny start"}}))
+    assert start_recipes(recipes)["toy"].family == "toys"
+
+    cli_main(["starts", "build", "toy", "--recipes", str(recipes)])
+    adapter = tmp_path / "cache" / "starts" / "toy" / "adapter"
+    assert "built start 'toy'" in capsys.readouterr().out and (adapter / "adapter_model.safetensors").is_file()
+    [row] = built_starts()
+    assert (row["name"], row["family"], row["body"], row["algorithm"]) == ("toy", "toys", str(tiny_bert_dir), "fomaml")
+    assert 0 <= row["validation"] <= 1 and 0 <= row["step0"] <= 1 and row["size_bytes"] > 0 and row["build_seconds"] > 0
+    cli_main(["starts", "list", "--recipes", str(recipes)])
+    assert "toy [toys]: fomaml on" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit):  # built before: kept unless --overwrite
+        cli_main(["starts", "build", "toy", "--recipes", str(recipes)])
+    assert "--overwrite" in capsys.readouterr().err and adapter.is_dir()
+
+    weights = adapter / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one flipped bit in a weight
+    weights.write_bytes(bytes(data))
+    (tmp_path / "cache" / "starts" / "mine").mkdir()
+    (tmp_path / "cache" / "starts" / "mine" / "notes.txt").write_text("the user's own folder")
+    rows = {r["name"]: r for r in built_starts()}
+    assert "does not match its checksum" in rows["toy"]["error"] and "no manifest" in rows["mine"]["error"]
+    cli_main(["starts", "list", "--recipes", str(recipes)])
+    out = capsys.readouterr().out
+    assert "toy: not usable, never chosen" in out and "mine: not usable" in out
