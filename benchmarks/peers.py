@@ -5,7 +5,7 @@ texts, SetFit's own default recipe.
     .venv/bin/python benchmarks/peers.py [--bodies minilm,mpnet] [--shots 8] [--draws 5] [--max-steps 500]
 
 For each task of `benchmarks/quality.py` (`SUITE`), K and draw d: the support set `llm_meta.adapt`
-draws with seed d (`llm_meta.classifier.support_set`, so both tools see the same examples), then
+draws with seed d (`llm_meta.data.episodes.support_set`, so both tools see the same examples), then
 SetFit (Tunstall et al. 2022) as its README trains it: `SetFitModel.from_pretrained(body)` with its
 default logistic-regression head, `Trainer` with `TrainingArguments()` at its defaults (contrastive
 pairs by oversampling, 1 epoch, batch 16, body lr 2e-5). Pair generation grows with the square of

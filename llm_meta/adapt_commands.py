@@ -138,6 +138,7 @@ def cmd_starts(args: argparse.Namespace) -> None:
         tasks = ", ".join(r["tasks"][:6]) + (" ..." if len(r["tasks"]) > 6 else "")
         print(f"  {r['name']} [{r['family']}]: {r['algorithm']} on {r['body']}, meta-validation {score}, "
               f"{r['size_bytes'] / 2**20:.1f} MB{took}; tasks: {tasks or '?'}")
-    missing = [name for name in recipes if name not in {r["name"] for r in rows}]
-    if missing:
-        print(f"not built: {', '.join(missing)} (llm-meta starts build NAME; recipes in {args.recipes})")
+    built = {r["name"] for r in rows}
+    for name, recipe in recipes.items():
+        if name not in built:
+            print(f"  not built: {name} [{recipe.family}]: {recipe.about} (llm-meta starts build {name})")

@@ -84,9 +84,9 @@ def built_starts() -> list[dict[str, Any]]:
     """One row per folder in `starts_dir()`: name, body, family, training tasks, validation score
     (kept and step 0), size (bytes) and build time; or name and `error` for a folder that is corrupt
     or not a built start (it is never used)."""
-    rows = []
-    root = starts_dir()
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
+    rows, root = [], starts_dir()
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    for folder in folders:
         try:
             adapter = readable_folder(folder / "adapter")
             verify_folder(adapter, ADAPTER_FILES)

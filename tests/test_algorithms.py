@@ -344,8 +344,8 @@ def test_a_start_splits_into_its_typed_parts_and_joins_back_in_order():
     params = {**lora, **head, **meta_sgd_rates(lora, 1e-3), "hyper.out.weight": t(5),
               transfer_head_key("mcid", "greet"): t(5)}
     parts = Start.of(params)
-    assert parts.lora == lora and parts.head == head and parts.kind == "hypernetwork"
+    assert parts.lora == lora and parts.head == head and parts.variant == "hypernetwork"
     assert set(parts.rates) == set(lora) and set(parts.hypernet) == {"out.weight"}
     assert list(parts.params()) == list(params)  # the same dict, the same order
     assert list(parts.params(transfer=False)) == list(params)[:-1]
-    assert Start.of({**lora, **meta_sgd_rates(lora, 1e-3)}).kind == "meta-sgd" and Start.of(lora).kind == "lora"
+    assert Start.of({**lora, **meta_sgd_rates(lora, 1e-3)}).variant == "meta-sgd" and Start.of(lora).variant == "lora"

@@ -17,11 +17,13 @@ from tqdm import tqdm
 from llm_meta.eval.statistics import UNIT, Estimate, Outcomes, crossed_bootstrap, holm, replicates_for, verdict
 from llm_meta.io.atomic import atomic_file
 
+# `cfg` in this module is the benchmark's configuration (`llm_meta.bench.config.Config`, a layer above this one).
+
 
 @dataclass
 class ScoreRecord:
     """One method on one setting ("protocol/task/K"): what the statistics, the report and
-    results.json read. `cfg` in this module is the benchmark's (`llm_meta.bench.config.Config`)."""
+    results.json read."""
 
     method: str
     setting: str
@@ -41,7 +43,7 @@ class ScoreRecord:
     def scores(self) -> list[float]:
         """Each episode's score, averaged over meta-seeds."""
         runs = list(self.per_seed.values())
-        return [sum(r[i] for r in runs) / len(runs) for i in range(len(runs[0]))]
+        return [sum(scores) / len(runs) for scores in zip(*runs)]
 
     @property
     def chosen(self) -> dict[str, int]:
@@ -57,12 +59,11 @@ def records_json(records: list[ScoreRecord]) -> dict:
             if only(r):
                 out.setdefault(r.method, {})[r.setting] = value(r)
         return out
-    selected = lambda r: bool(r.picked)  # noqa: E731
     return {"episodes_seen": table(lambda r: r.episodes_hash), "scores": table(lambda r: r.scores),
             "scores_by_meta_seed": table(lambda r: r.per_seed), "seconds_per_episode": table(lambda r: r.seconds),
             "seconds_cached": table(lambda r: r.cached), "mean_by_meta_seed": table(lambda r: r.by_seed),
-            "starts_chosen": table(lambda r: r.chosen, selected),
-            "starts_chosen_by_meta_seed": table(lambda r: r.picked, selected)}
+            "starts_chosen": table(lambda r: r.chosen, lambda r: bool(r.picked)),
+            "starts_chosen_by_meta_seed": table(lambda r: r.picked, lambda r: bool(r.picked))}
 
 
 def primary_contrast(cfg: Any, settings: dict | None) -> tuple[str, str, str] | None:

@@ -76,7 +76,7 @@ def adapt(body: Body, params: Params, support: Examples, n_way: int, cfg: InnerC
 
     Returns detached fast parameters (LoRA + head). First-order: the graph of each step is
     dropped, so memory does not grow with the number of steps. `params` is not modified. Meta-SGD
-    rates in `params` (keys `LR_PREFIX + name`) make those tensors take SGD steps at their learned
+    rates in `params` (`llm_meta.meta.starts.Start.rates`) make those tensors take SGD steps at their learned
     rates. A hypernetwork in `params` first writes the starting LoRA from the support set (zero
     steps: the generated adapter with a prototype head). `progress`: a bar over the steps (shown
     after 2 s: a live bar on a terminal, a line every 30 s elsewhere; `llm_meta.progress`).

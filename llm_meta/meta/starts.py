@@ -5,8 +5,8 @@ which the parts of a start are told apart by their keys: Meta-SGD's learned rate
 `llm_meta.meta.core.LR_PREFIX`, a hypernetwork under `llm_meta.meta.hypernet.HYPER_PREFIX`, an
 adapted head under `HEAD_KEYS` (with a decomposed NER head's span detector, `SPAN_KEYS`), and the
 transfer baseline's per-dataset head rows under `llm_meta.meta.transfer.TRANSFER_PREFIX`.
-`Start.of(params)` splits such a dict into typed parts and `Start.params()` joins them again, in
-the same order; saving, loading, meta-training and continued adaptation ask a `Start` instead of
+`Start.of(params)` splits such a dict into typed parts and `Start.params()` joins them again
+(LoRA, head, rates, hypernetwork, transfer rows: the order every params dict here is built in); saving, loading, meta-training and continued adaptation ask a `Start` instead of
 reading the prefixes themselves.
 """
 
@@ -55,6 +55,6 @@ class Start:
                 **{HYPER_PREFIX + k: v for k, v in self.hypernet.items()}, **(self.transfer if transfer else {})}
 
     @property
-    def kind(self) -> str:
+    def variant(self) -> str:
         """"hypernetwork", "meta-sgd" (learned rates) or "lora" (plain LoRA, maybe with a head)."""
         return "hypernetwork" if self.hypernet else "meta-sgd" if self.rates else "lora"
