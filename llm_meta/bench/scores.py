@@ -55,12 +55,12 @@ def protocol_key(protocol_cfg) -> str:
 
 
 def cached_episodes(out: Path, name: str, spec: str, make: Callable[[], list[Episode]],
-            kind: type[Examples] = Examples) -> dict:
+                    examples_type: type[Examples] = Examples) -> dict:
     """Episodes from the cache file of this (setting, generating config) if present, else generated
-    and written; with their hash. `kind`: the examples' type (`WordExamples` for NER episodes)."""
+    and written; with their hash. `examples_type`: the examples' type (`WordExamples` for NER episodes)."""
     path = out / "episodes" / f"{name}-{spec}.json"
     try:
-        episodes = [Episode(kind(**e["support"]), kind(**e["query"]), e["label_names"], e["task"])
+        episodes = [Episode(examples_type(**e["support"]), examples_type(**e["query"]), e["label_names"], e["task"])
                     for e in json.loads(path.read_text())]
     except FileNotFoundError:
         episodes = None
@@ -83,7 +83,7 @@ def start_candidates(starts: dict, start: str, seed: int, select: bool) -> dict[
 
 
 def score_candidates(body: Body, candidates: dict[str, Params], own: str, episodes: list[Episode], inner: InnerConfig,
-           shared: InnerConfig, family: list[str] | None = None) -> tuple[list[np.ndarray], list[str]]:
+                     shared: InnerConfig, family: list[str] | None = None) -> tuple[list[np.ndarray], list[str]]:
     """Per-query outcomes of every episode and the start each one adapted from: the only
     candidate (adapted with `inner`), or, as `llm-meta adapt` chooses (`select_start=auto`): the
     method's own start (candidate `own`) adapted with `inner` on an episode whose class names are
@@ -134,7 +134,7 @@ def read_scores(path: Path) -> tuple[list[np.ndarray], float, list[str]] | None:
 
 
 def load_or_score(path: Path, score: Callable[[], tuple[list[np.ndarray], list[str]]],
-            saved: tuple[list[np.ndarray], float, list[str]] | None
+                  saved: tuple[list[np.ndarray], float, list[str]] | None
             ) -> tuple[list[np.ndarray], float, bool, list[str]]:
     """(per-query outcomes of each episode, seconds, whether read from the cache, the start each
     episode adapted from when it was chosen) of one method on one episode set: `saved`, what

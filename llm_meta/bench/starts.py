@@ -45,7 +45,7 @@ def untrained_start(model: ModelConfig, seed: int, trust_remote_code: bool = Fal
 
 
 def train_start(cfg: Config, name: str, seed: int, out: Path, chain: tuple[str, ...] = (),
-                 need: str = "record", trust_remote_code: bool = False) -> Path:
+                need: str = "record", trust_remote_code: bool = False) -> Path:
     """Meta-train (or reuse) the start `name` with meta-seed `seed`; return its run folder.
 
     A start on disk is reused only when its DONE file holds the key of what would train it now:
