@@ -28,14 +28,15 @@ from llm_meta.data.kinds import SEQUENCE
 from llm_meta.data.tasks import (IN_MEMORY, SPLIT_ALIASES, Task, TaskError, as_task, load_task, mapped_columns,
                                  task_fingerprint)
 from llm_meta.eval.metrics import classification_metrics
-from llm_meta.meta.adaptation import adapt as adapt_params, choose_start, in_family, own_adaptation
-from llm_meta.meta.core import InnerConfig, interpolate
+from llm_meta.meta.adaptation import adapt as adapt_params
+from llm_meta.meta.core import InnerConfig
 from llm_meta.meta.kinds import predict_logits
 from llm_meta.meta.training import environment
 from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
 from llm_meta.modeling.forward import warn_truncated
 from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
 from llm_meta.saving.checkpoint import load_adapter_params, read_start
+from llm_meta.start_choice import AUTO, adapter_candidates, built_candidates, choose
 from llm_meta.task_model import (SUPPORT_FILE, PretrainedMixin, load_task_model, read_support, save_task_model,
                                  write_support)
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 
 CLASSIFIER_FORMAT = SEQUENCE.folder_format
+SELECT_START = ("auto", "names", "support", "off")
 
 
 def default_adapt_config() -> InnerConfig:
@@ -61,7 +63,9 @@ class AdaptConfig:
 
     task: str | None = None  # registry name, local file/folder, or hf:<id>: K examples per class drawn from it
     support: str | None = None  # or: a small labelled file used whole as the support set
-    adapter: str | None = None  # an llm_meta adapter folder (meta-trained start); None: untrained LoRA
+    # an llm_meta adapter folder (meta-trained start); None: untrained LoRA; "auto": the untrained start
+    # or a start built on this machine (`llm-meta starts build`), chosen on the support set (start_choice)
+    adapter: str | None = None
     shots: int = 5
     split: str = "train"
     seed: int = 0
@@ -75,15 +79,19 @@ class AdaptConfig:
     # ...and `model.*` keys given in a config or on the command line go on top of that default
     # (config.from_dict); from Python, ModelConfig(...) is taken as written.
     inner: InnerConfig = field(default_factory=default_adapt_config)
-    # With an adapter (LoRA-only adapters; Meta-SGD rates and hypernetworks keep their own procedure):
-    # auto: a task whose class names are all among those the adapter was meta-trained on is of its
-    #   family (adaptation.in_family): the adapter is used as its algorithm trained it (a ProtoNet
-    #   adapter: no steps, adaptation.own_adaptation); any other task gets `support`'s choice, because
+    # With an adapter or "auto" (LoRA-only adapters; Meta-SGD rates and hypernetworks keep their own
+    # procedure), the rule of llm_meta.start_choice:
+    # auto: a task whose class names are all among those a start was meta-trained on is of its
+    #   family (adaptation.in_family): that start is used as its algorithm trained it (a ProtoNet
+    #   start: no steps, adaptation.own_adaptation); any other task gets `support`'s choice, because
     #   a start meta-trained on another task family can be worse than none;
-    # support: choose the start on the support set itself, among the untrained start, the adapter and
-    #   the adapter's weight change halved (adaptation.choose_start), then adapt it with `inner`;
+    # names: as auto, and class names matched to a start's by meaning count as its family's
+    #   (start_choice.match_names: liked/disliked to positive/negative), the match logged and recorded;
+    # support: choose the start on the support set itself, among the untrained start and the adapter
+    #   (and its weight change halved), or every built start with "auto" (adaptation.leave_one_out_fit),
+    #   then adapt it with `inner`;
     # off: use the adapter as given, with `inner`.
-    select_start: Literal["auto", "support", "off"] = "auto"
+    select_start: Literal["auto", "names", "support", "off"] = "auto"
 
 
 @dataclass
@@ -241,7 +249,8 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     repo run its own code (the caller's choice only; no config or adapter folder can set it).
     `text_column`/`label_column`: the file's columns (recorded in the model: `FewShotClassifier.columns`).
     `progress`: a bar over the adaptation's steps (`llm-meta adapt` shows it).
-    Raises ValueError for both or neither of a task and a support file, or an unknown `select_start`.
+    Raises ValueError for both or neither of a task and a support file, an unknown `select_start`, or
+    `select_start=off` with `adapter="auto"`.
     """
     cfg = dataclasses.replace(cfg or AdaptConfig())
     cfg.text_column, cfg.label_column = text_column or cfg.text_column, label_column or cfg.label_column
@@ -256,8 +265,10 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         cfg.support = support.source if given else support
     if (cfg.task is None) == (cfg.support is None):
         raise ValueError("give either a task (K examples per class are drawn from it) or a support file, not both")
-    if cfg.select_start not in ("auto", "support", "off"):  # a config file or the command line checks it already
-        raise ValueError(f"select_start must be auto, support or off, not {cfg.select_start!r}")
+    if cfg.select_start not in SELECT_START:  # a config file or the command line checks it already
+        raise ValueError(f"select_start must be {', '.join(SELECT_START[:-1])} or off, not {cfg.select_start!r}")
+    if cfg.adapter == AUTO and cfg.select_start == "off":
+        raise ValueError("adapter=auto chooses a start on the support set: select_start=off needs a named adapter")
     start_time = time.perf_counter()
     timings: dict[str, float] = {}  # seconds per phase, in llm_meta.json (benchmarks/adapt_speed.py reads them)
 
@@ -268,7 +279,7 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         now = time.perf_counter()
         timings[phase], last = round(now - last, 3), now
 
-    if cfg.adapter is not None:
+    if cfg.adapter not in (None, AUTO):
         meta = read_start(cfg.adapter)
         cfg.model = start_model_config(recorded_model_config(meta["config"]["model"]), cfg.model,
                                        AdaptConfig().model, cfg.adapter)
@@ -277,8 +288,14 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
             log.warning("this Meta-SGD adapter's learned rates were meta-trained for %s inner steps; adapting with "
                         "%d (set inner.steps=%s to match; more steps with learned rates can diverge)",
                         trained_steps, cfg.inner.steps, trained_steps)
-    body = load_body(cfg.model, seed=cfg.seed, trust_remote_code=trust_remote_code)
-    params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
+    if cfg.adapter == AUTO:  # the untrained start, then every start built on this machine for this body
+        candidates = built_candidates(cfg.model, AdaptConfig().model, cfg.seed, trust_remote_code)
+        body, params = candidates[0].body, candidates[0].params
+    else:
+        body = load_body(cfg.model, seed=cfg.seed, trust_remote_code=trust_remote_code)
+        params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
+        candidates = ([] if cfg.adapter is None or cfg.select_start == "off" or set(params) != set(body.lora_names)
+                      else adapter_candidates(body, params, cfg.model, cfg.adapter, meta))
     lap("model_load")
     if cfg.support is not None:
         data = given or load_task(cfg.support, cfg.text_column, cfg.label_column)
@@ -290,17 +307,22 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         examples, labels = support_set(data, cfg.shots, cfg.split, cfg.seed)
     warn_truncated(body, examples.texts, "support texts")
     lap("data")
-    chosen, selection, inner = cfg.adapter or "untrained", None, cfg.inner
-    if cfg.adapter is not None and cfg.select_start != "off" and set(params) == set(body.lora_names):
-        params, inner, selection = _select_start(body, params, examples, labels, cfg, meta)
-        chosen = {"untrained": "untrained", "adapter": cfg.adapter}.get(selection["chosen"],
-                                                                          f"{selection['chosen']} of {cfg.adapter}")
+    chosen, selection, inner, names, model = cfg.adapter or "untrained", None, cfg.inner, labels, cfg.model
+    if cfg.adapter == AUTO and len(candidates) == 1:
+        chosen = "untrained"
+    elif candidates:  # Meta-SGD rates and hypernetworks keep their own procedure (no candidates)
+        choice = choose(candidates, examples, labels, cfg.inner, cfg.select_start)
+        body, params, inner, names, selection = (choice.candidate.body, choice.candidate.params, choice.inner,
+                                                 choice.label_names, choice.record)
+        model, name = choice.candidate.model, choice.candidate.name
+        chosen = (choice.candidate.adapter or name if cfg.adapter == AUTO else
+                  {"untrained": "untrained", "adapter": cfg.adapter}.get(name, f"{name} of {cfg.adapter}"))
         lap("start_selection")
-    fast = adapt_params(body, params, examples, len(labels), inner, seed=cfg.seed, label_names=labels,
+    fast = adapt_params(body, params, examples, len(labels), inner, seed=cfg.seed, label_names=names,
                         progress=progress)
     lap("adaptation")  # support encoding for the prototype head, then the inner-loop steps
     meta = {
-        "base_model": cfg.model.name, "model": to_dict(cfg.model), "start": chosen, "start_selection": selection,
+        "base_model": model.name, "model": to_dict(model), "start": chosen, "start_selection": selection,
         "task": data.name, "task_hash": task_fingerprint(data), "support_size": len(examples),
         "adapt_config": to_dict(cfg), "adapt_seconds": round(time.perf_counter() - start_time, 2),
         "adapt_timings": timings,
@@ -310,32 +332,3 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
              meta["adapt_seconds"])
     return FewShotClassifier(body, fast, labels, cfg.inner.scale, meta, support=examples)
 
-
-def _select_start(body: Body, params: Params, examples: Examples, labels: list[str], cfg: AdaptConfig,
-                  meta: dict[str, Any]) -> tuple[Params, InnerConfig, dict[str, Any]]:
-    """(start, its adaptation, what was chosen and why) for an adapter's LoRA `params` and the
-    support set (`cfg.select_start`, "auto" or "support"; `meta`: the adapter's llm_meta.json).
-
-    "auto" on a task whose class names are all among the adapter's meta-training class names
-    (`in_family`): the adapter, adapted as its algorithm trained it (`own_adaptation`: ProtoNet, no
-    steps). Otherwise the candidate `choose_start` picks among the untrained start, the adapter and
-    its weight change halved, adapted with `cfg.inner` whichever it is: the fit judges the candidates
-    before any step, so a no-step adapter it kept was compared unfairly with a start the steps lift
-    (a ProtoNet adapter kept with no steps lost 16 points on one 10-way topic support set,
-    experiments/BENCHMARKS.md "ProtoNet's own protocol under the choice").
-    """
-    if cfg.select_start == "auto" and in_family(labels, meta.get("label_names")):
-        inner = own_adaptation(cfg.inner, meta.get("algorithm"))
-        log.info("start: the adapter, the task's class names being its family's; %d inner steps", inner.steps)
-        return params, inner, {"chosen": "adapter", "leave_one_out_fit": None, "inner_steps": inner.steps,
-                               "method": "the support set's class names are all among the adapter's "
-                                         "meta-training class names"}
-    untrained = lora_params(body)  # the body's own fresh LoRA (drawn from seed): B = 0
-    candidates = {"untrained": untrained, "adapter": params, "adapter at α=0.5": interpolate(untrained, params, 0.5)}
-    which, fits = choose_start(body, candidates, examples, len(labels), cfg.inner, labels)
-    log.info("start chosen on the support set: %s (leave-one-out fit: %s); %d inner steps", which,
-             ", ".join(f"{k} {v:.3f}" for k, v in fits.items()), cfg.inner.steps)
-    return candidates[which], cfg.inner, {
-        "chosen": which, "leave_one_out_fit": fits, "inner_steps": cfg.inner.steps,
-        "method": "mean leave-one-out log-probability of each support example's class under the prototype head "
-                  "of the others, before any step (adaptation.leave_one_out_fit)"}

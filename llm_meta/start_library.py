@@ -16,16 +16,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from llm_meta.config import from_dict, parse_yaml, resolve_config_path
-from llm_meta.errors import CheckpointError, ConfigError
-from llm_meta.io.atomic import cache_dir, write_atomic
+from llm_meta.errors import ConfigError
+from llm_meta.io.atomic import write_atomic
 from llm_meta.meta_training import meta_train
-from llm_meta.saving.checkpoint import ADAPTER_FILES, read_start, readable_folder, verify_folder
+from llm_meta.saving.built_starts import BUILD_FILE, built_starts, starts_dir  # noqa: F401 (listed here too)
 
 RECIPES_FILE = "recipes/configs/starts.yaml"
-BUILD_FILE = "build.json"
 
 
 @dataclass
@@ -53,11 +51,6 @@ def start_recipes(path: str | Path = RECIPES_FILE) -> dict[str, StartRecipe]:
     return {str(name): from_dict(StartRecipe, recipe) for name, recipe in recipes.items()}
 
 
-def starts_dir() -> Path:
-    """Where built starts live: `<llm_meta cache>/starts` ($LLM_META_CACHE moves the cache)."""
-    return cache_dir() / "starts"
-
-
 def build_start(name: str, *overrides: str, recipes: str | Path = RECIPES_FILE, overwrite: bool = False,
                 trust_remote_code: bool = False) -> Path:
     """Meta-train start `name` by its recipe into `starts_dir()/name`; its adapter folder.
@@ -78,29 +71,3 @@ def build_start(name: str, *overrides: str, recipes: str | Path = RECIPES_FILE, 
                                                   "overrides": [*recipe.overrides, *overrides],
                                                   "build_seconds": round(time.perf_counter() - began, 1)}, indent=1))
     return Path(results["adapter"])
-
-
-def built_starts() -> list[dict[str, Any]]:
-    """One row per folder in `starts_dir()`: name, body, family, training tasks, validation score
-    (kept and step 0), size (bytes) and build time; or name and `error` for a folder that is corrupt
-    or not a built start (it is never used)."""
-    rows, root = [], starts_dir()
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
-    for folder in folders:
-        try:
-            adapter = readable_folder(folder / "adapter")
-            verify_folder(adapter, ADAPTER_FILES)
-            meta = read_start(adapter)
-        except (CheckpointError, FileNotFoundError, OSError) as err:
-            rows.append({"name": folder.name, "error": str(err).replace(str(root) + "/", "")})
-            continue
-        try:
-            build = json.loads((folder / BUILD_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            build = {}
-        rows.append({"name": folder.name, "body": meta.get("base_model"), "family": build.get("family", "?"),
-                     "algorithm": meta.get("algorithm"), "tasks": sorted(meta.get("tasks") or []),
-                     "validation": meta.get("validation_accuracy"), "step0": meta.get("step0_validation_accuracy"),
-                     "size_bytes": sum(p.stat().st_size for p in adapter.iterdir() if p.is_file()),
-                     "build_seconds": build.get("build_seconds"), "adapter": str(adapter)})
-    return rows

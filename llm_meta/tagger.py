@@ -197,6 +197,9 @@ def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False, progress: b
     cfg = dataclasses.replace(cfg)
     if support is None and cfg.data is None:
         raise ValueError("give the NER data to draw the support set from (--task or data=)")
+    if cfg.adapter == "auto":  # start_choice judges sentence embeddings; a tagger's starts are not chosen yet
+        raise ValueError("adapter=auto chooses among starts for classifiers; for NER name the adapter folder "
+                         "(llm-meta starts list shows the built ones) or leave it out")
     if cfg.adapter is not None:
         meta = read_start(cfg.adapter)
         cfg.model = start_model_config(recorded_model_config(meta["config"]["model"]), cfg.model,

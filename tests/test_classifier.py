@@ -258,7 +258,7 @@ def test_a_protonet_adapter_takes_no_steps_on_its_familys_labels_and_the_steps_w
     # fit has its own tests): what is tested is what adapt does with it.
     import dataclasses
 
-    from llm_meta import classifier
+    from llm_meta import start_choice
     from llm_meta.meta.adaptation import OWN_STEPS, own_adaptation
     from llm_meta.saving.checkpoint import load_adapter_params, save_adapter
     from llm_meta.modeling.loading import load_body
@@ -276,14 +276,13 @@ def test_a_protonet_adapter_takes_no_steps_on_its_familys_labels_and_the_steps_w
         "model": dataclasses.asdict(tiny_cfg.model)}, "algorithm": algorithm,
         **({} if family is None else {"label_names": [x.upper() for x in labels] + ["spare"] if family == "toy"
                                       else ["something else"]})})
-    real = classifier.choose_start
-    monkeypatch.setattr(classifier, "choose_start", lambda *a, **k: (pick, real(*a, **k)[1]))
+    monkeypatch.setattr(start_choice, "best_fit", lambda fits: list(fits).index(pick))
     # select_start=off: the adapter as given with the configured steps, even on the family's labels
     off = llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "start",
                          cfg=dataclasses.replace(tiny_cfg, select_start="off"))
     assert off.metadata["start_selection"] is None and off.metadata["start"] == str(tmp_path / "start")
     assert not all(torch.equal(off.params[name], value) for name, value in trained.items())
-    with pytest.raises(ValueError, match="select_start must be auto, support or off"):
+    with pytest.raises(ValueError, match="select_start must be auto, names, support or off"):
         llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "start",
                        cfg=dataclasses.replace(tiny_cfg, select_start="yes"))
     clf = llm_meta.adapt(task=str(toy), shots=2, adapter=tmp_path / "start",

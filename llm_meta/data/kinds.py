@@ -43,3 +43,11 @@ def kind_of_format(fmt: object) -> TaskKind | None:
     before the version; None for any other folder (a meta-learned start, a run, not ours)."""
     family = str(fmt).split("/")[0]
     return next((k for k in KINDS.values() if k.folder_format.split("/")[0] == family), None)
+
+
+def kind_of_start(config: dict) -> TaskKind:
+    """The kind a meta-trained start is for, from its recorded meta-training config (llm_meta.json's
+    "config"): a run on NER episodes alone (an `ner.data` and no sequence `tasks`, as
+    `llm_meta.meta_sources.ner_only`) made a start for taggers; any other, for classifiers."""
+    ner = config.get("ner") if isinstance(config, dict) else None
+    return TOKEN if isinstance(ner, dict) and ner.get("data") and not config.get("tasks") else SEQUENCE

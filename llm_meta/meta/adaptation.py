@@ -130,9 +130,14 @@ def choose_start(body: Body, candidates: dict[str, Params], support: Examples, n
     safe one (the untrained start) first."""
     fits = {name: leave_one_out_fit(body, params, support, n_way, cfg, label_names)
             for name, params in candidates.items()}
-    order = list(fits)
-    best = max(order, key=lambda name: (float("-inf") if math.isnan(fits[name]) else fits[name], -order.index(name)))
-    return best, fits
+    return list(fits)[best_fit(fits)], fits
+
+
+def best_fit(fits: dict[str, float]) -> int:
+    """The position in `fits` of the best estimate; ties and NaN go to the earliest, so list the
+    safe candidate (the untrained start) first."""
+    order = list(fits.values())
+    return max(range(len(order)), key=lambda i: (float("-inf") if math.isnan(order[i]) else order[i], -i))
 
 
 def in_family(label_names: list[str], family: list[str] | None) -> bool:
