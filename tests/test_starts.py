@@ -42,3 +42,22 @@ def test_a_start_is_built_listed_and_a_corrupt_or_foreign_one_refused(tiny_bert_
     cli_main(["starts", "list", "--recipes", str(recipes)])
     out = capsys.readouterr().out
     assert "toy: not usable, never chosen" in out and "mine: not usable" in out
+
+
+def test_no_start_of_the_declared_benchmark_trains_or_validates_on_its_held_out_tasks():
+    # benchmarks/starts.yaml declares held-out tasks; every start it builds must keep away from them
+    # (their tasks, SMLMT corpus and validation), and the NER start from the scored entity types.
+    from llm_meta.config import load_config
+    from llm_meta.meta_config import Config
+
+    protocol = yaml.safe_load((ROOT / "benchmarks" / "starts.yaml").read_text())
+    held_out, recipes = set(protocol["held_out"]), start_recipes(ROOT / "recipes/configs/starts.yaml")
+    assert {"banking77", "mcid", "yahoo", "tweets_apple", "drug_reviews"} <= held_out
+    for name, start in protocol["starts"].items():
+        recipe = recipes[start["recipe"]] if "recipe" in start else None
+        cfg = load_config(Config, ROOT / (recipe.config if recipe else start["config"]), recipe.overrides if recipe else [])
+        used = {t if isinstance(t, str) else (t.name or t.smlmt) for t in cfg.tasks}
+        used |= set((cfg.smlmt.data or "").split(",")) | set(cfg.validation.tasks)
+        assert not used & held_out, (name, used & held_out)
+        if cfg.ner.data:
+            assert sorted(cfg.ner.held_out_types) == ["movie", "musicartist", "product", "sportsteam"], name

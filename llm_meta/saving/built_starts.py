@@ -5,6 +5,7 @@ live and what each is, read from its folder. `adapt` with `adapter=auto` chooses
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ BUILD_FILE = "build.json"  # beside a built start's adapter/: its recipe, family
 
 
 def starts_dir() -> Path:
-    """Where built starts live: `<llm_meta cache>/starts` ($LLM_META_CACHE moves the cache)."""
-    return cache_dir() / "starts"
+    """Where built starts live: $LLM_META_STARTS, else `<llm_meta cache>/starts` ($LLM_META_CACHE
+    moves the cache; the start benchmark keeps one folder of starts per meta-seed this way)."""
+    return Path(os.environ["LLM_META_STARTS"]) if os.environ.get("LLM_META_STARTS") else cache_dir() / "starts"
 
 
 def built_starts() -> list[dict[str, Any]]:
