@@ -124,7 +124,8 @@ def cmd_starts(args: argparse.Namespace) -> None:
     if args.action == "build":
         adapter = build_start(args.name, *args.overrides, recipes=args.recipes, overwrite=args.overwrite,
                               trust_remote_code=args.trust_remote_code)
-        print(f"built start '{args.name}' -> {adapter} (llm-meta adapt --adapter {adapter} ...)")
+        print(f"built start '{args.name}' -> {adapter} (llm-meta adapt --adapter auto ... chooses among the built "
+              f"starts; --adapter {adapter} uses this one)")
         return
     rows, recipes = built_starts(), start_recipes(args.recipes)
     print(f"starts in {starts_dir()}:" if rows else f"no start built in {starts_dir()} yet")
@@ -136,7 +137,8 @@ def cmd_starts(args: argparse.Namespace) -> None:
             and r["step0"] is not None else "?"
         took = f", built in {r['build_seconds'] / 60:.1f} min" if r["build_seconds"] else ""
         tasks = ", ".join(r["tasks"][:6]) + (" ..." if len(r["tasks"]) > 6 else "")
-        print(f"  {r['name']} [{r['family']}]: {r['algorithm']} on {r['body']}, meta-validation {score}, "
+        serves = " (NER taggers: name it with adapt --ner --adapter)" if r["kind"] != "sequence" else ""
+        print(f"  {r['name']} [{r['family']}]{serves}: {r['algorithm']} on {r['body']}, meta-validation {score}, "
               f"{r['size_bytes'] / 2**20:.1f} MB{took}; tasks: {tasks or '?'}")
     built = {r["name"] for r in rows}
     for name, recipe in recipes.items():

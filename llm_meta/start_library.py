@@ -51,18 +51,19 @@ def start_recipes(path: str | Path = RECIPES_FILE) -> dict[str, StartRecipe]:
     return {str(name): from_dict(StartRecipe, recipe) for name, recipe in recipes.items()}
 
 
-def build_start(name: str, *overrides: str, recipes: str | Path = RECIPES_FILE, overwrite: bool = False,
-                trust_remote_code: bool = False) -> Path:
+def build_start(name: str, *overrides: str, recipes: str | Path | dict[str, StartRecipe] = RECIPES_FILE,
+                overwrite: bool = False, trust_remote_code: bool = False) -> Path:
     """Meta-train start `name` by its recipe into `starts_dir()/name`; its adapter folder.
-    `overrides` ("key.sub=value") go after the recipe's; `overwrite` replaces a start built before.
+    `recipes`: a recipes file or the recipes themselves (`start_recipes`); `overrides`
+    ("key.sub=value") go after the recipe's; `overwrite` replaces a start built before.
 
     Raises:
         ValueError: an unknown start name.
         OutputError: the start's folder holds something else, or a built start without `overwrite`.
     """
-    known = start_recipes(recipes)
+    known = recipes if isinstance(recipes, dict) else start_recipes(recipes)
     if name not in known:
-        raise ValueError(f"no start recipe '{name}' (known: {', '.join(known) or 'none'}; in {recipes})")
+        raise ValueError(f"no start recipe '{name}' (known: {', '.join(known) or 'none'})")
     recipe, folder = known[name], starts_dir() / name
     began = time.perf_counter()
     results = meta_train(recipe.config, *recipe.overrides, *overrides, f"output_dir={folder}", "test.episodes=0",

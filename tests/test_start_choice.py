@@ -91,6 +91,8 @@ def test_a_start_of_the_tasks_family_is_used_as_trained_and_a_corrupt_one_left_o
 def test_no_built_start_is_the_untrained_start_and_bad_combinations_are_refused(toy, tiny_cfg, tmp_path,  # noqa: F811
                                                                                 monkeypatch):
     monkeypatch.setenv("LLM_META_CACHE", str(tmp_path / "empty"))
+    clf.save(tmp_path / "model")
+    assert f"matched by meaning: {labels[0]} → x" in (tmp_path / "model" / "README.md").read_text()
     auto = llm_meta.adapt(task=str(toy), shots=2, cfg=dataclasses.replace(tiny_cfg, adapter="auto"))
     plain = llm_meta.adapt(task=str(toy), shots=2, cfg=tiny_cfg)
     assert auto.metadata["start"] == "untrained" and auto.metadata["start_selection"] is None
@@ -131,5 +133,7 @@ def test_select_start_names_uses_the_matched_names_for_the_label_examples(toy, t
     selection = clf.metadata["start_selection"]
     assert selection["chosen"] == "family" and selection["name_match"] == dict(zip(labels, ["x", "y", "z"]))
     assert seen["names"] == ["x", "y", "z"] and clf.labels == labels and selection["inner_steps"] == 0
+    clf.save(tmp_path / "model")
+    assert f"matched by meaning: {labels[0]} → x" in (tmp_path / "model" / "README.md").read_text()
     auto = llm_meta.adapt(task=str(toy), shots=2, cfg=dataclasses.replace(tiny_cfg, adapter="auto"))
     assert "name_match" not in auto.metadata["start_selection"]  # plain auto never matches names

@@ -61,3 +61,36 @@ def test_no_start_of_the_declared_benchmark_trains_or_validates_on_its_held_out_
         assert not used & held_out, (name, used & held_out)
         if cfg.ner.data:
             assert sorted(cfg.ner.held_out_types) == ["movie", "musicartist", "product", "sportsteam"], name
+
+
+def test_the_start_benchmark_report_reads_every_declared_row_and_contrast():
+    # benchmarks/starts.py's table on made-up outcomes: a row that is right on every text beats one
+    # that is wrong on every text, on the mean and on each task; a missing row leaves its cells empty.
+    import numpy as np
+
+    from benchmarks import starts as bench
+
+    proto = bench.protocol()
+    rng = np.random.default_rng(0)
+    results = {}
+    for task in [*proto["held_out"], proto["ner_held_out"]]:
+        rows = proto["ner_rows"] if task == proto["ner_held_out"] else proto["rows"]
+        for k in proto["shots"]:
+            for row_name, row in rows.items():
+                if row_name == "auto_names":
+                    continue  # left out: its cells and contrast stay empty
+                for seed in bench.row_seeds(row, proto):
+                    if task == proto["ner_held_out"]:
+                        runs = [{"counts": [[1, 0, 0]] * 4 if row_name == "ner" else [[0, 1, 1]] * 4,
+                                 "text_ids": [0, 1, 2, 3]} for _ in range(proto["draws"])]
+                    else:
+                        value = {"auto": 1, "untrained": 0}.get(row_name)
+                        runs = [{"correct": ([value] * 12 if value is not None else rng.integers(0, 2, 12).tolist())}
+                                for _ in range(proto["draws"])]
+                    results[f"{task}/K{k}/{row_name}/s{seed}"] = {"test_texts": 4 if task == "wnut16" else 12,
+                                                                  "runs": runs}
+    text = bench.report(results, proto)
+    assert "| auto vs untrained (primary) | 8 | +100.0 [+100.0, +100.0] | " in text
+    assert "| auto | 100.0 [100.0, 100.0] |" in text and "| auto_names | - |" in text
+    assert "auto_names vs auto" not in text and "banking77 +100.0" in text and "ner vs untrained +100.0" in text
+    assert text.count("| win |") >= 2

@@ -84,3 +84,21 @@ def test_an_interval_over_episodes_alone_undercovers_when_texts_recur():
         ci = mean_ci([float(v.mean()) for v in sim.values[0]])
         hits.append(ci.mean - ci.half_width <= 0.7 <= ci.mean + ci.half_width)
     assert np.mean(hits) < 0.85
+
+
+def test_the_mean_over_tasks_is_the_mean_of_their_statistics_with_meta_seeds_shared():
+    from llm_meta.eval.statistics import crossed_bootstrap_mean
+
+    rng = np.random.default_rng(0)
+    tasks = []
+    for size in (20, 35):  # two tasks of different sizes: each weighs the same in the mean
+        ids, n = text_index([[f"t{rng.integers(size)}" for _ in range(8)] for _ in range(5)])
+        base = [[(rng.random((8, 1)) < 0.5).astype(float) for _ in range(5)] for _ in range(3)]
+        tasks.append((Outcomes(base, ids, n), Outcomes([[np.zeros((8, 1)) for _ in range(5)]] * 2, ids, n)))
+    one = [crossed_bootstrap(o, r, n_boot=300) for o, r in tasks]
+    both = crossed_bootstrap_mean(tasks, n_boot=300)
+    assert both.mean == pytest.approx((one[0].mean + one[1].mean) / 2) and both.low < both.mean < both.high
+    assert crossed_bootstrap_mean(tasks[:1], n_boot=300) == one[0]  # one task: crossed_bootstrap, draw for draw
+    fewer = (Outcomes(tasks[1][0].values[:2], tasks[1][0].text_ids, tasks[1][0].n_texts), tasks[1][1])
+    with pytest.raises(ValueError, match="same meta-seeds"):  # a side's seed s is one start on every task
+        crossed_bootstrap_mean([tasks[0], fewer])

@@ -118,19 +118,40 @@ def crossed_bootstrap(outcomes: Outcomes, reference: Outcomes | None = None, sta
     Raises:
         ValueError: the two sides do not have the same episodes, or an unknown statistic.
     """
-    if reference is not None and [len(i) for i in reference.text_ids] != [len(i) for i in outcomes.text_ids]:
-        raise ValueError("a paired difference needs the same episodes and queries on both sides")
+    return crossed_bootstrap_mean([(outcomes, reference)], statistic, n_boot, confidence, seed)
+
+
+def crossed_bootstrap_mean(tasks: list[tuple[Outcomes, Outcomes | None]], statistic: str = "accuracy",
+                           n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Estimate:
+    """`crossed_bootstrap` of the unweighted mean over tasks: each pair is one task's outcomes and
+    its reference (None: the statistic itself). Episodes and texts are resampled per task; a side's
+    meta-seeds once for every task, since its seed s is one trained start scored on all of them
+    (each task must have the same meta-seeds on a side). One task: `crossed_bootstrap`, draw for draw.
+
+    Raises:
+        ValueError: a pair without the same episodes on both sides, tasks with different meta-seed
+            counts on a side, or an unknown statistic.
+    """
+    for outcomes, reference in tasks:
+        if reference is not None and [len(i) for i in reference.text_ids] != [len(i) for i in outcomes.text_ids]:
+            raise ValueError("a paired difference needs the same episodes and queries on both sides")
+    paired = tasks[0][1] is not None
+    if len({len(o.values) for o, _ in tasks}) > 1 or (paired and len({len(r.values) for _, r in tasks}) > 1):
+        raise ValueError("every task needs the same meta-seeds on a side")
     rng = np.random.default_rng(seed)
-    sums, counts = _sums(outcomes)
-    n_episodes, n_texts = counts.shape
-    ones = (np.ones((1, sums.shape[0])), np.ones((1, n_episodes)), np.ones((1, n_texts)))
-    w_episode, w_text = _draws(rng, n_boot, n_episodes), _draws(rng, n_boot, n_texts)
-    point = _statistic(sums, counts, *ones, statistic)[0]
-    boot = _statistic(sums, counts, _draws(rng, n_boot, sums.shape[0]), w_episode, w_text, statistic)
-    if reference is not None:
-        ref_sums, _ = _sums(reference)
-        point -= _statistic(ref_sums, counts, np.ones((1, ref_sums.shape[0])), ones[1], ones[2], statistic)[0]
-        boot = boot - _statistic(ref_sums, counts, _draws(rng, n_boot, ref_sums.shape[0]), w_episode, w_text, statistic)
+    sums = [(_sums(o), _sums(r)[0] if r is not None else None) for o, r in tasks]
+    units = [(_draws(rng, n_boot, c.shape[0]), _draws(rng, n_boot, c.shape[1])) for (_, c), _ in sums]
+    w_seed = _draws(rng, n_boot, sums[0][0][0].shape[0])
+    w_ref = _draws(rng, n_boot, sums[0][1].shape[0]) if paired else None
+    point, boot = 0.0, np.zeros(n_boot)
+    for ((s, counts), ref), (w_episode, w_text) in zip(sums, units):
+        ones = (np.ones((1, counts.shape[0])), np.ones((1, counts.shape[1])))
+        point += _statistic(s, counts, np.ones((1, s.shape[0])), *ones, statistic)[0]
+        boot += _statistic(s, counts, w_seed, w_episode, w_text, statistic)
+        if ref is not None:
+            point -= _statistic(ref, counts, np.ones((1, ref.shape[0])), *ones, statistic)[0]
+            boot -= _statistic(ref, counts, w_ref, w_episode, w_text, statistic)
+    point, boot = point / len(tasks), boot / len(tasks)
     tail = (1 - confidence) / 2
     low, high = np.quantile(boot, [tail, 1 - tail])
     # Two-sided bootstrap p-value of 0, with the +1 that keeps it above 0 for a finite number of replicates.

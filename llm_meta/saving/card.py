@@ -61,7 +61,9 @@ def model_card(metadata: dict[str, Any], files: list[str]) -> ModelCard:
             fits = selection["leave_one_out_fit"]
             lines.append((f"- start chosen on the support set: {selection['chosen']} (leave-one-out fit, higher is "
                           f"better: {', '.join(f'{k} {v:.3f}' for k, v in fits.items())})" if fits else
-                          f"- start: {selection['chosen']}, the task's class names being the adapter's family's")
+                          f"- start: {selection['chosen']}, the task's class names being the start's family's")
+                         + (f" (matched by meaning: {', '.join(f'{a} → {b}' for a, b in selection['name_match'].items())})"
+                            if selection.get("name_match") else "")
                          + (f", then {selection['inner_steps']} inner steps" if "inner_steps" in selection else ""))
     else:
         step0, kept = metadata.get("step0_validation_accuracy"), metadata.get("validation_accuracy")
