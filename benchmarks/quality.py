@@ -140,9 +140,12 @@ def run_one(task: Task, model_overrides: dict[str, Any], variant: str, shots: in
     clf = adapt(task=task, cfg=VARIANTS[variant](cfg))
     start = time.perf_counter()
     predicted = [clf.labels[i] for i in clf.predict_proba(texts).argmax(1).tolist()]
+    chosen = {"start_chosen": clf.metadata["start_selection"]["chosen"],
+              "select_seconds": clf.metadata["adapt_timings"].get("start_selection")} \
+        if clf.metadata.get("start_selection") else {}  # adapter=auto, or a given adapter's choice
     return {**scored(predicted, labels),
             "adapt_seconds": clf.metadata["adapt_seconds"] - clf.metadata["adapt_timings"].get("model_load", 0.0),
-            "predict_seconds": round(time.perf_counter() - start, 2)}
+            "predict_seconds": round(time.perf_counter() - start, 2), **chosen}
 
 
 def run_ner(name: str, variant: str, shots: int, draw: int, test: list[Sentence]) -> dict[str, Any]:

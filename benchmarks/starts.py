@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +159,14 @@ def run(tasks: list[str], rows: list[str], shots: list[int], seeds: list[int] | 
                                                 f"{r['adapt_seconds']:.1f} s")
 
 
-def outcomes(results: dict[str, Any], task: str, k: int, row: str, proto: dict[str, Any]) -> Outcomes | None:
+def outcomes(results: dict[str, Any], task: str, k: int, row: str, proto: dict[str, Any],
+             seeds: list[int] | None = None) -> Outcomes | None:
     """A row's per-text outcomes on a task at K: [meta-seed][draw] -> [texts, 1] correct, or
-    [sentences, 3] entity counts for NER; None until every meta-seed has every draw."""
+    [sentences, 3] entity counts for NER; None until every meta-seed (of `seeds`, if given) has
+    every draw."""
     table = proto["ner_rows"] if task == proto["ner_held_out"] else proto["rows"]
-    entries = [results.get(f"{task}/K{k}/{row}/s{seed}") for seed in row_seeds(table[row], proto)]
+    entries = [results.get(f"{task}/K{k}/{row}/s{seed}") for seed in row_seeds(table[row], proto)
+               if seeds is None or seed in seeds or len(row_seeds(table[row], proto)) == 1]
     if any(e is None or len(e["runs"]) < proto["draws"] for e in entries):
         return None
     runs = [e["runs"][:proto["draws"]] for e in entries]
@@ -173,22 +178,27 @@ def outcomes(results: dict[str, Any], task: str, k: int, row: str, proto: dict[s
                     [np.arange(n)] * len(runs[0]), n)
 
 
-def report(results: dict[str, Any], proto: dict[str, Any]) -> str:
+def report(results: dict[str, Any], proto: dict[str, Any], seeds: list[int] | None = None) -> str:
     """The declared table: every row per held-out task and on their mean, then every declared
-    contrast (mean over tasks, paired), Holm-adjusted over all but the primary; NER apart."""
+    contrast (mean over tasks, paired), Holm-adjusted over all but the primary; NER apart.
+    `seeds`: only these meta-seeds of the rows trained per meta-seed (a preliminary table)."""
     tasks, lines = list(proto["held_out"]), [f"Accuracy, % (95% interval: {UNIT}).", ""]
+    if seeds is not None:
+        lines[:0] = [f"PRELIMINARY: meta-seed(s) {', '.join(map(str, seeds))} only of the rows trained per meta-seed "
+                     f"(declared: {', '.join(map(str, proto['meta_seeds']))}).", ""]
+    get = functools.partial(outcomes, seeds=seeds)
     contrasts = []
     for k in proto["shots"]:
         lines += [f"K = {k}:", "", "| row | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
         for row in proto["rows"]:
-            got = [outcomes(results, t, k, row, proto) for t in tasks]
+            got = [get(results, t, k, row, proto) for t in tasks]
             cells = [str(crossed_bootstrap(o)) if o is not None else "-" for o in got]
             mean = str(crossed_bootstrap_mean([(o, None) for o in got])) if all(o is not None for o in got) else "-"
             lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean} |")
         lines.append("")
         for text in proto["contrasts"]:
             a, b = (x.strip() for x in text.split(" vs "))
-            got = [(outcomes(results, t, k, a, proto), outcomes(results, t, k, b, proto)) for t in tasks]
+            got = [(get(results, t, k, a, proto), get(results, t, k, b, proto)) for t in tasks]
             if all(x is not None and y is not None for x, y in got):
                 contrasts.append({"contrast": text, "K": k, "got": got,
                                   "primary": proto["primary"] == f"{text} on mean at K={k}"})
@@ -210,13 +220,20 @@ def report(results: dict[str, Any], proto: dict[str, Any]) -> str:
         for k in proto["shots"]:
             cells = []
             for t in tasks:
-                x, y = outcomes(results, t, k, a, proto), outcomes(results, t, k, b, proto)
+                x, y = get(results, t, k, a, proto), get(results, t, k, b, proto)
                 d = crossed_bootstrap(x, y) if x is not None and y is not None else None
                 cells.append(f"{t} {100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]" if d else f"{t} -")
             lines += ["", f"{text}, per task, K = {k}: " + "; ".join(cells)]
+    for k in proto["shots"]:  # what the choice took, per task: how often each start over draws and meta-seeds
+        for row in (r for r, spec in proto["rows"].items() if spec.get("adapter") == "auto"):
+            picks = {t: Counter(r.get("start_chosen", "?") for key, e in results.items()
+                                if key.startswith(f"{t}/K{k}/{row}/") for r in e["runs"]) for t in tasks}
+            if any(picks.values()):
+                lines += ["", f"{row} chose, K = {k}: " + "; ".join(
+                    f"{t} " + ", ".join(f"{n} {c}" for n, c in picks[t].most_common()) for t in tasks if picks[t])]
     ner = proto["ner_held_out"]
     for k in proto["shots"]:
-        got = {row: outcomes(results, ner, k, row, proto) for row in proto["ner_rows"]}
+        got = {row: get(results, ner, k, row, proto) for row in proto["ner_rows"]}
         cells = [f"{row} {crossed_bootstrap(o, statistic='micro_f1')}" for row, o in got.items() if o is not None]
         for text in proto["ner_contrasts"]:
             a, b = (x.strip() for x in text.split(" vs "))
@@ -245,7 +262,7 @@ def main() -> None:
         tasks = args.tasks.split(",") if args.tasks else [*proto["held_out"], proto["ner_held_out"]]
         rows = args.rows.split(",") if args.rows else [*proto["rows"], *proto["ner_rows"]]
         return run(tasks, rows, args.shots or proto["shots"], seeds, proto, args.out)
-    print(report(json.loads(args.out.read_text()) if args.out.is_file() else {}, proto))
+    print(report(json.loads(args.out.read_text()) if args.out.is_file() else {}, proto, seeds))
 
 
 if __name__ == "__main__":
