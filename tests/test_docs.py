@@ -45,7 +45,8 @@ def commands(script: str) -> list[list[str]]:
 def test_the_front_pages_stay_short_and_the_lab_stays_out_of_the_product():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 150
     assert len((ROOT / "docs" / "results.md").read_text().splitlines()) <= 250
-    assert len(list((ROOT / "benchmarks").glob("*.py"))) <= 5  # what a maintainer reruns; studies: experiments/
+    # what a maintainer reruns (quality, peers, starts, three speeds); studies: experiments/
+    assert len(list((ROOT / "benchmarks").glob("*.py"))) <= 6
     for source in [*(ROOT / "llm_meta").rglob("*.py"), *(ROOT / "recipes").rglob("*.py"),
                    *(ROOT / "recipes").rglob("*.yaml")]:
         text = source.read_text(encoding="utf-8").lower()

@@ -121,7 +121,7 @@ def test_the_protonet_family_recipe_gives_an_adapter_that_both_readme_adapt_comm
     default = adapt(cfg=load_config(AdaptConfig, None, ["task=tweets_apple", "shots=2", f"adapter={adapter}"]))
     assert default.metadata["start_selection"] == {
         "chosen": "adapter", "leave_one_out_fit": None, "inner_steps": 0,
-        "method": "the support set's class names are all among the adapter's meta-training class names"}
+        "method": "the support set's class names are all among the start's meta-training class names"}
     assert all(torch.equal(default.params[name], value) for name, value in trained.items())
     chosen = adapt(cfg=load_config(AdaptConfig, None, ["task=mcid", "shots=2", f"adapter={adapter}"]))
     selection = chosen.metadata["start_selection"]
