@@ -147,16 +147,21 @@ def run(tasks: list[str], rows: list[str], shots: list[int], seeds: list[int] | 
                         continue
                     entry = {"task": name, "shots": k, "row": row_name, "meta_seed": seed, "test_texts": n_texts}
 
+                    quality.VARIANTS["_row"] = lambda cfg: configure(cfg, row, seed, proto)
+
                     def one(draw: int) -> dict[str, Any]:
                         if ner:
-                            quality.VARIANTS["_row"] = lambda cfg: configure(cfg, row, seed, proto)
                             return quality.run_ner(name, "_row", k, draw, test)
-                        quality.VARIANTS["_row"] = lambda cfg: configure(cfg, row, seed, proto)
                         return quality.run_one(task, {}, "_row", k, draw, texts, labels)
 
                     quality.run_draws(results, out, f"{name}/K{k}/{row_name}/s{seed}", entry, one, proto["draws"],
                                       lambda r: f"{100 * (r['micro_f1'] if 'counts' in r else sum(r['correct']) / len(r['correct'])):.1f}, "
                                                 f"{r['adapt_seconds']:.1f} s")
+
+
+def sides(contrast: str) -> tuple[str, ...]:
+    """("A", "B") of a declared contrast "A vs B"."""
+    return tuple(x.strip() for x in contrast.split(" vs "))
 
 
 def outcomes(results: dict[str, Any], task: str, k: int, row: str, proto: dict[str, Any],
@@ -197,7 +202,7 @@ def report(results: dict[str, Any], proto: dict[str, Any], seeds: list[int] | No
             lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean} |")
         lines.append("")
         for text in proto["contrasts"]:
-            a, b = (x.strip() for x in text.split(" vs "))
+            a, b = sides(text)
             got = [(get(results, t, k, a, proto), get(results, t, k, b, proto)) for t in tasks]
             if all(x is not None and y is not None for x, y in got):
                 contrasts.append({"contrast": text, "K": k, "got": got,
@@ -216,7 +221,7 @@ def report(results: dict[str, Any], proto: dict[str, Any], seeds: list[int] | No
                      f"{100 * c['estimate'].mean:+.1f} [{100 * c['estimate'].low:+.1f}, {100 * c['estimate'].high:+.1f}]"
                      f" | {p:.3g} | {verdict(c['estimate'], p)} |")
     for text in proto["per_task"]:
-        a, b = (x.strip() for x in text.split(" vs "))
+        a, b = sides(text)
         for k in proto["shots"]:
             cells = []
             for t in tasks:
@@ -236,7 +241,7 @@ def report(results: dict[str, Any], proto: dict[str, Any], seeds: list[int] | No
         got = {row: get(results, ner, k, row, proto) for row in proto["ner_rows"]}
         cells = [f"{row} {crossed_bootstrap(o, statistic='micro_f1')}" for row, o in got.items() if o is not None]
         for text in proto["ner_contrasts"]:
-            a, b = (x.strip() for x in text.split(" vs "))
+            a, b = sides(text)
             if got.get(a) is not None and got.get(b) is not None:
                 d = crossed_bootstrap(got[a], got[b], statistic="micro_f1")
                 cells.append(f"{text} {100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]")
