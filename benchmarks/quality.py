@@ -140,12 +140,16 @@ def run_one(task: Task, model_overrides: dict[str, Any], variant: str, shots: in
     clf = adapt(task=task, cfg=VARIANTS[variant](cfg))
     start = time.perf_counter()
     predicted = [clf.labels[i] for i in clf.predict_proba(texts).argmax(1).tolist()]
-    chosen = {"start_chosen": clf.metadata["start_selection"]["chosen"],
-              "select_seconds": clf.metadata["adapt_timings"].get("start_selection")} \
-        if clf.metadata.get("start_selection") else {}  # adapter=auto, or a given adapter's choice
-    return {**scored(predicted, labels),
-            "adapt_seconds": clf.metadata["adapt_seconds"] - clf.metadata["adapt_timings"].get("model_load", 0.0),
-            "predict_seconds": round(time.perf_counter() - start, 2), **chosen}
+    return {**scored(predicted, labels), **timed(clf.metadata), "predict_seconds": round(time.perf_counter() - start, 2)}
+
+
+def timed(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A task model's adaptation seconds without loading the body, and the start it chose, if it
+    chose one (adapter=auto, or a given adapter's choice) with the seconds the choice took."""
+    chosen = {"start_chosen": metadata["start_selection"]["chosen"],
+              "select_seconds": metadata["adapt_timings"].get("start_selection")} \
+        if metadata.get("start_selection") else {}
+    return {"adapt_seconds": metadata["adapt_seconds"] - metadata["adapt_timings"].get("model_load", 0.0), **chosen}
 
 
 def run_ner(name: str, variant: str, shots: int, draw: int, test: list[Sentence]) -> dict[str, Any]:
@@ -163,8 +167,7 @@ def run_ner(name: str, variant: str, shots: int, draw: int, test: list[Sentence]
     counts = [entity_counts(io_to_bio(p, labels), io_to_bio(r, labels)) for p, r in zip(predicted, references)]
     tp, fp, fn = np.sum(counts, axis=0)
     return {"counts": counts, "text_ids": ids, "micro_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
-            "adapt_seconds": tagger.metadata["adapt_seconds"] - tagger.metadata["adapt_timings"]["model_load"],
-            "predict_seconds": round(time.perf_counter() - start, 2)}
+            **timed(tagger.metadata), "predict_seconds": round(time.perf_counter() - start, 2)}
 
 
 def ner_test(name: str) -> list[Sentence]:

@@ -101,8 +101,9 @@ def row_seeds(row: dict[str, Any], proto: dict[str, Any]) -> list[int]:
     """The meta-seeds a row has runs for: its start's, or every declared one for `auto`; else one."""
     if "start" in row:
         return seeds_of(proto["starts"][row["start"]], proto)
-    if row.get("adapter") == "auto":
-        return list(proto["meta_seeds"])
+    if row.get("adapter") == "auto":  # one run per meta-seed if any of its starts is built per meta-seed
+        per_seed = any(proto["starts"][name].get("seeds") == "all" for name in row["starts"])
+        return list(proto["meta_seeds"]) if per_seed else [proto["family_seed"]]
     return [0]
 
 
@@ -120,7 +121,9 @@ def configure(cfg: Any, row: dict[str, Any], seed: int, proto: dict[str, Any]) -
                                       inner=own_adaptation(cfg.inner, read_start(adapter).get("algorithm")))
     if row.get("adapter") == "auto":
         os.environ["LLM_META_STARTS"] = str(auto_folder(row, seed, proto))
-        cfg = dataclasses.replace(cfg, adapter="auto", select_start=row.get("select_start", "auto"))
+        cfg = dataclasses.replace(cfg, adapter="auto")
+        if isinstance(cfg, AdaptConfig):  # a tagger has one rule (start_choice.choose's "auto")
+            cfg = dataclasses.replace(cfg, select_start=row.get("select_start", "auto"))
     return cfg
 
 
@@ -229,14 +232,15 @@ def report(results: dict[str, Any], proto: dict[str, Any], seeds: list[int] | No
                 d = crossed_bootstrap(x, y) if x is not None and y is not None else None
                 cells.append(f"{t} {100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]" if d else f"{t} -")
             lines += ["", f"{text}, per task, K = {k}: " + "; ".join(cells)]
+    ner = proto["ner_held_out"]
     for k in proto["shots"]:  # what the choice took, per task: how often each start over draws and meta-seeds
-        for row in (r for r, spec in proto["rows"].items() if spec.get("adapter") == "auto"):
-            picks = {t: Counter(r.get("start_chosen", "?") for key, e in results.items()
-                                if key.startswith(f"{t}/K{k}/{row}/") for r in e["runs"]) for t in tasks}
+        for row, among in [(r, tasks) for r, spec in proto["rows"].items() if spec.get("adapter") == "auto"] + \
+                [(r, [ner]) for r, spec in proto["ner_rows"].items() if spec.get("adapter") == "auto"]:
+            picks = {t: Counter(r.get("start_chosen", "untrained") for key, e in results.items()
+                                if key.startswith(f"{t}/K{k}/{row}/") for r in e["runs"]) for t in among}
             if any(picks.values()):
                 lines += ["", f"{row} chose, K = {k}: " + "; ".join(
-                    f"{t} " + ", ".join(f"{n} {c}" for n, c in picks[t].most_common()) for t in tasks if picks[t])]
-    ner = proto["ner_held_out"]
+                    f"{t} " + ", ".join(f"{n} {c}" for n, c in picks[t].most_common()) for t in among if picks[t])]
     for k in proto["shots"]:
         got = {row: get(results, ner, k, row, proto) for row in proto["ner_rows"]}
         cells = [f"{row} {crossed_bootstrap(o, statistic='micro_f1')}" for row, o in got.items() if o is not None]

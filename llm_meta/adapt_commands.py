@@ -137,7 +137,7 @@ def cmd_starts(args: argparse.Namespace) -> None:
             and r["step0"] is not None else "?"
         took = f", built in {r['build_seconds'] / 60:.1f} min" if r["build_seconds"] else ""
         tasks = ", ".join(r["tasks"][:6]) + (" ..." if len(r["tasks"]) > 6 else "")
-        serves = " (NER taggers: name it with adapt --ner --adapter)" if r["kind"] != "sequence" else ""
+        serves = " (for NER taggers: adapt --ner --adapter auto)" if r["kind"] != "sequence" else ""
         print(f"  {r['name']} [{r['family']}]{serves}: {r['algorithm']} on {r['body']}, meta-validation {score}, "
               f"{r['size_bytes'] / 2**20:.1f} MB{took}; tasks: {tasks or '?'}")
     built = {r["name"] for r in rows}

@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("adapt", help="adapt a meta-trained adapter (or none) to a new task from K examples per class")
     p.add_argument("--adapter", default=None, help="llm_meta adapter folder; 'auto': the untrained start or a "
-                   "start built on this machine (llm-meta starts), chosen on the support set; 'none': untrained")
+                   "start built on this machine (llm-meta starts; with --ner, the NER starts), chosen on the support set; "
+                   "'none': untrained")
     p.add_argument("--init", default=None, metavar="hypernet:DIR",
                    help="start from the adapter a trained hypernetwork writes for this task (then adapt)")
     p.add_argument("--task", default=None, help="registry name, local file/folder, or hf:<id>: K per class drawn from it")

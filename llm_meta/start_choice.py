@@ -29,7 +29,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from llm_meta.data.episodes import Examples
-from llm_meta.data.kinds import SEQUENCE
+from llm_meta.data.kinds import SEQUENCE, TaskKind
 from llm_meta.meta.adaptation import best_fit, in_family, leave_one_out_fit, own_adaptation
 from llm_meta.meta.core import InnerConfig, interpolate
 from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
@@ -143,10 +143,11 @@ def adapter_candidates(body: Body, params: Params, model: ModelConfig, adapter: 
             Candidate("adapter at α=0.5", body, interpolate(untrained, params, 0.5), model)]
 
 
-def built_candidates(model: ModelConfig, default: ModelConfig, seed: int = 0,
-                     trust_remote_code: bool = False) -> list[Candidate]:
+def built_candidates(model: ModelConfig, default: ModelConfig, seed: int = 0, trust_remote_code: bool = False,
+                     kind: TaskKind = SEQUENCE) -> list[Candidate]:
     """The untrained start with `model`, then every usable start built on this machine for
-    classifiers on the same body (`built_starts`), each loaded with its own model settings plus the
+    `kind`'s task models (classifiers, or NER taggers with the token kind) on the same body
+    (`built_starts`), each loaded with its own model settings plus the
     runtime settings the user changed from `default` (`start_model_config`). A start whose settings
     the user's contradict (say model.lora_layers=2 against a start trained on every layer) is left
     out with a message; so is a corrupt or foreign folder (listed by `llm-meta starts list`)."""
@@ -156,7 +157,7 @@ def built_candidates(model: ModelConfig, default: ModelConfig, seed: int = 0,
         if "error" in row:
             log.warning("built start %s left out: %s", row["name"], row["error"])
             continue
-        if row["kind"] != SEQUENCE.name or row["body"] != model.name:
+        if row["kind"] != kind.name or row["body"] != model.name:
             continue
         meta = read_start(row["adapter"])
         try:

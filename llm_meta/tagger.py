@@ -38,6 +38,7 @@ from llm_meta.modeling.forward import capped
 from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
 from llm_meta.modeling.words import report_cut
 from llm_meta.saving.checkpoint import load_adapter_params, read_start
+from llm_meta.start_choice import AUTO, built_candidates, choose
 from llm_meta.task_model import PretrainedMixin, load_task_model, save_task_model
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,11 @@ class TaggerConfig:
     data: str | None = None  # wnut16, a CoNLL file, a .jsonl/.parquet/.csv with token and tag columns, hf:<id>
     tokens_column: str = "tokens"  # of a dataset file (a CSV cell holds the words split by spaces)
     tags_column: str = "ner_tags"
-    adapter: str | None = None  # an llm_meta adapter folder (e.g. from ner_fomaml.yaml); None: untrained LoRA
+    # an llm_meta adapter folder (e.g. from ner_fomaml.yaml); None: untrained LoRA; "auto": the untrained
+    # start or an NER start built on this machine (`llm-meta starts build ner`) for this body, whichever
+    # fits the support set's words best before any step (start_choice.choose; an NER start records no
+    # entity-type family, so the leave-one-out fit decides)
+    adapter: str | None = None
     shots: int = 5  # K: mentions per entity type in the support set (Few-NERD's K~2K sampling)
     types: list[str] = field(default_factory=list)  # entity types to learn; empty: every type of the data
     seed: int = 0
@@ -197,10 +202,7 @@ def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False, progress: b
     cfg = dataclasses.replace(cfg)
     if support is None and cfg.data is None:
         raise ValueError("give the NER data to draw the support set from (--task or data=)")
-    if cfg.adapter == "auto":  # start_choice judges sentence embeddings; a tagger's starts are not chosen yet
-        raise ValueError("adapter=auto chooses among starts for classifiers; for NER name the adapter folder "
-                         "(llm-meta starts list shows the built ones) or leave it out")
-    if cfg.adapter is not None:
+    if cfg.adapter not in (None, AUTO):
         meta = read_start(cfg.adapter)
         cfg.model = start_model_config(recorded_model_config(meta["config"]["model"]), cfg.model,
                                        TaggerConfig().model, cfg.adapter)
@@ -221,17 +223,29 @@ def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False, progress: b
     if examples.texts == []:
         raise TaskError(f"{cfg.data}: no support sentences for types {types}")
     load_start = time.perf_counter()
-    body = load_body(cfg.model, seed=cfg.seed, trust_remote_code=trust_remote_code)
-    params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
-    model_load = round(time.perf_counter() - load_start, 3)
+    timings: dict[str, float] = {}
+    chosen, selection, inner, model = cfg.adapter or "untrained", None, cfg.inner, cfg.model
+    if cfg.adapter == AUTO:  # the untrained tagger, then every NER start built on this machine for this body
+        candidates = built_candidates(cfg.model, TaggerConfig().model, cfg.seed, trust_remote_code, kind=TOKEN)
+        timings["model_load"] = round(time.perf_counter() - load_start, 3)
+        choice = choose(candidates, examples, labels, cfg.inner) if len(candidates) > 1 else None
+        cand = choice.candidate if choice else candidates[0]
+        body, params, model, chosen = cand.body, cand.params, cand.model, cand.adapter or cand.name
+        if choice:
+            inner, selection = choice.inner, choice.record
+            timings["start_selection"] = round(time.perf_counter() - load_start - timings["model_load"], 3)
+    else:
+        body = load_body(cfg.model, seed=cfg.seed, trust_remote_code=trust_remote_code)
+        params = lora_params(body) if cfg.adapter is None else load_adapter_params(body, cfg.adapter)
+        timings["model_load"] = round(time.perf_counter() - load_start, 3)
     report_cut(body, examples.texts, examples.labels, labels, role="train")
-    fast = adapt_params(body, params, examples, len(labels), cfg.inner, seed=cfg.seed, label_names=labels,
+    fast = adapt_params(body, params, examples, len(labels), inner, seed=cfg.seed, label_names=labels,
                         progress=progress)
-    meta = {"base_model": cfg.model.name, "model": to_dict(cfg.model), "start": cfg.adapter or "untrained",
+    meta = {"base_model": model.name, "model": to_dict(model), "start": chosen, "start_selection": selection,
             "task": str(cfg.data) if support is None else IN_MEMORY,
             "task_hash": sentences_fingerprint(sentences), "support_size": len(examples),
             "adapt_config": to_dict(cfg), "adapt_seconds": round(time.perf_counter() - start_time, 2),
-            "adapt_timings": {"model_load": model_load}, "environment": environment()}
+            "adapt_timings": timings, "environment": environment()}
     log.info("adapted to %d entity types from %d support sentences in %.1f s", len(types), len(examples),
              meta["adapt_seconds"])
     return FewShotTagger(body, fast, labels, cfg.inner.scale, meta)

@@ -1,7 +1,8 @@
 """`adapt` with `adapter=auto`: the untrained start or a start built on this machine, chosen on the
 support set (llm_meta.start_choice). A start that fits the task wins, one that does not loses to
 the untrained start; a start of the task's family is used as trained; class names matched by
-meaning on the real MiniLM; a corrupt start is left out; no built start gives the untrained start."""
+meaning on the real MiniLM; a corrupt start is left out; no built start gives the untrained start;
+an NER tagger chooses among the NER starts alone."""
 
 import dataclasses
 import logging
@@ -18,6 +19,7 @@ from llm_meta.saving.checkpoint import save_adapter
 from llm_meta.start_choice import built_candidates, match_names
 from llm_meta.tagger import TaggerConfig, adapt_tagger
 from tests.test_classifier import tiny_cfg, toy  # noqa: F401  (fixtures: a tiny BERT config, a 3-class task)
+from tests.test_ner import _corpus
 
 
 def _build(cache, name, cfg, params_of, **meta):
@@ -97,8 +99,6 @@ def test_no_built_start_is_the_untrained_start_and_bad_combinations_are_refused(
     assert all(torch.equal(auto.params[k], plain.params[k]) for k in plain.params)
     with pytest.raises(ValueError, match="select_start=off needs a named adapter"):
         llm_meta.adapt(task=str(toy), shots=2, cfg=dataclasses.replace(tiny_cfg, adapter="auto", select_start="off"))
-    with pytest.raises(ValueError, match="adapter=auto chooses among starts for classifiers"):
-        adapt_tagger(TaggerConfig(data="wnut16", adapter="auto"))
 
 
 def test_class_names_match_a_familys_by_meaning_on_minilm_or_not_at_all(minilm):
@@ -135,3 +135,26 @@ def test_select_start_names_uses_the_matched_names_for_the_label_examples(toy, t
     assert f"matched by meaning: {labels[0]} → x" in (tmp_path / "model" / "README.md").read_text()
     auto = llm_meta.adapt(task=str(toy), shots=2, cfg=dataclasses.replace(tiny_cfg, adapter="auto"))
     assert "name_match" not in auto.metadata["start_selection"]  # plain auto never matches names
+
+
+def test_a_tagger_chooses_among_the_ner_starts_only(tiny_cfg, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("LLM_META_CACHE", str(tmp_path / "cache"))
+    conll = tmp_path / "toy.conll"
+    conll.write_text("\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(s.tokens, s.tags)) for s in _corpus(200)) + "\n")
+    cfg = TaggerConfig(data=str(conll), types=["PER", "LOC"], shots=2, adapter="auto", model=tiny_cfg.model,
+                       inner=dataclasses.replace(TaggerConfig().inner, steps=2))
+    _build(tmp_path / "cache", "classifier", tiny_cfg, _scrambled, label_names=["other"])  # a classifier's start
+    tagger = adapt_tagger(cfg)
+    assert tagger.metadata["start"] == "untrained" and tagger.metadata["start_selection"] is None
+
+    ner_config = {"model": dataclasses.asdict(tiny_cfg.model), "ner": {"data": str(conll)}, "tasks": []}
+    body = load_body(tiny_cfg.model, seed=0)
+    save_adapter(body, _scrambled(body), tmp_path / "cache" / "starts" / "ner" / "adapter",
+                 {"base_model": tiny_cfg.model.name, "config": ner_config, "algorithm": "transfer", "label_names": []})
+    tagger = adapt_tagger(cfg)
+    selection = tagger.metadata["start_selection"]
+    fits = selection["leave_one_out_fit"]
+    assert list(fits) == ["untrained", "ner"]  # the classifier's start is not a tagger's candidate
+    # judged on the support set's words, O included: the scrambled start's word geometry loses
+    assert fits["untrained"] > fits["ner"] and selection["chosen"] == "untrained" == tagger.metadata["start"]
+    assert tagger.metadata["adapt_timings"]["start_selection"] >= 0

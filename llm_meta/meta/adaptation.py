@@ -100,7 +100,8 @@ def leave_one_out_fit(body: Body, params: Params, support: Examples, n_way: int,
     """How well a start's geometry fits a task, from its support set alone, in one embedding pass:
     the mean log-probability of each support example's class under the Proto-MAML head (`cfg.scale`)
     built from the *other* examples (label-name examples, when `cfg.label_examples`, always stay in).
-    An example whose class has no other example is left out; NaN when none is left.
+    An example whose class has no other example is left out; NaN when none is left. For a token
+    task (NER) the examples are the support set's words, O included.
 
     A cheap stand-in for k-fold adaptation (which costs an adaptation per fold and start), used to
     choose between starts (`choose_start`); it judges the start before any step.
@@ -110,7 +111,10 @@ def leave_one_out_fit(body: Body, params: Params, support: Examples, n_way: int,
     emb = emb.float()
     sums = torch.zeros(n_way, emb.shape[1], dtype=emb.dtype, device=emb.device).index_add_(0, labels, emb)
     counts = torch.bincount(labels, minlength=n_way).to(emb.dtype)
-    real = torch.arange(len(support), device=emb.device)  # label-name examples come after the real ones
+    # Label-name units come after the real ones: texts, or for a token task the names' words (short
+    # sentences, never cut), so the real rows are the first len(emb) - their count.
+    n_names = kind_ops(support).units(extended.subset(range(len(support), len(extended))))
+    real = torch.arange(len(emb) - n_names, device=emb.device)
     e, y = emb[real], labels[real]
     own = counts[y] - 1
     keep = own > 0

@@ -48,6 +48,10 @@ class SequenceOps:
     def check_head(self, cfg: InnerConfig) -> None:
         """Raise ValueError for head settings this kind cannot take (none here: `ner_head` is NER's)."""
 
+    def units(self, examples: Examples) -> int:
+        """How many labelled units (rows of `labelled_embeddings`) `examples` hold, none cut: texts."""
+        return len(examples)
+
     @torch.no_grad()
     def labelled_embeddings(self, body: Body, params: Params, examples: Examples) -> tuple[Tensor, Tensor]:
         return embed_texts(body, params, examples.texts), torch.tensor(examples.labels, device=body.device)
@@ -120,6 +124,9 @@ class TokenOps(SequenceOps):
     def check_head(self, cfg: InnerConfig) -> None:
         if cfg.ner_head == "decomposed" and cfg.head_init != "proto":
             raise ValueError("ner_head=decomposed builds both heads from support prototypes: use head_init=proto")
+
+    def units(self, examples: Examples) -> int:
+        return sum(map(len, examples.labels))  # words
 
     def labelled_embeddings(self, body: Body, params: Params, examples: Examples) -> tuple[Tensor, Tensor]:
         return embed_words(body, params, examples.texts, examples.labels)
