@@ -37,7 +37,9 @@ class StartRecipe:
 
 
 def start_recipes(path: str | Path = RECIPES_FILE) -> dict[str, StartRecipe]:
-    """The start recipes of `path` (default: the shipped recipes/configs/starts.yaml), by name.
+    """The start recipes of `path` (default: the shipped recipes/configs/starts.yaml), by name. A
+    recipe's relative `config` is read beside `path` when it is there, else as given (a shipped
+    `recipes/configs/...` path works from any folder).
 
     Raises:
         ConfigError: a missing or malformed file, or a recipe with unknown keys.
@@ -48,7 +50,11 @@ def start_recipes(path: str | Path = RECIPES_FILE) -> dict[str, StartRecipe]:
     recipes = parse_yaml(file.read_text(encoding="utf-8"))
     if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
         raise ConfigError(f"{file}: expected a mapping of start names to recipes (family, config, overrides, about)")
-    return {str(name): from_dict(StartRecipe, recipe) for name, recipe in recipes.items()}
+    out = {str(name): from_dict(StartRecipe, recipe) for name, recipe in recipes.items()}
+    for recipe in out.values():  # a config beside the recipes file is read from there, not from the working folder
+        if (beside := file.parent / recipe.config).is_file() and not Path(recipe.config).is_absolute():
+            recipe.config = str(beside)
+    return out
 
 
 def build_start(name: str, *overrides: str, recipes: str | Path | dict[str, StartRecipe] = RECIPES_FILE,

@@ -55,8 +55,11 @@ def main(cfg: Config, trust_remote_code: bool = False) -> dict:
 
     Raises:
         OutputError: output_dir is not a folder the benchmark may write (`llm_meta.io.outputs.claim_run`).
-        ValueError: a method without a training config, or a primary contrast naming no method run.
+        ValueError: no meta-seed, a method without a training config, or a primary contrast naming no
+            method run.
     """
+    if not cfg.meta_seeds:  # every start, the untrained one too, is made per meta-seed
+        raise ValueError("meta_seeds is empty: give at least one (meta_seeds=[0])")
     algorithms = start_algorithms(cfg)  # reads every training config once
     specs = {m: method_spec(m, algorithms) for m in cfg.methods}
     missing = sorted({start for start, _ in specs.values()} - {"untrained"} - set(cfg.train_configs))

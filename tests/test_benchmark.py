@@ -202,6 +202,8 @@ def test_a_declared_primary_contrast_is_judged_alone(results_dir, tmp_path):
     fresh = tmp_path / "fresh"
     with pytest.raises(ValueError, match="primary 'reptile vs transfer on x' must read"):
         benchmark.main(dataclasses.replace(small, primary="reptile vs transfer on x", output_dir=str(fresh)))
+    with pytest.raises(ValueError, match="meta_seeds is empty"):  # said, not a NameError after the set-up
+        benchmark.main(dataclasses.replace(small, meta_seeds=[], output_dir=str(fresh)))
     assert not fresh.exists()
 
 

@@ -13,6 +13,9 @@ def test_mean_ci_on_known_numbers():
     assert mean_ci([0.5] * 10).half_width == 0
     assert math.isinf(mean_ci([0.7]).half_width)
     assert str(mean_ci([0.7])) == "70.0 (one value, no interval)"  # not "70.0 ± inf"
+    # two episodes 0.2 and 0.9: t(0.975, 1) = 12.7 gives ± 445 points, wider than any accuracy's range
+    assert str(mean_ci([0.2, 0.9])) == "55.0 (2 values, too few for a useful interval)"
+    assert str(mean_ci([0.5, 0.6, 0.7])) == "60.0 ± 24.8"
 
 
 def test_paired_difference():

@@ -14,9 +14,12 @@ def test_a_start_is_built_listed_and_a_corrupt_or_foreign_one_refused(tiny_bert_
     monkeypatch.setenv("LLM_META_CACHE", str(tmp_path / "cache"))
     recipes = tmp_path / "starts.yaml"
     overrides = [o for o in tiny_overrides(tiny_bert_dir, toy_csv, tmp_path) if not o.startswith("output_dir=")]
-    recipes.write_text(yaml.safe_dump({"toy": {"family": "toys", "config": str(ROOT / "recipes/configs/meta_train.yaml"),
+    # the recipe's config beside the recipes file, named relative to it (the working folder is elsewhere)
+    (tmp_path / "train.yaml").write_text((ROOT / "recipes/configs/meta_train.yaml").read_text())
+    recipes.write_text(yaml.safe_dump({"toy": {"family": "toys", "config": "train.yaml",
                                                "overrides": overrides, "about": "a tiny start"}}))
     assert start_recipes(recipes)["toy"].family == "toys"
+    assert start_recipes(recipes)["toy"].config == str(tmp_path / "train.yaml")
 
     cli_main(["starts", "build", "toy", "--recipes", str(recipes)])
     adapter = tmp_path / "cache" / "starts" / "toy" / "adapter"

@@ -26,6 +26,8 @@ class Interval:
     def __str__(self) -> str:
         if math.isinf(self.half_width):  # one value: no interval to give (not "± inf")
             return f"{100 * self.mean:.1f} (one value, no interval)"
+        if self.half_width > 1:  # wider than any score's whole range (2 values: t = 12.7), so it says nothing
+            return f"{100 * self.mean:.1f} ({self.n} values, too few for a useful interval)"
         return f"{100 * self.mean:.1f} ± {100 * self.half_width:.1f}"
 
 
