@@ -144,12 +144,14 @@ def run_one(task: Task, model_overrides: dict[str, Any], variant: str, shots: in
 
 
 def timed(metadata: dict[str, Any]) -> dict[str, Any]:
-    """A task model's adaptation seconds without loading the body, and the start it chose, if it
-    chose one (adapter=auto, or a given adapter's choice) with the seconds the choice took."""
+    """A task model's adaptation seconds without loading the body (load_seconds: the loading, every
+    candidate's body with adapter=auto), and the start it chose, if it chose one (adapter=auto, or a
+    given adapter's choice) with the seconds the choice took."""
     chosen = {"start_chosen": metadata["start_selection"]["chosen"],
               "select_seconds": metadata["adapt_timings"].get("start_selection")} \
         if metadata.get("start_selection") else {}
-    return {"adapt_seconds": metadata["adapt_seconds"] - metadata["adapt_timings"].get("model_load", 0.0), **chosen}
+    load = metadata["adapt_timings"].get("model_load", 0.0)
+    return {"adapt_seconds": metadata["adapt_seconds"] - load, "load_seconds": load, **chosen}
 
 
 def run_ner(name: str, variant: str, shots: int, draw: int, test: list[Sentence]) -> dict[str, Any]:

@@ -234,13 +234,21 @@ def report(results: dict[str, Any], proto: dict[str, Any], seeds: list[int] | No
             lines += ["", f"{text}, per task, K = {k}: " + "; ".join(cells)]
     ner = proto["ner_held_out"]
     for k in proto["shots"]:  # what the choice took, per task: how often each start over draws and meta-seeds
-        for row, among in [(r, tasks) for r, spec in proto["rows"].items() if spec.get("adapter") == "auto"] + \
-                [(r, [ner]) for r, spec in proto["ner_rows"].items() if spec.get("adapter") == "auto"]:
-            picks = {t: Counter(r.get("start_chosen", "untrained") for key, e in results.items()
-                                if key.startswith(f"{t}/K{k}/{row}/") for r in e["runs"]) for t in among}
+        for row, spec, among in [(r, spec, tasks) for r, spec in proto["rows"].items()] + \
+                [(r, spec, [ner]) for r, spec in proto["ner_rows"].items()]:
+            if spec.get("adapter") != "auto":
+                continue
+            runs = {t: [r for key, e in results.items() if key.startswith(f"{t}/K{k}/{row}/") for r in e["runs"]]
+                    for t in among}
+            picks = {t: Counter(r.get("start_chosen", "untrained") for r in runs[t]) for t in among}
             if any(picks.values()):
                 lines += ["", f"{row} chose, K = {k}: " + "; ".join(
                     f"{t} " + ", ".join(f"{n} {c}" for n, c in picks[t].most_common()) for t in among if picks[t])]
+                # its cost per candidate (the untrained start and each declared start), median over runs
+                per = 1 + len(spec["starts"])
+                lines.append(f"{row}'s choice, K = {k}, median seconds per candidate (of {per}): " + "; ".join(
+                    f"{t} {np.median([r['select_seconds'] for r in runs[t] if r.get('select_seconds')]) / per:.2f}"
+                    for t in among if any(r.get("select_seconds") for r in runs[t])))
     for k in proto["shots"]:
         got = {row: get(results, ner, k, row, proto) for row in proto["ner_rows"]}
         cells = [f"{row} {crossed_bootstrap(o, statistic='micro_f1')}" for row, o in got.items() if o is not None]
