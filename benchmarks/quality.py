@@ -146,10 +146,11 @@ def run_one(task: Task, model_overrides: dict[str, Any], variant: str, shots: in
 def timed(metadata: dict[str, Any]) -> dict[str, Any]:
     """A task model's adaptation seconds without loading the body (load_seconds: the loading, every
     candidate's body with adapter=auto), and the start it chose, if it chose one (adapter=auto, or a
-    given adapter's choice) with the seconds the choice took."""
-    chosen = {"start_chosen": metadata["start_selection"]["chosen"],
-              "select_seconds": metadata["adapt_timings"].get("start_selection")} \
-        if metadata.get("start_selection") else {}
+    given adapter's choice) with the seconds the choice took and how many candidates it judged by
+    their fit (0 when the family's labels decided)."""
+    selection = metadata.get("start_selection")
+    chosen = {"start_chosen": selection["chosen"], "select_seconds": metadata["adapt_timings"].get("start_selection"),
+              "candidates_fitted": len(selection.get("leave_one_out_fit") or {})} if selection else {}
     load = metadata["adapt_timings"].get("model_load", 0.0)
     return {"adapt_seconds": metadata["adapt_seconds"] - load, "load_seconds": load, **chosen}
 

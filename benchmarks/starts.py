@@ -85,20 +85,27 @@ def build(names: list[str], seeds: list[int] | None, proto: dict[str, Any]) -> N
 
 
 def auto_folder(row: dict[str, Any], seed: int, proto: dict[str, Any]) -> Path:
-    """The starts folder an `adapter: auto` row sees at meta-seed `seed`: links to its declared starts."""
-    folder = BENCH / f"auto_seed{seed}"
+    """The starts folder an `adapter: auto` row sees at meta-seed `seed`: links to its declared
+    starts and nothing else (one folder per set of starts, so rows never see each other's)."""
+    folder = BENCH / "auto" / f"seed{seed}-{'+'.join(sorted(row['starts']))}"
     folder.mkdir(parents=True, exist_ok=True)
+    for link in folder.iterdir():  # links this script made for another set (none expected)
+        if link.is_symlink() and link.name not in row["starts"]:
+            link.unlink()
     for name in row["starts"]:
         link, target = folder / name, start_folder(name, seed, proto)
         if not (target / "adapter" / "llm_meta.json").is_file():
             raise SystemExit(f"start {name} of meta-seed {seed} is not built: benchmarks/starts.py build first")
+        if link.is_symlink() and link.resolve() != target.resolve():
+            link.unlink()
         if not link.is_symlink():
             link.symlink_to(target.resolve(), target_is_directory=True)
     return folder
 
 
 def row_seeds(row: dict[str, Any], proto: dict[str, Any]) -> list[int]:
-    """The meta-seeds a row has runs for: its start's, or every declared one for `auto`; else one."""
+    """The meta-seeds a row has runs for: its start's; for `auto`, every declared one if any of its
+    starts is built per meta-seed, else the family seed; else one."""
     if "start" in row:
         return seeds_of(proto["starts"][row["start"]], proto)
     if row.get("adapter") == "auto":  # one run per meta-seed if any of its starts is built per meta-seed
@@ -238,17 +245,21 @@ def report(results: dict[str, Any], proto: dict[str, Any], seeds: list[int] | No
                 [(r, spec, [ner]) for r, spec in proto["ner_rows"].items()]:
             if spec.get("adapter") != "auto":
                 continue
-            runs = {t: [r for key, e in results.items() if key.startswith(f"{t}/K{k}/{row}/") for r in e["runs"]]
-                    for t in among}
+            runs = {t: [r for key, e in results.items() if key.startswith(f"{t}/K{k}/{row}/")
+                        and (seeds is None or int(key.rpartition("/s")[2]) in seeds) for r in e["runs"]] for t in among}
             picks = {t: Counter(r.get("start_chosen", "untrained") for r in runs[t]) for t in among}
             if any(picks.values()):
                 lines += ["", f"{row} chose, K = {k}: " + "; ".join(
                     f"{t} " + ", ".join(f"{n} {c}" for n, c in picks[t].most_common()) for t in among if picks[t])]
-                # its cost per candidate (the untrained start and each declared start), median over runs
-                per = 1 + len(spec["starts"])
-                lines.append(f"{row}'s choice, K = {k}, median seconds per candidate (of {per}): " + "; ".join(
-                    f"{t} {np.median([r['select_seconds'] for r in runs[t] if r.get('select_seconds')]) / per:.2f}"
-                    for t in among if any(r.get("select_seconds") for r in runs[t])))
+                # its cost, median over runs: seconds per candidate judged by its fit (runs from before
+                # `candidates_fitted` was recorded: every declared start and the untrained one), and the
+                # seconds loading every candidate's body
+                per = [[r["select_seconds"] / r.get("candidates_fitted", 1 + len(spec["starts"])) for r in runs[t]
+                        if r.get("select_seconds") is not None and r.get("candidates_fitted", 1) > 0] for t in among]
+                load = [[r["load_seconds"] for r in runs[t] if "load_seconds" in r] for t in among]
+                lines.append(f"{row}'s cost, K = {k}, median seconds choosing per candidate fitted; loading: " + "; ".join(
+                    f"{t} {np.median(p):.2f}" + (f"; {np.median(ls):.1f}" if ls else "")
+                    for t, p, ls in zip(among, per, load) if p))
     for k in proto["shots"]:
         got = {row: get(results, ner, k, row, proto) for row in proto["ner_rows"]}
         cells = [f"{row} {crossed_bootstrap(o, statistic='micro_f1')}" for row, o in got.items() if o is not None]

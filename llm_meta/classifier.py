@@ -305,7 +305,6 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     else:
         data = task if isinstance(task, Task) else load_task(cfg.task, cfg.text_column, cfg.label_column)
         examples, labels = support_set(data, cfg.shots, cfg.split, cfg.seed)
-    warn_truncated(body, examples.texts, "support texts")
     lap("data")
     chosen, selection, inner, names, model = cfg.adapter or "untrained", None, cfg.inner, labels, cfg.model
     if cfg.adapter == AUTO and len(candidates) == 1:
@@ -318,6 +317,7 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         chosen = (choice.candidate.adapter or name if cfg.adapter == AUTO else
                   {"untrained": "untrained", "adapter": cfg.adapter}.get(name, f"{name} of {cfg.adapter}"))
         lap("start_selection")
+    warn_truncated(body, examples.texts, "support texts")  # by the chosen start's max_length
     fast = adapt_params(body, params, examples, len(labels), inner, seed=cfg.seed, label_names=names,
                         progress=progress)
     lap("adaptation")  # support encoding for the prototype head, then the inner-loop steps

@@ -22,6 +22,7 @@ check: 71.4 against 64.8 for transfer's start on a sentiment task of another gen
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from scipy.optimize import linear_sum_assignment
 
 from llm_meta.data.episodes import Examples
 from llm_meta.data.kinds import SEQUENCE, TaskKind
+from llm_meta.errors import CheckpointError, ModelLoadError
 from llm_meta.meta.adaptation import best_fit, in_family, leave_one_out_fit, own_adaptation
 from llm_meta.meta.core import InnerConfig, interpolate
 from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
@@ -101,6 +103,8 @@ def choose(candidates: list[Candidate], support: Examples, labels: list[str], in
     Cost: one embedding pass of the support set per candidate judged by the fit (none when one
     start of the family's labels is found); `names` adds one pass over the class names per start.
     """
+    if not candidates:
+        raise ValueError("choose needs at least one candidate start (the untrained start first)")
     family: list[tuple[Candidate, list[str], dict[str, str] | None]] = []
     for cand in candidates if select in ("auto", "names") else []:
         names = cand.meta.get("label_names")
@@ -119,7 +123,7 @@ def choose(candidates: list[Candidate], support: Examples, labels: list[str], in
         log.info("start: %s, the task's class names being its family's%s; %d inner steps", cand.name,
                  " (matched by meaning)" if match else "", own.steps)
         return Choice(cand, own, names, {
-            "chosen": cand.name, "leave_one_out_fit": fits, "inner_steps": own.steps,
+            "chosen": cand.name, "leave_one_out_fit": recorded(fits), "inner_steps": own.steps,
             **({"name_match": match} if match else {}),
             "method": "the support set's class names are all among the start's meta-training class names"
                       + (" (matched by meaning: the start's embeddings of the names)" if match else "")})
@@ -128,9 +132,14 @@ def choose(candidates: list[Candidate], support: Examples, labels: list[str], in
     log.info("start chosen on the support set: %s (leave-one-out fit: %s); %d inner steps", best.name,
              ", ".join(f"{k} {v:.3f}" for k, v in fits.items()), inner.steps)
     return Choice(best, inner, labels, {
-        "chosen": best.name, "leave_one_out_fit": fits, "inner_steps": inner.steps,
+        "chosen": best.name, "leave_one_out_fit": recorded(fits), "inner_steps": inner.steps,
         "method": "mean leave-one-out log-probability of each support example's class under the prototype head "
                   "of the others, before any step (adaptation.leave_one_out_fit)"})
+
+
+def recorded(fits: dict[str, float] | None) -> dict[str, float | None] | None:
+    """The fits as llm_meta.json keeps them: NaN (no class with two examples) as null, valid JSON."""
+    return None if fits is None else {k: None if math.isnan(v) else v for k, v in fits.items()}
 
 
 def adapter_candidates(body: Body, params: Params, model: ModelConfig, adapter: str,
@@ -148,25 +157,33 @@ def built_candidates(model: ModelConfig, default: ModelConfig, seed: int = 0, tr
     """The untrained start with `model`, then every usable start built on this machine for
     `kind`'s task models (classifiers, or NER taggers with the token kind) on the same body
     (`built_starts`), each loaded with its own model settings plus the
-    runtime settings the user changed from `default` (`start_model_config`). A start whose settings
-    the user's contradict (say model.lora_layers=2 against a start trained on every layer) is left
-    out with a message; so is a corrupt or foreign folder (listed by `llm-meta starts list`)."""
-    out = [Candidate("untrained", body := load_body(model, seed=seed, trust_remote_code=trust_remote_code),
-                     lora_params(body), model)]
+    runtime settings the user changed from `default` (`start_model_config`); starts with equal
+    settings share one loaded body. Left out with a message: a start whose settings the user's
+    contradict (say model.lora_layers=2 against a start trained on every layer), a corrupt or
+    foreign folder (listed by `llm-meta starts list`), one whose recorded config or tensors do not
+    load, one named "untrained"; left out quietly: Meta-SGD and hypernetwork starts (their learned
+    rates or generated adapter are not a LoRA start to judge; name their folder to use them)."""
+    body = load_body(model, seed=seed, trust_remote_code=trust_remote_code)
+    out, bodies = [Candidate("untrained", body, lora_params(body), model)], {repr(model): body}
     for row in built_starts():
-        if "error" in row:
-            log.warning("built start %s left out: %s", row["name"], row["error"])
+        if "error" in row or row["name"] == "untrained":
+            log.warning("built start %s left out: %s", row["name"], row.get("error", "its name is the untrained start's"))
             continue
         if row["kind"] != kind.name or row["body"] != model.name:
             continue
-        meta = read_start(row["adapter"])
         try:
+            meta = read_start(row["adapter"])
             own = start_model_config(recorded_model_config(meta["config"]["model"]), model, default, row["adapter"])
-        except ValueError as err:
-            log.warning("built start %s left out: %s", row["name"], err)
+            if repr(own) not in bodies:
+                bodies[repr(own)] = load_body(own, seed=seed, trust_remote_code=trust_remote_code)
+            params = load_adapter_params(bodies[repr(own)], row["adapter"])
+        except (ValueError, KeyError, TypeError, CheckpointError, ModelLoadError) as err:
+            log.warning("built start %s left out: %s", row["name"],
+                        f"its llm_meta.json has no {err} entry" if isinstance(err, KeyError) else err)
             continue
-        body = load_body(own, seed=seed, trust_remote_code=trust_remote_code)
-        out.append(Candidate(row["name"], body, load_adapter_params(body, row["adapter"]), own, row["adapter"], meta))
+        if set(params) != set(bodies[repr(own)].lora_names):  # Meta-SGD rates, a hypernetwork
+            continue
+        out.append(Candidate(row["name"], bodies[repr(own)], params, own, row["adapter"], meta))
     if len(out) == 1:
         log.info("no start for %s built on this machine (llm-meta starts list): the untrained start", model.name)
     return out

@@ -85,9 +85,15 @@ def test_a_start_of_the_tasks_family_is_used_as_trained_and_a_corrupt_one_left_o
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
+    body = load_body(tiny_cfg.model, seed=0)  # a start without its recorded config; one named as the untrained
+    save_adapter(body, _scrambled(body), tmp_path / "cache" / "starts" / "no_config" / "adapter",
+                 {"base_model": tiny_cfg.model.name, "algorithm": "fomaml"})
+    _build(tmp_path / "cache", "untrained", tiny_cfg, _scrambled)
     with caplog.at_level(logging.WARNING, logger="llm_meta.start_choice"):
         assert [c.name for c in built_candidates(tiny_cfg.model, tiny_cfg.model)] == ["untrained"]
     assert "built start family left out" in caplog.text and "checksum" in caplog.text
+    assert "built start no_config left out: its llm_meta.json has no 'config' entry" in caplog.text
+    assert "built start untrained left out: its name is the untrained start's" in caplog.text
 
 
 def test_no_built_start_is_the_untrained_start_and_bad_combinations_are_refused(toy, tiny_cfg, tmp_path,  # noqa: F811
@@ -147,7 +153,9 @@ def test_a_tagger_chooses_among_the_ner_starts_only(tiny_cfg, tmp_path, monkeypa
     tagger = adapt_tagger(cfg)
     assert tagger.metadata["start"] == "untrained" and tagger.metadata["start_selection"] is None
 
-    ner_config = {"model": dataclasses.asdict(tiny_cfg.model), "ner": {"data": str(conll)}, "tasks": []}
+    # as llm_meta.json records an NER run: the sequence tasks it inherits (unread) beside ner.data
+    ner_config = {"model": dataclasses.asdict(tiny_cfg.model), "ner": {"data": str(conll)},
+                  "tasks": ["clinc", "stackoverflow"]}
     body = load_body(tiny_cfg.model, seed=0)
     save_adapter(body, _scrambled(body), tmp_path / "cache" / "starts" / "ner" / "adapter",
                  {"base_model": tiny_cfg.model.name, "config": ner_config, "algorithm": "transfer", "label_names": []})

@@ -1,6 +1,8 @@
 """`llm-meta starts`: a start built by its recipe into the cache, listed with what it is; a corrupt
 or foreign folder in the cache listed as not usable; a second build refused without --overwrite."""
 
+import json
+
 import pytest
 import yaml
 
@@ -50,7 +52,8 @@ def test_a_start_is_built_listed_and_a_corrupt_or_foreign_one_refused(tiny_bert_
 def test_no_start_of_the_declared_benchmark_trains_or_validates_on_its_held_out_tasks():
     # benchmarks/starts.yaml declares held-out tasks; every start it builds must keep away from them
     # (their tasks, SMLMT corpus and validation), and the NER start from the scored entity types.
-    from llm_meta.config import load_config
+    from llm_meta.config import load_config, to_dict
+    from llm_meta.data.kinds import kind_of_start
     from llm_meta.meta_config import Config
 
     protocol = yaml.safe_load((ROOT / "benchmarks" / "starts.yaml").read_text())
@@ -64,6 +67,9 @@ def test_no_start_of_the_declared_benchmark_trains_or_validates_on_its_held_out_
         assert not used & held_out, (name, used & held_out)
         if cfg.ner.data:
             assert sorted(cfg.ner.held_out_types) == ["movie", "musicartist", "product", "sportsteam"], name
+        # the kind a built start is listed and chosen for, from its config as llm_meta.json records it
+        # (an NER config inherits the default sequence tasks, unread: still a tagger's start)
+        assert kind_of_start(json.loads(json.dumps(to_dict(cfg)))).name == ("token" if name == "ner" else "sequence")
 
 
 def test_the_start_benchmark_report_reads_every_declared_row_and_contrast():

@@ -47,7 +47,12 @@ def kind_of_format(fmt: object) -> TaskKind | None:
 
 def kind_of_start(config: dict) -> TaskKind:
     """The kind a meta-trained start is for, from its recorded meta-training config (llm_meta.json's
-    "config"): a run on NER episodes alone (an `ner.data` and no sequence `tasks`, as
-    `llm_meta.meta_sources.ner_only`) made a start for taggers; any other, for classifiers."""
+    "config"): a run on NER episodes alone (an `ner.data` and no task entry marked `ner: true`, as
+    `llm_meta.meta_sources.ner_only` decides; the sequence `tasks` a config inherits are then not
+    read) made a start for taggers; any other, for classifiers."""
     ner = config.get("ner") if isinstance(config, dict) else None
-    return TOKEN if isinstance(ner, dict) and ner.get("data") and not config.get("tasks") else SEQUENCE
+    if not (isinstance(ner, dict) and ner.get("data")):
+        return SEQUENCE
+    tasks = config.get("tasks") or []
+    mixed = any(isinstance(t, dict) and t.get("ner") for t in tasks) if isinstance(tasks, list) else False
+    return SEQUENCE if mixed else TOKEN

@@ -111,10 +111,8 @@ def leave_one_out_fit(body: Body, params: Params, support: Examples, n_way: int,
     emb = emb.float()
     sums = torch.zeros(n_way, emb.shape[1], dtype=emb.dtype, device=emb.device).index_add_(0, labels, emb)
     counts = torch.bincount(labels, minlength=n_way).to(emb.dtype)
-    # Label-name units come after the real ones: texts, or for a token task the names' words (short
-    # sentences, never cut), so the real rows are the first len(emb) - their count.
-    n_names = kind_ops(support).units(extended.subset(range(len(support), len(extended))))
-    real = torch.arange(len(emb) - n_names, device=emb.device)
+    # Label-name rows come after the real ones (texts, or for a token task the words the tokenizer keeps)
+    real = torch.arange(kind_ops(support).rows(body, support), device=emb.device)
     e, y = emb[real], labels[real]
     own = counts[y] - 1
     keep = own > 0

@@ -48,8 +48,8 @@ class SequenceOps:
     def check_head(self, cfg: InnerConfig) -> None:
         """Raise ValueError for head settings this kind cannot take (none here: `ner_head` is NER's)."""
 
-    def units(self, examples: Examples) -> int:
-        """How many labelled units (rows of `labelled_embeddings`) `examples` hold, none cut: texts."""
+    def rows(self, body: Body, examples: Examples) -> int:
+        """How many rows `labelled_embeddings` gives for `examples` (tokenizing at most): one per text."""
         return len(examples)
 
     @torch.no_grad()
@@ -125,8 +125,8 @@ class TokenOps(SequenceOps):
         if cfg.ner_head == "decomposed" and cfg.head_init != "proto":
             raise ValueError("ner_head=decomposed builds both heads from support prototypes: use head_init=proto")
 
-    def units(self, examples: Examples) -> int:
-        return sum(map(len, examples.labels))  # words
+    def rows(self, body: Body, examples: Examples) -> int:
+        return len(align_words(body, examples.texts, warn=False).words)  # the words the tokenizer keeps
 
     def labelled_embeddings(self, body: Body, params: Params, examples: Examples) -> tuple[Tensor, Tensor]:
         return embed_words(body, params, examples.texts, examples.labels)

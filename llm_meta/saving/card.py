@@ -60,7 +60,7 @@ def model_card(metadata: dict[str, Any], files: list[str]) -> ModelCard:
         if selection := metadata.get("start_selection"):
             fits = selection["leave_one_out_fit"]
             lines.append((f"- start chosen on the support set: {selection['chosen']} (leave-one-out fit, higher is "
-                          f"better: {', '.join(f'{k} {v:.3f}' for k, v in fits.items())})" if fits else
+                          f"better: {', '.join(f'{k} {v:.3f}' if v is not None else f'{k} none (no class with two examples)' for k, v in fits.items())})" if fits else
                           f"- start: {selection['chosen']}, the task's class names being the start's family's")
                          + (f" (matched by meaning: {', '.join(f'{a} → {b}' for a, b in selection['name_match'].items())})"
                             if selection.get("name_match") else "")
