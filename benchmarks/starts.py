@@ -242,10 +242,10 @@ def report(results: dict[str, Any], proto: dict[str, Any], seeds: list[int] | No
     ner = proto["ner_held_out"]
     for k in proto["shots"]:  # what the choice took, per task: how often each start over draws and meta-seeds
         for row, spec, among in [(r, spec, tasks) for r, spec in proto["rows"].items()] + \
-                [(r, spec, [ner]) for r, spec in proto["ner_rows"].items()]:
+                [(f"{r} (NER)", spec, [ner]) for r, spec in proto["ner_rows"].items()]:
             if spec.get("adapter") != "auto":
                 continue
-            runs = {t: [r for key, e in results.items() if key.startswith(f"{t}/K{k}/{row}/")
+            runs = {t: [r for key, e in results.items() if key.startswith(f"{t}/K{k}/{row.split()[0]}/")
                         and (seeds is None or int(key.rpartition("/s")[2]) in seeds) for r in e["runs"]] for t in among}
             picks = {t: Counter(r.get("start_chosen", "untrained") for r in runs[t]) for t in among}
             if any(picks.values()):
@@ -257,8 +257,8 @@ def report(results: dict[str, Any], proto: dict[str, Any], seeds: list[int] | No
                 per = [[r["select_seconds"] / r.get("candidates_fitted", 1 + len(spec["starts"])) for r in runs[t]
                         if r.get("select_seconds") is not None and r.get("candidates_fitted", 1) > 0] for t in among]
                 load = [[r["load_seconds"] for r in runs[t] if "load_seconds" in r] for t in among]
-                lines.append(f"{row}'s cost, K = {k}, median seconds choosing per candidate fitted; loading: " + "; ".join(
-                    f"{t} {np.median(p):.2f}" + (f"; {np.median(ls):.1f}" if ls else "")
+                lines.append(f"{row}'s cost, K = {k} (median): " + "; ".join(
+                    f"{t} {np.median(p):.2f} s per candidate fitted" + (f", {np.median(ls):.1f} s loading" if ls else "")
                     for t, p, ls in zip(among, per, load) if p))
     for k in proto["shots"]:
         got = {row: get(results, ner, k, row, proto) for row in proto["ner_rows"]}
