@@ -36,7 +36,7 @@ from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
 from llm_meta.modeling.forward import warn_truncated
 from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
 from llm_meta.saving.checkpoint import load_adapter_params, read_start
-from llm_meta.start_choice import AUTO, adapter_candidates, built_candidates, choose
+from llm_meta.start_choice import AUTO, adapter_candidates, built_candidates, chosen_start
 from llm_meta.task_model import (SUPPORT_FILE, PretrainedMixin, load_task_model, read_support, save_task_model,
                                  write_support)
 
@@ -307,16 +307,13 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         examples, labels = support_set(data, cfg.shots, cfg.split, cfg.seed)
     lap("data")
     chosen, selection, inner, names, model = cfg.adapter or "untrained", None, cfg.inner, labels, cfg.model
-    if cfg.adapter == AUTO and len(candidates) == 1:
-        chosen = "untrained"
-    elif candidates:  # Meta-SGD rates and hypernetworks keep their own procedure (no candidates)
-        choice = choose(candidates, examples, labels, cfg.inner, cfg.select_start)
-        body, params, inner, names, selection = (choice.candidate.body, choice.candidate.params, choice.inner,
-                                                 choice.label_names, choice.record)
-        model, name = choice.candidate.model, choice.candidate.name
-        chosen = (choice.candidate.adapter or name if cfg.adapter == AUTO else
-                  {"untrained": "untrained", "adapter": cfg.adapter}.get(name, f"{name} of {cfg.adapter}"))
-        lap("start_selection")
+    if candidates:  # Meta-SGD rates and hypernetworks keep their own procedure (no candidates)
+        cand, inner, names, selection = chosen_start(candidates, examples, labels, cfg.inner, cfg.select_start)
+        body, params, model = cand.body, cand.params, cand.model
+        chosen = (cand.adapter or cand.name if cfg.adapter == AUTO else
+                  {"untrained": "untrained", "adapter": cfg.adapter}.get(cand.name, f"{cand.name} of {cfg.adapter}"))
+        if selection:
+            lap("start_selection")
     warn_truncated(body, examples.texts, "support texts")  # by the chosen start's max_length
     fast = adapt_params(body, params, examples, len(labels), inner, seed=cfg.seed, label_names=names,
                         progress=progress)

@@ -137,6 +137,16 @@ def choose(candidates: list[Candidate], support: Examples, labels: list[str], in
                   "of the others, before any step (adaptation.leave_one_out_fit)"})
 
 
+def chosen_start(candidates: list[Candidate], support: Examples, labels: list[str], inner: InnerConfig,
+                 select: str = "auto") -> tuple[Candidate, InnerConfig, list[str], dict[str, Any] | None]:
+    """`choose` among `candidates` when there is a choice: the candidate kept, its adaptation, the
+    names its label examples use, and the record (None, with the sole candidate as given, when one)."""
+    if len(candidates) == 1:
+        return candidates[0], inner, labels, None
+    choice = choose(candidates, support, labels, inner, select)
+    return choice.candidate, choice.inner, choice.label_names, choice.record
+
+
 def recorded(fits: dict[str, float] | None) -> dict[str, float | None] | None:
     """The fits as llm_meta.json keeps them: NaN (no class with two examples) as null, valid JSON."""
     return None if fits is None else {k: None if math.isnan(v) else v for k, v in fits.items()}
