@@ -89,15 +89,10 @@ def auto_folder(row: dict[str, Any], seed: int, proto: dict[str, Any]) -> Path:
     starts and nothing else (one folder per set of starts, so rows never see each other's)."""
     folder = BENCH / "auto" / f"seed{seed}-{'+'.join(sorted(row['starts']))}"
     folder.mkdir(parents=True, exist_ok=True)
-    for link in folder.iterdir():  # links this script made for another set (none expected)
-        if link.is_symlink() and link.name not in row["starts"]:
-            link.unlink()
     for name in row["starts"]:
         link, target = folder / name, start_folder(name, seed, proto)
         if not (target / "adapter" / "llm_meta.json").is_file():
             raise SystemExit(f"start {name} of meta-seed {seed} is not built: benchmarks/starts.py build first")
-        if link.is_symlink() and link.resolve() != target.resolve():
-            link.unlink()
         if not link.is_symlink():
             link.symlink_to(target.resolve(), target_is_directory=True)
     return folder

@@ -36,7 +36,7 @@ from llm_meta.modeling.body import Body, ModelConfig, Params, lora_params
 from llm_meta.modeling.forward import warn_truncated
 from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
 from llm_meta.saving.checkpoint import load_adapter_params, read_start
-from llm_meta.start_choice import AUTO, adapter_candidates, built_candidates, chosen_start
+from llm_meta.start_choice import AUTO, adapter_candidates, built_candidates, choose
 from llm_meta.task_model import (SUPPORT_FILE, PretrainedMixin, load_task_model, read_support, save_task_model,
                                  write_support)
 
@@ -308,7 +308,8 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
     lap("data")
     chosen, selection, inner, names, model = cfg.adapter or "untrained", None, cfg.inner, labels, cfg.model
     if candidates:  # Meta-SGD rates and hypernetworks keep their own procedure (no candidates)
-        cand, inner, names, selection = chosen_start(candidates, examples, labels, cfg.inner, cfg.select_start)
+        choice = choose(candidates, examples, labels, cfg.inner, cfg.select_start)
+        cand, inner, names, selection = choice.candidate, choice.inner, choice.label_names, choice.record
         body, params, model = cand.body, cand.params, cand.model
         chosen = (cand.adapter or cand.name if cfg.adapter == AUTO else
                   {"untrained": "untrained", "adapter": cfg.adapter}.get(cand.name, f"{cand.name} of {cfg.adapter}"))

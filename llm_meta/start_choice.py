@@ -70,7 +70,8 @@ class Choice:
     candidate: Candidate
     inner: InnerConfig  # its adaptation (own_adaptation for a start of the task's family)
     label_names: list[str]  # the names its label examples use: the task's, or the family's matched names
-    record: dict[str, Any]  # what was chosen and why: the task model's "start_selection" (and card)
+    record: dict[str, Any] | None  # what was chosen and why: the task model's "start_selection" (and card);
+    # None when there was one candidate
 
 
 def match_names(body: Body, params: Params, names: list[str], family: list[str]) -> dict[str, str] | None:
@@ -97,7 +98,7 @@ def match_names(body: Body, params: Params, names: list[str], family: list[str])
 def choose(candidates: list[Candidate], support: Examples, labels: list[str], inner: InnerConfig,
            select: str = "auto") -> Choice:
     """The start to adapt among `candidates` (the untrained start first) for this support set, by
-    the module's rule. `select`: "auto" (the family's labels, else the fit), "names" (also class
+    the module's rule; a sole candidate is kept as given, with no record. `select`: "auto" (the family's labels, else the fit), "names" (also class
     names matched by meaning), "support" (the fit alone).
 
     Cost: one embedding pass of the support set per candidate judged by the fit (none when one
@@ -105,6 +106,8 @@ def choose(candidates: list[Candidate], support: Examples, labels: list[str], in
     """
     if not candidates:
         raise ValueError("choose needs at least one candidate start (the untrained start first)")
+    if len(candidates) == 1:  # nothing to choose: the sole start as given, no record
+        return Choice(candidates[0], inner, labels, None)
     family: list[tuple[Candidate, list[str], dict[str, str] | None]] = []
     for cand in candidates if select in ("auto", "names") else []:
         names = cand.meta.get("label_names")
@@ -135,16 +138,6 @@ def choose(candidates: list[Candidate], support: Examples, labels: list[str], in
         "chosen": best.name, "leave_one_out_fit": recorded(fits), "inner_steps": inner.steps,
         "method": "mean leave-one-out log-probability of each support example's class under the prototype head "
                   "of the others, before any step (adaptation.leave_one_out_fit)"})
-
-
-def chosen_start(candidates: list[Candidate], support: Examples, labels: list[str], inner: InnerConfig,
-                 select: str = "auto") -> tuple[Candidate, InnerConfig, list[str], dict[str, Any] | None]:
-    """`choose` among `candidates` when there is a choice: the candidate kept, its adaptation, the
-    names its label examples use, and the record (None, with the sole candidate as given, when one)."""
-    if len(candidates) == 1:
-        return candidates[0], inner, labels, None
-    choice = choose(candidates, support, labels, inner, select)
-    return choice.candidate, choice.inner, choice.label_names, choice.record
 
 
 def recorded(fits: dict[str, float] | None) -> dict[str, float | None] | None:

@@ -38,7 +38,7 @@ from llm_meta.modeling.forward import capped
 from llm_meta.modeling.loading import load_body, recorded_model_config, start_model_config
 from llm_meta.modeling.words import report_cut
 from llm_meta.saving.checkpoint import load_adapter_params, read_start
-from llm_meta.start_choice import AUTO, built_candidates, chosen_start
+from llm_meta.start_choice import AUTO, built_candidates, choose
 from llm_meta.task_model import PretrainedMixin, load_task_model, save_task_model
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,8 @@ def adapt_tagger(cfg: TaggerConfig, trust_remote_code: bool = False, progress: b
     if cfg.adapter == AUTO:  # the untrained tagger, then every NER start built on this machine for this body
         candidates = built_candidates(cfg.model, TaggerConfig().model, cfg.seed, trust_remote_code, kind=TOKEN)
         timings["model_load"] = round(time.perf_counter() - load_start, 3)
-        cand, inner, _, selection = chosen_start(candidates, examples, labels, cfg.inner)
+        choice = choose(candidates, examples, labels, cfg.inner)
+        cand, inner, selection = choice.candidate, choice.inner, choice.record
         body, params, model, chosen = cand.body, cand.params, cand.model, cand.adapter or cand.name
         if selection:
             timings["start_selection"] = round(time.perf_counter() - load_start - timings["model_load"], 3)
