@@ -301,7 +301,8 @@ def adapt(task: str | Task | None = None, shots: int | None = None, adapter: str
         data = given or load_task(cfg.support, cfg.text_column, cfg.label_column)
         labels = data.label_names
         index = {name: i for i, name in enumerate(labels)}
-        examples = Examples(list(data.split("train")["text"]), [index[y] for y in data.split("train")["label"]])
+        texts, given_labels = data.rows("train")
+        examples = Examples(texts, [index[y] for y in given_labels])
     else:
         data = task if isinstance(task, Task) else load_task(cfg.task, cfg.text_column, cfg.label_column)
         examples, labels = support_set(data, cfg.shots, cfg.split, cfg.seed)

@@ -147,8 +147,7 @@ class EpisodeSampler:
         """Texts per usable class; classes too small for K + Q are skipped with one warning."""
         wanted = set(task.classes(class_role))
         by_class: dict[str, list[str]] = {}
-        ds = task.split(split)
-        for text, label in zip(ds["text"], ds["label"]):
+        for text, label in zip(*task.rows(split)):
             if label in wanted:
                 by_class.setdefault(label, []).append(text)
         need = self.k_shot + self.q_query
@@ -255,9 +254,8 @@ def support_set(task: Task, shots: int, split: str = "train", seed: int = 0) -> 
     """
     if shots < 1:
         raise TaskError(f"K (--shots; Python: shots=) must be at least 1 example per class, got {shots}")
-    ds = task.split(split)
     by_class: dict[str, dict[str, None]] = {}
-    for text, label in zip(ds["text"], ds["label"]):
+    for text, label in zip(*task.rows(split)):
         by_class.setdefault(label, {})[text] = None  # distinct texts, in file order
     small = {c: len(t) for c, t in sorted(by_class.items()) if len(t) < shots}
     if small:
@@ -285,7 +283,7 @@ def whole_split_episode(task: Task, shots: int, support_split: str, query_split:
     support, labels = support_set(task, shots, support_split, seed)
     index = {name: i for i, name in enumerate(labels)}
     chosen = set(support.texts)
-    rows = [(t, y) for t, y in zip(task.split(query_split)["text"], task.split(query_split)["label"]) if t not in chosen]
+    rows = [(t, y) for t, y in zip(*task.rows(query_split)) if t not in chosen]
     unknown = sorted({y for _, y in rows} - set(index))
     if unknown:
         raise TaskError(f"task '{task.name}': {query_split} labels {unknown[:5]} have no {support_split} examples")

@@ -79,8 +79,7 @@ def _load_one(spec: str, text_column: str, split: str, class_role: str | None) -
     if spec in load_registry():
         task = load_task(spec)
         wanted = set(task.classes(class_role))
-        ds = task.split(split)
-        return [t for t, y in zip(ds["text"], ds["label"]) if y in wanted]
+        return [t for t, y in zip(*task.rows(split)) if y in wanted]
     _, raw, _ = load_raw(spec, "not a .txt file, not a registry task, not wnut16")
     ds = raw[split] if split in raw else raw[next(iter(raw))]
     if text_column not in ds.column_names:
