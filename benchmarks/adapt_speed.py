@@ -12,7 +12,7 @@ check), adaptation (support encoding for the prototype head + inner-loop steps);
 
 Variants: top2 = LoRA on the top 2 layers (`model.lora_layers=2`, the default from the speed issue
 until the quality suite; batches in length-sorted chunks of 8 texts); all_layers = LoRA on all 6
-layers (`AdaptConfig`'s default again, docs/results.md "Quality suite"); *_bf16 = model.autocast=bf16
+layers (`AdaptConfig`'s default again, docs/quality-suite.md); *_bf16 = model.autocast=bf16
 (bf16 matmuls on CPUs with AVX512-BF16/AMX);
 top2_unchunked / top2_chunk16 = inner.chunk 0 (each batch in one padded pass, the default before)
 / 16. Wall-clock seconds on this machine's CPU threads; run nothing else

@@ -72,7 +72,7 @@ class AdaptConfig:
     text_column: str = "text"
     label_column: str = "label"
     # When adapter is None (else the adapter's): LoRA on every layer. The quality suite (11 tasks,
-    # K = 8, 5 draws; docs/results.md "Quality suite") scored LoRA on the top 2 layers 0.5-3.4 points
+    # K = 8, 5 draws; docs/quality-suite.md) scored LoRA on the top 2 layers 0.5-3.4 points
     # lower on every task (the paired interval above 0 on 5 of them, at 0 on 2) for 1.6-3.8x less time, so the
     # faster placement is an option (model.lora_layers=2), not the default.
     model: ModelConfig = field(default_factory=ModelConfig)

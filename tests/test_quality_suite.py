@@ -1,4 +1,4 @@
-"""The quality suite's table (benchmarks/quality.py, quoted in docs/results.md "Quality suite") was
+"""The quality suite's table (benchmarks/quality.py, quoted in docs/quality-suite.md) was
 made with a recorded `adapt` configuration: a later change of a default must rerun the suite, not
 quietly move away from the numbers the docs quote."""
 
@@ -19,4 +19,4 @@ def test_the_default_adapt_config_is_the_one_the_quality_table_was_made_with(key
     recorded = json.loads(RESULTS.read_text(encoding="utf-8"))["configs"][key]
     assert recorded == json.loads(json.dumps(to_dict(config()))), (
         f"{config.__name__}'s defaults changed since the quality suite ran: rerun "
-        "`python benchmarks/quality.py` (see docs/results.md, Quality suite) and commit its JSON and table")
+        "`python benchmarks/quality.py` (see docs/quality-suite.md) and commit its JSON and table")
