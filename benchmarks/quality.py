@@ -302,15 +302,15 @@ def targets(results: dict[str, Any], shots: int = 8) -> None:
             print(f"| {name} | {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
                   f"{seconds[0]:.1f} / {seconds[1]:.1f} ({seconds[0] / seconds[1]:.2f}) |")
             if not name.endswith("_long"):
-                default_read.append((name, d["mean"]))
+                default_read.append(d["mean"])
             if not (results.get(f"{name}_long/K{shots}/{ours}") and f"{name}_long" in SUITE):
-                like_for_like.append((name, d["mean"]))
+                like_for_like.append(d["mean"])
             below += [name] if d["high"] < 0 else []
             slow += [name] if seconds[0] > seconds[1] / 5 else []
         if default_read:
             print(f"\nMean over {len(default_read)} tasks at adapt's default reading: "
-                  f"{100 * np.mean([m for _, m in default_read]):+.1f}; like for like (long tasks at 256 tokens): "
-                  f"{100 * np.mean([m for _, m in like_for_like]):+.1f} over {len(like_for_like)}. "
+                  f"{100 * np.mean(default_read):+.1f}; like for like (long tasks at 256 tokens): "
+                  f"{100 * np.mean(like_for_like):+.1f} over {len(like_for_like)}. "
                   f"Interval below 0: {', '.join(below) or 'none'}. More than a fifth of SetFit's time: "
                   f"{', '.join(slow) or 'none'}.")
 
