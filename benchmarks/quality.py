@@ -207,8 +207,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/quality.json"))
     parser.add_argument("--table", action="store_true", help="only print the table of what --out holds")
-    parser.add_argument("--readme", action="store_true", help="only print README.md's short table (adapt vs SetFit)")
-    parser.add_argument("--targets", action="store_true", help="only print adapt against SetFit, per body, task by task")
+    parser.add_argument("--readme", action="store_true", help="only print README.md's short table (adapt vs SetFit) at K = --shots")
+    parser.add_argument("--targets", action="store_true", help="only print adapt against SetFit, per body, task by task, at K = --shots")
     args = parser.parse_args()
     variants = args.variants.split(",")
     out_path = Path(args.out)
@@ -217,9 +217,9 @@ def main() -> None:
     if args.table:
         return table(results, variants)
     if args.readme:
-        return readme_table(results)
+        return readme_table(results, shots=args.shots[0])
     if args.targets:
-        return targets(results)
+        return targets(results, shots=args.shots[0])
     configs = results.setdefault("configs", {})
     configs.update({v: to_dict(VARIANTS[v](AdaptConfig())) for v in variants if v in VARIANTS})
     configs.update({f"ner_{v}": to_dict(VARIANTS[v](TaggerConfig())) for v in variants if v in VARIANTS})
