@@ -254,7 +254,7 @@ def entry_for(results: dict[str, Any], name: str, shots: int, variant: str) -> d
     return entry
 
 
-README_TASKS = ["banking77", "mcid", "stackoverflow", "tweets_apple", "drug_reviews_long", "wnut16"]
+README_TASKS = ["banking77", "mcid", "stackoverflow", "yahoo", "tweets_apple", "drug_reviews_long", "wnut16"]
 
 
 def readme_table(results: dict[str, Any], ours: str = "default", peer: str = "setfit_minilm", shots: int = 8) -> None:
