@@ -289,24 +289,25 @@ def targets(results: dict[str, Any], shots: int = 8) -> None:
     tasks at 256 tokens, where that row exists), the tasks whose interval lies wholly below 0, and
     those where `adapt` takes more than a fifth of SetFit's time."""
     for ours, peer in PEERS:
-        print(f"\n`adapt` ({ours}) − SetFit ({peer}), K = {shots}, paired over the same draws and texts:\n")
-        print("| task | difference [95%] | seconds, adapt / SetFit |")
-        print("|---|---|---|")
-        default_read, like_for_like, below, slow = [], [], [], []
+        lines, default_read, like_for_like, below, slow = [], [], [], [], []
         for name in SUITE:
             first, other = results.get(f"{name}/K{shots}/{ours}"), entry_for(results, name, shots, peer)
             if not first or not other or len(first["runs"]) != len(other["runs"]):
                 continue
             s = summarise(first["runs"], other["runs"], first["test_texts"])
             d, seconds = s["difference"], (s["adapt_seconds"], float(np.mean([r["adapt_seconds"] for r in other["runs"]])))
-            print(f"| {name} | {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
-                  f"{seconds[0]:.1f} / {seconds[1]:.1f} ({seconds[0] / seconds[1]:.2f}) |")
+            lines.append(f"| {name} | {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
+                         f"{seconds[0]:.1f} / {seconds[1]:.1f} ({seconds[0] / seconds[1]:.2f}) |")
             if not name.endswith("_long"):
                 default_read.append(d["mean"])
             if not (results.get(f"{name}_long/K{shots}/{ours}") and f"{name}_long" in SUITE):
                 like_for_like.append(d["mean"])
             below += [name] if d["high"] < 0 else []
             slow += [name] if seconds[0] > seconds[1] / 5 else []
+        if not lines:  # no paired rows for this body at this K
+            continue
+        print(f"\n`adapt` ({ours}) − SetFit ({peer}), K = {shots}, paired over the same draws and texts:\n")
+        print("\n".join(["| task | difference [95%] | seconds, adapt / SetFit |", "|---|---|---|", *lines]))
         if default_read:
             print(f"\nMean over {len(default_read)} tasks at adapt's default reading: "
                   f"{100 * np.mean(default_read):+.1f}; like for like (long tasks at 256 tokens): "
@@ -344,7 +345,10 @@ def table(results: dict[str, Any], variants: list[str]) -> None:
                 d = s["difference"]
                 cell += f"; {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
             cells.append(cell)
-        n = next(r for k, r in results.items() if "/" in k and r["task"] == name)["test_texts"]
+        some = next(r for k, r in results.items() if "/" in k and r["task"] == name and r["shots"] == shots)
+        # NER scores the test sentences outside each draw's support (`text_ids`): fewer as K grows.
+        scored_ids = [len(r["text_ids"]) for r in some["runs"] if "text_ids" in r]
+        n = f"{some['test_texts']}" + (f" ({np.mean(scored_ids):.0f} scored)" if scored_ids else "")
         print(f"| {name} ({SUITE[name][1]}) | {shots} | {n} | " + " | ".join(cells) + " |")
 
 
