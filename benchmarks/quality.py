@@ -323,7 +323,10 @@ def table(results: dict[str, Any], variants: list[str]) -> None:
           f"paired against {variants[0]}.\n")
     print("| task | K | test texts | " + " | ".join(variants) + " |")
     print("|---" * (3 + len(variants)) + "|")
-    rows = sorted({(r["task"], r["shots"]) for k, r in results.items() if "/" in k},
+    # A K at which none of the compared variants ran (e.g. MPNet at K = 16) is left out, not a column of "-".
+    compared = {r["shots"] for k, r in results.items() if "/" in k and r["variant"] in variants[1:]}
+    rows = sorted({(r["task"], r["shots"]) for k, r in results.items()
+                   if "/" in k and (len(variants) == 1 or r["shots"] in compared)},
                   key=lambda x: (list(SUITE).index(x[0]), x[1]))
     for name, shots in rows:
         first = results.get(f"{name}/K{shots}/{variants[0]}")
