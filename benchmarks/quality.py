@@ -324,9 +324,9 @@ def table(results: dict[str, Any], variants: list[str]) -> None:
     print("| task | K | test texts | " + " | ".join(variants) + " |")
     print("|---" * (3 + len(variants)) + "|")
     # A K at which none of the compared variants ran (e.g. MPNet at K = 16) is left out, not a column of "-".
-    compared = {r["shots"] for k, r in results.items() if "/" in k and r["variant"] in variants[1:]}
-    rows = sorted({(r["task"], r["shots"]) for k, r in results.items()
-                   if "/" in k and (len(variants) == 1 or r["shots"] in compared)},
+    entries = [r for k, r in results.items() if "/" in k]  # the rows' entries, not "configs"
+    compared = {r["shots"] for r in entries if r["variant"] in variants[1:]}
+    rows = sorted({(r["task"], r["shots"]) for r in entries if len(variants) == 1 or r["shots"] in compared},
                   key=lambda x: (list(SUITE).index(x[0]), x[1]))
     for name, shots in rows:
         first = results.get(f"{name}/K{shots}/{variants[0]}")
@@ -348,7 +348,7 @@ def table(results: dict[str, Any], variants: list[str]) -> None:
                 d = s["difference"]
                 cell += f"; {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
             cells.append(cell)
-        some = next(r for k, r in results.items() if "/" in k and r["task"] == name and r["shots"] == shots)
+        some = next(r for r in entries if r["task"] == name and r["shots"] == shots)
         # NER scores the test sentences outside each draw's support (`text_ids`): fewer as K grows.
         scored_ids = [len(r["text_ids"]) for r in some["runs"] if "text_ids" in r]
         n = f"{some['test_texts']}" + (f" ({np.mean(scored_ids):.0f} scored)" if scored_ids else "")
